@@ -1,0 +1,98 @@
+//! Every setting of the relay in one place: plain structs with the defaults
+//! of PROTOCOL.md, filled in by the command line (`cli`) and read by the
+//! rest of the crate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The gateway base URL used when neither `--base-url` nor
+/// `ANTHROPIC_BASE_URL` is given.
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+
+/// Where the session token lives (a tmpfs in the container).
+pub const DEFAULT_TOKEN_FILE: &str = "/run/ccr/session_token";
+
+/// Everything the relay needs to start; built by `cli`, tests build it directly.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Gateway base URL (`http://` or `https://`).
+    pub base_url: String,
+    /// File holding the session token.
+    pub token_file: PathBuf,
+    /// Where the merged CA bundle is written.
+    pub ca_bundle: PathBuf,
+    /// System CA bundle to merge; `None` means "ask openssl-probe".
+    pub system_ca: Option<PathBuf>,
+    /// Extra roots the relay trusts for its own TLS connection to the gateway.
+    pub gateway_ca: Option<PathBuf>,
+    /// Address the local proxy listens on.
+    pub listen: SocketAddr,
+    /// Entries appended to the reference `NO_PROXY` list.
+    pub no_proxy_extra: Vec<String>,
+    /// Bounds on time and size.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// The defaults, with `ANTHROPIC_BASE_URL` and `HOME` read from the
+    /// environment as PROTOCOL.md says.
+    pub fn from_env() -> Config {
+        let base_url = std::env::var("ANTHROPIC_BASE_URL")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        Config {
+            base_url,
+            token_file: PathBuf::from(DEFAULT_TOKEN_FILE),
+            ca_bundle: home.join(".ccr").join("ca-bundle.crt"),
+            system_ca: None,
+            gateway_ca: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            no_proxy_extra: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Bounds on time and size. The defaults are the contract's; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head a client may send (431 past it).
+    pub max_head_bytes: usize,
+    /// Time a client has to send its whole request head (408 past it).
+    pub head_timeout: Duration,
+    /// Time to reach the gateway and finish the WebSocket upgrade, TCP
+    /// connect and TLS included (504 past it).
+    pub upgrade_timeout: Duration,
+    /// An idle tunnel sends an empty chunk this often.
+    pub keepalive_interval: Duration,
+    /// Largest data payload of one chunk the relay sends.
+    pub max_chunk: usize,
+    /// The whole CA fetch, connect to last byte.
+    pub ca_fetch_timeout: Duration,
+    /// Largest CA answer accepted.
+    pub max_ca_bytes: usize,
+    /// Time open tunnels get to close when the relay stops.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 8 * 1024,
+            head_timeout: Duration::from_secs(10),
+            upgrade_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            max_chunk: crate::chunk::MAX_CHUNK_DATA,
+            ca_fetch_timeout: Duration::from_secs(5),
+            max_ca_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_millis(1500),
+        }
+    }
+}

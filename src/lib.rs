@@ -1,0 +1,13 @@
+//! `ccr-relay`: a local HTTP(S) proxy that carries every outbound connection
+//! of a container over its own WebSocket to the organisation's gateway, and
+//! a launcher that gives child processes the proxy and CA settings they need.
+//!
+//! The data path, top to bottom: [`listener`] accepts a client, [`request_head`]
+//! reads what it asks for, [`gateway`] opens the tunnel's WebSocket, [`tunnel`]
+//! pumps bytes both ways as [`chunk`]s until either side closes.
+
+pub mod chunk;
+pub mod config;
+pub mod gateway;
+pub mod request_head;
+pub mod token;

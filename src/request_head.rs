@@ -1,0 +1,415 @@
+//! Reading and parsing what a client sends the proxy: the request head up to
+//! the blank line, bounded in size and time, and the target it names.
+//!
+//! Parsing is strict on purpose: the relay rebuilds the line it sends the
+//! gateway from the parsed [`Authority`], so nothing a client writes is ever
+//! forwarded as it was (no header injection).
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Why a client's request cannot be served; each maps to one answer.
+#[derive(Debug)]
+pub enum HeadError {
+    /// The request line or a header line is not HTTP/1.x (400).
+    Malformed(&'static str),
+    /// A method the relay does not proxy (405).
+    MethodNotAllowed(String),
+    /// The head grew past the size bound (431).
+    TooLarge,
+    /// The head was not complete within the time bound (408).
+    Timeout,
+    /// The client closed or broke the connection before the blank line:
+    /// nobody is left to answer.
+    Closed(Option<io::Error>),
+}
+
+impl HeadError {
+    /// The status line and reason the relay answers with, if any.
+    pub fn status(&self) -> Option<(u16, &'static str)> {
+        match self {
+            HeadError::Malformed(_) => Some((400, "Bad Request")),
+            HeadError::MethodNotAllowed(_) => Some((405, "Method Not Allowed")),
+            HeadError::TooLarge => Some((431, "Request Header Fields Too Large")),
+            HeadError::Timeout => Some((408, "Request Timeout")),
+            HeadError::Closed(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for HeadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeadError::Malformed(why) => write!(f, "malformed request: {why}"),
+            HeadError::MethodNotAllowed(m) => write!(f, "method {m:?} is not proxied"),
+            HeadError::TooLarge => f.write_str("request head too large"),
+            HeadError::Timeout => f.write_str("request head not complete in time"),
+            HeadError::Closed(None) => f.write_str("client closed before the request was complete"),
+            HeadError::Closed(Some(e)) => write!(f, "client connection failed: {e}"),
+        }
+    }
+}
+
+/// A host the relay may connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A DNS name (letters, digits, `-`, `_`, `.`).
+    Name(String),
+    Ipv4(Ipv4Addr),
+    Ipv6(Ipv6Addr),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(name) => f.write_str(name),
+            Host::Ipv4(ip) => write!(f, "{ip}"),
+            Host::Ipv6(ip) => write!(f, "[{ip}]"),
+        }
+    }
+}
+
+/// `host:port`, validated; displays in the form a CONNECT line carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl Authority {
+    /// Parses `host:port`, `[v6]:port`, or, when `default_port` is given,
+    /// a host alone.
+    ///
+    /// ```
+    /// use ccr_relay::request_head::{Authority, Host};
+    /// let a = Authority::parse("[::1]:8443", None).unwrap();
+    /// assert_eq!(a.to_string(), "[::1]:8443");
+    /// assert!(Authority::parse("example.com", None).is_err());
+    /// assert_eq!(Authority::parse("example.com", Some(80)).unwrap().port, 80);
+    /// ```
+    pub fn parse(text: &str, default_port: Option<u16>) -> Result<Authority, HeadError> {
+        let (host_text, port_text) = if let Some(rest) = text.strip_prefix('[') {
+            let (inside, after) = rest
+                .split_once(']')
+                .ok_or(HeadError::Malformed("unclosed [ in host"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or(HeadError::Malformed("junk after ]"))?,
+                ),
+            };
+            let ip: Ipv6Addr = inside
+                .parse()
+                .map_err(|_| HeadError::Malformed("bad IPv6 address"))?;
+            return Self::finish(Host::Ipv6(ip), port, default_port);
+        } else {
+            match text.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (text, None),
+            }
+        };
+        let host = if let Ok(ip) = host_text.parse::<Ipv4Addr>() {
+            Host::Ipv4(ip)
+        } else if is_host_name(host_text) {
+            Host::Name(host_text.to_ascii_lowercase())
+        } else {
+            return Err(HeadError::Malformed("bad host name"));
+        };
+        Self::finish(host, port_text, default_port)
+    }
+
+    fn finish(
+        host: Host,
+        port: Option<&str>,
+        default_port: Option<u16>,
+    ) -> Result<Authority, HeadError> {
+        let port = match port {
+            Some(p) => parse_port(p)?,
+            None => default_port.ok_or(HeadError::Malformed("missing port"))?,
+        };
+        Ok(Authority { host, port })
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, HeadError> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HeadError::Malformed("bad port"));
+    }
+    match text.parse::<u16>() {
+        Ok(0) | Err(_) => Err(HeadError::Malformed("bad port")),
+        Ok(port) => Ok(port),
+    }
+}
+
+fn is_host_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 253
+        && !text.starts_with(['.', '-'])
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    /// The `x` of `HTTP/1.x`.
+    pub minor_version: u8,
+    /// Header lines in order, names as sent.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the client asks the proxy for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyRequest {
+    /// `CONNECT host:port`: a raw tunnel.
+    Connect(Authority),
+}
+
+impl ProxyRequest {
+    /// Classifies a parsed head: CONNECT with an authority is a tunnel;
+    /// any other method is refused with 405.
+    pub fn from_head(head: &RequestHead) -> Result<ProxyRequest, HeadError> {
+        if head.method == "CONNECT" {
+            return Authority::parse(&head.target, None).map(ProxyRequest::Connect);
+        }
+        Err(HeadError::MethodNotAllowed(head.method.clone()))
+    }
+}
+
+/// Position just past the first blank line (`\r\n\r\n` or `\n\n`), if any.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Parses a complete head (request line, header lines, blank line).
+pub fn parse_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| HeadError::Malformed("head is not UTF-8"))?;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError::Malformed(
+            "request line is not METHOD TARGET VERSION",
+        ));
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+        return Err(HeadError::Malformed("bad method"));
+    }
+    if target.is_empty() || !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(HeadError::Malformed("bad request target"));
+    }
+    let minor_version = match version {
+        "HTTP/1.0" => 0,
+        "HTTP/1.1" => 1,
+        _ => return Err(HeadError::Malformed("version is not HTTP/1.0 or HTTP/1.1")),
+    };
+    let mut headers = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(HeadError::Malformed("header line without a colon"))?;
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(HeadError::Malformed("bad header name"));
+        }
+        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            return Err(HeadError::Malformed("control character in header value"));
+        }
+        headers.push((name.to_string(), value.trim().to_string()));
+    }
+    Ok(RequestHead {
+        method: method.to_string(),
+        target: target.to_string(),
+        minor_version,
+        headers,
+    })
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads a request head from the client, at most `max_bytes` long and
+/// complete within `timeout`. Returns the head and the bytes that came
+/// after the blank line (often the start of a TLS ClientHello).
+pub fn read_head(
+    client: &TcpStream,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<(RequestHead, Vec<u8>), HeadError> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let mut scanned: usize = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadError::Timeout);
+        }
+        client
+            .set_read_timeout(Some(left))
+            .map_err(|e| HeadError::Closed(Some(e)))?;
+        let n = match (&*client).read(&mut chunk) {
+            Ok(0) => return Err(HeadError::Closed(None)),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(HeadError::Timeout);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HeadError::Closed(Some(e))),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        // Re-scan from a little before the old end: the blank line may straddle reads.
+        if let Some(end) = head_end(&buf[scanned.saturating_sub(3)..]) {
+            let end = end + scanned.saturating_sub(3);
+            if end > max_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            let rest = buf.split_off(end);
+            let head = parse_head(&buf)?;
+            client
+                .set_read_timeout(None)
+                .map_err(|e| HeadError::Closed(Some(e)))?;
+            return Ok((head, rest));
+        }
+        scanned = buf.len();
+        if buf.len() >= max_bytes {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<RequestHead, HeadError> {
+        parse_head(text.as_bytes())
+    }
+
+    #[test]
+    fn parses_connect() {
+        let h = head(
+            "CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\nUser-Agent: x\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(h.method, "CONNECT");
+        assert_eq!(h.header("host"), Some("origin.test:443"));
+        assert_eq!(
+            ProxyRequest::from_head(&h).unwrap(),
+            ProxyRequest::Connect(Authority {
+                host: Host::Name("origin.test".into()),
+                port: 443
+            })
+        );
+    }
+
+    #[test]
+    fn authorities_of_each_form() {
+        let v4 = Authority::parse("10.1.2.3:80", None).unwrap();
+        assert_eq!(v4.host, Host::Ipv4(Ipv4Addr::new(10, 1, 2, 3)));
+        let v6 = Authority::parse("[2001:db8::1]:443", None).unwrap();
+        assert_eq!(v6.to_string(), "[2001:db8::1]:443");
+        assert_eq!(
+            Authority::parse("Example.COM:8080", None)
+                .unwrap()
+                .to_string(),
+            "example.com:8080"
+        );
+        for bad in [
+            "example.com",
+            "example.com:",
+            "example.com:0",
+            "example.com:65536",
+            "example.com:+80",
+            "exa mple.com:80",
+            "user@example.com:80",
+            "example.com/x:80",
+            "[::1:443",
+            "[::1]x443",
+            "[nothex]:443",
+            ":443",
+            "-a.com:443",
+            "a.com:443\r\nX-Injected: 1",
+        ] {
+            assert!(Authority::parse(bad, None).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn malformed_request_lines_are_400() {
+        for bad in [
+            "CONNECT\r\n\r\n",
+            "CONNECT a.com:443\r\n\r\n",
+            "CONNECT a.com:443 HTTP/2.0\r\n\r\n",
+            "CONNECT  a.com:443 HTTP/1.1\r\n\r\n",
+            "CONNECT a.com:443 HTTP/1.1 extra\r\n\r\n",
+            "connect a.com:443 HTTP/1.1\r\n\r\n",
+            "CONNECT a.com:443 HTTP/1.1\r\nNoColon\r\n\r\n",
+            "CONNECT a.com:443 HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "\r\n\r\n",
+        ] {
+            let err = head(bad)
+                .and_then(|h| ProxyRequest::from_head(&h))
+                .unwrap_err();
+            assert_eq!(err.status(), Some((400, "Bad Request")), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn other_methods_are_405() {
+        let h = head("DELETE /x HTTP/1.1\r\n\r\n").unwrap();
+        let err = ProxyRequest::from_head(&h).unwrap_err();
+        assert_eq!(err.status(), Some((405, "Method Not Allowed")));
+    }
+
+    #[test]
+    fn finds_the_blank_line_in_both_forms() {
+        assert_eq!(head_end(b"A\r\n\r\nrest"), Some(5));
+        assert_eq!(head_end(b"A\n\nrest"), Some(3));
+        assert_eq!(head_end(b"A\r\nB: c\r\n"), None);
+    }
+}
