@@ -11,3 +11,6 @@ pub mod config;
 pub mod gateway;
 pub mod request_head;
 pub mod token;
+pub mod ca_bundle;
+pub mod child_env;
+pub mod gates;
