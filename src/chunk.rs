@@ -61,6 +61,38 @@ impl fmt::Display for ChunkError {
 
 impl std::error::Error for ChunkError {}
 
+/// Bytes of tag and length varint in front of `data_len` data bytes.
+///
+/// ```
+/// assert_eq!(ccr_relay::chunk::header_len(127), 2);
+/// assert_eq!(ccr_relay::chunk::header_len(128), 3);
+/// ```
+pub fn header_len(data_len: usize) -> usize {
+    let mut len = data_len as u64;
+    let mut n = 2;
+    while len >= 0x80 {
+        len >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// Writes the tag and length varint for `data_len` data bytes into `out`,
+/// which must be exactly [`header_len`]`(data_len)` long. Lets a caller build
+/// a chunk around data already in place.
+pub fn write_header(out: &mut [u8], data_len: usize) {
+    debug_assert_eq!(out.len(), header_len(data_len));
+    out[0] = TAG;
+    let mut len = data_len as u64;
+    for byte in &mut out[1..] {
+        *byte = (len & 0x7F) as u8 | 0x80;
+        len >>= 7;
+    }
+    if let Some(last) = out.last_mut() {
+        *last &= 0x7F;
+    }
+}
+
 /// Appends the encoded chunk carrying `data` to `out`.
 ///
 /// ```
@@ -69,18 +101,10 @@ impl std::error::Error for ChunkError {}
 /// assert_eq!(out, [0x0A, 2, b'h', b'i']);
 /// ```
 pub fn encode_into(out: &mut Vec<u8>, data: &[u8]) {
-    out.reserve(MAX_OVERHEAD + data.len());
-    out.push(TAG);
-    let mut len = data.len() as u64;
-    loop {
-        let low = (len & 0x7F) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(low);
-            break;
-        }
-        out.push(low | 0x80);
-    }
+    let start = out.len();
+    let header = header_len(data.len());
+    out.resize(start + header, 0);
+    write_header(&mut out[start..], data.len());
     out.extend_from_slice(data);
 }
 
@@ -169,6 +193,19 @@ mod tests {
         assert_eq!(encode(&pattern(16384)).len(), 1 + 3 + 16384);
         assert_eq!(&encode(&pattern(128))[..3], &[0x0A, 0x80, 0x01]);
         assert_eq!(&encode(&pattern(300))[..3], &[0x0A, 0xAC, 0x02]);
+    }
+
+    #[test]
+    fn headers_built_in_place_match_encode() {
+        for len in [0, 1, 127, 128, 16383, 16384, 1 << 21, MAX_CHUNK_DATA] {
+            let mut header = vec![0; header_len(len)];
+            write_header(&mut header, len);
+            assert_eq!(
+                header[..],
+                encode(&pattern(len))[..header.len()],
+                "length {len}"
+            );
+        }
     }
 
     #[test]

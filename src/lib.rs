@@ -6,11 +6,15 @@
 //! reads what it asks for, [`gateway`] opens the tunnel's WebSocket, [`tunnel`]
 //! pumps bytes both ways as [`chunk`]s until either side closes.
 
-pub mod chunk;
-pub mod config;
-pub mod gateway;
-pub mod request_head;
-pub mod token;
 pub mod ca_bundle;
 pub mod child_env;
+pub mod chunk;
+pub mod cli;
+pub mod config;
 pub mod gates;
+pub mod gateway;
+pub mod listener;
+pub mod request_head;
+pub mod signals;
+pub mod token;
+pub mod tunnel;

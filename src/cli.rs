@@ -1,0 +1,273 @@
+//! The command line: turns `argv` into a [`Command`] with its [`Config`].
+//! Hand-written (no parser crate) and strict: an unknown flag or a bad value
+//! is a usage error that says which and what is expected.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::Config;
+
+pub const USAGE: &str = "\
+ccr-relay: carries a container's outbound HTTP(S) through the session's gateway
+
+USAGE
+  ccr-relay run   [OPTIONS] -- COMMAND [ARG...]   run COMMAND with the proxy set up
+  ccr-relay serve [OPTIONS] [--env-file PATH]     serve until SIGTERM or SIGINT
+  ccr-relay doctor [OPTIONS]                      explain what start-up would do
+  ccr-relay --help | --version
+
+OPTIONS
+  --base-url URL      gateway base URL [default: $ANTHROPIC_BASE_URL, else https://api.anthropic.com]
+  --token-file PATH   session token file [default: /run/ccr/session_token]
+  --ca-bundle PATH    where the merged CA bundle goes [default: $HOME/.ccr/ca-bundle.crt]
+  --system-ca PATH    system CA bundle to merge [default: the one openssl-probe finds]
+  --gateway-ca PATH   extra roots for the relay's own TLS to the gateway
+  --listen ADDR       local proxy address [default: 127.0.0.1:0, an ephemeral port]
+  --no-proxy LIST     comma-separated hosts appended to NO_PROXY
+  --env-file PATH     (serve) write the children's environment here, as sh exports
+
+TUNING (mostly for tests)
+  --keepalive SECS        idle tunnel keepalive interval [default: 30]
+  --head-timeout SECS     time a client has to send its request head [default: 10]
+  --upgrade-timeout SECS  time to reach the gateway and upgrade [default: 10]
+  --max-head BYTES        largest request head [default: 8192]
+
+The relay turns itself on only inside a remote session (CLAUDE_CODE_REMOTE,
+CCR_UPSTREAM_PROXY_ENABLED, CLAUDE_CODE_REMOTE_SESSION_ID, the token file);
+otherwise `run` just runs COMMAND. Logs: RUST_LOG=info (one line per tunnel).
+";
+
+/// What the user asked for.
+#[derive(Debug)]
+pub enum Command {
+    Run {
+        config: Config,
+        command: Vec<OsString>,
+    },
+    Serve {
+        config: Config,
+        env_file: Option<PathBuf>,
+    },
+    Doctor {
+        config: Config,
+    },
+    Help,
+    Version,
+}
+
+/// A usage error, printed with a pointer to `--help`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (see `ccr-relay --help`)", self.0)
+    }
+}
+
+/// Parses the arguments after the program name, starting from `base`
+/// (the defaults and the environment's settings).
+pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
+    let mut args = args.into_iter();
+    let Some(first) = args.next() else {
+        return Err(UsageError("missing command: run, serve or doctor".into()));
+    };
+    let sub = match first.to_str() {
+        Some("--help" | "-h" | "help") => return Ok(Command::Help),
+        Some("--version" | "-V" | "version") => return Ok(Command::Version),
+        Some(s @ ("run" | "serve" | "doctor")) => s.to_string(),
+        _ => {
+            return Err(UsageError(format!(
+                "unknown command {:?}: expected run, serve or doctor",
+                first.to_string_lossy()
+            )));
+        }
+    };
+    let mut config = base;
+    let mut env_file = None;
+    let mut command = Vec::new();
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str().map(str::to_string) else {
+            if sub == "run" {
+                command.push(arg);
+                command.extend(args.by_ref());
+                break;
+            }
+            return Err(UsageError(format!("argument {arg:?} is not UTF-8")));
+        };
+        if text == "--" {
+            command.extend(args.by_ref());
+            break;
+        }
+        if !text.starts_with("--") {
+            if sub == "run" {
+                command.push(arg);
+                command.extend(args.by_ref());
+                break;
+            }
+            return Err(UsageError(format!("unexpected argument {text:?}")));
+        }
+        if text == "--help" || text == "-h" {
+            return Ok(Command::Help);
+        }
+        let (flag, inline) = match text.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (text.clone(), None),
+        };
+        let mut value = || -> Result<String, UsageError> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => args
+                    .next()
+                    .and_then(|v| v.into_string().ok())
+                    .ok_or_else(|| UsageError(format!("{flag} needs a value"))),
+            }
+        };
+        match flag.as_str() {
+            "--base-url" => config.base_url = value()?,
+            "--token-file" => config.token_file = PathBuf::from(value()?),
+            "--ca-bundle" => config.ca_bundle = PathBuf::from(value()?),
+            "--system-ca" => config.system_ca = Some(PathBuf::from(value()?)),
+            "--gateway-ca" => config.gateway_ca = Some(PathBuf::from(value()?)),
+            "--listen" => {
+                let v = value()?;
+                config.listen = v.parse::<SocketAddr>().map_err(|_| {
+                    UsageError(format!(
+                        "--listen {v:?} is not an address like 127.0.0.1:8080"
+                    ))
+                })?;
+            }
+            "--no-proxy" => config.no_proxy_extra.extend(
+                value()?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            ),
+            "--env-file" if sub == "serve" => env_file = Some(PathBuf::from(value()?)),
+            "--keepalive" => config.limits.keepalive_interval = seconds(&flag, &value()?)?,
+            "--head-timeout" => config.limits.head_timeout = seconds(&flag, &value()?)?,
+            "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(&flag, &value()?)?,
+            "--max-head" => {
+                let v = value()?;
+                config.limits.max_head_bytes = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (256..=1 << 20).contains(n))
+                    .ok_or_else(|| {
+                        UsageError(format!("--max-head {v:?}: expected bytes, 256 to 1048576"))
+                    })?;
+            }
+            _ => return Err(UsageError(format!("unknown option {flag} for `{sub}`"))),
+        }
+    }
+    match sub.as_str() {
+        "run" if command.is_empty() => Err(UsageError(
+            "run needs a command: ccr-relay run -- COMMAND [ARG...]".into(),
+        )),
+        "run" => Ok(Command::Run { config, command }),
+        "serve" => Ok(Command::Serve { config, env_file }),
+        _ => Ok(Command::Doctor { config }),
+    }
+}
+
+fn seconds(flag: &str, text: &str) -> Result<Duration, UsageError> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| UsageError(format!("{flag} {text:?}: expected seconds, e.g. 0.5 or 30")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Result<Command, UsageError> {
+        parse(
+            args.iter().map(OsString::from).collect(),
+            Config::from_env(),
+        )
+    }
+
+    #[test]
+    fn run_takes_the_command_after_double_dash() {
+        let Command::Run { config, command } = parse_strs(&[
+            "run",
+            "--listen",
+            "127.0.0.1:9999",
+            "--keepalive=0.5",
+            "--",
+            "curl",
+            "--version",
+        ])
+        .unwrap() else {
+            panic!("not run")
+        };
+        assert_eq!(
+            command,
+            vec![OsString::from("curl"), OsString::from("--version")]
+        );
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.limits.keepalive_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn run_takes_the_command_without_double_dash() {
+        let Command::Run { command, .. } = parse_strs(&["run", "env", "-i"]).unwrap() else {
+            panic!("not run")
+        };
+        assert_eq!(command, vec![OsString::from("env"), OsString::from("-i")]);
+    }
+
+    #[test]
+    fn serve_reads_its_options() {
+        let Command::Serve { config, env_file } = parse_strs(&[
+            "serve",
+            "--base-url",
+            "http://127.0.0.1:1",
+            "--env-file",
+            "/tmp/x.env",
+            "--no-proxy",
+            "a.test, b.test",
+        ])
+        .unwrap() else {
+            panic!("not serve")
+        };
+        assert_eq!(config.base_url, "http://127.0.0.1:1");
+        assert_eq!(env_file, Some(PathBuf::from("/tmp/x.env")));
+        assert_eq!(config.no_proxy_extra, vec!["a.test", "b.test"]);
+    }
+
+    #[test]
+    fn usage_errors_say_what_is_wrong() {
+        for (args, needle) in [
+            (&[][..], "missing command"),
+            (&["frobnicate"][..], "unknown command"),
+            (&["run"][..], "run needs a command"),
+            (&["serve", "--listen", "nope"][..], "--listen"),
+            (&["serve", "--keepalive", "-1"][..], "--keepalive"),
+            (&["serve", "--bogus"][..], "unknown option --bogus"),
+            (&["serve", "--token-file"][..], "needs a value"),
+            (
+                &["doctor", "--env-file", "x"][..],
+                "unknown option --env-file",
+            ),
+        ] {
+            let err = parse_strs(args).unwrap_err();
+            assert!(err.to_string().contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert!(matches!(parse_strs(&["--help"]), Ok(Command::Help)));
+        assert!(matches!(
+            parse_strs(&["serve", "--help"]),
+            Ok(Command::Help)
+        ));
+        assert!(matches!(parse_strs(&["--version"]), Ok(Command::Version)));
+    }
+}

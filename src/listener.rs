@@ -1,0 +1,279 @@
+//! The local proxy: accepts clients on `127.0.0.1:<port>`, gives each its own
+//! thread, answers what it cannot serve, and turns each CONNECT into a
+//! [`Tunnel`] through the gateway. Tracks open tunnels so that stopping the
+//! relay closes them all.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use tungstenite::Message;
+
+use crate::chunk;
+use crate::config::Limits;
+use crate::gateway::Gateway;
+use crate::request_head::{ProxyRequest, read_head};
+use crate::tunnel::{PumpOptions, Tunnel};
+
+/// Stack of a connection thread. It runs the TLS handshake to the gateway,
+/// the deepest call it makes; untouched pages cost nothing.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// What a client gets when the gateway ends its tunnel before sending anything.
+const SILENT_GATEWAY_REPLY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n\
+Content-Length: 45\r\nConnection: close\r\n\r\nccr-relay: gateway closed the tunnel at once\n";
+
+/// A bound, not yet serving, relay.
+pub struct Relay {
+    shared: Arc<Shared>,
+}
+
+/// Stops a serving [`Relay`] from another thread (a signal handler thread).
+#[derive(Clone)]
+pub struct StopHandle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    listener: TcpListener,
+    gateway: Gateway,
+    limits: Limits,
+    stopping: AtomicBool,
+    tunnels: Mutex<HashMap<u64, Weak<Tunnel>>>,
+    next_id: AtomicU64,
+    /// Connection threads alive, with a condvar to wait for them at shutdown.
+    live: Mutex<usize>,
+    all_done: Condvar,
+}
+
+impl Relay {
+    /// Binds the listener. Nothing is accepted until [`Relay::serve`].
+    pub fn bind(addr: SocketAddr, gateway: Gateway, limits: Limits) -> io::Result<Relay> {
+        let listener = TcpListener::bind(addr)?;
+        Ok(Relay {
+            shared: Arc::new(Shared {
+                listener,
+                gateway,
+                limits,
+                stopping: AtomicBool::new(false),
+                tunnels: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                live: Mutex::new(0),
+                all_done: Condvar::new(),
+            }),
+        })
+    }
+
+    /// The address clients connect to (the real port when bound to port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.shared.listener.local_addr()
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Accepts and serves clients until stopped, then closes every open
+    /// tunnel and waits (at most the shutdown grace) for their threads.
+    pub fn serve(self) {
+        let shared = &self.shared;
+        for accepted in shared.listener.incoming() {
+            if shared.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let client = match accepted {
+                Ok(client) => client,
+                Err(e) => {
+                    // Out of file descriptors or the like: back off, keep serving.
+                    warn!("accept failed: {e}");
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let conn_shared = Arc::clone(shared);
+            *lock(&shared.live) += 1;
+            let spawned = thread::Builder::new()
+                .name("connection".into())
+                .stack_size(CONNECTION_STACK)
+                .spawn(move || {
+                    let _done = LiveGuard(&conn_shared);
+                    handle_connection(&conn_shared, client);
+                });
+            if let Err(e) = spawned {
+                *lock(&shared.live) -= 1;
+                warn!("cannot start a connection thread: {e}");
+            }
+        }
+        self.shutdown();
+    }
+
+    fn shutdown(&self) {
+        let shared = &self.shared;
+        let open: Vec<Arc<Tunnel>> = lock(&shared.tunnels)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        if !open.is_empty() {
+            info!("stopping: closing {} open tunnel(s)", open.len());
+        }
+        for tunnel in &open {
+            tunnel.abort();
+        }
+        drop(open);
+        let deadline = Instant::now() + shared.limits.shutdown_grace;
+        let mut live = lock(&shared.live);
+        while *live > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                debug!("{} connection thread(s) still running at exit", *live);
+                break;
+            }
+            live = shared
+                .all_done
+                .wait_timeout(live, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+impl StopHandle {
+    /// Stops accepting and makes [`Relay::serve`] return.
+    pub fn stop(&self) {
+        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wakes the thread blocked in accept(): Linux fails it with EINVAL.
+        // SAFETY: the listener lives in `shared`, which we hold.
+        unsafe { libc::shutdown(self.shared.listener.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+struct LiveGuard<'a>(&'a Shared);
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.live) -= 1;
+        self.0.all_done.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One client, start to end: read its request, open the tunnel, pump.
+fn handle_connection(shared: &Shared, client: TcpStream) {
+    let peer = client
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let limits = &shared.limits;
+    let (head, leftover) = match read_head(&client, limits.max_head_bytes, limits.head_timeout) {
+        Ok(read) => read,
+        Err(e) => {
+            debug!("client {peer}: {e}");
+            if let Some(status) = e.status() {
+                answer(&client, status, &e.to_string());
+            }
+            return;
+        }
+    };
+    let target = match ProxyRequest::from_head(&head) {
+        Ok(ProxyRequest::Connect(target)) => target,
+        Err(e) => {
+            debug!("client {peer}: {e}");
+            if let Some(status) = e.status() {
+                answer(&client, status, &e.to_string());
+            }
+            return;
+        }
+    };
+    let started = Instant::now();
+    let mut ws = match shared.gateway.open_websocket() {
+        Ok(ws) => ws,
+        Err(e) => {
+            warn!("tunnel {target}: {e}");
+            answer(&client, e.status(), &e.to_string());
+            return;
+        }
+    };
+    // The CONNECT head, then what the client sent after its blank line, in order.
+    let mut opening = vec![chunk::encode(&shared.gateway.connect_head(&target))];
+    opening.extend(leftover.chunks(limits.max_chunk).map(chunk::encode));
+    let sent = ws
+        .get_ref()
+        .tcp()
+        .set_write_timeout(Some(limits.upgrade_timeout))
+        .map_err(tungstenite::Error::Io)
+        .and_then(|_| {
+            opening
+                .into_iter()
+                .try_for_each(|c| ws.write(Message::Binary(c.into())))
+        })
+        .and_then(|_| ws.flush());
+    if let Err(e) = sent {
+        warn!("tunnel {target}: sending the CONNECT to the gateway failed: {e}");
+        answer(&client, (502, "Bad Gateway"), "gateway connection failed");
+        return;
+    }
+    let opts = PumpOptions {
+        keepalive_interval: limits.keepalive_interval,
+        read_size: limits.max_chunk.min(64 * 1024),
+        reply_if_silent: Some(SILENT_GATEWAY_REPLY),
+    };
+    let tunnel = match Tunnel::new(client, ws, opts) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("tunnel {target}: {e}");
+            return;
+        }
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    lock(&shared.tunnels).insert(id, Arc::downgrade(&tunnel));
+    // A stop that came while the tunnel was opening has missed it: close it now.
+    if shared.stopping.load(Ordering::SeqCst) {
+        tunnel.abort();
+    }
+    let report = tunnel.run();
+    lock(&shared.tunnels).remove(&id);
+    info!(
+        "tunnel {target} closed: up {} B, down {} B, {:.3} s, {}",
+        report.bytes_socket_to_ws,
+        report.bytes_ws_to_socket,
+        started.elapsed().as_secs_f64(),
+        report.end
+    );
+}
+
+/// Answers a client the relay cannot serve, then closes without losing the
+/// answer: write side first, then a short drain so the close sends no RST.
+fn answer(client: &TcpStream, (code, reason): (u16, &str), detail: &str) {
+    let body = format!("ccr-relay: {detail}\n");
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.set_write_timeout(Some(Duration::from_secs(2)));
+    if (&*client).write_all(response.as_bytes()).is_err() {
+        return;
+    }
+    let _ = client.shutdown(Shutdown::Write);
+    let _ = client.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < 256 * 1024 {
+        match (&*client).read(&mut sink) {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}

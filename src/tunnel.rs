@@ -1,0 +1,439 @@
+//! One tunnel's data path: bytes from a plain TCP socket go out as chunks on
+//! a WebSocket, chunks coming in are written to the socket, both directions
+//! at once, until either side closes.
+//!
+//! The relay uses it with the client's socket on one side and the gateway's
+//! WebSocket on the other; the development gateway uses the same pump with
+//! the target's socket and its server-side WebSocket.
+//!
+//! Two threads, one per direction. The socket is a `TcpStream` both threads
+//! can use at once (reads on one, writes on the other). The WebSocket is one
+//! object over one (maybe TLS) stream, so it sits behind a mutex; to keep
+//! either direction from starving the other, its socket is non-blocking and
+//! the lock is held only while bytes move: each thread waits for readiness
+//! with `poll(2)` without the lock, then locks, moves what it can, unlocks.
+//! The thread writing to the socket does so without the lock, so a slow
+//! reader slows only its own direction, and, since nothing more is read from
+//! the WebSocket meanwhile, the far side too (backpressure, memory flat).
+//!
+//! Either side ending closes the whole tunnel: `shutdown(2)` on both sockets
+//! wakes whichever thread is still waiting.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Bytes, Message, WebSocket};
+
+use crate::chunk::{self, ChunkError};
+use crate::gateway::GatewayStream;
+
+/// Stack for the second pump thread: a copy loop needs little, and pages
+/// never touched cost no memory.
+const PUMP_STACK: usize = 128 * 1024;
+
+/// Room in front of read data for the chunk's tag and length varint, so a
+/// chunk is built around the bytes where they were read, without a copy.
+const HEADROOM: usize = chunk::MAX_OVERHEAD;
+
+/// How a tunnel is pumped.
+#[derive(Debug, Clone)]
+pub struct PumpOptions {
+    /// An empty chunk goes out when nothing was sent for this long.
+    pub keepalive_interval: Duration,
+    /// Largest read from the socket, and so the largest chunk sent.
+    pub read_size: usize,
+    /// Written to the socket if the WebSocket side ends before it sent any
+    /// data (the relay's `502`); never once data has flowed.
+    pub reply_if_silent: Option<&'static [u8]>,
+}
+
+impl Default for PumpOptions {
+    fn default() -> Self {
+        PumpOptions {
+            keepalive_interval: Duration::from_secs(30),
+            read_size: 64 * 1024,
+            reply_if_silent: None,
+        }
+    }
+}
+
+/// How a tunnel ended: the first thing that stopped it.
+#[derive(Debug)]
+pub enum End {
+    /// The socket side sent EOF.
+    SocketClosed,
+    /// Reading from or writing to the socket failed.
+    SocketError(io::Error),
+    /// The WebSocket side closed (close frame or EOF).
+    WsClosed,
+    /// The WebSocket failed (I/O, TLS or protocol).
+    WsError(String),
+    /// The far side sent something that is not a chunk.
+    Malformed(ChunkError),
+    /// [`Tunnel::abort`] was called (relay shutting down).
+    Aborted,
+    /// A pump thread could not be started or panicked.
+    Internal(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::SocketClosed => f.write_str("socket closed"),
+            End::SocketError(e) => write!(f, "socket error: {e}"),
+            End::WsClosed => f.write_str("websocket closed"),
+            End::WsError(e) => write!(f, "websocket error: {e}"),
+            End::Malformed(e) => write!(f, "malformed chunk: {e}"),
+            End::Aborted => f.write_str("aborted"),
+            End::Internal(e) => write!(f, "internal error: {e}"),
+        }
+    }
+}
+
+/// What a finished tunnel did.
+#[derive(Debug)]
+pub struct TunnelReport {
+    /// Data bytes read from the socket and sent as chunks.
+    pub bytes_socket_to_ws: u64,
+    /// Data bytes received in chunks and written to the socket.
+    pub bytes_ws_to_socket: u64,
+    /// What ended it first.
+    pub end: End,
+    pub duration: Duration,
+}
+
+/// A socket and a WebSocket joined into one tunnel. Shared by its two pump
+/// threads and, for [`Tunnel::abort`], by whoever tracks open tunnels.
+pub struct Tunnel {
+    socket: TcpStream,
+    ws: Mutex<WebSocket<GatewayStream>>,
+    /// The WebSocket's TCP socket, for `poll` and `shutdown` without the
+    /// lock. Valid as long as `self` is: the stream it belongs to lives in `ws`.
+    ws_fd: RawFd,
+    opts: PumpOptions,
+    closing: AtomicBool,
+    aborted: AtomicBool,
+    end: Mutex<Option<End>>,
+    bytes_socket_to_ws: AtomicU64,
+    bytes_ws_to_socket: AtomicU64,
+    started: Instant,
+}
+
+impl Tunnel {
+    /// Joins `socket` and `ws`; the WebSocket's stream becomes non-blocking.
+    pub fn new(
+        socket: TcpStream,
+        ws: WebSocket<GatewayStream>,
+        opts: PumpOptions,
+    ) -> io::Result<Arc<Tunnel>> {
+        let tcp = ws.get_ref().tcp();
+        tcp.set_nonblocking(true)?;
+        tcp.set_read_timeout(None)?;
+        tcp.set_write_timeout(None)?;
+        socket.set_read_timeout(None)?;
+        socket.set_write_timeout(None)?;
+        let ws_fd = tcp.as_raw_fd();
+        Ok(Arc::new(Tunnel {
+            socket,
+            ws: Mutex::new(ws),
+            ws_fd,
+            opts,
+            closing: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+            end: Mutex::new(None),
+            bytes_socket_to_ws: AtomicU64::new(0),
+            bytes_ws_to_socket: AtomicU64::new(0),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Sends `data` as chunks before pumping starts (the relay's CONNECT
+    /// head and the client bytes that came with it). Not counted as socket data.
+    pub fn send_data(&self, data: &[u8]) -> Result<(), String> {
+        for piece in data.chunks(self.opts.read_size.max(1)) {
+            self.send_chunk(Bytes::from(chunk::encode(piece)))?;
+        }
+        Ok(())
+    }
+
+    /// Pumps both directions until the tunnel ends; spawns one thread.
+    pub fn run(self: &Arc<Self>) -> TunnelReport {
+        let down = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name("tunnel-ws-to-socket".into())
+            .stack_size(PUMP_STACK)
+            .spawn(move || {
+                let _guard = CloseOnDrop(&down);
+                let end = down.pump_ws_to_socket();
+                down.finish(end, Side::Ws);
+            });
+        match spawned {
+            Ok(handle) => {
+                {
+                    let _guard = CloseOnDrop(self);
+                    let end = self.pump_socket_to_ws();
+                    self.finish(end, Side::Socket);
+                }
+                if handle.join().is_err() {
+                    self.finish(End::Internal("pump thread panicked".into()), Side::Abort);
+                }
+            }
+            Err(e) => self.finish(
+                End::Internal(format!("cannot start pump thread: {e}")),
+                Side::Abort,
+            ),
+        }
+        let end = self
+            .end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or(End::Internal("tunnel ended without a reason".into()));
+        TunnelReport {
+            bytes_socket_to_ws: self.bytes_socket_to_ws.load(Ordering::Relaxed),
+            bytes_ws_to_socket: self.bytes_ws_to_socket.load(Ordering::Relaxed),
+            end,
+            duration: self.started.elapsed(),
+        }
+    }
+
+    /// Ends the tunnel from outside: both sockets are shut down, which wakes
+    /// both pump threads. Safe to call at any time, any number of times.
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        self.finish(End::Aborted, Side::Abort);
+    }
+
+    /// Socket to WebSocket: wait for the socket to be readable, read once,
+    /// send the bytes as one chunk. Sends a keepalive when idle.
+    fn pump_socket_to_ws(&self) -> End {
+        let socket_fd = self.socket.as_raw_fd();
+        let mut last_sent = Instant::now();
+        loop {
+            if self.closing.load(Ordering::SeqCst) {
+                return End::Aborted;
+            }
+            let idle_left = self
+                .opts
+                .keepalive_interval
+                .saturating_sub(last_sent.elapsed());
+            match wait_ready(socket_fd, libc::POLLIN, Some(idle_left)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = self.send_chunk(Bytes::from(chunk::keepalive())) {
+                        return End::WsError(e);
+                    }
+                    last_sent = Instant::now();
+                    continue;
+                }
+                Err(e) => return End::SocketError(e),
+            }
+            // A fresh buffer per read: it moves into the outgoing frame, and
+            // an idle tunnel holds none.
+            let mut buf = vec![0u8; HEADROOM + self.opts.read_size];
+            let n = match (&self.socket).read(&mut buf[HEADROOM..]) {
+                Ok(0) => return End::SocketClosed,
+                Ok(n) => n,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return End::SocketError(e),
+            };
+            let start = HEADROOM - chunk::header_len(n);
+            chunk::write_header(&mut buf[start..HEADROOM], n);
+            buf.truncate(HEADROOM + n);
+            let frame = Bytes::from(buf).slice(start..);
+            if let Err(e) = self.send_chunk(frame) {
+                return End::WsError(e);
+            }
+            self.bytes_socket_to_ws
+                .fetch_add(n as u64, Ordering::Relaxed);
+            last_sent = Instant::now();
+        }
+    }
+
+    /// Sends one encoded chunk, waiting for the WebSocket to take it all.
+    fn send_chunk(&self, encoded: Bytes) -> Result<(), String> {
+        let mut ws = self.lock_ws();
+        match ws.write(Message::Binary(encoded)) {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e)) if is_transient(&e) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        loop {
+            match ws.flush() {
+                Ok(()) => return Ok(()),
+                Err(tungstenite::Error::Io(e)) if is_transient(&e) => {
+                    drop(ws);
+                    if self.closing.load(Ordering::SeqCst) {
+                        return Err("tunnel closing".into());
+                    }
+                    wait_ready(
+                        self.ws_fd,
+                        libc::POLLOUT,
+                        Some(self.opts.keepalive_interval),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    ws = self.lock_ws();
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// WebSocket to socket: read messages until none is buffered (bytes left
+    /// inside TLS do not wake `poll`), writing each chunk's data to the
+    /// socket with the lock released.
+    fn pump_ws_to_socket(&self) -> End {
+        loop {
+            let message = self.lock_ws().read();
+            match message {
+                Ok(Message::Binary(encoded)) => match chunk::decode(&encoded) {
+                    Ok([]) => {}
+                    Ok(data) => {
+                        if let Err(e) = (&self.socket).write_all(data) {
+                            return End::SocketError(e);
+                        }
+                        self.bytes_ws_to_socket
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => return End::Malformed(e),
+                },
+                Ok(Message::Text(_)) => return End::Malformed(ChunkError::TextFrame),
+                // Pongs to pings are queued by `read` and go out on the next call.
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(Message::Close(_)) => return End::WsClosed,
+                Err(tungstenite::Error::Io(e)) if is_transient(&e) => {
+                    if self.closing.load(Ordering::SeqCst) {
+                        return End::Aborted;
+                    }
+                    if let Err(e) =
+                        wait_ready(self.ws_fd, libc::POLLIN, Some(self.opts.keepalive_interval))
+                    {
+                        return End::WsError(e.to_string());
+                    }
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return End::WsClosed;
+                }
+                Err(e) => return End::WsError(e.to_string()),
+            }
+        }
+    }
+
+    /// Records the first end and closes both sides; later calls do nothing.
+    fn finish(&self, end: End, side: Side) {
+        if self.closing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        let silent = self.bytes_ws_to_socket.load(Ordering::Relaxed) == 0;
+        match side {
+            Side::Ws if silent && !self.aborted.load(Ordering::SeqCst) => {
+                if let Some(reply) = self.opts.reply_if_silent {
+                    let _ = (&self.socket).write_all(reply);
+                }
+            }
+            Side::Socket => {
+                // Tell the far side politely; never wait for it.
+                if let Ok(mut ws) = self.ws.try_lock() {
+                    let _ = ws.close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    }));
+                }
+            }
+            _ => {}
+        }
+        // SAFETY: ws_fd belongs to the stream owned by self.ws, alive as long as self.
+        unsafe { libc::shutdown(self.ws_fd, libc::SHUT_RDWR) };
+        // Write side first: the peer gets every byte already queued, then FIN.
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+
+    fn lock_ws(&self) -> MutexGuard<'_, WebSocket<GatewayStream>> {
+        // A panic elsewhere cannot leave a tunnel stuck: take the WebSocket anyway.
+        self.ws.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        // Closing a socket with unread input makes the kernel send RST, which
+        // can destroy response bytes still on their way to the peer. Drain first.
+        if self.socket.set_nonblocking(true).is_ok() {
+            let mut sink = [0u8; 4096];
+            for _ in 0..64 {
+                match (&self.socket).read(&mut sink) {
+                    Ok(n) if n > 0 => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Socket,
+    Ws,
+    Abort,
+}
+
+/// Ends the tunnel if a pump thread leaves its loop any way at all,
+/// panics included.
+struct CloseOnDrop<'a>(&'a Tunnel);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0
+                .finish(End::Internal("pump thread panicked".into()), Side::Abort);
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Waits until `fd` has one of `events` (or an error or hang-up, which the
+/// next read or write reports). `Ok(false)` when the timeout passed first.
+pub fn wait_ready(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up, so a sub-millisecond wait does not spin.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: one valid pollfd, count 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc > 0 {
+            return Ok(true);
+        }
+        if rc == 0 {
+            return Ok(false);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
