@@ -437,3 +437,201 @@ pub fn wait_ready(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Resu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use tungstenite::protocol::Role;
+
+    /// A connected pair of TCP sockets on loopback.
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        (a, b)
+    }
+
+    /// Two tunnels back to back over a real WebSocket on loopback:
+    /// `near` ⇄ tunnel (client role) ⇄ ws ⇄ tunnel (server role) ⇄ `far`.
+    fn back_to_back(
+        opts: PumpOptions,
+    ) -> (TcpStream, TcpStream, Vec<thread::JoinHandle<TunnelReport>>) {
+        let (ws_client, ws_server) = socket_pair();
+        let (near, near_inner) = socket_pair();
+        let (far_inner, far) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let server_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_server), Role::Server, None);
+        let mut handles = Vec::new();
+        for (socket, ws) in [(near_inner, client_ws), (far_inner, server_ws)] {
+            let tunnel = Tunnel::new(socket, ws, opts.clone()).unwrap();
+            handles.push(thread::spawn(move || tunnel.run()));
+        }
+        (near, far, handles)
+    }
+
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn streams_both_ways_at_once_byte_exact() {
+        let (near, far, handles) = back_to_back(PumpOptions::default());
+        let up = pattern(1, 16 << 20);
+        let down = pattern(2, 16 << 20);
+        let (up2, down2) = (up.clone(), down.clone());
+        let mut near_w = near.try_clone().unwrap();
+        let mut far_w = far.try_clone().unwrap();
+        let writers = [
+            thread::spawn(move || near_w.write_all(&up2).unwrap()),
+            thread::spawn(move || far_w.write_all(&down2).unwrap()),
+        ];
+        let read_n = |mut s: TcpStream, n: usize| {
+            thread::spawn(move || {
+                let mut got = vec![0; n];
+                s.read_exact(&mut got).unwrap();
+                got
+            })
+        };
+        let at_far = read_n(far.try_clone().unwrap(), up.len());
+        let at_near = read_n(near.try_clone().unwrap(), down.len());
+        assert!(at_far.join().unwrap() == up, "upload corrupted");
+        assert!(at_near.join().unwrap() == down, "download corrupted");
+        for w in writers {
+            w.join().unwrap();
+        }
+        drop(near);
+        let reports: Vec<TunnelReport> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(reports[0].bytes_socket_to_ws, up.len() as u64);
+        assert_eq!(reports[0].bytes_ws_to_socket, down.len() as u64);
+        assert!(
+            matches!(reports[0].end, End::SocketClosed),
+            "{}",
+            reports[0].end
+        );
+        // The far end saw the tunnel close.
+        let mut rest = Vec::new();
+        (&far).read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn idle_tunnel_sends_keepalives_and_abort_ends_it() {
+        let (ws_client, ws_server) = socket_pair();
+        let (near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let mut server_ws = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        let opts = PumpOptions {
+            keepalive_interval: Duration::from_millis(100),
+            ..PumpOptions::default()
+        };
+        let tunnel = Tunnel::new(near_inner, client_ws, opts).unwrap();
+        let runner = {
+            let t = Arc::clone(&tunnel);
+            thread::spawn(move || t.run())
+        };
+        let started = Instant::now();
+        let mut keepalives = 0;
+        while keepalives < 3 {
+            match server_ws.read().unwrap() {
+                Message::Binary(b) => {
+                    assert_eq!(chunk::decode(&b).unwrap(), b"");
+                    keepalives += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        tunnel.abort();
+        let report = runner.join().unwrap();
+        assert!(matches!(report.end, End::Aborted), "{}", report.end);
+        let mut rest = Vec::new();
+        (&near).read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "abort must not write into the stream");
+    }
+
+    #[test]
+    fn malformed_chunk_ends_the_tunnel_and_silent_reply_is_sent() {
+        let (ws_client, ws_server) = socket_pair();
+        let (near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let mut server_ws = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        let opts = PumpOptions {
+            reply_if_silent: Some(b"HTTP/1.1 502 Bad Gateway\r\n\r\n"),
+            ..PumpOptions::default()
+        };
+        let tunnel = Tunnel::new(near_inner, client_ws, opts).unwrap();
+        let runner = thread::spawn(move || tunnel.run());
+        server_ws
+            .send(Message::Binary(vec![0x12, 0x00].into()))
+            .unwrap();
+        let report = runner.join().unwrap();
+        assert!(
+            matches!(report.end, End::Malformed(ChunkError::WrongTag(0x12))),
+            "{}",
+            report.end
+        );
+        let mut got = Vec::new();
+        (&near).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+    }
+
+    #[test]
+    fn no_reply_of_its_own_once_data_flowed() {
+        let (ws_client, ws_server) = socket_pair();
+        let (near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let mut server_ws = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        let opts = PumpOptions {
+            reply_if_silent: Some(b"HTTP/1.1 502 Bad Gateway\r\n\r\n"),
+            ..PumpOptions::default()
+        };
+        let tunnel = Tunnel::new(near_inner, client_ws, opts).unwrap();
+        let runner = thread::spawn(move || tunnel.run());
+        server_ws
+            .send(Message::Binary(
+                chunk::encode(b"HTTP/1.1 200 OK\r\n\r\n").into(),
+            ))
+            .unwrap();
+        server_ws.send(Message::Text("nope".into())).unwrap();
+        let report = runner.join().unwrap();
+        assert!(
+            matches!(report.end, End::Malformed(ChunkError::TextFrame)),
+            "{}",
+            report.end
+        );
+        let mut got = Vec::new();
+        (&near).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[test]
+    fn answers_pings() {
+        let (ws_client, ws_server) = socket_pair();
+        let (_near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let mut server_ws = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        let tunnel = Tunnel::new(near_inner, client_ws, PumpOptions::default()).unwrap();
+        let runner = {
+            let t = Arc::clone(&tunnel);
+            thread::spawn(move || t.run())
+        };
+        server_ws
+            .send(Message::Ping(b"are you there".to_vec().into()))
+            .unwrap();
+        match server_ws.read().unwrap() {
+            Message::Pong(p) => assert_eq!(&p[..], b"are you there"),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+        tunnel.abort();
+        runner.join().unwrap();
+    }
+}
