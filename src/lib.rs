@@ -18,3 +18,4 @@ pub mod request_head;
 pub mod signals;
 pub mod token;
 pub mod tunnel;
+pub mod forward;

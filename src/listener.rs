@@ -17,6 +17,7 @@ use tungstenite::Message;
 
 use crate::chunk;
 use crate::config::Limits;
+use crate::forward;
 use crate::gateway::Gateway;
 use crate::request_head::{ProxyRequest, read_head};
 use crate::tunnel::{PumpOptions, Tunnel};
@@ -189,6 +190,10 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
     };
     let target = match ProxyRequest::from_head(&head) {
         Ok(ProxyRequest::Connect(target)) => target,
+        Ok(ProxyRequest::Forward { .. }) => {
+            forward::serve(&shared.gateway, limits, &client, head, leftover, answer);
+            return;
+        }
         Err(e) => {
             debug!("client {peer}: {e}");
             if let Some(status) = e.status() {

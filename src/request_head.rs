@@ -180,26 +180,75 @@ impl RequestHead {
     }
 }
 
+/// Methods the relay forwards as plain HTTP (absolute-form requests).
+pub const FORWARDED_METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
 /// What the client asks the proxy for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyRequest {
     /// `CONNECT host:port`: a raw tunnel.
     Connect(Authority),
+    /// `GET http://host[:port]/path`: a plain HTTP request to forward.
+    Forward {
+        authority: Authority,
+        /// The target in origin form: path and query, at least `/`.
+        path: String,
+    },
 }
 
 impl ProxyRequest {
-    /// Classifies a parsed head: CONNECT with an authority is a tunnel;
-    /// any other method is refused with 405.
+    /// Classifies a parsed head: CONNECT with an authority is a tunnel, a
+    /// forwarded method with an absolute `http://` URL is plain HTTP; other
+    /// methods are refused with 405 and other targets with 400.
+    ///
+    /// ```
+    /// use ccr_relay::request_head::{parse_head, ProxyRequest};
+    /// let head = parse_head(b"GET http://origin.test/a?b HTTP/1.1\r\n\r\n").unwrap();
+    /// let ProxyRequest::Forward { authority, path } = ProxyRequest::from_head(&head).unwrap() else {
+    ///     panic!()
+    /// };
+    /// assert_eq!((authority.to_string(), path.as_str()), ("origin.test:80".into(), "/a?b"));
+    /// ```
     pub fn from_head(head: &RequestHead) -> Result<ProxyRequest, HeadError> {
         if head.method == "CONNECT" {
             return Authority::parse(&head.target, None).map(ProxyRequest::Connect);
         }
-        Err(HeadError::MethodNotAllowed(head.method.clone()))
+        if !FORWARDED_METHODS.contains(&head.method.as_str()) {
+            return Err(HeadError::MethodNotAllowed(head.method.clone()));
+        }
+        let Some(rest) = strip_prefix_ignore_case(&head.target, "http://") else {
+            return Err(HeadError::Malformed(
+                "a proxy request needs CONNECT or an absolute http:// URL",
+            ));
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
+            Some(i) => (&rest[..i], rest[i..].to_string()),
+            None => (rest, "/".to_string()),
+        };
+        let path = match path.find('#') {
+            Some(i) => path[..i].to_string(),
+            None => path,
+        };
+        if authority.contains('@') {
+            return Err(HeadError::Malformed(
+                "credentials in the URL are not forwarded",
+            ));
+        }
+        let authority = Authority::parse(authority, Some(80))?;
+        Ok(ProxyRequest::Forward { authority, path })
     }
 }
 
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
 /// Position just past the first blank line (`\r\n\r\n` or `\n\n`), if any.
-fn head_end(buf: &[u8]) -> Option<usize> {
+pub fn head_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < buf.len() {
         if buf[i] == b'\n' {
@@ -265,6 +314,48 @@ pub fn parse_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
 
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads one head (request or response) from a buffered reader: the bytes
+/// up to and including the blank line, at most `max_bytes`. A read timeout
+/// set on the socket underneath becomes [`HeadError::Timeout`].
+pub fn read_head_bytes<R: std::io::BufRead>(
+    reader: &mut R,
+    max_bytes: usize,
+) -> Result<Vec<u8>, HeadError> {
+    let mut head = Vec::with_capacity(512);
+    loop {
+        let available = match reader.fill_buf() {
+            Ok([]) => return Err(HeadError::Closed(None)),
+            Ok(bytes) => bytes,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(HeadError::Timeout);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HeadError::Closed(Some(e))),
+        };
+        let old_len = head.len();
+        let rescan_from = old_len.saturating_sub(3);
+        head.extend_from_slice(available);
+        if let Some(end) = head_end(&head[rescan_from..]).map(|e| e + rescan_from) {
+            if end > max_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            reader.consume(end - old_len);
+            head.truncate(end);
+            return Ok(head);
+        }
+        let taken = head.len() - old_len;
+        reader.consume(taken);
+        if head.len() >= max_bytes {
+            return Err(HeadError::TooLarge);
+        }
+    }
 }
 
 /// Reads a request head from the client, at most `max_bytes` long and
@@ -401,9 +492,77 @@ mod tests {
 
     #[test]
     fn other_methods_are_405() {
-        let h = head("DELETE /x HTTP/1.1\r\n\r\n").unwrap();
-        let err = ProxyRequest::from_head(&h).unwrap_err();
-        assert_eq!(err.status(), Some((405, "Method Not Allowed")));
+        for line in [
+            "TRACE http://a.test/ HTTP/1.1",
+            "BREW http://pot.test/ HTTP/1.1",
+            "PRI * HTTP/1.1",
+        ] {
+            let h = head(&format!("{line}\r\n\r\n")).unwrap();
+            let err = ProxyRequest::from_head(&h).unwrap_err();
+            assert_eq!(err.status(), Some((405, "Method Not Allowed")), "{line}");
+        }
+    }
+
+    #[test]
+    fn absolute_form_is_forwarded_and_origin_form_is_400() {
+        for (target, authority, path) in [
+            ("http://origin.test/x/y?z=1", "origin.test:80", "/x/y?z=1"),
+            ("http://origin.test:8080", "origin.test:8080", "/"),
+            ("HTTP://Origin.Test?q", "origin.test:80", "/?q"),
+            ("http://127.0.0.1:81/a#frag", "127.0.0.1:81", "/a"),
+            ("http://[::1]:82/", "[::1]:82", "/"),
+        ] {
+            let h = head(&format!("POST {target} HTTP/1.1\r\n\r\n")).unwrap();
+            assert_eq!(
+                ProxyRequest::from_head(&h).unwrap(),
+                ProxyRequest::Forward {
+                    authority: Authority::parse(authority, None).unwrap(),
+                    path: path.to_string()
+                },
+                "{target}"
+            );
+        }
+        for target in [
+            "/",
+            "/x",
+            "https://origin.test/",
+            "http://u:p@origin.test/",
+            "http://bad host/",
+        ] {
+            let Ok(h) = head(&format!("GET {target} HTTP/1.1\r\n\r\n")) else {
+                continue;
+            };
+            let err = ProxyRequest::from_head(&h).unwrap_err();
+            assert_eq!(err.status(), Some((400, "Bad Request")), "{target}");
+        }
+    }
+
+    #[test]
+    fn reads_heads_from_a_buffered_stream_one_at_a_time() {
+        let mut r = std::io::BufReader::with_capacity(
+            7,
+            &b"GET / HTTP/1.1\r\nA: b\r\n\r\nbodyHTTP/1.1 200 OK\r\n\r\n"[..],
+        );
+        assert_eq!(
+            read_head_bytes(&mut r, 1024).unwrap(),
+            b"GET / HTTP/1.1\r\nA: b\r\n\r\n"
+        );
+        let mut body = [0u8; 4];
+        std::io::Read::read_exact(&mut r, &mut body).unwrap();
+        assert_eq!(&body, b"body");
+        assert_eq!(
+            read_head_bytes(&mut r, 1024).unwrap(),
+            b"HTTP/1.1 200 OK\r\n\r\n"
+        );
+        assert!(matches!(
+            read_head_bytes(&mut r, 1024),
+            Err(HeadError::Closed(None))
+        ));
+        let mut big = std::io::BufReader::new(&[b'a'; 100][..]);
+        assert!(matches!(
+            read_head_bytes(&mut big, 50),
+            Err(HeadError::TooLarge)
+        ));
     }
 
     #[test]
