@@ -42,6 +42,9 @@ const PUMP_STACK: usize = 128 * 1024;
 /// chunk is built around the bytes where they were read, without a copy.
 const HEADROOM: usize = chunk::MAX_OVERHEAD;
 
+/// How long the far side has to finish closing once the socket side is done.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// How a tunnel is pumped.
 #[derive(Debug, Clone)]
 pub struct PumpOptions {
@@ -120,6 +123,9 @@ pub struct Tunnel {
     opts: PumpOptions,
     closing: AtomicBool,
     aborted: AtomicBool,
+    /// Set when the socket side sent EOF: the far side has until then to
+    /// finish its close, and its last bytes still reach the socket.
+    linger_until: Mutex<Option<Instant>>,
     end: Mutex<Option<End>>,
     bytes_socket_to_ws: AtomicU64,
     bytes_ws_to_socket: AtomicU64,
@@ -147,6 +153,7 @@ impl Tunnel {
             opts,
             closing: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
+            linger_until: Mutex::new(None),
             end: Mutex::new(None),
             bytes_socket_to_ws: AtomicU64::new(0),
             bytes_ws_to_socket: AtomicU64::new(0),
@@ -172,18 +179,21 @@ impl Tunnel {
             .spawn(move || {
                 let _guard = CloseOnDrop(&down);
                 let end = down.pump_ws_to_socket();
-                down.finish(end, Side::Ws);
+                let side = Side::of(&end);
+                down.finish(end, side);
             });
         match spawned {
             Ok(handle) => {
                 {
                     let _guard = CloseOnDrop(self);
                     let end = self.pump_socket_to_ws();
-                    self.finish(end, Side::Socket);
+                    let side = Side::of(&end);
+                    self.finish(end, side);
                 }
                 if handle.join().is_err() {
                     self.finish(End::Internal("pump thread panicked".into()), Side::Abort);
                 }
+                self.shut_down_both();
             }
             Err(e) => self.finish(
                 End::Internal(format!("cannot start pump thread: {e}")),
@@ -309,12 +319,15 @@ impl Tunnel {
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => return End::WsClosed,
                 Err(tungstenite::Error::Io(e)) if is_transient(&e) => {
+                    let mut wait = self.opts.keepalive_interval;
                     if self.closing.load(Ordering::SeqCst) {
-                        return End::Aborted;
+                        let linger = *self.linger_until.lock().unwrap_or_else(|p| p.into_inner());
+                        match linger.map(|t| t.saturating_duration_since(Instant::now())) {
+                            Some(left) if !left.is_zero() => wait = left,
+                            _ => return End::Aborted,
+                        }
                     }
-                    if let Err(e) =
-                        wait_ready(self.ws_fd, libc::POLLIN, Some(self.opts.keepalive_interval))
-                    {
+                    if let Err(e) = wait_ready(self.ws_fd, libc::POLLIN, Some(wait)) {
                         return End::WsError(e.to_string());
                     }
                 }
@@ -326,33 +339,49 @@ impl Tunnel {
         }
     }
 
-    /// Records the first end and closes both sides; later calls do nothing.
+    /// Records the first end and starts closing; later calls only close
+    /// what is still open.
+    ///
+    /// - Socket side EOF: a close frame goes to the far side, which answers
+    ///   and closes; until it does (at most [`LINGER`]) its last bytes still
+    ///   reach the socket. Cutting the WebSocket at once could make the
+    ///   kernel reset it and lose bytes the far side has yet to send.
+    /// - WebSocket side ended: the socket gets anything the relay must say,
+    ///   then FIN after every byte already queued.
+    /// - Abort: both sockets shut down at once.
     fn finish(&self, end: End, side: Side) {
         if self.closing.swap(true, Ordering::SeqCst) {
+            if side != Side::Socket {
+                self.shut_down_both();
+            }
             return;
         }
         *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
         let silent = self.bytes_ws_to_socket.load(Ordering::Relaxed) == 0;
         match side {
+            Side::Socket if !thread::panicking() => {
+                *self.linger_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Instant::now() + LINGER);
+                let mut ws = self.lock_ws();
+                let _ = ws.close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                }));
+                return;
+            }
             Side::Ws if silent && !self.aborted.load(Ordering::SeqCst) => {
                 if let Some(reply) = self.opts.reply_if_silent {
                     let _ = (&self.socket).write_all(reply);
                 }
             }
-            Side::Socket => {
-                // Tell the far side politely; never wait for it.
-                if let Ok(mut ws) = self.ws.try_lock() {
-                    let _ = ws.close(Some(CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "".into(),
-                    }));
-                }
-            }
             _ => {}
         }
+        self.shut_down_both();
+    }
+
+    fn shut_down_both(&self) {
         // SAFETY: ws_fd belongs to the stream owned by self.ws, alive as long as self.
         unsafe { libc::shutdown(self.ws_fd, libc::SHUT_RDWR) };
-        // Write side first: the peer gets every byte already queued, then FIN.
         let _ = self.socket.shutdown(Shutdown::Both);
     }
 
@@ -365,24 +394,42 @@ impl Tunnel {
 impl Drop for Tunnel {
     fn drop(&mut self) {
         // Closing a socket with unread input makes the kernel send RST, which
-        // can destroy response bytes still on their way to the peer. Drain first.
-        if self.socket.set_nonblocking(true).is_ok() {
+        // can destroy bytes still on their way to the peer. Drain both first.
+        let _ = self.socket.set_nonblocking(true);
+        for fd in [self.socket.as_raw_fd(), self.ws_fd] {
             let mut sink = [0u8; 4096];
             for _ in 0..64 {
-                match (&self.socket).read(&mut sink) {
-                    Ok(n) if n > 0 => continue,
-                    _ => break,
+                // SAFETY: a valid fd owned by self and a buffer of the given length.
+                let n = unsafe {
+                    libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT)
+                };
+                if n <= 0 {
+                    break;
                 }
             }
         }
     }
 }
 
+/// Which side a tunnel's end came from, which decides how it closes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
+    /// The socket side finished sending (EOF): close gracefully.
     Socket,
+    /// The WebSocket side ended or failed.
     Ws,
+    /// Broken socket, abort or internal error: close everything now.
     Abort,
+}
+
+impl Side {
+    fn of(end: &End) -> Side {
+        match end {
+            End::SocketClosed => Side::Socket,
+            End::SocketError(_) | End::Aborted | End::Internal(_) => Side::Abort,
+            End::WsClosed | End::WsError(_) | End::Malformed(_) => Side::Ws,
+        }
+    }
 }
 
 /// Ends the tunnel if a pump thread leaves its loop any way at all,

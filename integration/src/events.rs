@@ -1,0 +1,85 @@
+//! The development gateway's event file: one line per thing a test may
+//! want to assert on, appended as it happens.
+//!
+//! Lines (the first word names the event):
+//!
+//! ```text
+//! upgrade ok
+//! upgrade refused <status> <why>
+//! upgrade stalled
+//! first-chunk "<the first chunk's data, escaped with escape()>"
+//! connect <host:port>                  (credentials checked, about to dial)
+//! tunnel refused <status> <why>        (407, 400, 502 answered in the tunnel)
+//! keepalive                            (an empty chunk came in)
+//! chunk-in <len>                       (only with --events-verbose)
+//! ping-sent
+//! pong-received
+//! tunnel-end <host:port> in=<n> out=<n> end=<why, spaces as _>
+//! ```
+//!
+//! In `tunnel-end`, `in` counts data bytes written to the target (the bytes
+//! after the CONNECT head in the first chunk included) and `out` data bytes
+//! read from the target (the gateway's own `200` head not included).
+//!
+//! Each line is written with one `write` on a file opened for appending,
+//! so lines from concurrent tunnels never interleave within a line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Where events go: a file, or nowhere.
+#[derive(Debug, Default)]
+pub struct EventLog {
+    file: Option<Mutex<File>>,
+    verbose: bool,
+}
+
+impl EventLog {
+    /// Events are dropped (no `--events`).
+    pub fn none() -> EventLog {
+        EventLog::default()
+    }
+
+    /// Appends to `path`, creating it. `verbose` adds a line per data chunk.
+    pub fn open(path: &Path, verbose: bool) -> io::Result<EventLog> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(EventLog {
+            file: Some(Mutex::new(file)),
+            verbose,
+        })
+    }
+
+    /// Whether per-chunk events are wanted.
+    pub fn verbose(&self) -> bool {
+        self.verbose && self.file.is_some()
+    }
+
+    /// Appends one line (a newline is added).
+    pub fn record(&self, line: &str) {
+        log::debug!("event: {line}");
+        if let Some(file) = &self.file {
+            let mut text = String::with_capacity(line.len() + 1);
+            text.push_str(line);
+            text.push('\n');
+            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = f.write_all(text.as_bytes()) {
+                log::warn!("cannot write the events file: {e}");
+            }
+        }
+    }
+}
+
+/// Bytes as one quoted line: printable ASCII as is, everything else
+/// escaped the way Rust escapes byte strings (`\r`, `\n`, `\"`, `\x16`).
+///
+/// ```
+/// assert_eq!(
+///     ccr_integration::events::escape(b"CONNECT a:1 HTTP/1.1\r\n\r\n\x16"),
+///     r#""CONNECT a:1 HTTP/1.1\r\n\r\n\x16""#
+/// );
+/// ```
+pub fn escape(bytes: &[u8]) -> String {
+    format!("\"{}\"", bytes.escape_ascii())
+}

@@ -1,0 +1,715 @@
+//! The development gateway: the far end of the relay's wire contract
+//! (PROTOCOL.md), for tests and demos on one machine.
+//!
+//! One listener serves both what the real gateway serves: the CA endpoint
+//! (`GET /v1/code/upstreamproxy/ca-cert`) and the tunnel WebSocket
+//! (`/v1/code/upstreamproxy/ws`), over plain TCP or TLS. Each connection
+//! gets a thread. A tunnel checks the upgrade (`Authorization: Bearer`,
+//! `Content-Type: application/proto`, failing loudly with 401 and 415 where
+//! the real gateway would fail silently), reads the CONNECT head from the
+//! first chunk, checks its `Proxy-Authorization`, dials the target (names
+//! are resolved only through `--map`; loopback IP literals are dialled
+//! directly) and then pumps bytes both ways ([`crate::pump`]).
+//!
+//! What it saw goes to an event file ([`crate::events`]) that tests read.
+//! Misbehaviour on demand: `--stall-upgrade` (never answers the upgrade) and
+//! `--refuse-upgrade STATUS`.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ccr_relay::chunk;
+use ccr_relay::gateway::{CA_CERT_PATH, GatewayStream, WS_PATH, base64};
+use ccr_relay::request_head::{
+    Authority, Host, RequestHead, head_end, parse_head, read_head_bytes,
+};
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Bytes, Message, WebSocket};
+
+use crate::args::{Args, UsageError};
+use crate::events::{EventLog, escape};
+use crate::http::{path_of, reason, response};
+use crate::pki::TestCa;
+use crate::pump::{self, PumpConfig, PumpEvent};
+
+/// Largest chunk of data the gateway sends the relay.
+pub const SEND_CHUNK: usize = 256 * 1024;
+/// Bound on the request head of the upgrade or CA request.
+const MAX_HEAD: usize = 16 * 1024;
+/// Time a client has for TLS and its request head.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the relay has to send the CONNECT chunk after the upgrade.
+const FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on dialling a target.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Stack of a connection thread (TLS handshakes need some).
+const CONN_STACK: usize = 512 * 1024;
+
+/// Command-line help for `ccr-dev-gateway`.
+pub const USAGE: &str = "\
+usage: ccr-dev-gateway --token T --session-id S --ca-dir DIR [options]
+
+A development stand-in for the CCR upstream-proxy gateway.
+
+  --listen ADDR          where to listen (default 127.0.0.1:0); prints
+                         `listening on IP:PORT` on stdout once bound
+  --token T              the session token the upgrade's Bearer must carry
+  --session-id S         the session id in the CONNECT's Basic credentials
+  --ca-dir DIR           the gateway CA (ca.pem, ca.key.pem), made if missing;
+                         served at GET /v1/code/upstreamproxy/ca-cert
+  --tls-cert F --tls-key F
+                         serve wss:// and https:// with this certificate
+  --map NAME:PORT=IP:PORT
+                         where a CONNECT target goes (repeatable); unmapped
+                         names get 502, loopback IP literals are dialled
+  --events FILE          append one line per event (see the crate docs)
+  --events-verbose       also one event line per data chunk received
+  --ping-every MS        send a WebSocket ping on each tunnel this often
+  --stall-upgrade        never answer WebSocket upgrades
+  --refuse-upgrade STATUS
+                         answer WebSocket upgrades with this status
+  --mode blind           tunnel bytes untouched (the only mode so far)
+  -h, --help             this text
+";
+
+/// What the gateway does with a tunnel's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Bytes pass through untouched, as with the real gateway's blind tunnels.
+    Blind,
+}
+
+/// Everything `ccr-dev-gateway` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub token: String,
+    pub session_id: String,
+    pub ca_dir: PathBuf,
+    /// `(cert PEM file, key PEM file)` to serve TLS with.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// CONNECT target (`name:port`, as [`Authority`] displays it) to address.
+    pub maps: HashMap<String, SocketAddr>,
+    pub events: Option<PathBuf>,
+    pub events_verbose: bool,
+    pub ping_every: Option<Duration>,
+    pub stall_upgrade: bool,
+    pub refuse_upgrade: Option<u16>,
+    pub mode: Mode,
+}
+
+impl GatewayConfig {
+    /// Parses the command line (without the program name); `Ok(None)` for `--help`.
+    pub fn from_args(
+        args: impl IntoIterator<Item = OsString>,
+    ) -> Result<Option<GatewayConfig>, UsageError> {
+        let mut args = Args::new(args)?;
+        let mut listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (mut token, mut session_id, mut ca_dir) = (None, None, None);
+        let (mut tls_cert, mut tls_key) = (None, None);
+        let mut maps = HashMap::new();
+        let (mut events, mut events_verbose) = (None, false);
+        let mut ping_every = None;
+        let (mut stall_upgrade, mut refuse_upgrade) = (false, None);
+        let mut mode = Mode::Blind;
+        while let Some(flag) = args.next_flag()? {
+            match flag.as_str() {
+                "--help" | "-h" => return Ok(None),
+                "--listen" => listen = args.listen_addr()?,
+                "--token" => token = Some(args.value()?),
+                "--session-id" => session_id = Some(args.value()?),
+                "--ca-dir" => ca_dir = Some(PathBuf::from(args.value()?)),
+                "--tls-cert" => tls_cert = Some(PathBuf::from(args.value()?)),
+                "--tls-key" => tls_key = Some(PathBuf::from(args.value()?)),
+                "--map" => {
+                    let (name, addr) = parse_map(&args.value()?)?;
+                    maps.insert(name, addr);
+                }
+                "--events" => events = Some(PathBuf::from(args.value()?)),
+                "--events-verbose" => events_verbose = true,
+                "--ping-every" => {
+                    let ms: u64 = args.parsed("a number of milliseconds")?;
+                    if ms == 0 {
+                        return Err(UsageError("--ping-every must be above 0".into()));
+                    }
+                    ping_every = Some(Duration::from_millis(ms));
+                }
+                "--stall-upgrade" => stall_upgrade = true,
+                "--refuse-upgrade" => {
+                    let status: u16 = args.parsed("an HTTP status")?;
+                    if !(200..=599).contains(&status) || status == 101 {
+                        return Err(UsageError(format!(
+                            "--refuse-upgrade: {status} is not a refusal status (200-599)"
+                        )));
+                    }
+                    refuse_upgrade = Some(status);
+                }
+                "--mode" => {
+                    mode = match args.value()?.as_str() {
+                        "blind" => Mode::Blind,
+                        "mitm" => {
+                            return Err(UsageError("--mode mitm is not implemented yet".into()));
+                        }
+                        other => {
+                            return Err(UsageError(format!(
+                                "--mode: {other:?} is not a mode (blind)"
+                            )));
+                        }
+                    }
+                }
+                _ => return Err(args.unknown()),
+            }
+        }
+        let tls = match (tls_cert, tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(UsageError("--tls-cert and --tls-key go together".into())),
+        };
+        let required = |v: Option<String>, flag: &str| {
+            v.filter(|s| !s.is_empty())
+                .ok_or_else(|| UsageError(format!("{flag} is required")))
+        };
+        Ok(Some(GatewayConfig {
+            listen,
+            token: required(token, "--token")?,
+            session_id: required(session_id, "--session-id")?,
+            ca_dir: ca_dir.ok_or_else(|| UsageError("--ca-dir is required".into()))?,
+            tls,
+            maps,
+            events,
+            events_verbose,
+            ping_every,
+            stall_upgrade,
+            refuse_upgrade,
+            mode,
+        }))
+    }
+}
+
+/// Parses `NAME:PORT=IP:PORT`.
+fn parse_map(text: &str) -> Result<(String, SocketAddr), UsageError> {
+    let bad = |why: &str| UsageError(format!("--map {text:?}: {why} (want NAME:PORT=IP:PORT)"));
+    let (from, to) = text.split_once('=').ok_or_else(|| bad("no `=`"))?;
+    let from = Authority::parse(from, None).map_err(|e| bad(&e.to_string()))?;
+    let to: SocketAddr = to.parse().map_err(|_| bad("right side is not IP:PORT"))?;
+    Ok((from.to_string(), to))
+}
+
+/// State every connection shares.
+struct Shared {
+    cfg: GatewayConfig,
+    /// `Bearer <token>` as the upgrade must carry it.
+    bearer: String,
+    /// `base64(session:token)` as the CONNECT's Basic credentials must carry it.
+    basic: String,
+    ca_pem: Vec<u8>,
+    tls: Option<native_tls::TlsAcceptor>,
+    events: EventLog,
+    next_id: AtomicU64,
+}
+
+/// A bound gateway, ready to serve.
+pub struct Gateway {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Loads (or makes) the CA, loads the TLS identity, opens the event
+    /// file and binds the listener.
+    pub fn bind(cfg: GatewayConfig) -> io::Result<Gateway> {
+        let ca = TestCa::load_or_create(&cfg.ca_dir)?;
+        let tls = match &cfg.tls {
+            Some((cert, key)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot read {}: {e}", p.display()))
+                    })
+                };
+                let identity = native_tls::Identity::from_pkcs8(&read(cert)?, &read(key)?)
+                    .map_err(|e| io::Error::other(format!("bad TLS certificate or key: {e}")))?;
+                Some(
+                    native_tls::TlsAcceptor::new(identity)
+                        .map_err(|e| io::Error::other(format!("TLS setup failed: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        let events = match &cfg.events {
+            Some(path) => EventLog::open(path, cfg.events_verbose).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+            })?,
+            None => EventLog::none(),
+        };
+        let listener = TcpListener::bind(cfg.listen)?;
+        let shared = Shared {
+            bearer: format!("Bearer {}", cfg.token),
+            basic: base64(format!("{}:{}", cfg.session_id, cfg.token).as_bytes()),
+            ca_pem: ca.cert_pem(),
+            tls,
+            events,
+            next_id: AtomicU64::new(1),
+            cfg,
+        };
+        Ok(Gateway {
+            listener,
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves connections, one thread each, for ever.
+    pub fn serve(self) -> io::Result<()> {
+        for conn in self.listener.incoming() {
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    log::warn!("accept failed: {e}");
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let shared = Arc::clone(&self.shared);
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let spawned = thread::Builder::new()
+                .name(format!("gw-conn-{id}"))
+                .stack_size(CONN_STACK)
+                .spawn(move || {
+                    if let Err(e) = handle(&shared, id, conn) {
+                        log::info!("#{id}: {e}");
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a connection thread: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves one connection: TLS if configured, one request head, then the
+/// CA certificate, a refusal, or a tunnel.
+fn handle(shared: &Shared, id: u64, tcp: TcpStream) -> io::Result<()> {
+    let peer = tcp.peer_addr()?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let stream = match &shared.tls {
+        Some(acceptor) => match acceptor.accept(tcp) {
+            Ok(tls) => GatewayStream::Tls(Box::new(tls)),
+            Err(e) => return Err(io::Error::other(format!("TLS from {peer} failed: {e}"))),
+        },
+        None => GatewayStream::Plain(tcp),
+    };
+    let mut reader = BufReader::with_capacity(MAX_HEAD, stream);
+    let head_bytes = read_head_bytes(&mut reader, MAX_HEAD)
+        .map_err(|e| io::Error::other(format!("request from {peer}: {e}")))?;
+    let leftover = reader.buffer().to_vec();
+    let mut stream = reader.into_inner();
+    let head = match parse_head(&head_bytes) {
+        Ok(h) => h,
+        Err(e) => {
+            reply_and_close(&mut stream, 400, &format!("{e}\n"));
+            return Err(io::Error::other(format!("bad request from {peer}: {e}")));
+        }
+    };
+    let path = path_of(&head.target);
+    log::info!("#{id}: {} {} from {peer}", head.method, head.target);
+    if path == CA_CERT_PATH && head.method == "GET" {
+        let resp = response(200, "application/x-pem-file", &shared.ca_pem, true);
+        stream.write_all(&resp)?;
+        stream.flush()?;
+        linger(&mut stream);
+        return Ok(());
+    }
+    if path != WS_PATH {
+        reply_and_close(&mut stream, 404, &format!("no route for {path}\n"));
+        return Ok(());
+    }
+    if shared.cfg.stall_upgrade {
+        shared.events.record("upgrade stalled");
+        log::info!("#{id}: stalling the upgrade (--stall-upgrade)");
+        stream.tcp().set_read_timeout(None)?;
+        // Hold the connection, saying nothing, until the client gives up.
+        let mut sink = [0u8; 1024];
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        return Ok(());
+    }
+    if let Err((status, why)) = check_upgrade(shared, &head) {
+        shared
+            .events
+            .record(&format!("upgrade refused {status} {why}"));
+        log::info!("#{id}: upgrade refused {status}: {why}");
+        reply_and_close(&mut stream, status, &format!("{why}\n"));
+        return Ok(());
+    }
+    let key = head.header("Sec-WebSocket-Key").unwrap_or_default();
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    shared.events.record("upgrade ok");
+    stream.write_all(answer.as_bytes())?;
+    stream.flush()?;
+    let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config()));
+    match shared.cfg.mode {
+        Mode::Blind => blind_tunnel(shared, id, ws),
+    }
+}
+
+/// The upgrade's checks, in the order the real gateway's failures would
+/// show: refusal on demand, credentials, content type, WebSocket headers.
+/// (`--stall-upgrade` comes before all of them: a stalled upgrade is never
+/// answered, whatever it carries.)
+fn check_upgrade(shared: &Shared, head: &RequestHead) -> Result<(), (u16, String)> {
+    if let Some(status) = shared.cfg.refuse_upgrade {
+        return Err((status, "--refuse-upgrade".into()));
+    }
+    if head.method != "GET" {
+        return Err((405, format!("method {} is not GET", head.method)));
+    }
+    match head.header("Authorization") {
+        None => return Err((401, "no Authorization header".into())),
+        Some(v) if !eq_scheme_and_value(v, &shared.bearer) => {
+            return Err((401, "wrong bearer token".into()));
+        }
+        Some(_) => {}
+    }
+    match head.header("Content-Type") {
+        None => {
+            return Err((
+                415,
+                "no Content-Type header (want application/proto)".into(),
+            ));
+        }
+        Some(v) => {
+            let mime = v.split(';').next().unwrap_or_default().trim();
+            if !mime.eq_ignore_ascii_case("application/proto") {
+                return Err((415, format!("Content-Type {v:?} is not application/proto")));
+            }
+        }
+    }
+    let has_token = |name: &str, token: &str| {
+        head.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        return Err((400, "not a WebSocket upgrade".into()));
+    }
+    if head.header("Sec-WebSocket-Version") != Some("13") {
+        return Err((400, "Sec-WebSocket-Version is not 13".into()));
+    }
+    if head
+        .header("Sec-WebSocket-Key")
+        .is_none_or(|k| k.trim().is_empty())
+    {
+        return Err((400, "no Sec-WebSocket-Key".into()));
+    }
+    Ok(())
+}
+
+/// `Scheme value` equality with the scheme case-insensitive.
+fn eq_scheme_and_value(got: &str, want: &str) -> bool {
+    match (got.trim().split_once(' '), want.split_once(' ')) {
+        (Some((gs, gv)), Some((ws, wv))) => gs.eq_ignore_ascii_case(ws) && gv.trim() == wv,
+        _ => false,
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(128 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(8 * chunk::MAX_CHUNK_DATA)
+        .max_message_size(Some(4 * chunk::MAX_CHUNK_DATA))
+        .max_frame_size(Some(4 * chunk::MAX_CHUNK_DATA))
+}
+
+/// Why a tunnel is refused: the response head sent inside it.
+struct Refusal {
+    status: u16,
+    why: String,
+}
+
+fn refuse(status: u16, why: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        why: why.into(),
+    }
+}
+
+/// A blind tunnel: CONNECT checks, dial, `200`, then bytes both ways.
+fn blind_tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> io::Result<()> {
+    let started = Instant::now();
+    let first = match read_first_chunk(&mut ws) {
+        Ok(data) => data,
+        Err(refusal) => {
+            refuse_tunnel(shared, id, &mut ws, refusal);
+            return Ok(());
+        }
+    };
+    shared
+        .events
+        .record(&format!("first-chunk {}", escape(&first)));
+    let (target, rest) = match check_connect(shared, &first) {
+        Ok(t) => t,
+        Err(refusal) => {
+            refuse_tunnel(shared, id, &mut ws, refusal);
+            return Ok(());
+        }
+    };
+    let name = target.to_string();
+    shared.events.record(&format!("connect {name}"));
+    let socket = match dial(shared, &target) {
+        Ok(s) => s,
+        Err(refusal) => {
+            refuse_tunnel(shared, id, &mut ws, refusal);
+            return Ok(());
+        }
+    };
+    log::info!("#{id}: tunnel to {name} ({})", socket.peer_addr()?);
+    ws.send(Message::Binary(Bytes::from(chunk::encode(
+        b"HTTP/1.1 200 Connection Established\r\n\r\n",
+    ))))
+    .map_err(io::Error::other)?;
+    if !rest.is_empty() {
+        (&socket).write_all(&rest)?;
+    }
+    let events = &shared.events;
+    let verbose = events.verbose();
+    let observe = |e: PumpEvent| match e {
+        PumpEvent::Keepalive => events.record("keepalive"),
+        PumpEvent::ChunkIn(n) if verbose => events.record(&format!("chunk-in {n}")),
+        PumpEvent::ChunkIn(_) => {}
+        PumpEvent::PingSent => events.record("ping-sent"),
+        PumpEvent::PongReceived => events.record("pong-received"),
+    };
+    let cfg = PumpConfig {
+        read_size: SEND_CHUNK,
+        ping_every: shared.cfg.ping_every,
+    };
+    let report = pump::run(socket, ws, cfg, &observe)?;
+    let in_total = report.bytes_in + rest.len() as u64;
+    shared.events.record(&format!(
+        "tunnel-end {name} in={in_total} out={} end={}",
+        report.bytes_out,
+        report.end.replace(' ', "_")
+    ));
+    let secs = started.elapsed().as_secs_f64();
+    log::info!(
+        "#{id}: tunnel to {name} ended ({}): in {in_total} B, out {} B, {secs:.2} s, {:.1} MB/s",
+        report.end,
+        report.bytes_out,
+        (in_total + report.bytes_out) as f64 / secs.max(1e-9) / 1e6
+    );
+    Ok(())
+}
+
+/// Reads the first message; it must be a chunk carrying data.
+fn read_first_chunk(ws: &mut WebSocket<GatewayStream>) -> Result<Vec<u8>, Refusal> {
+    let deadline = Instant::now() + FIRST_CHUNK_TIMEOUT;
+    loop {
+        let _ = ws.get_ref().tcp().set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ));
+        match ws.read() {
+            Ok(Message::Binary(b)) => {
+                return match chunk::decode(&b) {
+                    Ok([]) => Err(refuse(400, "first chunk carries no data (a keepalive)")),
+                    Ok(data) => Ok(data.to_vec()),
+                    Err(e) => Err(refuse(400, format!("first message is not a chunk: {e}"))),
+                };
+            }
+            Ok(Message::Text(_)) => return Err(refuse(400, "first message is a text frame")),
+            Ok(Message::Close(_)) => return Err(refuse(0, "relay closed before the CONNECT")),
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(refuse(408, "no CONNECT chunk in time"));
+            }
+            Err(e) => {
+                return Err(refuse(
+                    0,
+                    format!("websocket failed before the CONNECT: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+/// Checks the CONNECT head in the first chunk: exact framing, method,
+/// credentials, target. Returns the target and the data after the head.
+fn check_connect(shared: &Shared, data: &[u8]) -> Result<(Authority, Vec<u8>), Refusal> {
+    let Some(end) = head_end(data) else {
+        return Err(refuse(
+            400,
+            "first chunk does not hold a whole CONNECT head",
+        ));
+    };
+    let head_bytes = &data[..end];
+    let bare_lf = head_bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head_bytes[i - 1] != b'\r'));
+    if bare_lf {
+        return Err(refuse(400, "CONNECT head has a line not ending in CRLF"));
+    }
+    let head = parse_head(head_bytes).map_err(|e| refuse(400, e.to_string()))?;
+    if head.method != "CONNECT" {
+        return Err(refuse(
+            405,
+            format!("method {} is not CONNECT", head.method),
+        ));
+    }
+    if head.minor_version != 1 {
+        return Err(refuse(400, "CONNECT is not HTTP/1.1"));
+    }
+    let auth = head
+        .header("Proxy-Authorization")
+        .ok_or_else(|| refuse(407, "no Proxy-Authorization"))?;
+    if !eq_scheme_and_value(auth, &format!("Basic {}", shared.basic)) {
+        return Err(refuse(407, "wrong Proxy-Authorization"));
+    }
+    let target = Authority::parse(&head.target, None)
+        .map_err(|e| refuse(400, format!("bad CONNECT target: {e}")))?;
+    Ok((target, data[end..].to_vec()))
+}
+
+/// Connects to a target: `--map` first, then loopback IP literals.
+fn dial(shared: &Shared, target: &Authority) -> Result<TcpStream, Refusal> {
+    let name = target.to_string();
+    let addr = match shared.cfg.maps.get(&name) {
+        Some(addr) => *addr,
+        None => {
+            let ip = match &target.host {
+                Host::Ipv4(ip) => IpAddr::V4(*ip),
+                Host::Ipv6(ip) => IpAddr::V6(*ip),
+                Host::Name(_) => return Err(refuse(502, format!("{name} is not mapped"))),
+            };
+            if !ip.is_loopback() {
+                return Err(refuse(
+                    502,
+                    format!("{name} is not mapped and not loopback"),
+                ));
+            }
+            SocketAddr::new(ip, target.port)
+        }
+    };
+    let socket = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| refuse(502, format!("cannot connect to {name} at {addr}: {e}")))?;
+    let _ = socket.set_nodelay(true);
+    Ok(socket)
+}
+
+/// Answers a refused tunnel inside it (status 0: nobody to answer) and
+/// closes it politely.
+fn refuse_tunnel(shared: &Shared, id: u64, ws: &mut WebSocket<GatewayStream>, refusal: Refusal) {
+    let Refusal { status, why } = refusal;
+    shared
+        .events
+        .record(&format!("tunnel refused {status} {why}"));
+    log::info!("#{id}: tunnel refused ({status}): {why}");
+    if status != 0 {
+        let head = format!("HTTP/1.1 {status} {}\r\n\r\n", reason(status));
+        let _ = ws.send(Message::Binary(Bytes::from(chunk::encode(head.as_bytes()))));
+    }
+    let _ = ws.close(None);
+    // Read until the relay's close reply or EOF, so the close is no reset.
+    let _ = ws
+        .get_ref()
+        .tcp()
+        .set_read_timeout(Some(Duration::from_secs(2)));
+    while ws.read().is_ok() {}
+}
+
+/// Sends a short response and closes without a reset.
+fn reply_and_close(stream: &mut GatewayStream, status: u16, body: &str) {
+    let _ = stream.write_all(&response(status, "text/plain", body.as_bytes(), true));
+    let _ = stream.flush();
+    linger(stream);
+}
+
+/// After the last response: half-close and read what the client still
+/// sends (bounded), so closing does not reset the connection under it.
+fn linger(stream: &mut GatewayStream) {
+    if let GatewayStream::Tls(tls) = stream {
+        let _ = tls.shutdown();
+    }
+    let tcp = stream.tcp();
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut sink = [0u8; 4096];
+    let mut tcp = tcp;
+    while matches!(tcp.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<Option<GatewayConfig>, UsageError> {
+        GatewayConfig::from_args(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn command_line() {
+        let c = cfg(&[
+            "--token",
+            "t",
+            "--session-id",
+            "s",
+            "--ca-dir",
+            "/tmp/x",
+            "--map",
+            "Origin.Test:443=127.0.0.1:9",
+            "--ping-every",
+            "250",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.maps["origin.test:443"], "127.0.0.1:9".parse().unwrap());
+        assert_eq!(c.ping_every, Some(Duration::from_millis(250)));
+        assert_eq!(c.mode, Mode::Blind);
+        assert!(cfg(&["--help"]).unwrap().is_none());
+        let err = |a: &[&str]| cfg(a).unwrap_err().0;
+        assert_eq!(
+            err(&["--session-id", "s", "--ca-dir", "d"]),
+            "--token is required"
+        );
+        assert!(err(&["--map", "x=1"]).contains("want NAME:PORT=IP:PORT"));
+        assert!(
+            err(&["--tls-cert", "c"]).contains("go together")
+                || err(&["--tls-cert", "c"]).contains("required")
+        );
+        assert!(err(&["--mode", "mitm"]).contains("not implemented"));
+        assert!(err(&["--bogus"]).contains("unknown option --bogus"));
+    }
+
+    #[test]
+    fn credentials_compare_scheme_case_insensitively() {
+        assert!(eq_scheme_and_value("bearer abc", "Bearer abc"));
+        assert!(!eq_scheme_and_value("Bearer abcd", "Bearer abc"));
+        assert!(!eq_scheme_and_value("Bearerabc", "Bearer abc"));
+    }
+}
