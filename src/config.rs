@@ -35,6 +35,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Makes the paths handed to children absolute: they may run anywhere.
+    pub fn with_absolute_paths(mut self) -> Config {
+        if let Ok(abs) = std::path::absolute(&self.ca_bundle) {
+            self.ca_bundle = abs;
+        }
+        self
+    }
+
     /// The defaults, with `ANTHROPIC_BASE_URL` and `HOME` read from the
     /// environment as PROTOCOL.md says.
     pub fn from_env() -> Config {

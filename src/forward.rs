@@ -86,6 +86,18 @@ fn ws_to_io(e: tungstenite::Error) -> io::Error {
     }
 }
 
+impl Drop for ChunkStream {
+    fn drop(&mut self) {
+        // Tell the gateway the tunnel is done rather than vanish mid-stream.
+        let _ = self
+            .ws
+            .get_ref()
+            .tcp()
+            .set_write_timeout(Some(Duration::from_millis(200)));
+        let _ = self.ws.close(None);
+    }
+}
+
 impl Read for ChunkStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {

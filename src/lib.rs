@@ -19,3 +19,5 @@ pub mod signals;
 pub mod token;
 pub mod tunnel;
 pub mod forward;
+pub mod app;
+pub mod session;
