@@ -179,14 +179,15 @@ fn serve(config: &Config, env_file: Option<&Path>) -> i32 {
         // Fail open: nothing to serve; a supervisor may start us again.
         return 0;
     };
-    if let Some(path) = env_file {
-        if let Err(e) = child_env::write_env_file(path, &started.child_vars) {
-            eprintln!(
-                "ccr-relay: warning: cannot write the env file {}: {e}; children must be given the variables another way",
-                path.display()
-            );
-        }
+    if let Some(path) = env_file
+        && let Err(e) = child_env::write_env_file(path, &started.child_vars)
+    {
+        eprintln!(
+            "ccr-relay: warning: cannot write the env file {}: {e}; children must be given the variables another way",
+            path.display()
+        );
     }
+
     let stop = started.relay.stop_handle();
     match blocked.and_then(|blocked| {
         signals::spawn_handler(blocked, move |sig| {

@@ -99,13 +99,13 @@ pub fn start(config: &Config) -> Startup {
         Err(e) => return fail_open("listener", e),
     };
     // 5. only now: the token lives in this process's memory alone.
-    if let Err(e) = fs::remove_file(&config.token_file) {
-        if e.kind() != io::ErrorKind::NotFound {
-            eprintln!(
-                "ccr-relay: warning: cannot remove the token file {}: {e}",
-                config.token_file.display()
-            );
-        }
+    if let Err(e) = fs::remove_file(&config.token_file)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        eprintln!(
+            "ccr-relay: warning: cannot remove the token file {}: {e}",
+            config.token_file.display()
+        );
     }
     // 6. the children's environment.
     let proxy_url = format!("http://{addr}");
