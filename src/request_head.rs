@@ -366,50 +366,34 @@ pub fn read_head(
     max_bytes: usize,
     timeout: Duration,
 ) -> Result<(RequestHead, Vec<u8>), HeadError> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let mut scanned: usize = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+    let deadline = DeadlineReader {
+        socket: client,
+        deadline: Instant::now() + timeout,
+    };
+    let mut reader = io::BufReader::with_capacity(2048, deadline);
+    let bytes = read_head_bytes(&mut reader, max_bytes)?;
+    let head = parse_head(&bytes)?;
+    client
+        .set_read_timeout(None)
+        .map_err(|e| HeadError::Closed(Some(e)))?;
+    Ok((head, reader.buffer().to_vec()))
+}
+
+/// Reads from a socket with one deadline for all reads together, so a
+/// client trickling a byte at a time cannot stretch it.
+struct DeadlineReader<'a> {
+    socket: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(HeadError::Timeout);
+            return Err(io::ErrorKind::TimedOut.into());
         }
-        client
-            .set_read_timeout(Some(left))
-            .map_err(|e| HeadError::Closed(Some(e)))?;
-        let n = match (&*client).read(&mut chunk) {
-            Ok(0) => return Err(HeadError::Closed(None)),
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(HeadError::Timeout);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(HeadError::Closed(Some(e))),
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        // Re-scan from a little before the old end: the blank line may straddle reads.
-        if let Some(end) = head_end(&buf[scanned.saturating_sub(3)..]) {
-            let end = end + scanned.saturating_sub(3);
-            if end > max_bytes {
-                return Err(HeadError::TooLarge);
-            }
-            let rest = buf.split_off(end);
-            let head = parse_head(&buf)?;
-            client
-                .set_read_timeout(None)
-                .map_err(|e| HeadError::Closed(Some(e)))?;
-            return Ok((head, rest));
-        }
-        scanned = buf.len();
-        if buf.len() >= max_bytes {
-            return Err(HeadError::TooLarge);
-        }
+        self.socket.set_read_timeout(Some(left))?;
+        (&*self.socket).read(buf)
     }
 }
 
@@ -563,6 +547,57 @@ mod tests {
             read_head_bytes(&mut big, 50),
             Err(HeadError::TooLarge)
         ));
+    }
+
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn bytes_after_the_blank_line_are_kept_in_order() {
+        let (mut client, server) = socket_pair();
+        std::io::Write::write_all(
+            &mut client,
+            b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n\x16\x03\x01hello",
+        )
+        .unwrap();
+        let (head, rest) = read_head(&server, 8192, Duration::from_secs(5)).unwrap();
+        assert_eq!(head.target, "a.test:443");
+        assert_eq!(rest, b"\x16\x03\x01hello");
+    }
+
+    #[test]
+    fn a_trickled_head_still_meets_one_deadline() {
+        let (mut client, server) = socket_pair();
+        let writer = std::thread::spawn(move || {
+            for b in b"CONNECT a.test:443 HTTP/1.1\r\n" {
+                if std::io::Write::write_all(&mut client, &[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let started = Instant::now();
+        let err = read_head(&server, 8192, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, HeadError::Timeout), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(600));
+        drop(server);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn heads_over_the_bound_are_refused() {
+        let (mut client, server) = socket_pair();
+        let mut big = b"CONNECT a.test:443 HTTP/1.1\r\n".to_vec();
+        big.extend(
+            std::iter::repeat_n(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaa\r\n".as_slice(), 400).flatten(),
+        );
+        std::thread::spawn(move || std::io::Write::write_all(&mut client, &big));
+        let err = read_head(&server, 8192, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.status(), Some((431, "Request Header Fields Too Large")));
     }
 
     #[test]
