@@ -19,7 +19,22 @@
 //!
 //! In `tunnel-end`, `in` counts data bytes written to the target (the bytes
 //! after the CONNECT head in the first chunk included) and `out` data bytes
-//! read from the target (the gateway's own `200` head not included).
+//! read from the target (the gateway's own `200` head not included). In
+//! MITM mode the "target" is the MITM handler, so these count the bytes
+//! the relay's side sent and got (TLS records, for a TLS tunnel).
+//!
+//! MITM mode (`--mode mitm`) adds, with `<host>` the CONNECT's host
+//! without port (lower case; IPv6 without brackets):
+//!
+//! ```text
+//! mitm <host> tls                      (first client byte 0x16: TLS both sides)
+//! mitm <host> plain                    (anything else: plain HTTP both sides)
+//! mitm <host> leaf-issued              (first time a leaf is made for <host>)
+//! mitm <host> client-tls-failed        (the client rejected the handshake)
+//! mitm <host> upstream-tls-failed <why>  (origin TLS failed; the client got 502)
+//! mitm <host> inject <Header-Name>     (once per request and injected header)
+//! mitm <host> end <why>                (the MITM handler is done)
+//! ```
 //!
 //! Each line is written with one `write` on a file opened for appending,
 //! so lines from concurrent tunnels never interleave within a line.

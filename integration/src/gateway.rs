@@ -11,6 +11,12 @@
 //! are resolved only through `--map`; loopback IP literals are dialled
 //! directly) and then pumps bytes both ways ([`crate::pump`]).
 //!
+//! With `--mode mitm` the pumped bytes go to an in-process MITM handler
+//! instead ([`crate::mitm`]): it terminates the client's TLS with a leaf
+//! for the CONNECT's host signed by the gateway CA, opens TLS to the origin
+//! (verified against `--upstream-ca`), and injects `--inject` headers into
+//! the requests; plain-HTTP tunnels get the headers too.
+//!
 //! What it saw goes to an event file ([`crate::events`]) that tests read.
 //! Misbehaviour on demand: `--stall-upgrade` (never answers the upgrade) and
 //! `--refuse-upgrade STATUS`.
@@ -36,6 +42,7 @@ use tungstenite::{Bytes, Message, WebSocket};
 use crate::args::{Args, UsageError};
 use crate::events::{EventLog, escape};
 use crate::http::{path_of, reason, response};
+use crate::mitm::{Injection, Mitm, loopback_pair};
 use crate::pki::TestCa;
 use crate::pump::{self, PumpConfig, PumpEvent};
 
@@ -75,7 +82,18 @@ A development stand-in for the CCR upstream-proxy gateway.
   --stall-upgrade        never answer WebSocket upgrades
   --refuse-upgrade STATUS
                          answer WebSocket upgrades with this status
-  --mode blind           tunnel bytes untouched (the only mode so far)
+  --mode blind|mitm      blind (default): tunnel bytes untouched; mitm:
+                         terminate the client's TLS inside each tunnel with a
+                         leaf for the CONNECT host signed by the gateway CA,
+                         re-originate TLS to the target, inject headers.
+                         A tunnel whose first client byte is not a TLS
+                         handshake (0x16) is plain HTTP on both sides
+  --upstream-ca FILE     mitm: PEM CAs that origin certificates must chain to
+                         (only those; default: the system roots). An origin
+                         that fails verification gets its client a 502
+  --inject HOST=Header-Name: value
+                         mitm: set this header on every request to HOST (any
+                         port), replacing one the client sent (repeatable)
   -h, --help             this text
 ";
 
@@ -84,6 +102,18 @@ A development stand-in for the CCR upstream-proxy gateway.
 pub enum Mode {
     /// Bytes pass through untouched, as with the real gateway's blind tunnels.
     Blind,
+    /// TLS terminated and re-originated, requests rewritten ([`crate::mitm`]).
+    Mitm,
+}
+
+impl Mode {
+    /// The `--mode` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Blind => "blind",
+            Mode::Mitm => "mitm",
+        }
+    }
 }
 
 /// Everything `ccr-dev-gateway` is told on its command line.
@@ -103,6 +133,10 @@ pub struct GatewayConfig {
     pub stall_upgrade: bool,
     pub refuse_upgrade: Option<u16>,
     pub mode: Mode,
+    /// `--upstream-ca`: what origin certificates must chain to (mitm).
+    pub upstream_ca: Option<PathBuf>,
+    /// `--inject`, in order (mitm).
+    pub inject: Vec<Injection>,
 }
 
 impl GatewayConfig {
@@ -119,6 +153,7 @@ impl GatewayConfig {
         let mut ping_every = None;
         let (mut stall_upgrade, mut refuse_upgrade) = (false, None);
         let mut mode = Mode::Blind;
+        let (mut upstream_ca, mut inject) = (None, Vec::new());
         while let Some(flag) = args.next_flag()? {
             match flag.as_str() {
                 "--help" | "-h" => return Ok(None),
@@ -154,15 +189,20 @@ impl GatewayConfig {
                 "--mode" => {
                     mode = match args.value()?.as_str() {
                         "blind" => Mode::Blind,
-                        "mitm" => {
-                            return Err(UsageError("--mode mitm is not implemented yet".into()));
-                        }
+                        "mitm" => Mode::Mitm,
                         other => {
                             return Err(UsageError(format!(
-                                "--mode: {other:?} is not a mode (blind)"
+                                "--mode: {other:?} is not a mode (blind, mitm)"
                             )));
                         }
                     }
+                }
+                "--upstream-ca" => upstream_ca = Some(PathBuf::from(args.value()?)),
+                "--inject" => {
+                    let text = args.value()?;
+                    let i = Injection::parse(&text)
+                        .map_err(|why| UsageError(format!("--inject {text:?}: {why}")))?;
+                    inject.push(i);
                 }
                 _ => return Err(args.unknown()),
             }
@@ -172,6 +212,11 @@ impl GatewayConfig {
             (None, None) => None,
             _ => return Err(UsageError("--tls-cert and --tls-key go together".into())),
         };
+        if mode != Mode::Mitm && (upstream_ca.is_some() || !inject.is_empty()) {
+            return Err(UsageError(
+                "--upstream-ca and --inject need --mode mitm".into(),
+            ));
+        }
         let required = |v: Option<String>, flag: &str| {
             v.filter(|s| !s.is_empty())
                 .ok_or_else(|| UsageError(format!("{flag} is required")))
@@ -189,6 +234,8 @@ impl GatewayConfig {
             stall_upgrade,
             refuse_upgrade,
             mode,
+            upstream_ca,
+            inject,
         }))
     }
 }
@@ -211,6 +258,8 @@ struct Shared {
     basic: String,
     ca_pem: Vec<u8>,
     tls: Option<native_tls::TlsAcceptor>,
+    /// The MITM state, in `--mode mitm`.
+    mitm: Option<Mitm>,
     events: EventLog,
     next_id: AtomicU64,
 }
@@ -248,12 +297,22 @@ impl Gateway {
             })?,
             None => EventLog::none(),
         };
+        let ca_pem = ca.cert_pem();
+        let mitm = match cfg.mode {
+            Mode::Blind => None,
+            Mode::Mitm => Some(Mitm::new(
+                ca,
+                cfg.upstream_ca.as_deref(),
+                cfg.inject.clone(),
+            )?),
+        };
         let listener = TcpListener::bind(cfg.listen)?;
         let shared = Shared {
             bearer: format!("Bearer {}", cfg.token),
             basic: base64(format!("{}:{}", cfg.session_id, cfg.token).as_bytes()),
-            ca_pem: ca.cert_pem(),
+            ca_pem,
             tls,
+            mitm,
             events,
             next_id: AtomicU64::new(1),
             cfg,
@@ -364,9 +423,7 @@ fn handle(shared: &Shared, id: u64, tcp: TcpStream) -> io::Result<()> {
     stream.write_all(answer.as_bytes())?;
     stream.flush()?;
     let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config()));
-    match shared.cfg.mode {
-        Mode::Blind => blind_tunnel(shared, id, ws),
-    }
+    tunnel(shared, id, ws)
 }
 
 /// The upgrade's checks, in the order the real gateway's failures would
@@ -453,8 +510,9 @@ fn refuse(status: u16, why: impl Into<String>) -> Refusal {
     }
 }
 
-/// A blind tunnel: CONNECT checks, dial, `200`, then bytes both ways.
-fn blind_tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> io::Result<()> {
+/// A tunnel: CONNECT checks, dial, `200`, then bytes both ways: to the
+/// target (blind), or to a MITM handler that talks to the target.
+fn tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> io::Result<()> {
     let started = Instant::now();
     let first = match read_first_chunk(&mut ws) {
         Ok(data) => data,
@@ -487,9 +545,6 @@ fn blind_tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> i
         b"HTTP/1.1 200 Connection Established\r\n\r\n",
     ))))
     .map_err(io::Error::other)?;
-    if !rest.is_empty() {
-        (&socket).write_all(&rest)?;
-    }
     let events = &shared.events;
     let verbose = events.verbose();
     let observe = |e: PumpEvent| match e {
@@ -503,7 +558,37 @@ fn blind_tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> i
         read_size: SEND_CHUNK,
         ping_every: shared.cfg.ping_every,
     };
-    let report = pump::run(socket, ws, cfg, &observe)?;
+    let report = match &shared.mitm {
+        None => {
+            if !rest.is_empty() {
+                (&socket).write_all(&rest)?;
+            }
+            pump::run(socket, ws, cfg, &observe)?
+        }
+        Some(mitm) => {
+            // The pump feeds one end of a loopback connection; the MITM
+            // handler serves the other on its own thread (started before
+            // `rest` is written, so a large `rest` cannot block).
+            let (outer, inner) = loopback_pair()?;
+            thread::scope(|s| {
+                let handler = thread::Builder::new()
+                    .name(format!("gw-mitm-{id}"))
+                    .stack_size(CONN_STACK)
+                    .spawn_scoped(s, || mitm.serve(events, id, &target.host, inner, socket))?;
+                let report = match (&outer).write_all(&rest) {
+                    Ok(()) => pump::run(outer, ws, cfg, &observe),
+                    Err(e) => {
+                        drop(outer); // the handler sees the end, so the join below returns
+                        Err(e)
+                    }
+                };
+                if handler.join().is_err() {
+                    log::warn!("#{id}: the mitm handler panicked");
+                }
+                report
+            })?
+        }
+    };
     let in_total = report.bytes_in + rest.len() as u64;
     shared.events.record(&format!(
         "tunnel-end {name} in={in_total} out={} end={}",
@@ -702,7 +787,33 @@ mod tests {
             err(&["--tls-cert", "c"]).contains("go together")
                 || err(&["--tls-cert", "c"]).contains("required")
         );
-        assert!(err(&["--mode", "mitm"]).contains("not implemented"));
+        let base = ["--token", "t", "--session-id", "s", "--ca-dir", "d"];
+        let with = |more: &[&str]| cfg(&[&base[..], more].concat());
+        let c = with(&[
+            "--mode",
+            "mitm",
+            "--upstream-ca",
+            "/tmp/ca.pem",
+            "--inject",
+            "Origin.Test=X-Api-Key: injected-secret",
+            "--inject=o2.test=X-B:",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.mode, Mode::Mitm);
+        assert_eq!(c.upstream_ca, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(
+            c.inject,
+            [
+                Injection::new("origin.test", "X-Api-Key", "injected-secret"),
+                Injection::new("o2.test", "X-B", "")
+            ]
+        );
+        let with_err = |more: &[&str]| with(more).unwrap_err().0;
+        assert!(with_err(&["--inject", "o.test=X: v"]).contains("need --mode mitm"));
+        assert!(with_err(&["--upstream-ca", "f"]).contains("need --mode mitm"));
+        assert!(with_err(&["--mode", "mitm", "--inject", "o.test"]).contains("--inject"));
+        assert!(with_err(&["--mode", "sideways"]).contains("not a mode"));
         assert!(err(&["--bogus"]).contains("unknown option --bogus"));
     }
 

@@ -20,6 +20,7 @@ pub mod args;
 pub mod events;
 pub mod gateway;
 pub mod http;
+pub mod mitm;
 pub mod origin;
 pub mod pattern;
 pub mod pki;

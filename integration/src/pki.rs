@@ -6,7 +6,8 @@
 //! tests make their own CA ([`TestCa::new`]) to give the gateway and the
 //! origins server certificates a client can be told to trust. Leaf
 //! certificates always name `127.0.0.1` as well as the names asked for, so
-//! a server on loopback can be reached by address too.
+//! a server on loopback can be reached by address too; the leaves the
+//! gateway forges in MITM mode ([`TestCa::forge_leaf`]) name exactly one host.
 
 use std::fs;
 use std::io;
@@ -185,7 +186,7 @@ impl TestCa {
     /// the key in PKCS#8 as `native_tls::Identity::from_pkcs8` wants.
     pub fn issue_leaf_pem(&self, names: &[&str]) -> io::Result<(Vec<u8>, Vec<u8>)> {
         let key = new_key()?;
-        let cert = self.sign_leaf(names, &key).map_err(to_io)?;
+        let cert = self.sign_leaf(names, &key, true).map_err(to_io)?;
         Ok((
             cert.to_pem().map_err(to_io)?,
             key.private_key_to_pem_pkcs8().map_err(to_io)?,
@@ -217,8 +218,28 @@ impl TestCa {
         (cert_path, key_path)
     }
 
-    fn sign_leaf(&self, names: &[&str], key: &PKey<Private>) -> Result<X509, ErrorStack> {
-        let common_name = names.first().copied().unwrap_or("127.0.0.1");
+    /// Issues a server certificate naming exactly `host` (a DNS name, or
+    /// an IP address written as text, which becomes an IP SAN), in memory:
+    /// what the development gateway's MITM mode presents for a tunnel's host.
+    pub fn forge_leaf(&self, host: &str) -> io::Result<(X509, PKey<Private>)> {
+        let key = new_key()?;
+        let cert = self.sign_leaf(&[host], &key, false).map_err(to_io)?;
+        Ok((cert, key))
+    }
+
+    /// `add_loopback`: name `127.0.0.1` too if `names` does not.
+    fn sign_leaf(
+        &self,
+        names: &[&str],
+        key: &PKey<Private>,
+        add_loopback: bool,
+    ) -> Result<X509, ErrorStack> {
+        // A common name is at most 64 characters; the SAN is what counts.
+        let common_name = names
+            .first()
+            .copied()
+            .filter(|n| n.len() <= 64)
+            .unwrap_or("ccr test leaf");
         let mut name = X509NameBuilder::new()?;
         name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "ccr-relay tests")?;
         name.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
@@ -258,7 +279,7 @@ impl TestCa {
                 }
             }
         }
-        if !has_loopback {
+        if add_loopback && !has_loopback {
             san.ip("127.0.0.1");
         }
         let ctx = b.x509v3_context(Some(&self.cert), None);
@@ -314,6 +335,16 @@ mod tests {
         assert_eq!(dns, ["origin.test"]);
         assert!(ips.contains(&&[127u8, 0, 0, 1][..]), "{ips:?}");
         assert_eq!(ips.len(), 2);
+
+        // A forged leaf names exactly its host.
+        let (forged, _) = ca.forge_leaf("10.1.2.3").unwrap();
+        let sans = forged.subject_alt_names().unwrap();
+        assert_eq!(sans.len(), 1);
+        assert_eq!(sans.get(0).unwrap().ipaddress(), Some(&[10u8, 1, 2, 3][..]));
+        let long = format!("{}.test", "a".repeat(70));
+        let (forged, _) = ca.forge_leaf(&long).unwrap();
+        let sans = forged.subject_alt_names().unwrap();
+        assert_eq!(sans.get(0).unwrap().dnsname(), Some(long.as_str()));
 
         // Loading gives the same CA back; it is not replaced.
         let again = TestCa::load_or_create(dir.path()).unwrap();

@@ -14,6 +14,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::gateway::Mode;
+use crate::mitm::Injection;
 use crate::temp::{TempDir, temp_dir};
 
 /// How long a child has to print its `listening on` line.
@@ -160,6 +162,13 @@ pub struct GatewayOptions {
     pub ping_every: Option<Duration>,
     pub stall_upgrade: bool,
     pub refuse_upgrade: Option<u16>,
+    /// `--mode` (default [`Mode::Blind`]).
+    pub mode: Mode,
+    /// `--upstream-ca`: PEM file of the CAs origin certificates must chain
+    /// to in MITM mode (`None`: the system roots).
+    pub upstream_ca: Option<PathBuf>,
+    /// `--inject` headers (MITM mode).
+    pub inject: Vec<Injection>,
     /// More arguments, passed as they are.
     pub extra_args: Vec<String>,
 }
@@ -175,6 +184,9 @@ impl Default for GatewayOptions {
             ping_every: None,
             stall_upgrade: false,
             refuse_upgrade: None,
+            mode: Mode::Blind,
+            upstream_ca: None,
+            inject: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -186,6 +198,28 @@ impl GatewayOptions {
         self.maps.push((name_port.to_string(), addr));
         self
     }
+
+    /// MITM mode, trusting `upstream_ca` (a PEM file) for origins.
+    ///
+    /// ```no_run
+    /// # let (origin_ca, addr) = (std::path::PathBuf::new(), "127.0.0.1:1".parse().unwrap());
+    /// use ccr_integration::GatewayOptions;
+    /// let opts = GatewayOptions::default()
+    ///     .mitm(&origin_ca)
+    ///     .inject("origin.test", "X-Api-Key", "injected-secret")
+    ///     .map("origin.test:443", addr);
+    /// ```
+    pub fn mitm(mut self, upstream_ca: &Path) -> Self {
+        self.mode = Mode::Mitm;
+        self.upstream_ca = Some(upstream_ca.to_path_buf());
+        self
+    }
+
+    /// Adds an `--inject host=name: value`.
+    pub fn inject(mut self, host: &str, name: &str, value: &str) -> Self {
+        self.inject.push(Injection::new(host, name, value));
+        self
+    }
 }
 
 /// A running `ccr-dev-gateway`, killed on drop.
@@ -193,6 +227,8 @@ pub struct DevGateway {
     pub addr: SocketAddr,
     /// Whether it serves TLS (`wss://`, `https://`).
     pub tls: bool,
+    /// What it does with tunnels.
+    pub mode: Mode,
     /// The gateway CA's certificate, as served on its CA endpoint.
     pub ca_pem_path: PathBuf,
     pub events_path: PathBuf,
@@ -239,6 +275,15 @@ impl DevGateway {
         if let Some(status) = opts.refuse_upgrade {
             cmd.arg("--refuse-upgrade").arg(status.to_string());
         }
+        if opts.mode != Mode::Blind {
+            cmd.arg("--mode").arg(opts.mode.as_str());
+        }
+        if let Some(ca) = &opts.upstream_ca {
+            cmd.arg("--upstream-ca").arg(ca);
+        }
+        for injection in &opts.inject {
+            cmd.arg("--inject").arg(injection.to_string());
+        }
         cmd.args(&opts.extra_args);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
@@ -247,6 +292,7 @@ impl DevGateway {
         DevGateway {
             addr,
             tls: opts.tls.is_some(),
+            mode: opts.mode,
             ca_pem_path: ca_dir.join(crate::pki::CA_CERT_FILE),
             events_path,
             token: opts.token,
