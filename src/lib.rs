@@ -17,6 +17,7 @@ pub mod listener;
 pub mod request_head;
 pub mod signals;
 pub mod token;
+pub mod truststore;
 pub mod tunnel;
 pub mod forward;
 pub mod app;

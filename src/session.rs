@@ -70,14 +70,25 @@ pub fn start(config: &Config) -> Startup {
         Err(e) => return fail_open("TLS set-up", e),
     };
     // 3. the gateway's CA, merged after the system bundle.
-    match ca_bundle::build_bundle(config, &endpoint, &tls) {
+    let built = match ca_bundle::build_bundle(config, &endpoint, &tls) {
         Ok(built) => {
             for warning in &built.warnings {
                 eprintln!("ccr-relay: warning: {warning}");
             }
+            built
         }
         Err(e) => return fail_open("CA bundle", e),
+    };
+    // -- child_env (begin): the user's own CA files merged in, the Java truststore.
+    let prepared = child_env::prepare_trust(
+        &config.ca_bundle,
+        built.system_bundle.as_deref(),
+        env_lookup,
+    );
+    for warning in &prepared.warnings {
+        eprintln!("ccr-relay: warning: {warning}");
     }
+    // -- child_env (end)
     // 4. the listener.
     let gateway = Gateway::new(
         endpoint,
@@ -109,11 +120,21 @@ pub fn start(config: &Config) -> Startup {
     }
     // 6. the children's environment.
     let proxy_url = format!("http://{addr}");
-    let child_vars = child_env::proxy_vars(&ProxyEnv {
+    // -- child_env (begin): the wgetrc names the port, so it is written now.
+    let proxy_env = ProxyEnv {
         proxy_url: proxy_url.clone(),
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
-    });
+    };
+    let mut client_files = prepared.files;
+    match child_env::write_wgetrc(&proxy_env, env_lookup) {
+        Ok(path) => client_files.wgetrc = Some(path),
+        Err(e) => eprintln!(
+            "ccr-relay: warning: cannot write the wgetrc for wget ({e}); WGETRC is not set, so wget will not trust the gateway"
+        ),
+    }
+    let child_vars = child_env::child_vars(&proxy_env, &client_files, env_lookup);
+    // -- child_env (end)
     Startup::Enabled(Started {
         relay,
         proxy_url,

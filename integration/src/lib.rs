@@ -17,6 +17,8 @@
 //! ```
 
 pub mod args;
+pub mod bench;
+pub mod demo;
 pub mod events;
 pub mod gateway;
 pub mod http;
@@ -26,6 +28,8 @@ pub mod pattern;
 pub mod pki;
 pub mod procs;
 pub mod pump;
+pub mod relay;
+pub mod session_env;
 pub mod temp;
 
 pub use procs::{ChildGuard, DevGateway, DevOrigin, GatewayOptions, bin_path};

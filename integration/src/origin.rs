@@ -15,12 +15,20 @@
 //! | `GET /slow/N?rate=BYTES_PER_SEC` | N pattern bytes at that rate (default 64 KiB/s) |
 //! | `GET /idle/SECS` | waits SECS (may be fractional), then `idle\n` |
 //!
-//! Anything else is `404`. `Expect: 100-continue` is answered.
+//! Anything else is `404`, unless the origin serves a directory
+//! (`--root DIR`): then `GET` and `HEAD` of any other path answer with the
+//! file under `DIR` ([`static_file`]): `Content-Type` from the extension,
+//! `Content-Length` from the file, a directory answered by its
+//! `index.html` or else its `index.json` (so `/simple/pkg/` can be a PEP 503
+//! page and `/pkg` an npm registry document), the query ignored (a dumb-HTTP
+//! git repository's `info/refs?service=…` is its plain `info/refs`).
+//! `HEAD` is answered for those files (the headers `GET` would send). `Expect: 100-continue` is answered.
 
 use std::ffi::OsString;
+use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,11 +51,13 @@ const DEFAULT_SLOW_RATE: u64 = 64 * 1024;
 
 /// Command-line help for `ccr-dev-origin`.
 pub const USAGE: &str = "\
-usage: ccr-dev-origin [--listen ADDR] [--tls-cert F --tls-key F]
+usage: ccr-dev-origin [--listen ADDR] [--tls-cert F --tls-key F] [--root DIR]
 
 A test HTTP/1.1 origin. Prints `listening on IP:PORT` once bound.
 Routes: GET /hello, GET /bytes/N, POST /echo, POST /count, POST /sha256,
 GET /headers, GET /slow/N?rate=BYTES_PER_SEC, GET /idle/SECS.
+With --root DIR, GET and HEAD of any other path serve the file under DIR
+(a directory: its index.html, else its index.json).
 ";
 
 /// What `ccr-dev-origin` is told on its command line.
@@ -56,6 +66,8 @@ pub struct OriginConfig {
     pub listen: SocketAddr,
     /// `(cert PEM file, key PEM file)` to serve HTTPS with.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--root`: the directory served for paths no built-in route takes.
+    pub root: Option<PathBuf>,
 }
 
 impl OriginConfig {
@@ -65,13 +77,14 @@ impl OriginConfig {
     ) -> Result<Option<OriginConfig>, UsageError> {
         let mut args = Args::new(args)?;
         let mut listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (mut cert, mut key) = (None, None);
+        let (mut cert, mut key, mut root) = (None, None, None);
         while let Some(flag) = args.next_flag()? {
             match flag.as_str() {
                 "--help" | "-h" => return Ok(None),
                 "--listen" => listen = args.listen_addr()?,
                 "--tls-cert" => cert = Some(PathBuf::from(args.value()?)),
                 "--tls-key" => key = Some(PathBuf::from(args.value()?)),
+                "--root" => root = Some(PathBuf::from(args.value()?)),
                 _ => return Err(args.unknown()),
             }
         }
@@ -80,7 +93,7 @@ impl OriginConfig {
             (None, None) => None,
             _ => return Err(UsageError("--tls-cert and --tls-key go together".into())),
         };
-        Ok(Some(OriginConfig { listen, tls }))
+        Ok(Some(OriginConfig { listen, tls, root }))
     }
 }
 
@@ -89,6 +102,7 @@ pub struct Origin {
     listener: TcpListener,
     tls: Option<Arc<SslAcceptor>>,
     pattern: Arc<PatternSource>,
+    root: Option<Arc<Path>>,
 }
 
 impl Origin {
@@ -116,6 +130,7 @@ impl Origin {
             listener: TcpListener::bind(cfg.listen)?,
             tls,
             pattern: Arc::new(PatternSource::new(IO_SIZE)),
+            root: cfg.root.as_deref().map(Arc::from),
         })
     }
 
@@ -137,11 +152,12 @@ impl Origin {
             };
             let tls = self.tls.clone();
             let pattern = Arc::clone(&self.pattern);
+            let root = self.root.clone();
             let spawned = thread::Builder::new()
                 .name("origin-conn".into())
                 .stack_size(512 * 1024)
                 .spawn(move || {
-                    if let Err(e) = connection(conn, tls.as_deref(), &pattern) {
+                    if let Err(e) = connection(conn, tls.as_deref(), &pattern, root.as_deref()) {
                         log::debug!("connection: {e}");
                     }
                 });
@@ -176,6 +192,7 @@ fn connection(
     tcp: TcpStream,
     tls: Option<&SslAcceptor>,
     pattern: &PatternSource,
+    root: Option<&Path>,
 ) -> io::Result<()> {
     tcp.set_nodelay(true)?;
     tcp.set_read_timeout(Some(IDLE_TIMEOUT))?;
@@ -184,9 +201,9 @@ fn connection(
             let stream = acceptor
                 .accept(tcp)
                 .map_err(|e| io::Error::other(format!("TLS handshake failed: {e}")))?;
-            serve_http(stream, pattern)
+            serve_http(stream, pattern, root)
         }
-        None => serve_http(tcp, pattern),
+        None => serve_http(tcp, pattern, root),
     }
 }
 
@@ -289,7 +306,7 @@ fn read_line<R: BufRead>(r: &mut R) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "line is not UTF-8"))
 }
 
-fn serve_http<S: Conn>(stream: S, pattern: &PatternSource) -> io::Result<()> {
+fn serve_http<S: Conn>(stream: S, pattern: &PatternSource, root: Option<&Path>) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(IO_SIZE, stream);
     let result = loop {
         let head_bytes = match read_head_bytes(&mut reader, MAX_HEAD) {
@@ -338,6 +355,7 @@ fn serve_http<S: Conn>(stream: S, pattern: &PatternSource) -> io::Result<()> {
             &mut body,
             &mut reader,
             pattern,
+            root,
             !keep_alive,
         ) {
             break Err(e);
@@ -361,6 +379,7 @@ fn route<S: Conn>(
     body: &mut Body,
     reader: &mut BufReader<S>,
     pattern: &PatternSource,
+    root: Option<&Path>,
     close: bool,
 ) -> io::Result<()> {
     let path = path_of(&head.target);
@@ -458,8 +477,126 @@ fn route<S: Conn>(
         (_, "hello" | "bytes" | "slow" | "idle" | "headers" | "echo" | "count" | "sha256", _) => {
             small(reader, 405, b"method not allowed\n")
         }
+        ("GET" | "HEAD", _, _) if root.is_some() => {
+            let root = root.expect("checked");
+            static_file(reader.get_mut(), root, path, method == "HEAD", close)
+        }
         _ => small(reader, 404, format!("no route for {path}\n").as_bytes()),
     }
+}
+
+/// The file under `root` that the request path `path` names, if any: the
+/// path is percent-decoded and must be made of plain components (no `..`,
+/// no `.`, no NUL). A directory stands for its `index.html`, else its
+/// `index.json`.
+pub fn resolve_static(root: &Path, path: &str) -> Option<PathBuf> {
+    let decoded = percent_decode(path)?;
+    let rel = decoded.trim_start_matches('/');
+    let mut file = root.to_path_buf();
+    for component in Path::new(rel).components() {
+        match component {
+            Component::Normal(c) if !c.as_encoded_bytes().contains(&0) => file.push(c),
+            _ => return None,
+        }
+    }
+    if file.is_dir() {
+        return ["index.html", "index.json"]
+            .iter()
+            .map(|index| file.join(index))
+            .find(|f| f.is_file());
+    }
+    file.is_file().then_some(file)
+}
+
+/// `%XX` sequences decoded; `None` if one is malformed or the result is not
+/// UTF-8.
+fn percent_decode(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The `Content-Type` for a file, from its name.
+pub fn content_type(file: &Path) -> &'static str {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let types: &[(&str, &str)] = &[
+        (".html", "text/html; charset=utf-8"),
+        (".htm", "text/html; charset=utf-8"),
+        (".json", "application/json"),
+        (".txt", "text/plain; charset=utf-8"),
+        (".tar.gz", "application/gzip"),
+        (".tgz", "application/gzip"),
+        (".gz", "application/gzip"),
+        (".whl", "application/zip"),
+        (".zip", "application/zip"),
+        (".jar", "application/java-archive"),
+        (".pom", "application/xml"),
+        (".xml", "application/xml"),
+        (".pem", "application/x-pem-file"),
+    ];
+    if let Some((_, ty)) = types.iter().find(|(ext, _)| name.ends_with(ext)) {
+        return ty;
+    }
+    // Files a dumb-HTTP git client fetches as text.
+    if matches!(name.as_str(), "head" | "refs" | "packs" | "alternates") {
+        return "text/plain; charset=utf-8";
+    }
+    "application/octet-stream"
+}
+
+/// Answers `GET` (or `HEAD`) of `path` from the directory `root`: the file
+/// streamed with its type and length, or `404`.
+fn static_file<W: Write>(
+    w: &mut W,
+    root: &Path,
+    path: &str,
+    head_only: bool,
+    close: bool,
+) -> io::Result<()> {
+    let path = path_of(path);
+    let opened = resolve_static(root, path).and_then(|file| {
+        let f = fs::File::open(&file).ok()?;
+        let len = f.metadata().ok()?.len();
+        Some((file, f, len))
+    });
+    let Some((file, f, len)) = opened else {
+        let body = format!("no file for {path}\n");
+        let mut r = response(404, "text/plain", body.as_bytes(), close);
+        if head_only {
+            r.truncate(r.len() - body.len());
+        }
+        return w.write_all(&r);
+    };
+    let conn_header = if close { "Connection: close\r\n" } else { "" };
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\n{conn_header}\r\n",
+        content_type(&file)
+    )?;
+    if !head_only {
+        let copied = io::copy(&mut f.take(len), w)?;
+        if copied != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while being served", file.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Streams the request body back, framed as it came.
@@ -527,11 +664,73 @@ mod tests {
     }
 
     #[test]
+    fn static_paths_resolve_inside_the_root_only() {
+        let dir = crate::temp_dir("origin-static");
+        let root = dir.join("root");
+        fs::create_dir_all(root.join("simple/pkg")).unwrap();
+        fs::create_dir_all(root.join("npmpkg")).unwrap();
+        fs::create_dir_all(root.join("empty")).unwrap();
+        fs::write(root.join("simple/pkg/index.html"), "<a>").unwrap();
+        fs::write(root.join("npmpkg/index.json"), "{}").unwrap();
+        fs::write(root.join("a b.txt"), "x").unwrap();
+        fs::write(dir.join("secret"), "s").unwrap();
+        let r = |p: &str| resolve_static(&root, p);
+        assert_eq!(r("/simple/pkg/"), Some(root.join("simple/pkg/index.html")));
+        assert_eq!(r("/simple/pkg"), Some(root.join("simple/pkg/index.html")));
+        assert_eq!(r("/npmpkg"), Some(root.join("npmpkg/index.json")));
+        assert_eq!(r("/a%20b.txt"), Some(root.join("a b.txt")));
+        assert_eq!(r("/empty"), None);
+        assert_eq!(r("/missing"), None);
+        assert_eq!(r("/../secret"), None);
+        assert_eq!(r("/%2e%2e/secret"), None);
+        assert_eq!(r("/%zz"), None);
+        assert_eq!(r("/a%00"), None);
+        assert_eq!(content_type(Path::new("p-1.0.tar.gz")), "application/gzip");
+        assert_eq!(content_type(Path::new("i.JSON")), "application/json");
+        assert_eq!(
+            content_type(Path::new("repo.git/HEAD")),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            content_type(Path::new("objects/ab/cdef")),
+            "application/octet-stream"
+        );
+    }
+
+    #[test]
+    fn static_files_answer_get_and_head() {
+        let dir = crate::temp_dir("origin-static-serve");
+        fs::write(dir.join("f.json"), "{\"a\":1}").unwrap();
+        let mut out = Vec::new();
+        static_file(&mut out, dir.path(), "/f.json?x=1", false, false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
+        );
+        let mut out = Vec::new();
+        static_file(&mut out, dir.path(), "/f.json", true, true).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        static_file(&mut out, dir.path(), "/nope", true, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+    }
+
+    #[test]
     fn command_line() {
         let c = OriginConfig::from_args(["--listen", "127.0.0.1:7"].map(OsString::from))
             .unwrap()
             .unwrap();
         assert_eq!(c.listen.port(), 7);
+        assert_eq!(c.root, None);
+        let c = OriginConfig::from_args(["--root", "/srv"].map(OsString::from))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.root, Some(PathBuf::from("/srv")));
         assert!(OriginConfig::from_args(["--tls-key", "k"].map(OsString::from)).is_err());
     }
 }
