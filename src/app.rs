@@ -106,7 +106,10 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
         let err = child_command(&command, &[]).exec();
         return cannot_run(&command, &err);
     };
-    let mut child = match child_command(&command, &started.child_vars).spawn() {
+    let mut child = match child_command(&command, &started.child_vars)
+        .env_remove(crate::gates::SESSION_ID_VAR)
+        .spawn()
+    {
         Ok(child) => child,
         Err(e) => {
             started.relay.stop_handle().stop();
@@ -160,6 +163,18 @@ fn child_command(command: &[OsString], vars: &[(String, String)]) -> process::Co
     let mut cmd = process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     cmd.envs(vars.iter().map(|(k, v)| (k, v)));
+    // The relay blocks the termination signals for its own handler thread;
+    // the command must start with none blocked, or Ctrl-C and SIGTERM would
+    // never reach it.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
     cmd
 }
 

@@ -111,6 +111,9 @@ pub const CA_VARS: &[&str] = &[
     "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
     // gcloud.
     "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+    // npm: a `cafile` in any npmrc replaces NODE_EXTRA_CA_CERTS; the
+    // environment setting outranks every npmrc.
+    "npm_config_cafile",
 ];
 /// How many of [`PROXY_VARS`] and [`CA_VARS`] the reference relay exports.
 const REFERENCE_PROXY: usize = 2;
@@ -887,6 +890,7 @@ files.pythonhosted.org|index.crates.io|proxy.golang.org";
             ("HTTPLIB2_CA_CERTS", bundle),
             ("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", bundle),
             ("CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE", bundle),
+            ("npm_config_cafile", bundle),
             ("NODE_USE_ENV_PROXY", "1"),
             ("WGETRC", "/home/u/.ccr/ca-bundle.wgetrc"),
             ("JAVA_TOOL_OPTIONS", &java),

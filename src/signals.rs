@@ -4,7 +4,7 @@
 //! inherits the mask and the signals wait, queued, for [`spawn_handler`]'s
 //! thread, which takes them one by one with `sigwait(2)`: no async-signal
 //! safety puzzles, and the handler may lock, log and call anything. Children
-//! start with an empty mask (the standard library resets it before `exec`).
+//! must start with an empty mask: `app` clears it between fork and exec.
 
 use std::io;
 use std::thread;

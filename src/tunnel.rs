@@ -193,6 +193,13 @@ impl Tunnel {
                 if handle.join().is_err() {
                     self.finish(End::Internal("pump thread panicked".into()), Side::Abort);
                 }
+                // Tell the far side politely before cutting; never wait for it.
+                if let Ok(mut ws) = self.ws.try_lock() {
+                    let _ = ws.close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    }));
+                }
                 self.shut_down_both();
             }
             Err(e) => self.finish(
@@ -311,6 +318,11 @@ impl Tunnel {
                         }
                         self.bytes_ws_to_socket
                             .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let mut linger =
+                            self.linger_until.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(until) = linger.as_mut() {
+                            *until = Instant::now() + LINGER;
+                        }
                     }
                     Err(e) => return End::Malformed(e),
                 },
@@ -360,13 +372,11 @@ impl Tunnel {
         let silent = self.bytes_ws_to_socket.load(Ordering::Relaxed) == 0;
         match side {
             Side::Socket if !thread::panicking() => {
+                // The socket side may only have half-closed and still want
+                // the answer: keep passing the far side's bytes to it while
+                // they keep coming, up to LINGER of silence.
                 *self.linger_until.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(Instant::now() + LINGER);
-                let mut ws = self.lock_ws();
-                let _ = ws.close(Some(CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "".into(),
-                }));
                 return;
             }
             Side::Ws if silent && !self.aborted.load(Ordering::SeqCst) => {
