@@ -339,8 +339,19 @@ impl Tunnel {
                             _ => return End::Aborted,
                         }
                     }
-                    if let Err(e) = wait_ready(self.ws_fd, libc::POLLIN, Some(wait)) {
-                        return End::WsError(e.to_string());
+                    if self.closing.load(Ordering::SeqCst) {
+                        if let Err(e) = wait_ready(self.ws_fd, libc::POLLIN, Some(wait)) {
+                            return End::WsError(e.to_string());
+                        }
+                        continue;
+                    }
+                    // Also wake when the socket side sends EOF, so the linger
+                    // that starts then is kept by this thread.
+                    match wait_either(self.ws_fd, self.socket.as_raw_fd(), wait) {
+                        Ok(true) => {}
+                        // The other thread is about to record the EOF.
+                        Ok(false) => thread::sleep(Duration::from_millis(1)),
+                        Err(e) => return End::WsError(e.to_string()),
                     }
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
@@ -460,6 +471,36 @@ fn is_transient(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
     )
+}
+
+/// Waits until `ws_fd` is readable or the peer of `socket_fd` shut down
+/// its writing. `Ok(true)` for the first (or a timeout), `Ok(false)` when
+/// only the socket's EOF is pending.
+fn wait_either(ws_fd: RawFd, socket_fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [
+        libc::pollfd {
+            fd: ws_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: socket_fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: two valid pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if rc >= 0 {
+            return Ok(rc == 0 || fds[0].revents != 0);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 /// Waits until `fd` has one of `events` (or an error or hang-up, which the
