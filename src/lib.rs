@@ -6,19 +6,19 @@
 //! reads what it asks for, [`gateway`] opens the tunnel's WebSocket, [`tunnel`]
 //! pumps bytes both ways as [`chunk`]s until either side closes.
 
+pub mod app;
 pub mod ca_bundle;
 pub mod child_env;
 pub mod chunk;
 pub mod cli;
 pub mod config;
+pub mod forward;
 pub mod gates;
 pub mod gateway;
 pub mod listener;
 pub mod request_head;
+pub mod session;
 pub mod signals;
 pub mod token;
 pub mod truststore;
 pub mod tunnel;
-pub mod forward;
-pub mod app;
-pub mod session;
