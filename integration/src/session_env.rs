@@ -348,11 +348,12 @@ impl Running {
     /// to close (a grandchild holding them open gets 5 s more); on timeout
     /// kills the process group and panics with what it printed.
     pub fn finish(mut self, timeout: Duration) -> Outcome {
+        let waiting_since = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait for the relay") {
                 break status;
             }
-            if self.started.elapsed() > timeout {
+            if waiting_since.elapsed() > timeout {
                 self.kill_group();
                 let _ = self.child.wait();
                 panic!(

@@ -239,7 +239,10 @@ fn default_handler_command_dies_of(active: bool, sig: libc::c_int, status: i32) 
         &[
             "/usr/bin/python3",
             "-c",
-            "import time; print('ready', flush=True); time.sleep(30)",
+            // Short sleeps: CPython's handler only sets a flag, and a SIGINT
+            // landing between the flag check and a long sleep would go
+            // unnoticed until the sleep ends.
+            "import time; print('ready', flush=True); [time.sleep(0.05) for _ in range(600)]",
         ],
     );
     running.wait_line(WAIT, |l| l == "ready");
