@@ -43,11 +43,9 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::ca_bundle;
 use crate::truststore;
@@ -713,7 +711,7 @@ pub fn write_wgetrc(
         &env.ca_bundle,
         &env.proxy_url,
     );
-    truststore::write_atomically(&path, &text, 0o600)?;
+    crate::atomic_file::write(&path, &text, 0o600)?;
     Ok(path)
 }
 
@@ -744,39 +742,7 @@ pub fn env_file_text(vars: &[(String, String)]) -> String {
 /// 0600) in the same directory, synced, then renamed over `path`. On
 /// failure the temporary file is removed and any old file stays as it was.
 pub fn write_env_file(path: &Path, vars: &[(String, String)]) -> io::Result<()> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "env file path has no file name",
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let text = env_file_text(vars);
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    crate::atomic_file::write(path, env_file_text(vars).as_bytes(), 0o600)
 }
 
 #[cfg(test)]
@@ -784,6 +750,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::io::BufRead;
+    use std::io::Write;
     use std::net::TcpListener;
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
@@ -791,26 +758,7 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "ccr-child-env-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempDir;
 
     fn sample(extra: &[&str]) -> ProxyEnv {
         ProxyEnv {

@@ -7,6 +7,7 @@
 //! pumps bytes both ways as [`chunk`]s until either side closes.
 
 pub mod app;
+pub mod atomic_file;
 pub mod ca_bundle;
 pub mod child_env;
 pub mod chunk;
@@ -22,3 +23,6 @@ pub mod signals;
 pub mod token;
 pub mod truststore;
 pub mod tunnel;
+
+#[cfg(test)]
+mod test_support;

@@ -20,14 +20,10 @@
 //!
 //! Also here, because nothing else in the crate needs them: a base64 decoder
 //! for the DER inside PEM blocks ([`pem_to_der`]), SHA-1 ([`sha1`], small and
-//! dependency-free; checked against FIPS 180 vectors and `keytool`), and an
-//! atomic file write ([`write_atomically`]).
+//! dependency-free; checked against FIPS 180 vectors and `keytool`).
 
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The truststore password children are given.
 pub const PASSWORD: &str = "changeit";
@@ -311,7 +307,7 @@ pub fn write_jks(path: &Path, pem_certs: &[String]) -> io::Result<Written> {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let bytes = jks_bytes(&ders, PASSWORD, now_ms)?;
-    write_atomically(path, &bytes, 0o644)?;
+    crate::atomic_file::write(path, &bytes, 0o644)?;
     Ok(Written {
         certs: ders.len(),
         skipped,
@@ -321,71 +317,17 @@ pub fn write_jks(path: &Path, pem_certs: &[String]) -> io::Result<Written> {
 // ---------------------------------------------------------------------------
 // Atomic writes
 
-/// Writes `content` to `path` atomically with exactly `mode`: a temporary
-/// file in the same directory, synced, renamed over `path`. The directory
-/// must exist. On failure the temporary file is removed and any old file is
-/// left as it was.
-pub fn write_atomically(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed it; the mode is part of the contract.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(content)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use std::fs;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
     use std::process::Command;
     use std::sync::OnceLock;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "ccr-truststore-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempDir;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -661,7 +603,7 @@ mod tests {
         let dir = TempDir::new("atomic");
         let path = dir.0.join("store.jks");
         fs::write(&path, "old").unwrap();
-        write_atomically(&path, b"new", 0o600).unwrap();
+        crate::atomic_file::write(&path, b"new", 0o600).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -669,7 +611,7 @@ mod tests {
         );
         let target = dir.0.join("a-dir");
         fs::create_dir(&target).unwrap();
-        assert!(write_atomically(&target, b"x", 0o644).is_err());
+        assert!(crate::atomic_file::write(&target, b"x", 0o644).is_err());
         let mut names: Vec<_> = fs::read_dir(&dir.0)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
