@@ -79,6 +79,10 @@ const KEEPALIVE: [u8; 2] = [0x0A, 0x00];
 /// next wake.
 const MAX_READS_PER_LOOK: usize = 64;
 
+/// How soon the keeper looks again at a socket it stopped reading at
+/// [`MAX_READS_PER_LOOK`].
+const FLOOD_PAUSE: Duration = Duration::from_millis(10);
+
 /// How the pool behaves. The defaults are the contract's.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -142,7 +146,7 @@ impl fmt::Debug for Pooled {
 /// let (ws, opened) = match pool.take() {
 ///     // A reused WebSocket: no HELLO, send the preamble with fresh credentials.
 ///     Some(pooled) => (pooled.ws, pooled.opened),
-///     None => (gateway.open_websocket()?, Instant::now()),
+///     None => (gateway.open_websocket().map_err(|e| e.to_string())?, Instant::now()),
 /// };
 /// // ... pump the tunnel over `ws` ...
 /// if tunnel_ended_with_fin {
@@ -187,6 +191,9 @@ struct Entry {
     last_sent: Instant,
     /// A pong or keepalive is queued but the socket would not take it yet.
     flush_pending: bool,
+    /// The last look stopped at [`MAX_READS_PER_LOOK`]: what is left may sit
+    /// inside TLS, where it does not wake `poll`, so look again soon.
+    more_to_read: bool,
 }
 
 /// Why a WebSocket left the pool other than by `take`.
@@ -292,6 +299,7 @@ impl Pool {
                 pooled_at: now,
                 last_sent: now,
                 flush_pending: false,
+                more_to_read: false,
             });
             log::debug!("websocket #{id} pooled ({} idle)", state.entries.len());
         }
@@ -417,9 +425,8 @@ fn look_after(entry: &mut Entry, config: &PoolConfig, now: Instant) -> Result<()
         return Err(Retire::Idle);
     }
     // Until WouldBlock: bytes already decrypted inside TLS do not wake poll.
-    let mut reads = 0;
-    while reads < MAX_READS_PER_LOOK {
-        reads += 1;
+    entry.more_to_read = true;
+    for _ in 0..MAX_READS_PER_LOOK {
         match entry.ws.read() {
             Ok(Message::Ping(_)) => entry.flush_pending = true,
             Ok(Message::Pong(_)) => {}
@@ -428,7 +435,10 @@ fn look_after(entry: &mut Entry, config: &PoolConfig, now: Instant) -> Result<()
             Ok(Message::Text(_)) => return Err(Retire::Unexpected("text")),
             Ok(Message::Close(_)) => return Err(Retire::Unexpected("a close")),
             Ok(Message::Frame(_)) => return Err(Retire::Unexpected("a raw frame")),
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                entry.more_to_read = false;
+                break;
+            }
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                 return Err(Retire::Closed);
@@ -522,12 +532,17 @@ fn keeper(shared: &Shared, wake_rx: UnixStream) {
                 }
                 fds.push(pollfd(entry.ws.get_ref().tcp().as_raw_fd(), events));
             }
-            state
+            let due = state
                 .entries
                 .iter()
                 .filter_map(|e| next_due(e, &shared.config))
                 .min()
-                .map(|due| due.saturating_duration_since(now))
+                .map(|due| due.saturating_duration_since(now));
+            if state.entries.iter().any(|e| e.more_to_read) {
+                Some(due.map_or(FLOOD_PAUSE, |d| d.min(FLOOD_PAUSE)))
+            } else {
+                due
+            }
         };
         retire_all(retired);
 
@@ -921,6 +936,24 @@ mod tests {
         assert_eq!(pool.len(), 1);
         let mut pooled = pool.take().expect("still pooled");
         still_works(&mut pooled.ws, &far);
+    }
+
+    #[test]
+    fn a_burst_of_pings_beyond_one_look_is_all_answered() {
+        let pool = Pool::new(quiet()).unwrap();
+        let (ws, far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        // One write: after the first read every ping sits in tungstenite's
+        // buffer, where it does not wake poll; the keeper must come back.
+        let n = 3 * MAX_READS_PER_LOOK;
+        for i in 0..n {
+            far.send(Message::Ping(Bytes::from(format!("{i}"))));
+        }
+        let last = format!("{}", n - 1);
+        assert!(
+            far.saw(|e| matches!(e, Event::Msg(Message::Pong(b)) if b[..] == *last.as_bytes()))
+        );
+        assert_eq!(pool.len(), 1);
     }
 
     #[test]
