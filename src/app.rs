@@ -1,6 +1,7 @@
 //! The three commands, `run`, `serve` and `doctor`, on top of the start-up
-//! sequence in [`session`](crate::session). `main.rs` parses the arguments
-//! and calls [`main`] here; everything the process does happens below it.
+//! sequence in [`session`](crate::session). [`main`] parses the arguments;
+//! `main.rs` only calls it and exits with its status, so everything the
+//! process does happens below it.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -49,29 +50,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
             0
         }
         Command::Version => {
-            println!("{}", version_text());
+            println!("{}", crate::version::version_text());
             0
         }
         Command::Run { config, command } => run(&config, command),
         Command::Serve { config, env_file } => serve(&config, env_file.as_deref()),
-        Command::Doctor { config } => session::doctor(&config),
+        Command::Doctor { config } => crate::doctor::run(&config),
     }
-}
-
-/// `ccr-relay --version`: version, target, TLS library.
-pub fn version_text() -> String {
-    format!(
-        "ccr-relay {} ({}-{}-{}, {})",
-        env!("CARGO_PKG_VERSION"),
-        std::env::consts::ARCH,
-        std::env::consts::OS,
-        if cfg!(target_env = "musl") {
-            "musl"
-        } else {
-            "gnu"
-        },
-        session::tls_library_version()
-    )
 }
 
 /// Logs go to stderr, `warn` and up unless `RUST_LOG` says otherwise. The

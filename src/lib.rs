@@ -8,11 +8,11 @@
 
 pub mod app;
 pub mod atomic_file;
-pub mod ca_bundle;
 pub mod child_env;
 pub mod chunk;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod forward;
 pub mod gates;
 pub mod gateway;
@@ -22,8 +22,9 @@ pub mod request_head;
 pub mod session;
 pub mod signals;
 pub mod token;
-pub mod truststore;
+pub mod trust;
 pub mod tunnel;
+pub mod version;
 
 #[cfg(test)]
 mod test_support;

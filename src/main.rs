@@ -1,4 +1,5 @@
-//! `ccr-relay`: parses nothing itself; see the library's `app` module.
+//! `ccr-relay`: parses nothing itself; the library's `app` module parses
+//! the arguments and runs the command, and its status is the exit status.
 
 fn main() {
     let code = ccr_relay::app::main(std::env::args_os().skip(1).collect());

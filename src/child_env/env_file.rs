@@ -1,0 +1,139 @@
+//! The children's variables as a file of `sh` exports, for `ccr-relay
+//! serve --env-file`: a supervisor's children `.` it to get the relay.
+
+use std::path::Path;
+
+use super::EnvError;
+
+/// Quotes `value` for `sh`: single quotes, each `'` written as `'\''`.
+fn sh_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// One `export NAME='value'` line per variable, so `sh` can `.` the text.
+/// Values are single-quoted (nothing in them is expanded); names are
+/// written as given and must be valid shell names (ours are).
+pub fn env_file_text(vars: &[(String, String)]) -> String {
+    let mut text = String::new();
+    for (name, value) in vars {
+        text.push_str("export ");
+        text.push_str(name);
+        text.push('=');
+        text.push_str(&sh_quote(value));
+        text.push('\n');
+    }
+    text
+}
+
+/// Writes [`env_file_text`] to `path` atomically: a temporary file (mode
+/// 0600) in the same directory, synced, then renamed over `path`. On
+/// failure the temporary file is removed and any old file stays as it was.
+pub fn write_env_file(path: &Path, vars: &[(String, String)]) -> Result<(), EnvError> {
+    crate::atomic_file::write(path, env_file_text(vars).as_bytes(), 0o600).map_err(|error| {
+        EnvError::Write {
+            path: path.to_path_buf(),
+            error,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io;
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::child_env::test_util::*;
+    use crate::child_env::{ClientFiles, child_vars};
+
+    #[test]
+    fn env_file_quoting() {
+        let vars = vec![
+            ("A".to_string(), "plain".to_string()),
+            ("B".to_string(), "it's".to_string()),
+            ("C".to_string(), String::new()),
+        ];
+        assert_eq!(
+            env_file_text(&vars),
+            "export A='plain'\nexport B='it'\\''s'\nexport C=''\n"
+        );
+    }
+
+    #[test]
+    fn env_file_survives_sh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.env");
+        let nasty = "a 'quoted' $HOME `id` \\n \"dq\"\nsecond line\t*";
+        let mut vars = child_vars(
+            &sample(&["x.example"]),
+            &ClientFiles::expected(Path::new("/home/u/.ccr/ca-bundle.crt")),
+            parent_of(&[("JAVA_TOOL_OPTIONS", "-Da='b c'")]),
+        );
+        vars.push(("NASTY".to_string(), nasty.to_string()));
+        vars.push(("TRAILING".to_string(), "ends with '".to_string()));
+        write_env_file(&path, &vars).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        for (name, value) in &vars {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(". \"$1\"; printf %s \"${name}\""))
+                .arg("sh")
+                .arg(&path)
+                .env_clear()
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), *value, "{name}");
+        }
+        // Exported, not just set: a grandchild sees them too.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(". \"$1\"; sh -c 'printf %s \"$HTTPS_PROXY\"'")
+            .arg("sh")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "http://127.0.0.1:4321"
+        );
+    }
+
+    #[test]
+    fn env_file_write_is_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.env");
+        fs::write(&path, "old\n").unwrap();
+        write_env_file(&path, &[("X".into(), "1".into())]).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "export X='1'\n");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("relay.env")]);
+
+        // A "directory" that is a regular file: the write fails, nothing left.
+        let blocker = dir.path().join("not-a-dir");
+        fs::write(&blocker, "x").unwrap();
+        let err = write_env_file(&blocker.join("relay.env"), &[]).unwrap_err();
+        assert_ne!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "export X='1'\n");
+
+        // Renaming over a directory fails: the temp file is cleaned up.
+        let target_dir = dir.path().join("target");
+        fs::create_dir(&target_dir).unwrap();
+        assert!(write_env_file(&target_dir, &[]).is_err());
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["not-a-dir", "relay.env", "target"]);
+    }
+}

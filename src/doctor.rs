@@ -1,0 +1,238 @@
+//! `ccr-relay doctor`: each gate and start-up step with ok or why not,
+//! whether the gateway answers, and the environment children would get.
+//! It runs the start-up code of [`session`](crate::session) that has no
+//! side effects (the gates, the gateway's URL and TLS settings, the bundle
+//! built in memory) and never its apply phase: the token file stays, no
+//! bundle is written, no port is kept. Exits 0 when the proxy would start,
+//! 1 when it would stay off.
+
+use std::io;
+use std::path::Path;
+
+use crate::child_env::{self, ProxyEnv};
+use crate::config::Config;
+use crate::gates::{self, Activation};
+use crate::gateway::{CA_CERT_PATH, Credentials, Gateway};
+use crate::session;
+use crate::trust;
+use crate::version::version_text;
+
+/// The gates' labels, in order (gate 4's names the token file).
+const GATES: [&str; 3] = [
+    "gate 1  CLAUDE_CODE_REMOTE",
+    "gate 2  CCR_UPSTREAM_PROXY_ENABLED",
+    "gate 3  CLAUDE_CODE_REMOTE_SESSION_ID",
+];
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Runs the checks, prints the report on stdout, returns the exit status.
+pub fn run(config: &Config) -> i32 {
+    let mut report = Report::default();
+    println!("ccr-relay doctor ({})", version_text());
+    println!();
+    println!("activation gates");
+    let activation = gates::check(env_lookup, &config.token_file);
+    let token_label = format!("gate 4  token file {}", config.token_file.display());
+    let labels: Vec<&str> = GATES
+        .iter()
+        .copied()
+        .chain([token_label.as_str()])
+        .collect();
+    let closed_at = activation.as_ref().err().map(|c| c.gate());
+    for (i, label) in labels.iter().enumerate() {
+        let gate = i as u8 + 1;
+        match (closed_at, &activation) {
+            (Some(at), Err(closed)) if gate == at => {
+                report.line(label, false, &closed.to_string());
+            }
+            (Some(at), _) if gate > at => println!("  skip  {label}: needs gate {at} to pass"),
+            _ => report.line(label, true, ""),
+        }
+    }
+
+    println!();
+    println!("start-up steps");
+    let endpoint = session::endpoint(config);
+    report.line(
+        &format!("gateway URL {}", config.base_url),
+        endpoint.is_ok(),
+        &endpoint
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    );
+    let tls = session::tls_connector(config.gateway_ca.as_deref());
+    report.line(
+        "TLS settings for the gateway",
+        tls.is_ok(),
+        tls.as_ref().err().map(String::as_str).unwrap_or(""),
+    );
+    println!("  info  system CA bundle: {}", system_text(config));
+    if let (Ok(endpoint), Ok(tls)) = (&endpoint, &tls) {
+        let bundle = session::prepare_trust(config, endpoint, tls, env_lookup);
+        let detail = match &bundle {
+            Ok(bundle) => format!("{} certificate(s)", bundle.built.gateway_certs),
+            Err(e) => e.to_string(),
+        };
+        report.line_with(
+            &format!("gateway CA  {}", endpoint.http_url(CA_CERT_PATH)),
+            bundle.is_ok(),
+            &detail,
+        );
+        if let Ok(bundle) = &bundle {
+            for (path, added) in &bundle.built.user_files {
+                println!(
+                    "  info  your CA file {}: {added} certificate(s) added",
+                    path.display()
+                );
+            }
+            for warning in &bundle.built.warnings {
+                println!("  warn  {warning}");
+            }
+        }
+        match (
+            &activation,
+            session::tls_connector(config.gateway_ca.as_deref()),
+        ) {
+            (Ok(Activation { session_id, token }), Ok(tls)) => {
+                let gateway = Gateway::new(
+                    endpoint.clone(),
+                    Credentials {
+                        session_id: session_id.clone(),
+                        token: token.clone(),
+                    },
+                    tls,
+                    config.limits.upgrade_timeout,
+                );
+                let upgrade = gateway.open_websocket().map(|mut ws| {
+                    let _ = ws.close(None);
+                });
+                report.line_with(
+                    &format!("gateway WebSocket  {}", endpoint.ws_url()),
+                    upgrade.is_ok(),
+                    &upgrade
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "upgrade accepted".into()),
+                );
+            }
+            _ => println!("  skip  gateway WebSocket: needs the gates to pass"),
+        }
+    }
+    let bundle_dir = config.ca_bundle.parent().unwrap_or(Path::new("/"));
+    let dir_state = writable_dir_state(bundle_dir);
+    report.line(
+        &format!("CA bundle {}", config.ca_bundle.display()),
+        dir_state.is_ok(),
+        dir_state.as_ref().err().map(String::as_str).unwrap_or(""),
+    );
+    // Bound and released at once: whether apply's bind would succeed.
+    let bound = std::net::TcpListener::bind(config.listen).and_then(|l| l.local_addr());
+    report.line(
+        &format!("listen on {}", config.listen),
+        bound.is_ok(),
+        &bound
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    );
+
+    println!();
+    println!("children would get");
+    let port = bound
+        .map(|a| a.port().to_string())
+        .unwrap_or_else(|_| "PORT".into());
+    let vars = child_env::proxy_vars(&ProxyEnv {
+        proxy_url: format!("http://{}:{port}", config.listen.ip()),
+        ca_bundle: config.ca_bundle.clone(),
+        no_proxy_extra: config.no_proxy_extra.clone(),
+    });
+    for (name, value) in &vars {
+        println!("  {name}={value}");
+    }
+    println!();
+    if report.failed == 0 {
+        println!("verdict: the proxy would start");
+        0
+    } else {
+        println!(
+            "verdict: the proxy would stay off ({} check(s) failed); commands run without it",
+            report.failed
+        );
+        1
+    }
+}
+
+/// The system bundle start-up would merge, and how many certificates it holds.
+fn system_text(config: &Config) -> String {
+    match trust::system_bundle(config.system_ca.as_deref()) {
+        Some(path) => match std::fs::read(&path) {
+            Ok(pem) => format!(
+                "{} ({} certificates)",
+                path.display(),
+                trust::extract_certificates(&pem).len()
+            ),
+            Err(e) => format!("{}: {e}", path.display()),
+        },
+        None => "none found (the bundle will hold the gateway's certificates alone)".into(),
+    }
+}
+
+/// Counts failed checks while printing one line per check.
+#[derive(Default)]
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn line(&mut self, what: &str, ok: bool, why: &str) {
+        if ok {
+            println!("  ok    {what}");
+        } else {
+            self.failed += 1;
+            println!("  FAIL  {what}: {why}");
+        }
+    }
+
+    fn line_with(&mut self, what: &str, ok: bool, detail: &str) {
+        if ok {
+            println!("  ok    {what}: {detail}");
+        } else {
+            self.failed += 1;
+            println!("  FAIL  {what}: {detail}");
+        }
+    }
+}
+
+/// Whether files can be created in `dir` (or in the nearest existing
+/// ancestor, since the relay creates the directory), without creating any.
+fn writable_dir_state(dir: &Path) -> Result<(), String> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(parent) => probe = parent,
+            None => break,
+        }
+    }
+    if !probe.is_dir() {
+        return Err(format!("{} is not a directory", probe.display()));
+    }
+    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|_| "path holds a NUL byte".to_string())?;
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not writable: {}",
+            probe.display(),
+            io::Error::last_os_error()
+        ))
+    }
+}

@@ -1,0 +1,105 @@
+//! What children trust: the merged CA bundle of the contract (sections 1
+//! and 2, step 3) and the files made from it. [`fetch`] gets the gateway's
+//! CA certificate, [`pem`] keeps only PEM blocks that parse as X.509,
+//! [`user_cas`] finds the user's own CA files, [`bundle`] builds system +
+//! gateway + user certificates into one bundle and writes it once,
+//! atomically, and [`jks`] writes the same certificates as a Java
+//! truststore. Nothing but parsed certificates is ever written, and no old
+//! bundle is ever left half-written. [`TrustError`] is the family's error.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod bundle;
+pub mod fetch;
+pub mod jks;
+pub mod pem;
+pub mod user_cas;
+
+pub use bundle::{Built, Bundle, system_bundle};
+pub use fetch::{DEFAULT_MAX_BYTES, fetch_gateway_ca};
+pub use pem::extract_certificates;
+
+/// Why the gateway's CA could not be fetched or the bundle written.
+/// Never holds the token (the fetch does not send it).
+#[derive(Debug)]
+pub enum TrustError {
+    /// The base URL cannot be put into a request line.
+    BadUrl(String),
+    /// TCP connect failed or the name did not resolve.
+    Unreachable(io::Error),
+    /// The TLS handshake with the gateway failed.
+    Tls(String),
+    /// Connect, TLS, request and full answer did not finish within the bound.
+    Timeout(Duration),
+    /// The connection broke during the exchange.
+    Io(io::Error),
+    /// The answer is not HTTP/1.x the client understands.
+    Malformed(String),
+    /// The gateway answered with a status other than 200.
+    Status { code: u16, reason: String },
+    /// The body is larger than the bound.
+    TooLarge { max: usize },
+    /// The body holds no PEM block that parses as an X.509 certificate.
+    NoCertificate {
+        /// Size of the body in bytes.
+        len: usize,
+        /// Its first characters, printable ASCII only.
+        start: String,
+    },
+    /// The bundle (or its directory) could not be written.
+    Write { path: PathBuf, error: io::Error },
+}
+
+impl fmt::Display for TrustError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const FETCH: &str = "fetching the gateway's CA certificate";
+        match self {
+            TrustError::BadUrl(why) => write!(f, "{FETCH}: {why}; fix the gateway base URL"),
+            TrustError::Unreachable(e) => write!(
+                f,
+                "{FETCH}: gateway unreachable ({e}); check ANTHROPIC_BASE_URL and the network"
+            ),
+            TrustError::Tls(e) => write!(
+                f,
+                "{FETCH}: TLS to the gateway failed ({e}); check the system roots or pass --gateway-ca"
+            ),
+            TrustError::Timeout(t) => write!(
+                f,
+                "{FETCH}: no complete answer within {} ms; the gateway is slow or not answering",
+                t.as_millis()
+            ),
+            TrustError::Io(e) => write!(f, "{FETCH}: connection failed mid-answer ({e})"),
+            TrustError::Malformed(why) => {
+                write!(f, "{FETCH}: the answer is not valid HTTP ({why})")
+            }
+            TrustError::Status { code, reason } => write!(
+                f,
+                "{FETCH}: the gateway answered HTTP {code}{}{} instead of 200; check ANTHROPIC_BASE_URL",
+                if reason.is_empty() { "" } else { " " },
+                reason
+            ),
+            TrustError::TooLarge { max } => write!(
+                f,
+                "{FETCH}: the answer is larger than {max} bytes and was refused; check ANTHROPIC_BASE_URL"
+            ),
+            TrustError::NoCertificate { len: 0, .. } => write!(
+                f,
+                "{FETCH}: the answer is empty and holds no PEM certificate; check ANTHROPIC_BASE_URL"
+            ),
+            TrustError::NoCertificate { len, start } => write!(
+                f,
+                "{FETCH}: answer of {len} bytes holds no PEM certificate (starts with '{start}'); check ANTHROPIC_BASE_URL"
+            ),
+            TrustError::Write { path, error } => write!(
+                f,
+                "cannot write the CA bundle {}: {error}; pass --ca-bundle with a writable path",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TrustError {}
