@@ -722,25 +722,11 @@ mod tests {
         }
     }
 
-    /// A self-signed certificate and key for `localhost`, made once.
+    /// A self-signed certificate and key for `localhost`, made once, in memory.
     fn identity() -> native_tls::Identity {
-        static PEM: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
-        let (cert, key) = PEM.get_or_init(|| {
-            let dir = crate::test_support::TempDir::new("pool-pki");
-            let (cert, key) = (dir.0.join("c.pem"), dir.0.join("k.pem"));
-            let out = std::process::Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-                .args(["ec_paramgen_curve:prime256v1", "-nodes", "-subj"])
-                .args(["/CN=localhost", "-days", "1", "-keyout"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .output()
-                .expect("the openssl tool is needed for the wss test");
-            assert!(out.status.success());
-            (std::fs::read(cert).unwrap(), std::fs::read(key).unwrap())
-        });
-        native_tls::Identity::from_pkcs8(cert, key).unwrap()
+        static PEM: OnceLock<crate::test_support::TestCert> = OnceLock::new();
+        let cert = PEM.get_or_init(|| crate::test_support::self_signed("localhost"));
+        native_tls::Identity::from_pkcs8(cert.pem.as_bytes(), cert.key.as_bytes()).unwrap()
     }
 
     /// A real WebSocket on loopback: the client side as the relay holds it,
