@@ -31,20 +31,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ccr_relay::chunk;
-use ccr_relay::gateway::{CA_CERT_PATH, GatewayStream, WS_PATH, base64};
-use ccr_relay::request_head::{
-    Authority, Host, RequestHead, head_end, parse_head, read_head_bytes,
-};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::args::{Args, UsageError};
 use crate::events::{EventLog, escape};
+use crate::head::{Authority, Host, RequestHead, head_end, parse_head, read_head_bytes};
 use crate::http::{path_of, reason, response};
 use crate::mitm::{Injection, Mitm, loopback_pair};
 use crate::pki::TestCa;
 use crate::pump::{self, PumpConfig, PumpEvent};
+use crate::stream::GatewayStream;
+use crate::wire::{self as chunk, V1_CA_CERT_PATH as CA_CERT_PATH, V1_WS_PATH as WS_PATH, base64};
 
 /// Largest chunk of data the gateway sends the relay.
 pub const SEND_CHUNK: usize = 256 * 1024;
@@ -244,7 +242,7 @@ impl GatewayConfig {
 fn parse_map(text: &str) -> Result<(String, SocketAddr), UsageError> {
     let bad = |why: &str| UsageError(format!("--map {text:?}: {why} (want NAME:PORT=IP:PORT)"));
     let (from, to) = text.split_once('=').ok_or_else(|| bad("no `=`"))?;
-    let from = Authority::parse(from, None).map_err(|e| bad(&e.to_string()))?;
+    let from = Authority::parse(from).map_err(|e| bad(&e.to_string()))?;
     let to: SocketAddr = to.parse().map_err(|_| bad("right side is not IP:PORT"))?;
     Ok((from.to_string(), to))
 }
@@ -676,7 +674,7 @@ fn check_connect(shared: &Shared, data: &[u8]) -> Result<(Authority, Vec<u8>), R
     if !eq_scheme_and_value(auth, &format!("Basic {}", shared.basic)) {
         return Err(refuse(407, "wrong Proxy-Authorization"));
     }
-    let target = Authority::parse(&head.target, None)
+    let target = Authority::parse(&head.target)
         .map_err(|e| refuse(400, format!("bad CONNECT target: {e}")))?;
     Ok((target, data[end..].to_vec()))
 }

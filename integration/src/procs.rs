@@ -311,7 +311,7 @@ impl DevGateway {
     /// `ws://127.0.0.1:PORT/v1/code/upstreamproxy/ws` or `wss://…`.
     pub fn ws_url(&self) -> String {
         let scheme = if self.tls { "wss" } else { "ws" };
-        format!("{scheme}://{}{}", self.addr, ccr_relay::gateway::WS_PATH)
+        format!("{scheme}://{}{}", self.addr, crate::wire::WS_PATH)
     }
 
     /// The event lines so far.

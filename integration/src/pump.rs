@@ -1,14 +1,12 @@
-//! Interim data path for the development gateway: joins the target's TCP
-//! socket and the relay's WebSocket, both directions at once.
+//! The development gateway's data path: joins the target's TCP socket and
+//! the relay's WebSocket, both directions at once.
 //!
-//! It follows the design of `ccr_relay::tunnel::Tunnel` (the WebSocket
-//! non-blocking behind a mutex, each direction waiting for readiness with
-//! `poll(2)` without the lock, socket writes done without the lock) and
-//! exists only because the gateway needs what that pump does not expose:
-//! an observer for incoming keepalives, data chunks and pongs, periodic
-//! pings, and a graceful close (close frame, `FIN`, then draining) so that
-//! the last response bytes reach the relay before the connection goes away.
-//! Once `Tunnel` grows those hooks, delete this file and call it instead.
+//! The WebSocket is non-blocking behind a mutex; each direction waits for
+//! readiness with `poll(2)` without the lock, and socket writes happen
+//! without the lock. An observer hears about incoming keepalives, data
+//! chunks and pongs; pings go out on demand; the close is graceful (close
+//! frame, `FIN`, then draining) so that the last response bytes reach the
+//! relay before the connection goes away.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -18,9 +16,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ccr_relay::chunk;
-use ccr_relay::gateway::GatewayStream;
-use ccr_relay::tunnel::wait_ready;
+use crate::stream::{GatewayStream, wait_ready};
+use crate::wire as chunk;
 use tungstenite::{Bytes, Message, WebSocket};
 
 /// How long the gateway keeps reading (and discarding) from the relay
