@@ -35,6 +35,7 @@ pub mod stream;
 pub mod temp;
 pub mod wire;
 
+pub use gateway::{Generation, ServerKind};
 pub use procs::{ChildGuard, DevGateway, DevOrigin, GatewayOptions, bin_path};
 pub use temp::{TempDir, temp_dir};
 
