@@ -18,6 +18,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod delay;
 pub mod demo;
 pub mod events;
 pub mod gateway;
