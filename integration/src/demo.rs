@@ -538,7 +538,7 @@ curl -sS --max-time 20 -H 'X-Api-Key: from-the-client' -o '{seen}' -w '::headers
 
 fn ws_url(gw: &DevGateway) -> String {
     let url = gw.ws_url();
-    url.strip_suffix(ccr_relay::gateway::WS_PATH)
+    url.strip_suffix(crate::wire::WS_PATH)
         .map(str::to_string)
         .unwrap_or(url)
 }

@@ -4,8 +4,8 @@
 //! Lines (the first word names the event):
 //!
 //! ```text
-//! upgrade ok
-//! upgrade refused <status> <why>
+//! upgrade ok ws=<n>
+//! upgrade refused <status> <why> ws=<n>
 //! upgrade stalled
 //! first-chunk "<the first chunk's data, escaped with escape()>"
 //! connect <host:port>                  (credentials checked, about to dial)
@@ -15,6 +15,34 @@
 //! ping-sent
 //! pong-received
 //! tunnel-end <host:port> in=<n> out=<n> end=<why, spaces as _>
+//! ```
+//!
+//! `upgrade ok` and `upgrade refused` end with ` ws=<n>`: the upgrade's
+//! number, counting every upgrade request on the WebSocket path (refused
+//! ones too, `--refuse-first` ones as `upgrade refused 503 --refuse-first`).
+//!
+//! The agent-proxy generation (`--generation agent-proxy`) adds, with
+//! `<tag>` = ` ws=<n> tunnel=<k>` (k counts tunnels on that WebSocket):
+//!
+//! ```text
+//! v2 first-message ws=<n> hex=<the first message's bytes, lower-case hex>
+//! v2 hello ws=<n> version=<v>          (late: a HELLO came)
+//! v2 hello-ack ws=<n>                  (late: HELLO_ACK 10 02 18 02 sent)
+//! v2 hello-ignored ws=<n> version=<v>  (early)
+//! v2 no-hello ws=<n>                   (the first message was data)
+//! v2 control-dropped ws=<n> control=<c>   (v1-only)
+//! v2 control-ignored ws=<n> control=<c>   (between tunnels)
+//! v2 preamble<tag> "<the CONNECT message's data, escaped>"
+//! v2 client-process<tag> <X-Agent-Proxy-Client-Process value, or ->
+//! connect <host:port>
+//! control-ignored <c><tag>             (a control message during a tunnel)
+//! fin-sent<tag>                        (late: the target ended, FIN sent)
+//! data-after-fin <len><tag>            (discarded)
+//! tunnel-end <host:port> in=<n> out=<n> end=<why><tag>
+//! v2 fin-ack<tag>                      (FIN_ACK came: the WebSocket is reused)
+//! v2 fin-ack-missing<tag>
+//! v2 idle-close ws=<n> after_ms=<ms>   (--close-idle-after)
+//! v2 ws-end ws=<n> tunnels=<k> why=<why, spaces as _>
 //! ```
 //!
 //! In `tunnel-end`, `in` counts data bytes written to the target (the bytes

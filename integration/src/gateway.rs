@@ -31,20 +31,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ccr_relay::chunk;
-use ccr_relay::gateway::{CA_CERT_PATH, GatewayStream, WS_PATH, base64};
-use ccr_relay::request_head::{
-    Authority, Host, RequestHead, head_end, parse_head, read_head_bytes,
-};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::args::{Args, UsageError};
 use crate::events::{EventLog, escape};
+use crate::head::{Authority, Host, RequestHead, head_end, parse_head, read_head_bytes};
 use crate::http::{path_of, reason, response};
 use crate::mitm::{Injection, Mitm, loopback_pair};
 use crate::pki::TestCa;
-use crate::pump::{self, PumpConfig, PumpEvent};
+use crate::pump::{self, Framing, PumpConfig, PumpEvent};
+use crate::stream::GatewayStream;
+use crate::wire::{self as chunk, V1_CA_CERT_PATH as CA_CERT_PATH, V1_WS_PATH as WS_PATH, base64};
+
+mod agent;
 
 /// Largest chunk of data the gateway sends the relay.
 pub const SEND_CHUNK: usize = 256 * 1024;
@@ -61,7 +61,7 @@ const CONN_STACK: usize = 512 * 1024;
 
 /// Command-line help for `ccr-dev-gateway`.
 pub const USAGE: &str = "\
-usage: ccr-dev-gateway --token T --session-id S --ca-dir DIR [options]
+usage: ccr-dev-gateway --token T|--token-file F --session-id S --ca-dir DIR [options]
 
 A development stand-in for the CCR upstream-proxy gateway.
 
@@ -94,6 +94,20 @@ A development stand-in for the CCR upstream-proxy gateway.
   --inject HOST=Header-Name: value
                          mitm: set this header on every request to HOST (any
                          port), replacing one the client sent (repeatable)
+  --generation upstream-proxy|agent-proxy
+                         which contract to serve (default upstream-proxy):
+                         /v1/code/upstreamproxy/{ws,ca-cert} or
+                         /v1/code/agent-proxy/{ws,ca-cert}, the other 404
+  --server late|early|v1-only
+                         agent-proxy: late (default) acknowledges HELLO,
+                         sends FIN and serves further tunnels on the same
+                         WebSocket; early never acknowledges v2 (one tunnel
+                         per WebSocket, no FIN); v1-only drops every control
+                         message unread (one tunnel per WebSocket, no FIN)
+  --refuse-first N       answer the first N upgrades with 503
+  --close-idle-after MS  close a WebSocket idle this long between tunnels
+  --token-file PATH      re-read on every upgrade and CONNECT: a non-empty
+                         token in it is the one accepted (else --token)
   -h, --help             this text
 ";
 
@@ -112,6 +126,57 @@ impl Mode {
         match self {
             Mode::Blind => "blind",
             Mode::Mitm => "mitm",
+        }
+    }
+}
+
+/// Which generation of the contract the gateway speaks (`--generation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// Generation 1: `/v1/code/upstreamproxy/*`, one chunk format, one
+    /// tunnel per WebSocket.
+    UpstreamProxy,
+    /// Generation 2: `/v1/code/agent-proxy/*`, protocol v2 messages.
+    AgentProxy,
+}
+
+impl Generation {
+    /// The `--generation` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Generation::UpstreamProxy => "upstream-proxy",
+            Generation::AgentProxy => "agent-proxy",
+        }
+    }
+
+    /// `(WebSocket path, CA path)`.
+    pub fn paths(self) -> (&'static str, &'static str) {
+        match self {
+            Generation::UpstreamProxy => (WS_PATH, CA_CERT_PATH),
+            Generation::AgentProxy => (chunk::V2_WS_PATH, chunk::V2_CA_CERT_PATH),
+        }
+    }
+}
+
+/// Which era of agent-proxy server the gateway plays (`--server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// Acknowledges v2, sends FIN, serves many tunnels per WebSocket.
+    Late,
+    /// Reads v2 messages but never acknowledges v2: one tunnel per
+    /// WebSocket, no FIN.
+    Early,
+    /// Drops every control message unread: one tunnel per WebSocket, no FIN.
+    V1Only,
+}
+
+impl ServerKind {
+    /// The `--server` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerKind::Late => "late",
+            ServerKind::Early => "early",
+            ServerKind::V1Only => "v1-only",
         }
     }
 }
@@ -137,6 +202,16 @@ pub struct GatewayConfig {
     pub upstream_ca: Option<PathBuf>,
     /// `--inject`, in order (mitm).
     pub inject: Vec<Injection>,
+    pub generation: Generation,
+    /// `--server` (agent-proxy only).
+    pub server: ServerKind,
+    /// `--refuse-first N`: the first N upgrades get 503.
+    pub refuse_first: u64,
+    /// `--close-idle-after MS`: close a WebSocket idle between tunnels.
+    pub close_idle_after: Option<Duration>,
+    /// `--token-file`: read on every upgrade and CONNECT; when it holds a
+    /// non-empty token that is the one accepted, else `token`.
+    pub token_file: Option<PathBuf>,
 }
 
 impl GatewayConfig {
@@ -154,6 +229,8 @@ impl GatewayConfig {
         let (mut stall_upgrade, mut refuse_upgrade) = (false, None);
         let mut mode = Mode::Blind;
         let (mut upstream_ca, mut inject) = (None, Vec::new());
+        let (mut generation, mut server) = (Generation::UpstreamProxy, None);
+        let (mut refuse_first, mut close_idle_after, mut token_file) = (0, None, None);
         while let Some(flag) = args.next_flag()? {
             match flag.as_str() {
                 "--help" | "-h" => return Ok(None),
@@ -197,6 +274,35 @@ impl GatewayConfig {
                         }
                     }
                 }
+                "--generation" => {
+                    generation = match args.value()?.as_str() {
+                        "upstream-proxy" => Generation::UpstreamProxy,
+                        "agent-proxy" => Generation::AgentProxy,
+                        other => {
+                            return Err(UsageError(format!(
+                                "--generation: {other:?} is not upstream-proxy or agent-proxy"
+                            )));
+                        }
+                    }
+                }
+                "--server" => {
+                    server = Some(match args.value()?.as_str() {
+                        "late" => ServerKind::Late,
+                        "early" => ServerKind::Early,
+                        "v1-only" => ServerKind::V1Only,
+                        other => {
+                            return Err(UsageError(format!(
+                                "--server: {other:?} is not late, early or v1-only"
+                            )));
+                        }
+                    })
+                }
+                "--refuse-first" => refuse_first = args.parsed("a number")?,
+                "--close-idle-after" => {
+                    let ms: u64 = args.parsed("a number of milliseconds")?;
+                    close_idle_after = Some(Duration::from_millis(ms));
+                }
+                "--token-file" => token_file = Some(PathBuf::from(args.value()?)),
                 "--upstream-ca" => upstream_ca = Some(PathBuf::from(args.value()?)),
                 "--inject" => {
                     let text = args.value()?;
@@ -217,13 +323,28 @@ impl GatewayConfig {
                 "--upstream-ca and --inject need --mode mitm".into(),
             ));
         }
+        if server.is_some() && generation != Generation::AgentProxy {
+            return Err(UsageError("--server needs --generation agent-proxy".into()));
+        }
+        if mode == Mode::Mitm && generation == Generation::AgentProxy {
+            return Err(UsageError(
+                "--mode mitm is not supported with --generation agent-proxy".into(),
+            ));
+        }
+        let token = match (token, &token_file) {
+            (None, Some(_)) => Some(String::new()),
+            (t, _) => t,
+        };
         let required = |v: Option<String>, flag: &str| {
             v.filter(|s| !s.is_empty())
                 .ok_or_else(|| UsageError(format!("{flag} is required")))
         };
         Ok(Some(GatewayConfig {
             listen,
-            token: required(token, "--token")?,
+            token: match token {
+                Some(t) if token_file.is_some() => t,
+                t => required(t, "--token")?,
+            },
             session_id: required(session_id, "--session-id")?,
             ca_dir: ca_dir.ok_or_else(|| UsageError("--ca-dir is required".into()))?,
             tls,
@@ -236,6 +357,11 @@ impl GatewayConfig {
             mode,
             upstream_ca,
             inject,
+            generation,
+            server: server.unwrap_or(ServerKind::Late),
+            refuse_first,
+            close_idle_after,
+            token_file,
         }))
     }
 }
@@ -244,7 +370,7 @@ impl GatewayConfig {
 fn parse_map(text: &str) -> Result<(String, SocketAddr), UsageError> {
     let bad = |why: &str| UsageError(format!("--map {text:?}: {why} (want NAME:PORT=IP:PORT)"));
     let (from, to) = text.split_once('=').ok_or_else(|| bad("no `=`"))?;
-    let from = Authority::parse(from, None).map_err(|e| bad(&e.to_string()))?;
+    let from = Authority::parse(from).map_err(|e| bad(&e.to_string()))?;
     let to: SocketAddr = to.parse().map_err(|_| bad("right side is not IP:PORT"))?;
     Ok((from.to_string(), to))
 }
@@ -252,16 +378,40 @@ fn parse_map(text: &str) -> Result<(String, SocketAddr), UsageError> {
 /// State every connection shares.
 struct Shared {
     cfg: GatewayConfig,
-    /// `Bearer <token>` as the upgrade must carry it.
-    bearer: String,
-    /// `base64(session:token)` as the CONNECT's Basic credentials must carry it.
-    basic: String,
     ca_pem: Vec<u8>,
     tls: Option<native_tls::TlsAcceptor>,
     /// The MITM state, in `--mode mitm`.
     mitm: Option<Mitm>,
     events: EventLog,
     next_id: AtomicU64,
+    /// Upgrade requests on the WebSocket path so far (refused ones too).
+    upgrades: AtomicU64,
+}
+
+impl Shared {
+    /// The token accepted now: `--token-file`'s when it holds one, else `--token`.
+    fn token(&self) -> String {
+        if let Some(path) = &self.cfg.token_file
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            let t = text.trim();
+            if !t.is_empty() {
+                return t.to_string();
+            }
+        }
+        self.cfg.token.clone()
+    }
+
+    /// `Bearer <token>` as the upgrade must carry it.
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token())
+    }
+
+    /// `Basic base64(session:token)` as the CONNECT must carry it.
+    fn basic(&self) -> String {
+        let pair = format!("{}:{}", self.cfg.session_id, self.token());
+        format!("Basic {}", base64(pair.as_bytes()))
+    }
 }
 
 /// A bound gateway, ready to serve.
@@ -308,13 +458,12 @@ impl Gateway {
         };
         let listener = TcpListener::bind(cfg.listen)?;
         let shared = Shared {
-            bearer: format!("Bearer {}", cfg.token),
-            basic: base64(format!("{}:{}", cfg.session_id, cfg.token).as_bytes()),
             ca_pem,
             tls,
             mitm,
             events,
             next_id: AtomicU64::new(1),
+            upgrades: AtomicU64::new(0),
             cfg,
         };
         Ok(Gateway {
@@ -386,14 +535,15 @@ fn handle(shared: &Shared, id: u64, tcp: TcpStream) -> io::Result<()> {
     };
     let path = path_of(&head.target);
     log::info!("#{id}: {} {} from {peer}", head.method, head.target);
-    if path == CA_CERT_PATH && head.method == "GET" {
+    let (ws_path, ca_path) = shared.cfg.generation.paths();
+    if path == ca_path && head.method == "GET" {
         let resp = response(200, "application/x-pem-file", &shared.ca_pem, true);
         stream.write_all(&resp)?;
         stream.flush()?;
         linger(&mut stream);
         return Ok(());
     }
-    if path != WS_PATH {
+    if path != ws_path {
         reply_and_close(&mut stream, 404, &format!("no route for {path}\n"));
         return Ok(());
     }
@@ -406,10 +556,16 @@ fn handle(shared: &Shared, id: u64, tcp: TcpStream) -> io::Result<()> {
         while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
         return Ok(());
     }
-    if let Err((status, why)) = check_upgrade(shared, &head) {
+    let ws_no = shared.upgrades.fetch_add(1, Ordering::SeqCst) + 1;
+    let checked = if ws_no <= shared.cfg.refuse_first {
+        Err((503, "--refuse-first".to_string()))
+    } else {
+        check_upgrade(shared, &head)
+    };
+    if let Err((status, why)) = checked {
         shared
             .events
-            .record(&format!("upgrade refused {status} {why}"));
+            .record(&format!("upgrade refused {status} {why} ws={ws_no}"));
         log::info!("#{id}: upgrade refused {status}: {why}");
         reply_and_close(&mut stream, status, &format!("{why}\n"));
         return Ok(());
@@ -419,11 +575,14 @@ fn handle(shared: &Shared, id: u64, tcp: TcpStream) -> io::Result<()> {
     let answer = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    shared.events.record("upgrade ok");
+    shared.events.record(&format!("upgrade ok ws={ws_no}"));
     stream.write_all(answer.as_bytes())?;
     stream.flush()?;
     let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config()));
-    tunnel(shared, id, ws)
+    match shared.cfg.generation {
+        Generation::UpstreamProxy => tunnel(shared, id, ws),
+        Generation::AgentProxy => agent::session(shared, id, ws_no, ws),
+    }
 }
 
 /// The upgrade's checks, in the order the real gateway's failures would
@@ -439,7 +598,7 @@ fn check_upgrade(shared: &Shared, head: &RequestHead) -> Result<(), (u16, String
     }
     match head.header("Authorization") {
         None => return Err((401, "no Authorization header".into())),
-        Some(v) if !eq_scheme_and_value(v, &shared.bearer) => {
+        Some(v) if !eq_scheme_and_value(v, &shared.bearer()) => {
             return Err((401, "wrong bearer token".into()));
         }
         Some(_) => {}
@@ -513,7 +672,6 @@ fn refuse(status: u16, why: impl Into<String>) -> Refusal {
 /// A tunnel: CONNECT checks, dial, `200`, then bytes both ways: to the
 /// target (blind), or to a MITM handler that talks to the target.
 fn tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> io::Result<()> {
-    let started = Instant::now();
     let first = match read_first_chunk(&mut ws) {
         Ok(data) => data,
         Err(refusal) => {
@@ -524,21 +682,42 @@ fn tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> io::Res
     shared
         .events
         .record(&format!("first-chunk {}", escape(&first)));
-    let (target, rest) = match check_connect(shared, &first) {
+    if let After::Refused(refusal, mut ws) = run_tunnel(shared, id, ws, &first, Framing::V1, "")? {
+        refuse_tunnel(shared, id, &mut ws, refusal);
+    }
+    Ok(())
+}
+
+/// What became of a tunnel's WebSocket.
+enum After {
+    /// Closed (or broken): nothing more on it.
+    Gone,
+    /// FIN and FIN_ACK done: ready for the next tunnel.
+    Reusable(WebSocket<GatewayStream>),
+    /// The CONNECT was refused before any answer; the caller answers.
+    Refused(Refusal, WebSocket<GatewayStream>),
+}
+
+/// One tunnel from its CONNECT data on: checks, dial, `200`, pump.
+/// `tag` is appended to the `tunnel-end` event line.
+fn run_tunnel(
+    shared: &Shared,
+    id: u64,
+    mut ws: WebSocket<GatewayStream>,
+    first: &[u8],
+    framing: Framing,
+    tag: &str,
+) -> io::Result<After> {
+    let started = Instant::now();
+    let (target, rest) = match check_connect(shared, first) {
         Ok(t) => t,
-        Err(refusal) => {
-            refuse_tunnel(shared, id, &mut ws, refusal);
-            return Ok(());
-        }
+        Err(refusal) => return Ok(After::Refused(refusal, ws)),
     };
     let name = target.to_string();
     shared.events.record(&format!("connect {name}"));
     let socket = match dial(shared, &target) {
         Ok(s) => s,
-        Err(refusal) => {
-            refuse_tunnel(shared, id, &mut ws, refusal);
-            return Ok(());
-        }
+        Err(refusal) => return Ok(After::Refused(refusal, ws)),
     };
     log::info!("#{id}: tunnel to {name} ({})", socket.peer_addr()?);
     ws.send(Message::Binary(Bytes::from(chunk::encode(
@@ -553,10 +732,14 @@ fn tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> io::Res
         PumpEvent::ChunkIn(_) => {}
         PumpEvent::PingSent => events.record("ping-sent"),
         PumpEvent::PongReceived => events.record("pong-received"),
+        PumpEvent::Control(c) => events.record(&format!("control-ignored {c}{tag}")),
+        PumpEvent::FinSent => events.record(&format!("fin-sent{tag}")),
+        PumpEvent::AfterFin(n) => events.record(&format!("data-after-fin {n}{tag}")),
     };
     let cfg = PumpConfig {
         read_size: SEND_CHUNK,
         ping_every: shared.cfg.ping_every,
+        framing,
     };
     let report = match &shared.mitm {
         None => {
@@ -591,7 +774,7 @@ fn tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> io::Res
     };
     let in_total = report.bytes_in + rest.len() as u64;
     shared.events.record(&format!(
-        "tunnel-end {name} in={in_total} out={} end={}",
+        "tunnel-end {name} in={in_total} out={} end={}{tag}",
         report.bytes_out,
         report.end.replace(' ', "_")
     ));
@@ -602,7 +785,10 @@ fn tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> io::Res
         report.bytes_out,
         (in_total + report.bytes_out) as f64 / secs.max(1e-9) / 1e6
     );
-    Ok(())
+    Ok(match report.reusable {
+        Some(ws) => After::Reusable(ws),
+        None => After::Gone,
+    })
 }
 
 /// Reads the first message; it must be a chunk carrying data.
@@ -673,10 +859,10 @@ fn check_connect(shared: &Shared, data: &[u8]) -> Result<(Authority, Vec<u8>), R
     let auth = head
         .header("Proxy-Authorization")
         .ok_or_else(|| refuse(407, "no Proxy-Authorization"))?;
-    if !eq_scheme_and_value(auth, &format!("Basic {}", shared.basic)) {
+    if !eq_scheme_and_value(auth, &shared.basic()) {
         return Err(refuse(407, "wrong Proxy-Authorization"));
     }
-    let target = Authority::parse(&head.target, None)
+    let target = Authority::parse(&head.target)
         .map_err(|e| refuse(400, format!("bad CONNECT target: {e}")))?;
     Ok((target, data[end..].to_vec()))
 }

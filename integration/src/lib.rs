@@ -18,9 +18,11 @@
 
 pub mod args;
 pub mod bench;
+pub mod delay;
 pub mod demo;
 pub mod events;
 pub mod gateway;
+pub mod head;
 pub mod http;
 pub mod mitm;
 pub mod origin;
@@ -30,8 +32,11 @@ pub mod procs;
 pub mod pump;
 pub mod relay;
 pub mod session_env;
+pub mod stream;
 pub mod temp;
+pub mod wire;
 
+pub use gateway::{Generation, ServerKind};
 pub use procs::{ChildGuard, DevGateway, DevOrigin, GatewayOptions, bin_path};
 pub use temp::{TempDir, temp_dir};
 

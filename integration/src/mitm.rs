@@ -49,7 +49,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ccr_relay::request_head::{Host, head_end, parse_head, read_head_bytes};
+use crate::head::{Host, head_end, parse_head, read_head_bytes};
 use openssl::error::ErrorStack;
 use openssl::ssl::{
     AlpnError, ErrorCode, SslAcceptor, SslConnector, SslMethod, SslStream, select_next_proto,

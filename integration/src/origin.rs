@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ccr_relay::request_head::{HeadError, RequestHead, parse_head, read_head_bytes};
+use crate::head::{HeadError, RequestHead, parse_head, read_head_bytes};
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
 
 use crate::args::{Args, UsageError};

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::gateway::Mode;
+use crate::gateway::{Generation, Mode, ServerKind};
 use crate::mitm::Injection;
 use crate::temp::{TempDir, temp_dir};
 
@@ -169,6 +169,10 @@ pub struct GatewayOptions {
     pub upstream_ca: Option<PathBuf>,
     /// `--inject` headers (MITM mode).
     pub inject: Vec<Injection>,
+    /// `--generation` (default upstream proxy).
+    pub generation: Generation,
+    /// `--server` (agent proxy only; `None`: the gateway's default, late).
+    pub server: Option<ServerKind>,
     /// More arguments, passed as they are.
     pub extra_args: Vec<String>,
 }
@@ -187,6 +191,8 @@ impl Default for GatewayOptions {
             mode: Mode::Blind,
             upstream_ca: None,
             inject: Vec::new(),
+            generation: Generation::UpstreamProxy,
+            server: None,
             extra_args: Vec::new(),
         }
     }
@@ -215,6 +221,19 @@ impl GatewayOptions {
         self
     }
 
+    /// The agent-proxy generation, playing `server`.
+    pub fn agent_proxy(mut self, server: ServerKind) -> Self {
+        self.generation = Generation::AgentProxy;
+        self.server = Some(server);
+        self
+    }
+
+    /// Adds more arguments, as they are.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// Adds an `--inject host=name: value`.
     pub fn inject(mut self, host: &str, name: &str, value: &str) -> Self {
         self.inject.push(Injection::new(host, name, value));
@@ -229,6 +248,8 @@ pub struct DevGateway {
     pub tls: bool,
     /// What it does with tunnels.
     pub mode: Mode,
+    /// Which contract it serves.
+    pub generation: Generation,
     /// The gateway CA's certificate, as served on its CA endpoint.
     pub ca_pem_path: PathBuf,
     pub events_path: PathBuf,
@@ -284,6 +305,12 @@ impl DevGateway {
         for injection in &opts.inject {
             cmd.arg("--inject").arg(injection.to_string());
         }
+        if opts.generation != Generation::UpstreamProxy {
+            cmd.arg("--generation").arg(opts.generation.as_str());
+        }
+        if let Some(server) = opts.server {
+            cmd.arg("--server").arg(server.as_str());
+        }
         cmd.args(&opts.extra_args);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
@@ -293,6 +320,7 @@ impl DevGateway {
             addr,
             tls: opts.tls.is_some(),
             mode: opts.mode,
+            generation: opts.generation,
             ca_pem_path: ca_dir.join(crate::pki::CA_CERT_FILE),
             events_path,
             token: opts.token,
@@ -308,10 +336,11 @@ impl DevGateway {
         format!("{scheme}://{}", self.addr)
     }
 
-    /// `ws://127.0.0.1:PORT/v1/code/upstreamproxy/ws` or `wss://…`.
+    /// `ws://127.0.0.1:PORT/v1/code/upstreamproxy/ws` (or the agent-proxy
+    /// path) or `wss://…`.
     pub fn ws_url(&self) -> String {
         let scheme = if self.tls { "wss" } else { "ws" };
-        format!("{scheme}://{}{}", self.addr, ccr_relay::gateway::WS_PATH)
+        format!("{scheme}://{}{}", self.addr, self.generation.paths().0)
     }
 
     /// The event lines so far.

@@ -1,14 +1,12 @@
-//! Interim data path for the development gateway: joins the target's TCP
-//! socket and the relay's WebSocket, both directions at once.
+//! The development gateway's data path: joins the target's TCP socket and
+//! the relay's WebSocket, both directions at once.
 //!
-//! It follows the design of `ccr_relay::tunnel::Tunnel` (the WebSocket
-//! non-blocking behind a mutex, each direction waiting for readiness with
-//! `poll(2)` without the lock, socket writes done without the lock) and
-//! exists only because the gateway needs what that pump does not expose:
-//! an observer for incoming keepalives, data chunks and pongs, periodic
-//! pings, and a graceful close (close frame, `FIN`, then draining) so that
-//! the last response bytes reach the relay before the connection goes away.
-//! Once `Tunnel` grows those hooks, delete this file and call it instead.
+//! The WebSocket is non-blocking behind a mutex; each direction waits for
+//! readiness with `poll(2)` without the lock, and socket writes happen
+//! without the lock. An observer hears about incoming keepalives, data
+//! chunks and pongs; pings go out on demand; the close is graceful (close
+//! frame, `FIN`, then draining) so that the last response bytes reach the
+//! relay before the connection goes away.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -18,15 +16,17 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ccr_relay::chunk;
-use ccr_relay::gateway::GatewayStream;
-use ccr_relay::tunnel::wait_ready;
+use crate::stream::{GatewayStream, wait_ready};
+use crate::wire as chunk;
 use tungstenite::{Bytes, Message, WebSocket};
 
 /// How long the gateway keeps reading (and discarding) from the relay
 /// after it closed a tunnel, so its close is a `FIN`, not a reset that
 /// could destroy response bytes still in flight.
 const DRAIN_FOR: Duration = Duration::from_secs(2);
+
+/// How long the gateway waits for the relay's FIN_ACK after its FIN.
+pub const FIN_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Stack of the second pump thread.
 const PUMP_STACK: usize = 256 * 1024;
@@ -38,6 +38,20 @@ pub struct PumpConfig {
     pub read_size: usize,
     /// Send a WebSocket ping this often (`--ping-every`).
     pub ping_every: Option<Duration>,
+    /// How the relay's messages are read.
+    pub framing: Framing,
+}
+
+/// The wire format of one tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Generation 1: strict chunks.
+    V1,
+    /// Protocol v2 messages. Control messages are reported and otherwise
+    /// ignored, except with `fin`: when the target ends, the gateway sends
+    /// FIN, waits for FIN_ACK (discarding late data) and hands the
+    /// WebSocket back for the next tunnel.
+    V2 { fin: bool },
 }
 
 /// Things the observer hears about, as they happen.
@@ -49,10 +63,16 @@ pub enum PumpEvent {
     ChunkIn(usize),
     PingSent,
     PongReceived,
+    /// A v2 control message (other than an awaited FIN_ACK), ignored.
+    Control(u64),
+    /// The gateway sent FIN.
+    FinSent,
+    /// Data that came after the FIN, discarded.
+    AfterFin(usize),
 }
 
 /// What a finished tunnel did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PumpReport {
     /// Data bytes from the relay written to the target.
     pub bytes_in: u64,
@@ -60,6 +80,11 @@ pub struct PumpReport {
     pub bytes_out: u64,
     /// What ended it first, in words.
     pub end: String,
+    /// v2 with FIN: FIN went out.
+    pub fin_sent: bool,
+    /// v2 with FIN: the relay's FIN_ACK came, and here is the WebSocket,
+    /// blocking again, for the next tunnel.
+    pub reusable: Option<WebSocket<GatewayStream>>,
 }
 
 struct Shared {
@@ -69,6 +94,8 @@ struct Shared {
     ws_fd: RawFd,
     cfg: PumpConfig,
     closing: AtomicBool,
+    fin_sent: AtomicBool,
+    fin_acked: AtomicBool,
     end: Mutex<Option<String>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -103,6 +130,8 @@ pub fn run(
         ws_fd,
         cfg,
         closing: AtomicBool::new(false),
+        fin_sent: AtomicBool::new(false),
+        fin_acked: AtomicBool::new(false),
         end: Mutex::new(None),
         bytes_in: AtomicU64::new(0),
         bytes_out: AtomicU64::new(0),
@@ -132,10 +161,25 @@ pub fn run(
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .unwrap_or_else(|| "unknown".into());
+    let fin_sent = shared.fin_sent.load(Ordering::SeqCst);
+    let reusable = if shared.fin_acked.load(Ordering::SeqCst) {
+        let ws = shared.ws.into_inner().unwrap_or_else(|p| p.into_inner());
+        ws.get_ref().tcp().set_nonblocking(false)?;
+        Some(ws)
+    } else {
+        if fin_sent {
+            // FIN without FIN_ACK: the WebSocket is not reusable.
+            // SAFETY: ws_fd belongs to the stream inside shared.ws, alive here.
+            unsafe { libc::shutdown(ws_fd, libc::SHUT_RDWR) };
+        }
+        None
+    };
     Ok(PumpReport {
         bytes_in: shared.bytes_in.load(Ordering::Relaxed),
         bytes_out: shared.bytes_out.load(Ordering::Relaxed),
         end,
+        fin_sent,
+        reusable,
     })
 }
 
@@ -173,7 +217,23 @@ impl Shared {
             // A fresh buffer per read: it moves into the frame without a copy.
             let mut buf = vec![0u8; headroom + self.cfg.read_size];
             let n = match (&self.target).read(&mut buf[headroom..]) {
-                Ok(0) => return "target closed".into(),
+                Ok(0) => {
+                    if self.cfg.framing == (Framing::V2 { fin: true }) {
+                        // Marked before sending: the FIN_ACK can come back
+                        // before `send` returns, and must be recognised.
+                        self.end
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(|| "target closed".into());
+                        self.fin_sent.store(true, Ordering::SeqCst);
+                        let fin = Message::Binary(Bytes::from_static(chunk::FIN));
+                        match self.send(fin) {
+                            Ok(()) => observe(PumpEvent::FinSent),
+                            Err(e) => return format!("cannot send FIN: {e}"),
+                        }
+                    }
+                    return "target closed".into();
+                }
                 Ok(n) => n,
                 Err(e) if transient(&e) => continue,
                 Err(e) => return format!("target read failed: {e}"),
@@ -219,15 +279,28 @@ impl Shared {
     fn ws_to_target(&self, observe: &(dyn Fn(PumpEvent) + Sync)) -> String {
         let mut drain_until: Option<Instant> = None;
         loop {
-            if drain_until.is_none() && self.closing.load(Ordering::SeqCst) {
-                drain_until = Some(Instant::now() + DRAIN_FOR);
+            if drain_until.is_none() {
+                if self.fin_sent.load(Ordering::SeqCst) {
+                    drain_until = Some(Instant::now() + FIN_ACK_WAIT);
+                } else if self.closing.load(Ordering::SeqCst) {
+                    drain_until = Some(Instant::now() + DRAIN_FOR);
+                }
             }
             let message = self.lock_ws().read();
             let draining = drain_until.is_some();
+            let fin_sent = self.fin_sent.load(Ordering::SeqCst);
             match message {
-                Ok(Message::Binary(encoded)) => match chunk::decode(&encoded) {
-                    Ok([]) => observe(PumpEvent::Keepalive),
-                    Ok(data) => {
+                Ok(Message::Binary(encoded)) => match self.decode(&encoded) {
+                    Ok(Incoming::Control(chunk::CONTROL_FIN_ACK)) if fin_sent => {
+                        self.fin_acked.store(true, Ordering::SeqCst);
+                        return "fin-ack".into();
+                    }
+                    Ok(Incoming::Control(c)) => observe(PumpEvent::Control(c)),
+                    Ok(Incoming::Data([])) => observe(PumpEvent::Keepalive),
+                    Ok(Incoming::Data(data)) if fin_sent => {
+                        observe(PumpEvent::AfterFin(data.len()))
+                    }
+                    Ok(Incoming::Data(data)) => {
                         observe(PumpEvent::ChunkIn(data.len()));
                         if draining {
                             continue;
@@ -281,6 +354,20 @@ impl Shared {
         }
     }
 
+    /// One message from the relay, read as this tunnel's framing says.
+    fn decode<'a>(&self, message: &'a [u8]) -> Result<Incoming<'a>, chunk::WireError> {
+        match self.cfg.framing {
+            Framing::V1 => chunk::decode(message).map(Incoming::Data),
+            Framing::V2 { .. } => {
+                let m = chunk::decode_v2(message)?;
+                Ok(match m.control {
+                    0 => Incoming::Data(m.data),
+                    c => Incoming::Control(c),
+                })
+            }
+        }
+    }
+
     /// Records the first end and closes the tunnel; later calls only let
     /// their thread go.
     fn finish(&self, end: String, side: Side) {
@@ -288,8 +375,15 @@ impl Shared {
             return;
         }
         log::debug!("tunnel ending: {end}");
-        *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        self.end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(end);
         match side {
+            // FIN is out: the WebSocket stays open while FIN_ACK is awaited
+            // (the FIN_ACK may even end the pump first); `run` shuts it
+            // down if none came.
+            _ if self.fin_sent.load(Ordering::SeqCst) => {}
             Side::Target => {
                 // Graceful: close frame, then FIN once it is out; the other
                 // thread drains until the relay closes too.
@@ -325,6 +419,14 @@ impl Shared {
         }
         let _ = self.target.shutdown(Shutdown::Both);
     }
+}
+
+/// A decoded message from the relay.
+enum Incoming<'a> {
+    /// Tunnel bytes (empty: a keepalive).
+    Data(&'a [u8]),
+    /// A v2 control message.
+    Control(u64),
 }
 
 fn transient(e: &io::Error) -> bool {

@@ -10,12 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use ccr_integration::gateway::Mode;
+use ccr_integration::head::read_head_bytes;
 use ccr_integration::pattern::{self, PatternChecker, PatternSource};
 use ccr_integration::pki::TestCa;
+use ccr_integration::stream::GatewayStream;
+use ccr_integration::wire::{self as chunk, base64};
 use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, temp_dir};
-use ccr_relay::chunk;
-use ccr_relay::gateway::{GatewayStream, base64};
-use ccr_relay::request_head::read_head_bytes;
 use openssl::ssl::{SslConnector, SslMethod};
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;

@@ -12,8 +12,8 @@ use ccr_integration::gateway::Mode;
 use ccr_integration::relay::{
     BlindPki, ESTABLISHED, RelayOptions, RelayProcess, read_response, run_relay,
 };
+use ccr_integration::wire::base64;
 use ccr_integration::{DevGateway, DevOrigin, GatewayOptions};
-use ccr_relay::gateway::base64;
 
 const WAIT: Duration = Duration::from_secs(10);
 

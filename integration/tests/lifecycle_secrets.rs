@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ccr_integration::relay::BlindPki;
 use ccr_integration::session_env::{AS_NOBODY, ENABLED, Outcome, Running, Session};
+use ccr_integration::wire::base64;
 use ccr_integration::{DevGateway, DevOrigin, GatewayOptions};
-use ccr_relay::gateway::base64;
 
 const TOKEN: &str = "tok-secret-5e0b7a13c9d24f68";
 const SESSION: &str = "sess-secret-a41c";
