@@ -306,7 +306,7 @@ fn inner_profile() {
     let report = install::install_all(&plan);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let script = Path::new("/etc/profile.d").join(install::profile::FILE_NAME);
-    assert_eq!(report.to_remove_on_stop, [script.clone()]);
+    assert_eq!(report.to_remove_on_stop, std::slice::from_ref(&script));
 
     assert_eq!(login_shell(&[]), format!("{bundle}|{bundle}|unset"));
     assert_eq!(
