@@ -1,9 +1,9 @@
-//! Bazel's JVM: Bazel's server ignores `JAVA_TOOL_OPTIONS`-style settings
-//! for its own downloads, so `/etc/bazel.bazelrc` (read by every Bazel on
-//! the machine) gets a managed block of `startup --host_jvm_args` lines
-//! pointing the JVM at the relay's truststore. The block sits between fixed
-//! markers and is replaced in place at each start, never duplicated; the
-//! rest of the file is the user's and is kept byte for byte.
+//! Bazel's JVM: Bazel starts its own server JVM with options of its own,
+//! so the relay's truststore is given to it as `startup --host_jvm_args`
+//! lines in `/etc/bazel.bazelrc` (read by every Bazel on the machine). The
+//! lines sit in a managed block between fixed markers, replaced in place at
+//! each start, never duplicated; the rest of the file is the user's and is
+//! kept byte for byte.
 
 use std::fs;
 use std::io;

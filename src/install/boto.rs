@@ -85,8 +85,7 @@ mod tests {
     fn unwritable_home_is_boto_write_failed() {
         let dir = TempDir::new("boto-ro");
         let mut plan = plan(&dir.0, &[Target::Boto]);
-        // A home that is a directory under a file path cannot exist; use a
-        // home inside /proc, which no one (root included) can create in.
+        // No one, root included, can create a file in /proc/self.
         plan.roots.home = Some("/proc/self".into());
         let (code, _) = install(&plan).failure.unwrap();
         assert_eq!(code, BOTO_WRITE_FAILED);
