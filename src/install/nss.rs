@@ -1,0 +1,234 @@
+//! The user's NSS database (`~/.pki/nssdb`, read by Chromium, and by other
+//! NSS programs that ignore CA variables): with `certutil` on `PATH`, the
+//! gateway's CA as a trusted CA for TLS servers (`C,,`), under a fixed
+//! nickname so the next start deletes it before adding the current one.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+
+use super::command::{Output, RunError, find_on_path, run_bounded};
+use super::{NAME, NSS_ADD_FAILED, Outcome, Plan};
+
+/// Trust flags: a CA trusted to issue TLS server certificates, nothing else.
+pub const TRUST: &str = "C,,";
+/// Bound on deletions of earlier entries (a nickname may hold several).
+const MAX_DELETES: usize = 16;
+
+/// Nicknames for the gateway's certificates: `ccr-relay-gateway`, then
+/// `ccr-relay-gateway-2`…
+pub fn nicknames(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| match i {
+            0 => NAME.to_string(),
+            _ => format!("{NAME}-{}", i + 1),
+        })
+        .collect()
+}
+
+/// Our nicknames in `certutil -L` output (`nickname  trust` lines under a
+/// two-line header; the trust column is the last word).
+pub fn our_nicknames(listing: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for line in listing.lines() {
+        let Some((nick, trust)) = line.trim_end().rsplit_once(char::is_whitespace) else {
+            continue;
+        };
+        if !trust.contains(',') {
+            continue;
+        }
+        let nick = nick.trim();
+        let ours = nick == NAME
+            || nick
+                .strip_prefix(NAME)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if ours && !found.iter().any(|f| f == nick) {
+            found.push(nick.to_string());
+        }
+    }
+    found
+}
+
+pub fn install(plan: &Plan) -> Outcome {
+    let Some(certutil) = find_on_path("certutil", &plan.roots.path) else {
+        return Outcome::skipped("certutil not on PATH");
+    };
+    let Some(home) = &plan.roots.home else {
+        return Outcome::skipped("no home directory");
+    };
+    if plan.gateway_certs.is_empty() {
+        return Outcome::skipped("no gateway certificate");
+    }
+    let db_dir = home.join(".pki/nssdb");
+    let db: OsString = {
+        let mut s = OsString::from("sql:");
+        s.push(&db_dir);
+        s
+    };
+    let env = plan.roots.helper_env();
+    let run = |args: &[&OsStr], stdin: Option<&[u8]>| -> Result<Output, RunError> {
+        let mut all: Vec<&OsStr> = args.to_vec();
+        all.push(OsStr::new("-d"));
+        all.push(&db);
+        run_bounded(&certutil, &all, &env, stdin, plan.command_timeout)
+    };
+    let os = OsStr::new;
+    let mut outcome = Outcome::default();
+
+    if !db_dir.join("cert9.db").exists() {
+        if let Err(e) = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&db_dir)
+        {
+            return Outcome::failed(NSS_ADD_FAILED, format!("{}: {e}", db_dir.display()));
+        }
+        match run(&[os("-N"), os("--empty-password")], None) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return Outcome::failed(NSS_ADD_FAILED, format!("certutil -N: {}", out.reason()));
+            }
+            Err(e) => return Outcome::failed(NSS_ADD_FAILED, e.to_string()),
+        }
+        outcome.written.push(db_dir.clone());
+    }
+
+    // Earlier entries of ours go first: a gateway CA that changed must not
+    // leave the old one trusted.
+    let listing = match run(&[os("-L")], None) {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => return outcome.fail(NSS_ADD_FAILED, format!("certutil -L: {}", out.reason())),
+        Err(e) => return outcome.fail(NSS_ADD_FAILED, e.to_string()),
+    };
+    for nick in our_nicknames(&listing) {
+        for _ in 0..MAX_DELETES {
+            match run(&[os("-D"), os("-n"), os(&nick)], None) {
+                Ok(out) if out.status.success() => {}
+                _ => break,
+            }
+        }
+    }
+
+    for (nick, cert) in nicknames(plan.gateway_certs.len())
+        .iter()
+        .zip(&plan.gateway_certs)
+    {
+        let pem = format!("{}\n", cert.trim_end());
+        let args = [os("-A"), os("-n"), os(nick), os("-t"), os(TRUST), os("-a")];
+        match run(&args, Some(pem.as_bytes())) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return outcome.fail(NSS_ADD_FAILED, format!("certutil -A: {}", out.reason()));
+            }
+            Err(e) => return outcome.fail(NSS_ADD_FAILED, e.to_string()),
+        }
+    }
+    if !outcome.written.contains(&db_dir) {
+        outcome.written.push(db_dir.clone());
+    }
+    outcome.installed.push(("NSS database".into(), db_dir));
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Target;
+    use super::super::test_util::*;
+    use super::*;
+    use crate::test_support::TempDir;
+
+    const LISTING: &str = "
+Certificate Nickname                                         Trust Attributes
+                                                             SSL,S/MIME,JAR/XPI
+
+ccr-relay-gateway                                            C,,
+corp root CA                                                 CT,C,C
+ccr-relay-gateway-2                                          C,,
+ccr-relay-gateway-old                                        C,,
+ccr-relay-gateway                                            C,,
+";
+
+    #[test]
+    fn finds_only_our_nicknames_once_each() {
+        assert_eq!(
+            our_nicknames(LISTING),
+            ["ccr-relay-gateway", "ccr-relay-gateway-2"]
+        );
+        assert!(our_nicknames("").is_empty());
+    }
+
+    #[test]
+    fn nickname_per_certificate() {
+        assert_eq!(nicknames(2), ["ccr-relay-gateway", "ccr-relay-gateway-2"]);
+    }
+
+    #[test]
+    fn without_certutil_it_is_skipped() {
+        let dir = TempDir::new("nss-none");
+        let o = install(&plan(&dir.0, &[Target::Nss]));
+        assert_eq!(o.skipped.as_deref(), Some("certutil not on PATH"));
+        assert!(!dir.0.join("home/.pki").exists());
+    }
+
+    #[test]
+    fn runs_create_list_delete_add_in_order() {
+        let dir = TempDir::new("nss-fake");
+        let plan = plan(&dir.0, &[Target::Nss]);
+        let log = dir.0.join("log");
+        // -L answers with an earlier entry of ours; -D succeeds once for it.
+        fake_tool(
+            &dir.0,
+            "certutil",
+            &format!(
+                "echo \"$*\" >> {log}\n\
+                 case \"$1\" in\n\
+                 -N) touch \"${{4#sql:}}/cert9.db\" ;;\n\
+                 -L) printf 'ccr-relay-gateway   C,,\\n' ;;\n\
+                 -D) [ -e {done} ] && exit 255; touch {done} ;;\n\
+                 -A) cat > {stdin} ;;\n\
+                 esac",
+                log = log.display(),
+                done = dir.0.join("deleted").display(),
+                stdin = dir.0.join("stdin").display(),
+            ),
+        );
+        let o = install(&plan);
+        assert!(o.failure.is_none(), "{o:?}");
+        let db = dir.0.join("home/.pki/nssdb");
+        let d = format!("-d sql:{}", db.display());
+        let lines: Vec<String> = fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                format!("-N --empty-password {d}"),
+                format!("-L {d}"),
+                format!("-D -n ccr-relay-gateway {d}"),
+                format!("-D -n ccr-relay-gateway {d}"),
+                format!("-A -n ccr-relay-gateway -t C,, -a {d}"),
+            ]
+        );
+        assert_eq!(fs::read_to_string(dir.0.join("stdin")).unwrap(), CERT);
+        assert_eq!(o.installed, [("NSS database".to_string(), db)]);
+    }
+
+    #[test]
+    fn add_failure_is_nss_add_failed() {
+        let dir = TempDir::new("nss-fail");
+        let plan = plan(&dir.0, &[Target::Nss]);
+        fs::create_dir_all(dir.0.join("home/.pki/nssdb")).unwrap();
+        fs::write(dir.0.join("home/.pki/nssdb/cert9.db"), "").unwrap();
+        fake_tool(
+            &dir.0,
+            "certutil",
+            "[ \"$1\" = -A ] && { echo 'SEC_ERROR_BAD_DATABASE' >&2; exit 255; }; exit 0",
+        );
+        let (code, detail) = install(&plan).failure.unwrap();
+        assert_eq!(code, NSS_ADD_FAILED);
+        assert!(detail.contains("SEC_ERROR_BAD_DATABASE"), "{detail}");
+    }
+}
