@@ -17,6 +17,7 @@ pub mod forward;
 pub mod gates;
 pub mod gateway;
 pub mod listener;
+pub mod message_v2;
 pub mod request_head;
 pub mod session;
 pub mod signals;
