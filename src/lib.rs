@@ -12,6 +12,7 @@ pub mod ca_bundle;
 pub mod child_env;
 pub mod chunk;
 pub mod cli;
+pub mod client_process;
 pub mod config;
 pub mod forward;
 pub mod gates;
