@@ -3,8 +3,8 @@
 //! at once, until either side closes.
 //!
 //! The relay uses it with the client's socket on one side and the gateway's
-//! WebSocket on the other; the development gateway uses the same pump with
-//! the target's socket and its server-side WebSocket.
+//! WebSocket on the other. (The development gateway has its own pump,
+//! modelled on this one, in the integration crate.)
 //!
 //! Two threads, one per direction. The socket is a `TcpStream` both threads
 //! can use at once (reads on one, writes on the other). The WebSocket is one
@@ -33,6 +33,7 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::chunk::{self, ChunkError};
 use crate::gateway::GatewayStream;
+use crate::socket::{self, Mode};
 
 /// Stack for the second pump thread: a copy loop needs little, and pages
 /// never touched cost no memory.
@@ -77,7 +78,7 @@ pub enum End {
     /// The WebSocket side closed (close frame or EOF).
     WsClosed,
     /// The WebSocket failed (I/O, TLS or protocol).
-    WsError(String),
+    WsError(tungstenite::Error),
     /// The far side sent something that is not a chunk.
     Malformed(ChunkError),
     /// [`Tunnel::abort`] was called (relay shutting down).
@@ -96,6 +97,17 @@ impl std::fmt::Display for End {
             End::Malformed(e) => write!(f, "malformed chunk: {e}"),
             End::Aborted => f.write_str("aborted"),
             End::Internal(e) => write!(f, "internal error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for End {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            End::SocketError(e) => Some(e),
+            End::WsError(e) => Some(e),
+            End::Malformed(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -133,18 +145,16 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    /// Joins `socket` and `ws`; the WebSocket's stream becomes non-blocking.
+    /// Joins `socket` and `ws`; the WebSocket's stream becomes non-blocking,
+    /// the socket blocking without timeouts (the pumps wait with `poll`).
     pub fn new(
         socket: TcpStream,
         ws: WebSocket<GatewayStream>,
         opts: PumpOptions,
     ) -> io::Result<Arc<Tunnel>> {
         let tcp = ws.get_ref().tcp();
-        tcp.set_nonblocking(true)?;
-        tcp.set_read_timeout(None)?;
-        tcp.set_write_timeout(None)?;
-        socket.set_read_timeout(None)?;
-        socket.set_write_timeout(None)?;
+        socket::set_mode(tcp, Mode::NonBlocking)?;
+        socket::set_mode(&socket, Mode::BLOCKING)?;
         let ws_fd = tcp.as_raw_fd();
         Ok(Arc::new(Tunnel {
             socket,
@@ -162,12 +172,19 @@ impl Tunnel {
     }
 
     /// Sends `data` as chunks before pumping starts (the relay's CONNECT
-    /// head and the client bytes that came with it). Not counted as socket data.
-    pub fn send_data(&self, data: &[u8]) -> Result<(), String> {
+    /// head and the client bytes that came with it), all within `timeout`.
+    /// Not counted as socket data.
+    pub fn send_data(&self, data: &[u8], timeout: Duration) -> Result<(), End> {
+        let deadline = Instant::now() + timeout;
         for piece in data.chunks(self.opts.read_size.max(1)) {
-            self.send_chunk(Bytes::from(chunk::encode(piece)))?;
+            self.send_chunk(Bytes::from(chunk::encode(piece)), Some(deadline))?;
         }
         Ok(())
+    }
+
+    /// The socket side, for an answer of the relay's own before pumping starts.
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
     }
 
     /// Pumps both directions until the tunnel ends; spawns one thread.
@@ -244,8 +261,8 @@ impl Tunnel {
             match wait_ready(socket_fd, libc::POLLIN, Some(idle_left)) {
                 Ok(true) => {}
                 Ok(false) => {
-                    if let Err(e) = self.send_chunk(Bytes::from(chunk::keepalive())) {
-                        return End::WsError(e);
+                    if let Err(end) = self.send_chunk(Bytes::from(chunk::keepalive()), None) {
+                        return end;
                     }
                     last_sent = Instant::now();
                     continue;
@@ -265,8 +282,8 @@ impl Tunnel {
             chunk::write_header(&mut buf[start..HEADROOM], n);
             buf.truncate(HEADROOM + n);
             let frame = Bytes::from(buf).slice(start..);
-            if let Err(e) = self.send_chunk(frame) {
-                return End::WsError(e);
+            if let Err(end) = self.send_chunk(frame, None) {
+                return end;
             }
             self.bytes_socket_to_ws
                 .fetch_add(n as u64, Ordering::Relaxed);
@@ -274,13 +291,14 @@ impl Tunnel {
         }
     }
 
-    /// Sends one encoded chunk, waiting for the WebSocket to take it all.
-    fn send_chunk(&self, encoded: Bytes) -> Result<(), String> {
+    /// Sends one encoded chunk, waiting for the WebSocket to take it all
+    /// (until `deadline`, if given). Fails with the end it makes.
+    fn send_chunk(&self, encoded: Bytes, deadline: Option<Instant>) -> Result<(), End> {
         let mut ws = self.lock_ws();
         match ws.write(Message::Binary(encoded)) {
             Ok(()) => {}
             Err(tungstenite::Error::Io(e)) if is_transient(&e) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(End::WsError(e)),
         }
         loop {
             match ws.flush() {
@@ -288,17 +306,22 @@ impl Tunnel {
                 Err(tungstenite::Error::Io(e)) if is_transient(&e) => {
                     drop(ws);
                     if self.closing.load(Ordering::SeqCst) {
-                        return Err("tunnel closing".into());
+                        return Err(End::Aborted);
                     }
-                    wait_ready(
-                        self.ws_fd,
-                        libc::POLLOUT,
-                        Some(self.opts.keepalive_interval),
-                    )
-                    .map_err(|e| e.to_string())?;
+                    let wait = match deadline {
+                        None => self.opts.keepalive_interval,
+                        Some(d) => d.saturating_duration_since(Instant::now()),
+                    };
+                    let ready = wait_ready(self.ws_fd, libc::POLLOUT, Some(wait))
+                        .map_err(|e| End::WsError(tungstenite::Error::Io(e)))?;
+                    if !ready && deadline.is_some() {
+                        return Err(End::WsError(tungstenite::Error::Io(
+                            io::ErrorKind::TimedOut.into(),
+                        )));
+                    }
                     ws = self.lock_ws();
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(End::WsError(e)),
             }
         }
     }
@@ -341,7 +364,7 @@ impl Tunnel {
                     }
                     if self.closing.load(Ordering::SeqCst) {
                         if let Err(e) = wait_ready(self.ws_fd, libc::POLLIN, Some(wait)) {
-                            return End::WsError(e.to_string());
+                            return End::WsError(tungstenite::Error::Io(e));
                         }
                         continue;
                     }
@@ -349,15 +372,24 @@ impl Tunnel {
                     // that starts then is kept by this thread.
                     match wait_either(self.ws_fd, self.socket.as_raw_fd(), wait) {
                         Ok(true) => {}
-                        // The other thread is about to record the EOF.
-                        Ok(false) => thread::sleep(Duration::from_millis(1)),
-                        Err(e) => return End::WsError(e.to_string()),
+                        // The socket side sent EOF and the other thread is
+                        // about to record it, which starts the linger: until
+                        // then wait on the WebSocket alone (the EOF stays
+                        // pending), no longer than a linger.
+                        Ok(false) => {
+                            if let Err(e) =
+                                wait_ready(self.ws_fd, libc::POLLIN, Some(LINGER.min(wait)))
+                            {
+                                return End::WsError(tungstenite::Error::Io(e));
+                            }
+                        }
+                        Err(e) => return End::WsError(tungstenite::Error::Io(e)),
                     }
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return End::WsClosed;
                 }
-                Err(e) => return End::WsError(e.to_string()),
+                Err(e) => return End::WsError(e),
             }
         }
     }
