@@ -209,6 +209,7 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         keepalive_interval: limits.keepalive_interval,
         read_size: limits.max_chunk.min(64 * 1024),
         reply_if_silent: Some(reply::silent_gateway()),
+        opening_timeout: limits.upgrade_timeout,
     };
     let tunnel = match Tunnel::new(client, ws, opts) {
         Ok(t) => t,
@@ -217,13 +218,11 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
             return;
         }
     };
-    // The CONNECT head, then what the client sent after its blank line, in order.
+    // The CONNECT head as the first chunk of its own (the contract), then
+    // what the client sent after its blank line, in order.
     let sent = tunnel
-        .send_data(
-            &shared.gateway.connect_head(&target),
-            limits.upgrade_timeout,
-        )
-        .and_then(|()| tunnel.send_data(&leftover, limits.upgrade_timeout));
+        .send_data(&shared.gateway.connect_head(&target))
+        .and_then(|()| tunnel.send_data(&leftover));
     if let Err(e) = sent {
         warn!("tunnel {target}: sending the CONNECT to the gateway failed: {e}");
         reply::answer(

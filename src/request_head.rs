@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Why a client's request cannot be served; each maps to one answer.
@@ -329,14 +330,12 @@ pub fn read_head(
     let mut reader = io::BufReader::with_capacity(2048, deadline);
     let bytes = read_head_bytes(&mut reader, max_bytes)?;
     let head = parse_head(&bytes)?;
-    client
-        .set_read_timeout(None)
-        .map_err(|e| HeadError::Closed(Some(e)))?;
     Ok((head, reader.buffer().to_vec()))
 }
 
 /// Reads from a socket with one deadline for all reads together, so a
-/// client trickling a byte at a time cannot stretch it.
+/// client trickling a byte at a time cannot stretch it. Waits with `poll`,
+/// so the socket's own mode is left as it was.
 struct DeadlineReader<'a> {
     socket: &'a TcpStream,
     deadline: Instant,
@@ -348,7 +347,9 @@ impl Read for DeadlineReader<'_> {
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        self.socket.set_read_timeout(Some(left))?;
+        if !crate::socket::wait_ready(self.socket.as_raw_fd(), libc::POLLIN, Some(left))? {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         (&*self.socket).read(buf)
     }
 }

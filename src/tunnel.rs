@@ -33,6 +33,7 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::chunk::{self, ChunkError};
 use crate::gateway::GatewayStream;
+pub use crate::socket::wait_ready;
 use crate::socket::{self, Mode};
 
 /// Stack for the second pump thread: a copy loop needs little, and pages
@@ -56,6 +57,9 @@ pub struct PumpOptions {
     /// Written to the socket if the WebSocket side ends before it sent any
     /// data (the relay's `502`); never once data has flowed.
     pub reply_if_silent: Option<&'static [u8]>,
+    /// Bound on [`Tunnel::send_data`]: the gateway must take the opening
+    /// bytes within this long.
+    pub opening_timeout: Duration,
 }
 
 impl Default for PumpOptions {
@@ -64,6 +68,7 @@ impl Default for PumpOptions {
             keepalive_interval: Duration::from_secs(30),
             read_size: 64 * 1024,
             reply_if_silent: None,
+            opening_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -172,10 +177,10 @@ impl Tunnel {
     }
 
     /// Sends `data` as chunks before pumping starts (the relay's CONNECT
-    /// head and the client bytes that came with it), all within `timeout`.
-    /// Not counted as socket data.
-    pub fn send_data(&self, data: &[u8], timeout: Duration) -> Result<(), End> {
-        let deadline = Instant::now() + timeout;
+    /// head and the client bytes that came with it), all within the
+    /// opening timeout. Not counted as socket data.
+    pub fn send_data(&self, data: &[u8]) -> Result<(), End> {
+        let deadline = Instant::now() + self.opts.opening_timeout;
         for piece in data.chunks(self.opts.read_size.max(1)) {
             self.send_chunk(Bytes::from(chunk::encode(piece)), Some(deadline))?;
         }
@@ -448,7 +453,6 @@ impl Drop for Tunnel {
     fn drop(&mut self) {
         // Closing a socket with unread input makes the kernel send RST, which
         // can destroy bytes still on their way to the peer. Drain both first.
-        let _ = self.socket.set_nonblocking(true);
         for fd in [self.socket.as_raw_fd(), self.ws_fd] {
             let mut sink = [0u8; 4096];
             for _ in 0..64 {
@@ -527,39 +531,6 @@ fn wait_either(ws_fd: RawFd, socket_fd: RawFd, timeout: Duration) -> io::Result<
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
         if rc >= 0 {
             return Ok(rc == 0 || fds[0].revents != 0);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Waits until `fd` has one of `events` (or an error or hang-up, which the
-/// next read or write reports). `Ok(false)` when the timeout passed first.
-pub fn wait_ready(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up, so a sub-millisecond wait does not spin.
-                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
-            }
-        };
-        // SAFETY: one valid pollfd, count 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc > 0 {
-            return Ok(true);
-        }
-        if rc == 0 {
-            return Ok(false);
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
