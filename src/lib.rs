@@ -4,7 +4,9 @@
 //!
 //! The data path, top to bottom: [`listener`] accepts a client, [`request_head`]
 //! reads what it asks for, [`gateway`] opens the tunnel's WebSocket, [`tunnel`]
-//! pumps bytes both ways as [`chunk`]s until either side closes.
+//! pumps bytes both ways as [`chunk`]s until either side closes. Plain
+//! `http://` requests go through [`forward`], which reads and rebuilds them
+//! with [`http1`]; the relay's own error answers come from [`reply`].
 
 pub mod app;
 pub mod atomic_file;

@@ -78,6 +78,20 @@ fn assert_answer(got: &[u8], status_line: &str) {
         len,
         "exactly the body, then the close: {text:?}"
     );
+    // The relay's own style: plain UTF-8 text, the problem on one line,
+    // where to look on the next.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ncontent-type: text/plain; charset=utf-8"),
+        "{head}"
+    );
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 2, "{body:?}");
+    assert!(lines[0].starts_with("ccr-relay: "), "{body:?}");
+    assert_eq!(
+        lines[1],
+        "GET /__agentproxy/status on this port shows the proxy's state and recent failures."
+    );
 }
 
 #[test]
@@ -449,4 +463,40 @@ fn head_of_exactly_8_kib_is_accepted_and_one_byte_more_is_431() {
     let (got, _) = exchange(&relay, &connect_head_of(8193));
     assert_answer(&got, "HTTP/1.1 431 Request Header Fields Too Large");
     assert_eq!(gw.count_events("connect origin.test:80"), 1);
+}
+
+#[test]
+fn gateway_closing_a_tunnel_at_once_is_a_502_in_the_relay_style() {
+    let origin = DevOrigin::start(None);
+    let gw = DevGateway::start(GatewayOptions::default().map("origin.test:80", origin.addr));
+    // The relay fetches its CA through the forwarder from the real gateway.
+    let forwarder = Forwarder::start(gw.addr);
+    let opts = RelayOptions {
+        base_url: Some(format!("http://{}", forwarder.addr)),
+        ..RelayOptions::default()
+    };
+    let relay = RelayProcess::serve(&gw, opts);
+    // A "gateway" that finishes the WebSocket upgrade, then closes it
+    // without a byte of data.
+    let closer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closer_addr = closer.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in closer.incoming() {
+            let Ok(conn) = conn else { return };
+            if let Ok(mut ws) = tungstenite::accept(conn) {
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                // Let the close frame go out before the socket does.
+                let _ = ws.read();
+            }
+        }
+    });
+    forwarder.point_at(closer_addr);
+    let (got, _) = exchange(&relay, b"CONNECT origin.test:80 HTTP/1.1\r\n\r\n");
+    assert_answer(&got, "HTTP/1.1 502 Bad Gateway");
+    assert!(
+        String::from_utf8_lossy(&got).contains("gateway closed the tunnel at once"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
 }
