@@ -153,7 +153,7 @@ fn is_timeout(e: &io::Error) -> bool {
 fn ws_to_io(e: tungstenite::Error) -> io::Error {
     match e {
         tungstenite::Error::Io(e) => e,
-        other => io::Error::other(other.to_string()),
+        other => io::Error::other(other),
     }
 }
 

@@ -267,6 +267,15 @@ impl fmt::Display for GatewayError {
     }
 }
 
+impl std::error::Error for GatewayError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GatewayError::Unreachable(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 fn remaining(deadline: Instant) -> Result<Duration, GatewayError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {

@@ -89,7 +89,7 @@ pub enum End {
     /// [`Tunnel::abort`] was called (relay shutting down).
     Aborted,
     /// A pump thread could not be started or panicked.
-    Internal(String),
+    Internal(Internal),
 }
 
 impl std::fmt::Display for End {
@@ -101,7 +101,15 @@ impl std::fmt::Display for End {
             End::WsError(e) => write!(f, "websocket error: {e}"),
             End::Malformed(e) => write!(f, "malformed chunk: {e}"),
             End::Aborted => f.write_str("aborted"),
-            End::Internal(e) => write!(f, "internal error: {e}"),
+            End::Internal(Internal::Panicked) => {
+                f.write_str("internal error: pump thread panicked")
+            }
+            End::Internal(Internal::Spawn(e)) => {
+                write!(f, "internal error: cannot start pump thread: {e}")
+            }
+            End::Internal(Internal::NoReason) => {
+                f.write_str("internal error: tunnel ended without a reason")
+            }
         }
     }
 }
@@ -112,9 +120,21 @@ impl std::error::Error for End {
             End::SocketError(e) => Some(e),
             End::WsError(e) => Some(e),
             End::Malformed(e) => Some(e),
+            End::Internal(Internal::Spawn(e)) => Some(e),
             _ => None,
         }
     }
+}
+
+/// What went wrong inside the relay itself.
+#[derive(Debug)]
+pub enum Internal {
+    /// A pump thread panicked.
+    Panicked,
+    /// The second pump thread could not be started.
+    Spawn(io::Error),
+    /// Both pumps stopped and neither said why (a bug).
+    NoReason,
 }
 
 /// What a finished tunnel did.
@@ -213,7 +233,7 @@ impl Tunnel {
                     self.finish(end, side);
                 }
                 if handle.join().is_err() {
-                    self.finish(End::Internal("pump thread panicked".into()), Side::Abort);
+                    self.finish(End::Internal(Internal::Panicked), Side::Abort);
                 }
                 // Tell the far side politely before cutting; never wait for it.
                 if let Ok(mut ws) = self.ws.try_lock() {
@@ -224,17 +244,14 @@ impl Tunnel {
                 }
                 self.shut_down_both();
             }
-            Err(e) => self.finish(
-                End::Internal(format!("cannot start pump thread: {e}")),
-                Side::Abort,
-            ),
+            Err(e) => self.finish(End::Internal(Internal::Spawn(e)), Side::Abort),
         }
         let end = self
             .end
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .unwrap_or(End::Internal("tunnel ended without a reason".into()));
+            .unwrap_or(End::Internal(Internal::NoReason));
         TunnelReport {
             bytes_socket_to_ws: self.bytes_socket_to_ws.load(Ordering::Relaxed),
             bytes_ws_to_socket: self.bytes_ws_to_socket.load(Ordering::Relaxed),
@@ -497,7 +514,7 @@ impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
         if thread::panicking() {
             self.0
-                .finish(End::Internal("pump thread panicked".into()), Side::Abort);
+                .finish(End::Internal(Internal::Panicked), Side::Abort);
         }
     }
 }
