@@ -8,8 +8,11 @@
 //! Unlike a CONNECT tunnel this is one request, then one response, so a
 //! single thread drives it over a blocking [`ChunkStream`].
 
+use std::cell::Cell;
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -18,19 +21,28 @@ use tungstenite::{Bytes, Message, WebSocket};
 use crate::chunk;
 use crate::config::Limits;
 use crate::gateway::{Gateway, GatewayStream};
+use crate::http1::{
+    BodyCopier, BodyError, BodyFraming, Framing, ResponseHead, has_token, header_values,
+    is_framing_header, parse_response_head, request_framing, response_framing,
+};
+use crate::reply::{self, Status};
 use crate::request_head::{
     Authority, HeadError, ProxyRequest, RequestHead, parse_head, read_head_bytes,
 };
+use crate::socket::{self, Mode};
 
 /// Largest response head accepted from an origin.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Largest line in chunked framing (size line or trailer).
-const MAX_LINE: u64 = 8 * 1024;
+/// How long [`ChunkStream::has_data`] waits for a message already on its way.
+const PEEK_WAIT: Duration = Duration::from_millis(50);
+/// How long a client may pause while sending a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a kept-alive client connection may sit idle between requests.
 const IDLE_CLIENT: Duration = Duration::from_secs(60);
 
 /// Request headers never forwarded: hop-by-hop (RFC 9110 7.6.1) and the
-/// proxy's own. Headers named in `Connection` are dropped too.
+/// proxy's own. Headers named in `Connection` are dropped too, unless they
+/// frame the body: such a message is refused instead.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "proxy-connection",
@@ -59,10 +71,7 @@ impl ChunkStream {
         max_chunk: usize,
         keepalive: Duration,
     ) -> io::Result<ChunkStream> {
-        let tcp = ws.get_ref().tcp();
-        tcp.set_nonblocking(false)?;
-        tcp.set_read_timeout(Some(keepalive))?;
-        tcp.set_write_timeout(None)?;
+        socket::set_mode(ws.get_ref().tcp(), read_wait(keepalive))?;
         Ok(ChunkStream {
             ws,
             pending: Bytes::new(),
@@ -77,23 +86,84 @@ impl ChunkStream {
             .send(Message::Binary(encoded.into()))
             .map_err(ws_to_io)
     }
+
+    /// The tunnel's TCP socket, to poll for readability.
+    fn raw_fd(&self) -> RawFd {
+        self.ws.get_ref().tcp().as_raw_fd()
+    }
+
+    /// Reads one message: data becomes `pending`, a close sets `eof`, a
+    /// keepalive or control frame does nothing. A read timeout is an error.
+    fn receive(&mut self) -> io::Result<()> {
+        match self.ws.read() {
+            Ok(Message::Binary(encoded)) => {
+                let data = chunk::decode(&encoded)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let start = data.as_ptr() as usize - encoded.as_ptr() as usize;
+                let len = data.len();
+                self.pending = encoded.slice(start..start + len);
+                Ok(())
+            }
+            Ok(Message::Text(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                chunk::ChunkError::TextFrame,
+            )),
+            Ok(Message::Close(_))
+            | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                self.eof = true;
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(ws_to_io(e)),
+        }
+    }
+
+    /// Whether data or the end came from the far side, waiting at most a
+    /// moment: tells an origin's early answer from a ping on the socket.
+    fn has_data(&mut self) -> io::Result<bool> {
+        if self.pending.is_empty() && !self.eof {
+            socket::set_mode(self.ws.get_ref().tcp(), read_wait(PEEK_WAIT))?;
+            let got = self.receive();
+            socket::set_mode(self.ws.get_ref().tcp(), read_wait(self.keepalive))?;
+            match got {
+                Err(e) if is_timeout(&e) => return Ok(false),
+                other => other?,
+            }
+        }
+        Ok(!self.pending.is_empty() || self.eof)
+    }
+}
+
+/// Blocking reads bounded by `wait`, writes unbounded (the gateway's
+/// backpressure is the client's).
+fn read_wait(wait: Duration) -> Mode {
+    Mode::Blocking {
+        read: Some(wait),
+        write: None,
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 fn ws_to_io(e: tungstenite::Error) -> io::Error {
     match e {
         tungstenite::Error::Io(e) => e,
-        other => io::Error::other(other.to_string()),
+        other => io::Error::other(other),
     }
 }
 
 impl Drop for ChunkStream {
     fn drop(&mut self) {
         // Tell the gateway the tunnel is done rather than vanish mid-stream.
-        let _ = self
-            .ws
-            .get_ref()
-            .tcp()
-            .set_write_timeout(Some(Duration::from_millis(200)));
+        let _ = socket::set_mode(
+            self.ws.get_ref().tcp(),
+            Mode::bounded(Duration::from_millis(200)),
+        );
         let _ = self.ws.close(None);
     }
 }
@@ -110,37 +180,15 @@ impl Read for ChunkStream {
             if self.eof {
                 return Ok(0);
             }
-            match self.ws.read() {
-                Ok(Message::Binary(encoded)) => {
-                    let data = chunk::decode(&encoded)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    let start = data.as_ptr() as usize - encoded.as_ptr() as usize;
-                    let len = data.len();
-                    self.pending = encoded.slice(start..start + len);
-                }
-                Ok(Message::Text(_)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        chunk::ChunkError::TextFrame,
-                    ));
-                }
-                Ok(Message::Close(_))
-                | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    self.eof = true;
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+            match self.receive() {
+                Ok(()) => {}
+                Err(e) if is_timeout(&e) => {
                     // Waiting on a slow origin: keep the gateway's sidecar from
                     // dropping the tunnel.
                     debug!("keepalive after {:?} of silence", self.keepalive);
                     self.send(chunk::keepalive())?;
                 }
-                Err(e) => return Err(ws_to_io(e)),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -159,134 +207,9 @@ impl Write for ChunkStream {
     }
 }
 
-/// How a message's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFraming {
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the sender closes (responses only).
-    UntilClose,
-}
-
-fn header_values<'a>(
-    headers: &'a [(String, String)],
-    name: &'a str,
-) -> impl Iterator<Item = &'a str> {
-    headers
-        .iter()
-        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
-    header_values(headers, name)
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// The body framing of a message with these headers (RFC 9112 section 6).
-fn framing(
-    headers: &[(String, String)],
-    otherwise: BodyFraming,
-) -> Result<BodyFraming, &'static str> {
-    if let Some(last) = header_values(headers, "transfer-encoding")
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .last()
-    {
-        return if last.eq_ignore_ascii_case("chunked") {
-            Ok(BodyFraming::Chunked)
-        } else {
-            Err("unsupported Transfer-Encoding")
-        };
-    }
-    let mut length = None;
-    for value in header_values(headers, "content-length") {
-        for part in value.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("bad Content-Length");
-            }
-            let n: u64 = part.parse().map_err(|_| "bad Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length");
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(otherwise, BodyFraming::Length))
-}
-
-/// Copies one body from `from` to `to` as framed, bytes as they are.
-fn copy_body<R: BufRead, W: Write>(
-    framing: BodyFraming,
-    from: &mut R,
-    to: &mut W,
-) -> io::Result<u64> {
-    match framing {
-        BodyFraming::None => Ok(0),
-        BodyFraming::Length(n) => {
-            let copied = io::copy(&mut from.take(n), to)?;
-            if copied < n {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "body ended before its Content-Length",
-                ));
-            }
-            Ok(copied)
-        }
-        BodyFraming::UntilClose => io::copy(from, to),
-        BodyFraming::Chunked => copy_chunked(from, to),
-    }
-}
-
-fn read_line<R: BufRead>(from: &mut R) -> io::Result<Vec<u8>> {
-    let mut line = Vec::new();
-    from.take(MAX_LINE).read_until(b'\n', &mut line)?;
-    if line.last() != Some(&b'\n') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "chunked body: line too long or cut off",
-        ));
-    }
-    Ok(line)
-}
-
-fn copy_chunked<R: BufRead, W: Write>(from: &mut R, to: &mut W) -> io::Result<u64> {
-    let mut total = 0;
-    loop {
-        let size_line = read_line(from)?;
-        let text = std::str::from_utf8(&size_line).unwrap_or("");
-        let hex = text.split(';').next().unwrap_or("").trim();
-        let size = u64::from_str_radix(hex, 16).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "chunked body: bad chunk size")
-        })?;
-        to.write_all(&size_line)?;
-        if size == 0 {
-            // Trailer section, up to its blank line.
-            loop {
-                let line = read_line(from)?;
-                to.write_all(&line)?;
-                if line == b"\r\n" || line == b"\n" {
-                    return Ok(total);
-                }
-            }
-        }
-        total += copy_body(BodyFraming::Length(size), from, to)?;
-        let end = read_line(from)?;
-        if end != b"\r\n" && end != b"\n" {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "chunked body: missing CRLF",
-            ));
-        }
-        to.write_all(&end)?;
-    }
-}
-
-/// Headers without the hop-by-hop ones and those named in `Connection`.
+/// Headers without the hop-by-hop ones, those named in `Connection`, the
+/// framing headers (the relay writes its own) and `Host`/`Expect` (the
+/// relay writes or answers those itself).
 fn end_to_end(headers: &[(String, String)]) -> Vec<&(String, String)> {
     let named: Vec<String> = header_values(headers, "connection")
         .flat_map(|v| v.split(','))
@@ -296,70 +219,48 @@ fn end_to_end(headers: &[(String, String)]) -> Vec<&(String, String)> {
         .iter()
         .filter(|(n, _)| {
             let n = n.to_ascii_lowercase();
-            !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(&n)
+            !HOP_BY_HOP.contains(&n.as_str())
+                && !named.contains(&n)
+                && !is_framing_header(&n)
+                && n != "host"
+                && n != "expect"
         })
         .collect()
 }
 
-/// The request as the origin gets it: origin form, end-to-end headers,
-/// a `Host`, and no `Expect` (the relay answers `100 Continue` itself).
-fn origin_request(head: &RequestHead, authority: &Authority, path: &str) -> Vec<u8> {
-    let mut out = format!("{} {path} HTTP/1.1\r\n", head.method);
-    if head.header("host").is_none() {
-        let host = match authority.port {
-            80 => authority.host.to_string(),
-            _ => authority.to_string(),
-        };
-        out.push_str(&format!("Host: {host}\r\n"));
-    }
+/// The request as the origin gets it: origin form, a `Host` rebuilt from
+/// the absolute-form target (whatever `Host` the client sent), end-to-end
+/// headers, and the one framing header the relay will honour.
+fn origin_request(
+    head: &RequestHead,
+    authority: &Authority,
+    path: &str,
+    framing: &Framing,
+) -> Vec<u8> {
+    let host = match authority.port {
+        80 => authority.host.to_string(),
+        _ => authority.to_string(),
+    };
+    let mut out = format!("{} {path} HTTP/1.1\r\nHost: {host}\r\n", head.method);
     for (name, value) in end_to_end(&head.headers) {
-        if !name.eq_ignore_ascii_case("expect") {
-            out.push_str(&format!("{name}: {value}\r\n"));
-        }
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(line) = framing.header_line() {
+        out.push_str(&line);
     }
     out.push_str("\r\n");
     out.into_bytes()
 }
 
-/// A parsed response head.
-struct ResponseHead {
-    status: u16,
-    status_line: String,
-    headers: Vec<(String, String)>,
-}
-
-fn parse_response(bytes: &[u8]) -> Result<ResponseHead, &'static str> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "response head is not UTF-8")?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let status_line = lines.next().unwrap_or_default().to_string();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err("response is not HTTP/1.x");
-    }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|s| (100..=999).contains(s))
-        .ok_or("bad response status")?;
-    let mut headers = Vec::new();
-    for line in lines.take_while(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or("bad response header line")?;
-        headers.push((name.trim().to_string(), value.trim().to_string()));
-    }
-    Ok(ResponseHead {
-        status,
-        status_line,
-        headers,
-    })
-}
-
-/// The response as the client gets it: end-to-end headers, and
-/// `Connection: close` when the relay will close after it.
-fn client_response(resp: &ResponseHead, close: bool) -> Vec<u8> {
-    let mut out = format!("{}\r\n", resp.status_line);
+/// The response as the client gets it: end-to-end headers, the one
+/// framing header, and `Connection: close` when the relay will close after it.
+fn client_response(resp: &ResponseHead, framing: &Framing, close: bool) -> Vec<u8> {
+    let mut out = format!("{}\r\n", resp.status_line());
     for (name, value) in end_to_end(&resp.headers) {
         out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(line) = framing.header_line() {
+        out.push_str(&line);
     }
     if close {
         out.push_str("Connection: close\r\n");
@@ -375,45 +276,141 @@ struct Upstream {
 }
 
 /// Why a forwarded request failed, and whether the client can still be told.
+#[derive(Debug)]
 enum Failure {
     /// Nothing of a response was written yet: answer with this status.
-    Answer((u16, &'static str), String),
+    Answer(Status, String),
     /// The client got part of a response, or is gone: just close.
     Close(String),
 }
 
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Answer((code, _), why) => write!(f, "{why} (answered {code})"),
+            Failure::Close(why) => write!(f, "{why} (closed)"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// One forwarded request and its response.
+#[derive(Debug)]
+struct Exchange {
+    status: u16,
+    /// Request body bytes sent on.
+    up: u64,
+    /// Response body bytes passed to the client.
+    down: u64,
+    /// Whether the client connection stays open for another request.
+    keep_open: bool,
+}
+
+/// The client side of a plain-HTTP connection. While a request body is
+/// being forwarded, `watch` holds the tunnel's socket: a read then also
+/// wakes when the origin starts answering, so an origin that answers early
+/// (and never reads the rest) is heard rather than waited out.
+struct WatchedClient<'a> {
+    socket: &'a TcpStream,
+    watch: &'a Cell<Option<RawFd>>,
+}
+
+/// The origin started answering while the request body was being read.
+#[derive(Debug)]
+struct OriginSpoke;
+
+impl fmt::Display for OriginSpoke {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the origin answered before the request body ended")
+    }
+}
+
+impl std::error::Error for OriginSpoke {}
+
+fn is_origin_spoke(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<OriginSpoke>())
+}
+
+impl Read for WatchedClient<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(ws_fd) = self.watch.get() {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.socket.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: ws_fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let ms = BODY_TIMEOUT.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: two valid pollfds.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if rc == 0 {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            if fds[0].revents == 0 && fds[1].revents != 0 {
+                return Err(io::Error::other(OriginSpoke));
+            }
+        }
+        self.socket.read(buf)
+    }
+}
+
 /// Serves a client connection whose first request is plain HTTP; returns
-/// when the connection should close. `answer` writes the relay's own
-/// error responses.
+/// when the connection should close.
 pub fn serve(
     gateway: &Gateway,
     limits: &Limits,
     client: &TcpStream,
     first: RequestHead,
     leftover: Vec<u8>,
-    answer: fn(&TcpStream, (u16, &str), &str),
 ) {
-    let mut reader = BufReader::with_capacity(32 * 1024, Cursor::new(leftover).chain(client));
+    let watch = Cell::new(None);
+    let watched = WatchedClient {
+        socket: client,
+        watch: &watch,
+    };
+    let mut reader = BufReader::with_capacity(32 * 1024, Cursor::new(leftover).chain(watched));
     let mut upstream: Option<Upstream> = None;
     let mut head = first;
     loop {
         let started = Instant::now();
-        let outcome = forward_one(gateway, limits, client, &mut reader, &mut upstream, &head);
+        let outcome = forward_one(
+            gateway,
+            limits,
+            client,
+            &mut reader,
+            &watch,
+            &mut upstream,
+            &head,
+        );
+        watch.set(None);
         match outcome {
-            Ok((status, up, down, keep_open)) => {
+            Ok(done) => {
                 info!(
-                    "http {} {} -> {status}: up {up} B, down {down} B, {:.3} s",
+                    "http {} {} -> {}: up {} B, down {} B, {:.3} s",
                     head.method,
                     head.target,
+                    done.status,
+                    done.up,
+                    done.down,
                     started.elapsed().as_secs_f64()
                 );
-                if !keep_open {
+                if !done.keep_open {
                     return;
                 }
             }
             Err(Failure::Answer(status, why)) => {
                 warn!("http {} {}: {why}", head.method, head.target);
-                answer(client, status, &why);
+                reply::answer(client, status, &why);
                 return;
             }
             Err(Failure::Close(why)) => {
@@ -422,7 +419,13 @@ pub fn serve(
             }
         }
         // The next request on this connection, if the client sends one.
-        let _ = client.set_read_timeout(Some(IDLE_CLIENT));
+        let idle = Mode::Blocking {
+            read: Some(IDLE_CLIENT),
+            write: None,
+        };
+        if socket::set_mode(client, idle).is_err() {
+            return;
+        }
         head = match read_head_bytes(&mut reader, limits.max_head_bytes)
             .and_then(|bytes| parse_head(&bytes))
         {
@@ -430,7 +433,7 @@ pub fn serve(
             Err(HeadError::Closed(_) | HeadError::Timeout) => return,
             Err(e) => {
                 if let Some(status) = e.status() {
-                    answer(client, status, &e.to_string());
+                    reply::answer(client, status, &e.to_string());
                 }
                 return;
             }
@@ -438,28 +441,33 @@ pub fn serve(
     }
 }
 
-/// Forwards one request and its response. Returns the status, the body
-/// bytes each way, and whether the connection stays open.
+/// Forwards one request and its response.
 fn forward_one<R: BufRead>(
     gateway: &Gateway,
     limits: &Limits,
     client: &TcpStream,
     reader: &mut R,
+    watch: &Cell<Option<RawFd>>,
     upstream: &mut Option<Upstream>,
     head: &RequestHead,
-) -> Result<(u16, u64, u64, bool), Failure> {
-    let bad = |why: &str| Failure::Answer((400, "Bad Request"), why.to_string());
+) -> Result<Exchange, Failure> {
+    let bad = |why: String| Failure::Answer(reply::BAD_REQUEST, why);
     let (authority, path) = match ProxyRequest::from_head(head) {
         Ok(ProxyRequest::Forward { authority, path }) => (authority, path),
         Ok(ProxyRequest::Connect(_)) => {
-            return Err(bad("CONNECT must open its own connection to the proxy"));
+            return Err(bad(
+                "CONNECT must open its own connection to the proxy".into()
+            ));
         }
         Err(e) => {
-            let status = e.status().unwrap_or((400, "Bad Request"));
+            let status = e.status().unwrap_or(reply::BAD_REQUEST);
             return Err(Failure::Answer(status, e.to_string()));
         }
     };
-    let request_framing = framing(&head.headers, BodyFraming::None).map_err(bad)?;
+    if header_values(&head.headers, "host").count() > 1 {
+        return Err(bad("more than one Host header".into()));
+    }
+    let request_framing = request_framing(head).map_err(|e| bad(e.to_string()))?;
     let client_closes = has_token(&head.headers, "connection", "close")
         || (head.minor_version == 0 && !has_token(&head.headers, "connection", "keep-alive"));
 
@@ -470,46 +478,96 @@ fn forward_one<R: BufRead>(
     let Some(up) = upstream.as_mut() else {
         return Err(Failure::Close("no tunnel".into()));
     };
-    let lost = |e: io::Error| {
+    let lost = |e: &dyn fmt::Display| {
         Failure::Answer(
-            (502, "Bad Gateway"),
+            reply::BAD_GATEWAY,
             format!("tunnel to {authority} failed: {e}"),
         )
     };
 
-    let _ = client.set_read_timeout(Some(limits.head_timeout.max(Duration::from_secs(30))));
+    let body_wait = Mode::Blocking {
+        read: Some(BODY_TIMEOUT),
+        write: None,
+    };
+    socket::set_mode(client, body_wait).map_err(|e| Failure::Close(e.to_string()))?;
     let expects_continue = has_token(&head.headers, "expect", "100-continue");
     up.stream
         .get_mut()
-        .write_all(&origin_request(head, &authority, &path))
-        .map_err(lost)?;
-    if expects_continue && request_framing != BodyFraming::None {
+        .write_all(&origin_request(head, &authority, &path, &request_framing))
+        .map_err(|e| lost(&e))?;
+    if expects_continue && request_framing.body != BodyFraming::None {
         (&*client)
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .map_err(|e| Failure::Close(e.to_string()))?;
     }
-    let up_bytes = copy_body(request_framing, reader, up.stream.get_mut()).map_err(|e| {
-        *upstream = None;
-        Failure::Answer(
-            (502, "Bad Gateway"),
-            format!("request body not forwarded: {e}"),
-        )
-    })?;
-    let Some(up) = upstream.as_mut() else {
-        return Err(Failure::Close("no tunnel".into()));
+    let mut body = BodyCopier::new(request_framing.body);
+    watch.set(Some(up.stream.get_ref().raw_fd()));
+    let body_complete = loop {
+        match body.copy(reader, up.stream.get_mut()) {
+            Ok(_) => break true,
+            Err(BodyError::Read(e)) if is_origin_spoke(&e) => {
+                // Readable may be a ping or a keepalive: go on unless data came.
+                if !up.stream.buffer().is_empty()
+                    || up.stream.get_mut().has_data().map_err(|e| lost(&e))?
+                {
+                    break false;
+                }
+            }
+            Err(BodyError::Read(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                *upstream = None;
+                return Err(Failure::Answer(
+                    reply::REQUEST_TIMEOUT,
+                    "request body not complete in time".into(),
+                ));
+            }
+            Err(e @ (BodyError::Read(_) | BodyError::Eof)) => {
+                *upstream = None;
+                return Err(Failure::Close(format!(
+                    "client stopped sending its request body: {e}"
+                )));
+            }
+            Err(e @ BodyError::Malformed(_)) => {
+                *upstream = None;
+                return Err(bad(format!("request body: {e}")));
+            }
+            Err(BodyError::Write(e)) => {
+                *upstream = None;
+                return Err(lost(&e));
+            }
+        }
     };
-    up.stream.get_mut().flush().map_err(lost)?;
+    watch.set(None);
+    let up_bytes = body.copied();
+    up.stream.get_mut().flush().map_err(|e| lost(&e))?;
 
     // The response; informational ones (but 101) are passed on as they come.
     let response = loop {
         let bytes = read_head_bytes(&mut up.stream, MAX_RESPONSE_HEAD).map_err(|e| {
             Failure::Answer(
-                (502, "Bad Gateway"),
+                reply::BAD_GATEWAY,
                 format!("no response from {authority}: {e}"),
             )
         })?;
-        let resp = parse_response(&bytes)
-            .map_err(|e| Failure::Answer((502, "Bad Gateway"), format!("{authority}: {e}")))?;
+        let resp = match parse_response_head(&bytes) {
+            Ok(Some((resp, _))) => resp,
+            Ok(None) => {
+                return Err(Failure::Answer(
+                    reply::BAD_GATEWAY,
+                    format!("{authority}: response head cut off"),
+                ));
+            }
+            Err(e) => {
+                return Err(Failure::Answer(
+                    reply::BAD_GATEWAY,
+                    format!("{authority}: {e}"),
+                ));
+            }
+        };
         if (100..200).contains(&resp.status) && resp.status != 101 {
             if !expects_continue || resp.status != 100 {
                 (&*client)
@@ -520,27 +578,35 @@ fn forward_one<R: BufRead>(
         }
         break resp;
     };
+    let framing = response_framing(&response.headers)
+        .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, format!("{authority}: {e}")))?;
     let no_body = head.method == "HEAD" || matches!(response.status, 101 | 204 | 304);
-    let response_framing = if no_body {
+    let body_framing = if no_body {
         BodyFraming::None
     } else {
-        framing(&response.headers, BodyFraming::UntilClose)
-            .map_err(|e| Failure::Answer((502, "Bad Gateway"), format!("{authority}: {e}")))?
+        framing.body
     };
-    let origin_closes = response_framing == BodyFraming::UntilClose
+    let origin_closes = body_framing == BodyFraming::UntilClose
         || response.status == 101
-        || has_token(&response.headers, "connection", "close");
+        || has_token(&response.headers, "connection", "close")
+        || !body_complete;
     let close = client_closes || origin_closes;
     let mut to_client = client;
     to_client
-        .write_all(&client_response(&response, close))
+        .write_all(&client_response(&response, &framing, close))
         .map_err(|e| Failure::Close(e.to_string()))?;
-    let down_bytes = copy_body(response_framing, &mut up.stream, &mut to_client)
+    let down_bytes = BodyCopier::new(body_framing)
+        .copy(&mut up.stream, &mut to_client)
         .map_err(|e| Failure::Close(format!("response body cut off: {e}")))?;
     if origin_closes {
         *upstream = None;
     }
-    Ok((response.status, up_bytes, down_bytes, !close))
+    Ok(Exchange {
+        status: response.status,
+        up: up_bytes,
+        down: down_bytes,
+        keep_open: !close,
+    })
 }
 
 /// Opens a tunnel to `authority` and checks the gateway's answer to the
@@ -557,27 +623,35 @@ fn open_upstream(
         Failure::Answer(e.status(), e.to_string())
     })?;
     let mut stream = ChunkStream::new(ws, limits.max_chunk, limits.keepalive_interval)
-        .map_err(|e| Failure::Answer((502, "Bad Gateway"), e.to_string()))?;
+        .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, e.to_string()))?;
     stream
         .write_all(&gateway.connect_head(authority))
         .and_then(|_| stream.flush())
-        .map_err(|e| Failure::Answer((502, "Bad Gateway"), format!("gateway: {e}")))?;
+        .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, format!("gateway: {e}")))?;
     let mut stream = BufReader::with_capacity(64 * 1024, stream);
     let bytes = read_head_bytes(&mut stream, MAX_RESPONSE_HEAD).map_err(|e| {
         Failure::Answer(
-            (502, "Bad Gateway"),
+            reply::BAD_GATEWAY,
             format!("gateway did not answer the CONNECT: {e}"),
         )
     })?;
-    let resp = parse_response(&bytes)
-        .map_err(|e| Failure::Answer((502, "Bad Gateway"), format!("gateway: {e}")))?;
+    let resp = match parse_response_head(&bytes) {
+        Ok(Some((resp, _))) => resp,
+        Ok(None) => {
+            return Err(Failure::Answer(
+                reply::BAD_GATEWAY,
+                "gateway: answer cut off".into(),
+            ));
+        }
+        Err(e) => return Err(Failure::Answer(reply::BAD_GATEWAY, format!("gateway: {e}"))),
+    };
     if !(200..300).contains(&resp.status) {
         let mut to_client = client;
         let _ = to_client.write_all(&bytes);
         let _ = io::copy(&mut stream.take(1 << 20), &mut to_client);
         return Err(Failure::Close(format!(
             "gateway refused {authority}: {}",
-            resp.status_line
+            resp.status_line()
         )));
     }
     Ok(Upstream {
@@ -590,51 +664,11 @@ fn open_upstream(
 mod tests {
     use super::*;
 
-    fn headers(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn framing_follows_rfc9112() {
-        assert_eq!(
-            framing(&headers(&[]), BodyFraming::None),
-            Ok(BodyFraming::None)
-        );
-        assert_eq!(
-            framing(&headers(&[("Content-Length", "12")]), BodyFraming::None),
-            Ok(BodyFraming::Length(12))
-        );
-        assert_eq!(
-            framing(
-                &headers(&[
-                    ("Transfer-Encoding", "gzip, chunked"),
-                    ("Content-Length", "3")
-                ]),
-                BodyFraming::None
-            ),
-            Ok(BodyFraming::Chunked)
-        );
-        assert_eq!(
-            framing(&headers(&[]), BodyFraming::UntilClose),
-            Ok(BodyFraming::UntilClose)
-        );
-        assert!(
-            framing(
-                &headers(&[("Content-Length", "1"), ("Content-Length", "2")]),
-                BodyFraming::None
-            )
-            .is_err()
-        );
-        assert!(framing(&headers(&[("Content-Length", "-1")]), BodyFraming::None).is_err());
-        assert!(
-            framing(
-                &headers(&[("Transfer-Encoding", "gzip")]),
-                BodyFraming::None
-            )
-            .is_err()
-        );
+    fn no_body() -> Framing {
+        Framing {
+            body: BodyFraming::None,
+            codings: Vec::new(),
+        }
     }
 
     #[test]
@@ -645,7 +679,7 @@ Proxy-Authorization: Basic eA==\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\n
         )
         .unwrap();
         let authority = Authority::parse("origin.test:8080", None).unwrap();
-        let out = String::from_utf8(origin_request(&head, &authority, "/p?q")).unwrap();
+        let out = String::from_utf8(origin_request(&head, &authority, "/p?q", &no_body())).unwrap();
         assert_eq!(
             out,
             "GET /p?q HTTP/1.1\r\nHost: origin.test:8080\r\nAccept: */*\r\n\r\n"
@@ -656,33 +690,50 @@ Proxy-Authorization: Basic eA==\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\n
     fn origin_request_adds_a_missing_host() {
         let head = parse_head(b"GET http://origin.test/ HTTP/1.0\r\n\r\n").unwrap();
         let authority = Authority::parse("origin.test:80", None).unwrap();
-        let out = String::from_utf8(origin_request(&head, &authority, "/")).unwrap();
+        let out = String::from_utf8(origin_request(&head, &authority, "/", &no_body())).unwrap();
         assert_eq!(out, "GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n");
     }
 
     #[test]
-    fn chunked_bodies_are_copied_verbatim_and_stop_at_the_end() {
-        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nTrailer: x\r\n\r\nNEXT";
-        let mut from = BufReader::new(&body[..]);
-        let mut to = Vec::new();
-        assert_eq!(copy_chunked(&mut from, &mut to).unwrap(), 9);
-        assert_eq!(to, &body[..body.len() - 4]);
-        let mut rest = String::new();
-        from.read_to_string(&mut rest).unwrap();
-        assert_eq!(rest, "NEXT");
-        for bad in [&b"zz\r\n"[..], b"4\r\nWikiXX", b"4\r\nWi"] {
-            assert!(copy_chunked(&mut BufReader::new(bad), &mut Vec::new()).is_err());
-        }
+    fn origin_request_host_comes_from_the_target_and_framing_is_rebuilt() {
+        let head = parse_head(
+            b"POST http://origin.test/ HTTP/1.1\r\nHost: evil.test\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        let framing = request_framing(&head).unwrap();
+        let authority = Authority::parse("origin.test:80", None).unwrap();
+        let out = String::from_utf8(origin_request(&head, &authority, "/", &framing)).unwrap();
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 5\r\n\r\n"
+        );
     }
 
     #[test]
     fn responses_lose_hop_by_hop_headers_and_say_close() {
-        let resp = parse_response(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nContent-Length: 2\r\n\r\n").unwrap();
+        let (resp, _) = parse_response_head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nContent-Length: 2\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status, 200);
+        let framing = response_framing(&resp.headers).unwrap();
         assert_eq!(
-            String::from_utf8(client_response(&resp, true)).unwrap(),
+            String::from_utf8(client_response(&resp, &framing, true)).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
         );
-        assert!(parse_response(b"SSH-2.0\r\n\r\n").is_err());
+        assert!(parse_response_head(b"SSH-2.0\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn responses_with_both_framings_go_out_chunked_only() {
+        let (resp, _) = parse_response_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        let framing = response_framing(&resp.headers).unwrap();
+        assert_eq!(
+            String::from_utf8(client_response(&resp, &framing, false)).unwrap(),
+            "HTTP/1.1 200 OK\r\nX: y\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
     }
 }

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use tungstenite::WebSocket;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
-use tungstenite::http::HeaderValue;
+use tungstenite::http::{HeaderValue, Uri};
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::chunk;
 use crate::request_head::Authority;
+use crate::socket::{self, Mode};
 use crate::token::SessionToken;
 
 /// Path of the WebSocket under the base URL.
@@ -44,44 +45,104 @@ pub struct Endpoint {
     pub prefix: String,
 }
 
+/// Why a gateway base URL is not usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointError {
+    /// Not a URL at all.
+    NotAUrl(String),
+    /// A scheme other than `http` or `https`.
+    Scheme,
+    /// No host, or a host that is not a name or an IP address.
+    Host,
+    /// A port that is not 1 to 65535.
+    Port,
+    /// User name or password in the URL.
+    Credentials,
+    /// A query or fragment.
+    QueryOrFragment,
+}
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointError::NotAUrl(e) => write!(f, "gateway URL is not a URL ({e})"),
+            EndpointError::Scheme => f.write_str("gateway URL must start with http:// or https://"),
+            EndpointError::Host => f.write_str("gateway URL has a bad host"),
+            EndpointError::Port => f.write_str("gateway URL has a bad port"),
+            EndpointError::Credentials => f.write_str("gateway URL must not carry credentials"),
+            EndpointError::QueryOrFragment => {
+                f.write_str("gateway URL must not carry a query or fragment")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EndpointError {}
+
 impl Endpoint {
-    /// Parses `http[s]://host[:port][/prefix]`.
+    /// Parses `http[s]://host[:port][/prefix]`; errors as text (the URL
+    /// included). [`Endpoint::from_url`] gives the typed error.
     pub fn parse(base_url: &str) -> Result<Endpoint, String> {
+        Endpoint::from_url(base_url).map_err(|e| format!("{e}: {:?}", base_url.trim()))
+    }
+
+    /// Parses `http[s]://host[:port][/prefix]`.
+    pub fn from_url(base_url: &str) -> Result<Endpoint, EndpointError> {
         let url = base_url.trim();
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("http://") {
-            (false, rest)
+        // The URI parser takes a fragment as part of the path: look first.
+        if url.contains('#') {
+            return Err(EndpointError::QueryOrFragment);
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: tungstenite::http::uri::InvalidUri| {
+                EndpointError::NotAUrl(e.to_string())
+            })?;
+        let tls = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            _ => return Err(EndpointError::Scheme),
+        };
+        let authority = uri.authority().ok_or(EndpointError::Host)?;
+        if authority.as_str().contains('@') {
+            return Err(EndpointError::Credentials);
+        }
+        if uri.query().is_some() {
+            return Err(EndpointError::QueryOrFragment);
+        }
+        let host = authority.host();
+        // The URI parser drops a port that is not a u16: anything after the host must be one.
+        let has_port_text = authority.as_str().len() > host.len();
+        let host = if let Some(inside) = host.strip_prefix('[') {
+            let ip: std::net::Ipv6Addr = inside
+                .strip_suffix(']')
+                .and_then(|h| h.parse().ok())
+                .ok_or(EndpointError::Host)?;
+            ip.to_string()
+        } else if host.parse::<std::net::Ipv4Addr>().is_ok() || is_dns_name(host) {
+            host.to_ascii_lowercase()
         } else {
-            return Err(format!(
-                "gateway URL {url:?} must start with http:// or https://"
-            ));
+            return Err(EndpointError::Host);
         };
-        let (authority, path) = match rest.find(['/', '?', '#']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if path.contains(['?', '#']) {
-            return Err(format!(
-                "gateway URL {url:?} must not carry a query or fragment"
-            ));
-        }
-        if authority.contains('@') {
-            return Err(format!("gateway URL {url:?} must not carry credentials"));
-        }
-        let default_port = if tls { 443 } else { 80 };
-        let parsed = Authority::parse(authority, Some(default_port))
-            .map_err(|e| format!("gateway URL {url:?} has a bad host or port ({e})"))?;
-        let host = match parsed.host {
-            crate::request_head::Host::Name(n) => n,
-            crate::request_head::Host::Ipv4(ip) => ip.to_string(),
-            crate::request_head::Host::Ipv6(ip) => ip.to_string(),
+        let port = match authority.port() {
+            None if has_port_text => return Err(EndpointError::Port),
+            None => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some(p) => match p.as_u16() {
+                0 => return Err(EndpointError::Port),
+                p => p,
+            },
         };
         Ok(Endpoint {
             tls,
             host,
-            port: parsed.port,
-            prefix: path.trim_end_matches('/').to_string(),
+            port,
+            prefix: uri.path().trim_end_matches('/').to_string(),
         })
     }
 
@@ -128,6 +189,19 @@ impl Endpoint {
         }
         Err(GatewayError::Unreachable(last))
     }
+}
+
+/// Labels of letters, digits, `-` and `_`, joined by single dots.
+fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        })
 }
 
 /// The two layers of credentials the gateway checks.
@@ -189,6 +263,15 @@ impl fmt::Display for GatewayError {
             }
             GatewayError::Handshake(e) => write!(f, "WebSocket upgrade failed: {e}"),
             GatewayError::Timeout => f.write_str("gateway did not complete the upgrade in time"),
+        }
+    }
+}
+
+impl std::error::Error for GatewayError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GatewayError::Unreachable(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -376,37 +459,16 @@ fn classify(e: tungstenite::Error) -> GatewayError {
 }
 
 fn set_timeouts(tcp: &TcpStream, left: Duration) -> Result<(), GatewayError> {
-    tcp.set_read_timeout(Some(left))
-        .and_then(|_| tcp.set_write_timeout(Some(left)))
-        .map_err(GatewayError::Unreachable)
+    socket::set_mode(tcp, Mode::bounded(left)).map_err(GatewayError::Unreachable)
 }
 
 fn set_timeouts_off(tcp: &TcpStream) -> Result<(), GatewayError> {
-    tcp.set_read_timeout(None)
-        .and_then(|_| tcp.set_write_timeout(None))
-        .map_err(GatewayError::Unreachable)
+    socket::set_mode(tcp, Mode::BLOCKING).map_err(GatewayError::Unreachable)
 }
 
 /// Standard base64 with padding (RFC 4648), for the Basic credentials.
 pub fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for group in input.chunks(3) {
-        let b = [
-            group[0],
-            *group.get(1).unwrap_or(&0),
-            *group.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= group.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    data_encoding::BASE64.encode(input)
 }
 
 #[cfg(test)]
@@ -451,9 +513,23 @@ mod tests {
             "https://u:p@x.com",
             "http://x:99999",
             "http://x/?q",
+            "http://x/#f",
+            "http://x:/",
+            "http://x:0",
+            "http://a..b",
+            "http://[nothex]",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            Endpoint::from_url("https://u:p@x.com"),
+            Err(EndpointError::Credentials)
+        );
+        let e = Endpoint::parse("HTTP://GW.Example/pre/").unwrap();
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.prefix.as_str()),
+            (false, "gw.example", 80, "/pre")
+        );
     }
 
     #[test]
@@ -462,7 +538,7 @@ mod tests {
             Endpoint::parse("http://127.0.0.1:1").unwrap(),
             Credentials {
                 session_id: "sess".into(),
-                token: SessionToken::new("tok").unwrap(),
+                token: SessionToken::new("Zq7xK2").unwrap(),
             },
             native_tls::TlsConnector::new().unwrap(),
             Duration::from_secs(1),
@@ -472,10 +548,13 @@ mod tests {
             String::from_utf8(gw.connect_head(&target)).unwrap(),
             format!(
                 "CONNECT [::1]:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
-                base64(b"sess:tok")
+                base64(b"sess:Zq7xK2")
             )
         );
+        // A token that is no substring of any field name: its absence means
+        // it was not printed.
         let creds = format!("{:?}", gw.credentials);
-        assert!(!creds.contains("tok\""), "{creds}");
+        assert!(!creds.contains("Zq7xK2"), "{creds}");
+        assert!(creds.contains("sess"), "{creds}");
     }
 }

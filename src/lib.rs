@@ -4,7 +4,9 @@
 //!
 //! The data path, top to bottom: [`listener`] accepts a client, [`request_head`]
 //! reads what it asks for, [`gateway`] opens the tunnel's WebSocket, [`tunnel`]
-//! pumps bytes both ways as [`chunk`]s until either side closes.
+//! pumps bytes both ways as [`chunk`]s until either side closes. Plain
+//! `http://` requests go through [`forward`], which reads and rebuilds them
+//! with [`http1`]; the relay's own error answers come from [`reply`].
 
 pub mod app;
 pub mod atomic_file;
@@ -18,13 +20,16 @@ pub mod doctor;
 pub mod forward;
 pub mod gates;
 pub mod gateway;
+pub mod http1;
 pub mod install;
 pub mod listener;
 pub mod message_v2;
 pub mod pool;
+pub mod reply;
 pub mod request_head;
 pub mod session;
 pub mod signals;
+pub mod socket;
 pub mod token;
 pub mod trust;
 pub mod tunnel;

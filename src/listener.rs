@@ -4,31 +4,25 @@
 //! relay closes them all.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
-use tungstenite::Message;
-
-use crate::chunk;
 use crate::config::Limits;
 use crate::forward;
 use crate::gateway::Gateway;
+use crate::reply;
 use crate::request_head::{ProxyRequest, read_head};
 use crate::tunnel::{PumpOptions, Tunnel};
+use log::{debug, info, warn};
 
 /// Stack of a connection thread. It runs the TLS handshake to the gateway,
 /// the deepest call it makes; untouched pages cost nothing.
 const CONNECTION_STACK: usize = 256 * 1024;
-
-/// What a client gets when the gateway ends its tunnel before sending anything.
-const SILENT_GATEWAY_REPLY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n\
-Content-Length: 45\r\nConnection: close\r\n\r\nccr-relay: gateway closed the tunnel at once\n";
 
 /// A bound, not yet serving, relay.
 pub struct Relay {
@@ -183,7 +177,7 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         Err(e) => {
             debug!("client {peer}: {e}");
             if let Some(status) = e.status() {
-                answer(&client, status, &e.to_string());
+                reply::answer(&client, status, &e.to_string());
             }
             return;
         }
@@ -191,49 +185,31 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
     let target = match ProxyRequest::from_head(&head) {
         Ok(ProxyRequest::Connect(target)) => target,
         Ok(ProxyRequest::Forward { .. }) => {
-            forward::serve(&shared.gateway, limits, &client, head, leftover, answer);
+            forward::serve(&shared.gateway, limits, &client, head, leftover);
             return;
         }
         Err(e) => {
             debug!("client {peer}: {e}");
             if let Some(status) = e.status() {
-                answer(&client, status, &e.to_string());
+                reply::answer(&client, status, &e.to_string());
             }
             return;
         }
     };
     let started = Instant::now();
-    let mut ws = match shared.gateway.open_websocket() {
+    let ws = match shared.gateway.open_websocket() {
         Ok(ws) => ws,
         Err(e) => {
             warn!("tunnel {target}: {e}");
-            answer(&client, e.status(), &e.to_string());
+            reply::answer(&client, e.status(), &e.to_string());
             return;
         }
     };
-    // The CONNECT head, then what the client sent after its blank line, in order.
-    let mut opening = vec![chunk::encode(&shared.gateway.connect_head(&target))];
-    opening.extend(leftover.chunks(limits.max_chunk).map(chunk::encode));
-    let sent = ws
-        .get_ref()
-        .tcp()
-        .set_write_timeout(Some(limits.upgrade_timeout))
-        .map_err(tungstenite::Error::Io)
-        .and_then(|_| {
-            opening
-                .into_iter()
-                .try_for_each(|c| ws.write(Message::Binary(c.into())))
-        })
-        .and_then(|_| ws.flush());
-    if let Err(e) = sent {
-        warn!("tunnel {target}: sending the CONNECT to the gateway failed: {e}");
-        answer(&client, (502, "Bad Gateway"), "gateway connection failed");
-        return;
-    }
     let opts = PumpOptions {
         keepalive_interval: limits.keepalive_interval,
         read_size: limits.max_chunk.min(64 * 1024),
-        reply_if_silent: Some(SILENT_GATEWAY_REPLY),
+        reply_if_silent: Some(reply::silent_gateway()),
+        opening_timeout: limits.upgrade_timeout,
     };
     let tunnel = match Tunnel::new(client, ws, opts) {
         Ok(t) => t,
@@ -242,6 +218,20 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
             return;
         }
     };
+    // The CONNECT head as the first chunk of its own (the contract), then
+    // what the client sent after its blank line, in order.
+    let sent = tunnel
+        .send_data(&shared.gateway.connect_head(&target))
+        .and_then(|()| tunnel.send_data(&leftover));
+    if let Err(e) = sent {
+        warn!("tunnel {target}: sending the CONNECT to the gateway failed: {e}");
+        reply::answer(
+            tunnel.socket(),
+            reply::BAD_GATEWAY,
+            "gateway connection failed",
+        );
+        return;
+    }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     lock(&shared.tunnels).insert(id, Arc::downgrade(&tunnel));
     // A stop that came while the tunnel was opening has missed it: close it now.
@@ -257,28 +247,4 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         started.elapsed().as_secs_f64(),
         report.end
     );
-}
-
-/// Answers a client the relay cannot serve, then closes without losing the
-/// answer: write side first, then a short drain so the close sends no RST.
-fn answer(client: &TcpStream, (code, reason): (u16, &str), detail: &str) {
-    let body = format!("ccr-relay: {detail}\n");
-    let response = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = client.set_write_timeout(Some(Duration::from_secs(2)));
-    if (&*client).write_all(response.as_bytes()).is_err() {
-        return;
-    }
-    let _ = client.shutdown(Shutdown::Write);
-    let _ = client.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut sink = [0u8; 4096];
-    let mut drained = 0;
-    while drained < 256 * 1024 {
-        match (&*client).read(&mut sink) {
-            Ok(n) if n > 0 => drained += n,
-            _ => break,
-        }
-    }
 }

@@ -3,8 +3,8 @@
 //! at once, until either side closes.
 //!
 //! The relay uses it with the client's socket on one side and the gateway's
-//! WebSocket on the other; the development gateway uses the same pump with
-//! the target's socket and its server-side WebSocket.
+//! WebSocket on the other. (The development gateway has its own pump,
+//! modelled on this one, in the integration crate.)
 //!
 //! Two threads, one per direction. The socket is a `TcpStream` both threads
 //! can use at once (reads on one, writes on the other). The WebSocket is one
@@ -33,6 +33,8 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::chunk::{self, ChunkError};
 use crate::gateway::GatewayStream;
+pub use crate::socket::wait_ready;
+use crate::socket::{self, Mode};
 
 /// Stack for the second pump thread: a copy loop needs little, and pages
 /// never touched cost no memory.
@@ -55,6 +57,9 @@ pub struct PumpOptions {
     /// Written to the socket if the WebSocket side ends before it sent any
     /// data (the relay's `502`); never once data has flowed.
     pub reply_if_silent: Option<&'static [u8]>,
+    /// Bound on [`Tunnel::send_data`]: the gateway must take the opening
+    /// bytes within this long.
+    pub opening_timeout: Duration,
 }
 
 impl Default for PumpOptions {
@@ -63,6 +68,7 @@ impl Default for PumpOptions {
             keepalive_interval: Duration::from_secs(30),
             read_size: 64 * 1024,
             reply_if_silent: None,
+            opening_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -77,13 +83,13 @@ pub enum End {
     /// The WebSocket side closed (close frame or EOF).
     WsClosed,
     /// The WebSocket failed (I/O, TLS or protocol).
-    WsError(String),
+    WsError(tungstenite::Error),
     /// The far side sent something that is not a chunk.
     Malformed(ChunkError),
     /// [`Tunnel::abort`] was called (relay shutting down).
     Aborted,
     /// A pump thread could not be started or panicked.
-    Internal(String),
+    Internal(Internal),
 }
 
 impl std::fmt::Display for End {
@@ -95,9 +101,40 @@ impl std::fmt::Display for End {
             End::WsError(e) => write!(f, "websocket error: {e}"),
             End::Malformed(e) => write!(f, "malformed chunk: {e}"),
             End::Aborted => f.write_str("aborted"),
-            End::Internal(e) => write!(f, "internal error: {e}"),
+            End::Internal(Internal::Panicked) => {
+                f.write_str("internal error: pump thread panicked")
+            }
+            End::Internal(Internal::Spawn(e)) => {
+                write!(f, "internal error: cannot start pump thread: {e}")
+            }
+            End::Internal(Internal::NoReason) => {
+                f.write_str("internal error: tunnel ended without a reason")
+            }
         }
     }
+}
+
+impl std::error::Error for End {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            End::SocketError(e) => Some(e),
+            End::WsError(e) => Some(e),
+            End::Malformed(e) => Some(e),
+            End::Internal(Internal::Spawn(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What went wrong inside the relay itself.
+#[derive(Debug)]
+pub enum Internal {
+    /// A pump thread panicked.
+    Panicked,
+    /// The second pump thread could not be started.
+    Spawn(io::Error),
+    /// Both pumps stopped and neither said why (a bug).
+    NoReason,
 }
 
 /// What a finished tunnel did.
@@ -133,18 +170,16 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    /// Joins `socket` and `ws`; the WebSocket's stream becomes non-blocking.
+    /// Joins `socket` and `ws`; the WebSocket's stream becomes non-blocking,
+    /// the socket blocking without timeouts (the pumps wait with `poll`).
     pub fn new(
         socket: TcpStream,
         ws: WebSocket<GatewayStream>,
         opts: PumpOptions,
     ) -> io::Result<Arc<Tunnel>> {
         let tcp = ws.get_ref().tcp();
-        tcp.set_nonblocking(true)?;
-        tcp.set_read_timeout(None)?;
-        tcp.set_write_timeout(None)?;
-        socket.set_read_timeout(None)?;
-        socket.set_write_timeout(None)?;
+        socket::set_mode(tcp, Mode::NonBlocking)?;
+        socket::set_mode(&socket, Mode::BLOCKING)?;
         let ws_fd = tcp.as_raw_fd();
         Ok(Arc::new(Tunnel {
             socket,
@@ -162,12 +197,19 @@ impl Tunnel {
     }
 
     /// Sends `data` as chunks before pumping starts (the relay's CONNECT
-    /// head and the client bytes that came with it). Not counted as socket data.
-    pub fn send_data(&self, data: &[u8]) -> Result<(), String> {
+    /// head and the client bytes that came with it), all within the
+    /// opening timeout. Not counted as socket data.
+    pub fn send_data(&self, data: &[u8]) -> Result<(), End> {
+        let deadline = Instant::now() + self.opts.opening_timeout;
         for piece in data.chunks(self.opts.read_size.max(1)) {
-            self.send_chunk(Bytes::from(chunk::encode(piece)))?;
+            self.send_chunk(Bytes::from(chunk::encode(piece)), Some(deadline))?;
         }
         Ok(())
+    }
+
+    /// The socket side, for an answer of the relay's own before pumping starts.
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
     }
 
     /// Pumps both directions until the tunnel ends; spawns one thread.
@@ -191,7 +233,7 @@ impl Tunnel {
                     self.finish(end, side);
                 }
                 if handle.join().is_err() {
-                    self.finish(End::Internal("pump thread panicked".into()), Side::Abort);
+                    self.finish(End::Internal(Internal::Panicked), Side::Abort);
                 }
                 // Tell the far side politely before cutting; never wait for it.
                 if let Ok(mut ws) = self.ws.try_lock() {
@@ -202,17 +244,14 @@ impl Tunnel {
                 }
                 self.shut_down_both();
             }
-            Err(e) => self.finish(
-                End::Internal(format!("cannot start pump thread: {e}")),
-                Side::Abort,
-            ),
+            Err(e) => self.finish(End::Internal(Internal::Spawn(e)), Side::Abort),
         }
         let end = self
             .end
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .unwrap_or(End::Internal("tunnel ended without a reason".into()));
+            .unwrap_or(End::Internal(Internal::NoReason));
         TunnelReport {
             bytes_socket_to_ws: self.bytes_socket_to_ws.load(Ordering::Relaxed),
             bytes_ws_to_socket: self.bytes_ws_to_socket.load(Ordering::Relaxed),
@@ -244,8 +283,8 @@ impl Tunnel {
             match wait_ready(socket_fd, libc::POLLIN, Some(idle_left)) {
                 Ok(true) => {}
                 Ok(false) => {
-                    if let Err(e) = self.send_chunk(Bytes::from(chunk::keepalive())) {
-                        return End::WsError(e);
+                    if let Err(end) = self.send_chunk(Bytes::from(chunk::keepalive()), None) {
+                        return end;
                     }
                     last_sent = Instant::now();
                     continue;
@@ -265,8 +304,8 @@ impl Tunnel {
             chunk::write_header(&mut buf[start..HEADROOM], n);
             buf.truncate(HEADROOM + n);
             let frame = Bytes::from(buf).slice(start..);
-            if let Err(e) = self.send_chunk(frame) {
-                return End::WsError(e);
+            if let Err(end) = self.send_chunk(frame, None) {
+                return end;
             }
             self.bytes_socket_to_ws
                 .fetch_add(n as u64, Ordering::Relaxed);
@@ -274,13 +313,14 @@ impl Tunnel {
         }
     }
 
-    /// Sends one encoded chunk, waiting for the WebSocket to take it all.
-    fn send_chunk(&self, encoded: Bytes) -> Result<(), String> {
+    /// Sends one encoded chunk, waiting for the WebSocket to take it all
+    /// (until `deadline`, if given). Fails with the end it makes.
+    fn send_chunk(&self, encoded: Bytes, deadline: Option<Instant>) -> Result<(), End> {
         let mut ws = self.lock_ws();
         match ws.write(Message::Binary(encoded)) {
             Ok(()) => {}
             Err(tungstenite::Error::Io(e)) if is_transient(&e) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(End::WsError(e)),
         }
         loop {
             match ws.flush() {
@@ -288,17 +328,22 @@ impl Tunnel {
                 Err(tungstenite::Error::Io(e)) if is_transient(&e) => {
                     drop(ws);
                     if self.closing.load(Ordering::SeqCst) {
-                        return Err("tunnel closing".into());
+                        return Err(End::Aborted);
                     }
-                    wait_ready(
-                        self.ws_fd,
-                        libc::POLLOUT,
-                        Some(self.opts.keepalive_interval),
-                    )
-                    .map_err(|e| e.to_string())?;
+                    let wait = match deadline {
+                        None => self.opts.keepalive_interval,
+                        Some(d) => d.saturating_duration_since(Instant::now()),
+                    };
+                    let ready = wait_ready(self.ws_fd, libc::POLLOUT, Some(wait))
+                        .map_err(|e| End::WsError(tungstenite::Error::Io(e)))?;
+                    if !ready && deadline.is_some() {
+                        return Err(End::WsError(tungstenite::Error::Io(
+                            io::ErrorKind::TimedOut.into(),
+                        )));
+                    }
                     ws = self.lock_ws();
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(End::WsError(e)),
             }
         }
     }
@@ -341,7 +386,7 @@ impl Tunnel {
                     }
                     if self.closing.load(Ordering::SeqCst) {
                         if let Err(e) = wait_ready(self.ws_fd, libc::POLLIN, Some(wait)) {
-                            return End::WsError(e.to_string());
+                            return End::WsError(tungstenite::Error::Io(e));
                         }
                         continue;
                     }
@@ -349,15 +394,24 @@ impl Tunnel {
                     // that starts then is kept by this thread.
                     match wait_either(self.ws_fd, self.socket.as_raw_fd(), wait) {
                         Ok(true) => {}
-                        // The other thread is about to record the EOF.
-                        Ok(false) => thread::sleep(Duration::from_millis(1)),
-                        Err(e) => return End::WsError(e.to_string()),
+                        // The socket side sent EOF and the other thread is
+                        // about to record it, which starts the linger: until
+                        // then wait on the WebSocket alone (the EOF stays
+                        // pending), no longer than a linger.
+                        Ok(false) => {
+                            if let Err(e) =
+                                wait_ready(self.ws_fd, libc::POLLIN, Some(LINGER.min(wait)))
+                            {
+                                return End::WsError(tungstenite::Error::Io(e));
+                            }
+                        }
+                        Err(e) => return End::WsError(tungstenite::Error::Io(e)),
                     }
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return End::WsClosed;
                 }
-                Err(e) => return End::WsError(e.to_string()),
+                Err(e) => return End::WsError(e),
             }
         }
     }
@@ -416,7 +470,6 @@ impl Drop for Tunnel {
     fn drop(&mut self) {
         // Closing a socket with unread input makes the kernel send RST, which
         // can destroy bytes still on their way to the peer. Drain both first.
-        let _ = self.socket.set_nonblocking(true);
         for fd in [self.socket.as_raw_fd(), self.ws_fd] {
             let mut sink = [0u8; 4096];
             for _ in 0..64 {
@@ -461,7 +514,7 @@ impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
         if thread::panicking() {
             self.0
-                .finish(End::Internal("pump thread panicked".into()), Side::Abort);
+                .finish(End::Internal(Internal::Panicked), Side::Abort);
         }
     }
 }
@@ -495,39 +548,6 @@ fn wait_either(ws_fd: RawFd, socket_fd: RawFd, timeout: Duration) -> io::Result<
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
         if rc >= 0 {
             return Ok(rc == 0 || fds[0].revents != 0);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Waits until `fd` has one of `events` (or an error or hang-up, which the
-/// next read or write reports). `Ok(false)` when the timeout passed first.
-pub fn wait_ready(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up, so a sub-millisecond wait does not spin.
-                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
-            }
-        };
-        // SAFETY: one valid pollfd, count 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc > 0 {
-            return Ok(true);
-        }
-        if rc == 0 {
-            return Ok(false);
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {

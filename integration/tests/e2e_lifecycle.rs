@@ -16,6 +16,8 @@ use ccr_integration::wire::base64;
 use ccr_integration::{DevGateway, DevOrigin, GatewayOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
+/// The shutdown grace (1.5 s) plus room for a loaded machine.
+const SHUTDOWN_BOUND: Duration = Duration::from_millis(1500 + 3000);
 
 fn plain_setup(relay_opts: RelayOptions) -> (DevOrigin, DevGateway, RelayProcess) {
     let origin = DevOrigin::start(None);
@@ -25,7 +27,7 @@ fn plain_setup(relay_opts: RelayOptions) -> (DevOrigin, DevGateway, RelayProcess
 }
 
 #[test]
-fn sigterm_with_open_tunnels_exits_0_within_2_s_and_closes_them() {
+fn sigterm_with_open_tunnels_exits_0_within_the_grace_and_closes_them() {
     let (_origin, gw, mut relay) = plain_setup(RelayOptions::default());
     let mut clients: Vec<TcpStream> = (0..5)
         .map(|_| relay.connect_tunnel("origin.test:80"))
@@ -44,13 +46,19 @@ fn sigterm_with_open_tunnels_exits_0_within_2_s_and_closes_them() {
         .unwrap();
     wait_until_receive_queue_is_full(&busy);
     assert_eq!(gw.count_events("tunnel-end"), 0);
-    let (status, took) = relay
-        .terminate(Duration::from_secs(2))
-        .unwrap_or_else(|| panic!("still running 2 s after SIGTERM:\n{}", relay.stderr()));
+    // The relay promises to exit within its shutdown grace (1.5 s) once
+    // its tunnels are told to close; 3 s more covers a loaded machine,
+    // and is still far from "waits for the busy download".
+    let (status, took) = relay.terminate(SHUTDOWN_BOUND).unwrap_or_else(|| {
+        panic!(
+            "still running {SHUTDOWN_BOUND:?} after SIGTERM:\n{}",
+            relay.stderr()
+        )
+    });
     assert!(status.success(), "exit status {status} after SIGTERM");
     eprintln!("relay exited {took:?} after SIGTERM");
     for (i, c) in clients.iter_mut().enumerate() {
-        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
         let mut rest = Vec::new();
         let got = c.read_to_end(&mut rest);
         assert!(
@@ -60,7 +68,7 @@ fn sigterm_with_open_tunnels_exits_0_within_2_s_and_closes_them() {
         );
     }
     // The busy one: what was queued, then the end.
-    busy.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    busy.set_read_timeout(Some(WAIT)).unwrap();
     let mut sink = vec![0u8; 1 << 20];
     loop {
         match busy.read(&mut sink) {
@@ -91,13 +99,13 @@ fn sigint_stops_serve_too() {
             break status;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "still running 2 s after SIGINT"
+            started.elapsed() < SHUTDOWN_BOUND,
+            "still running {SHUTDOWN_BOUND:?} after SIGINT"
         );
         thread::sleep(Duration::from_millis(5));
     };
     assert!(status.success(), "exit status {status} after SIGINT");
-    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
     let mut rest = Vec::new();
     assert!(matches!(c.read_to_end(&mut rest), Ok(0)), "{rest:?}");
 }

@@ -259,3 +259,288 @@ fn plain_request_then_half_close_still_gets_the_answer() {
     c.read_to_end(&mut body).unwrap();
     pattern::verify_reader(&body[..], 100_000).unwrap();
 }
+
+/// What a hostile-framing origin saw of one request: the head, and the
+/// body as it arrived (framing included).
+struct Seen {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A raw origin for framing tests. Per connection: reads the request head,
+/// then (if `read_body`) the body as framed by one `Content-Length` or
+/// canonical chunked (the relay's output is read literally, no parser),
+/// reports what it saw, writes `answer`, closes.
+fn raw_origin(
+    answer: &'static [u8],
+    read_body: bool,
+) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Seen>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let Ok(head) = read_head(&mut conn) else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let lower = head.to_ascii_lowercase();
+                let mut body = Vec::new();
+                if read_body {
+                    if let Some(len) = lower
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                    {
+                        body.resize(len, 0);
+                        let _ = conn.read_exact(&mut body);
+                    } else if lower.contains("\r\ntransfer-encoding: chunked\r\n") {
+                        let mut byte = [0u8];
+                        while !body.ends_with(b"\r\n\r\n")
+                            && body != b"\r\n"
+                            && conn.read(&mut byte).is_ok_and(|n| n == 1)
+                        {
+                            body.push(byte[0]);
+                        }
+                    }
+                }
+                let _ = tx.send(Seen { head, body });
+                let _ = conn.write_all(answer);
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let mut rest = Vec::new();
+                let _ = conn.read_to_end(&mut rest);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+const OK_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+
+/// A gateway mapping `origin.test:80` to `origin`, and a relay in front.
+fn relay_to(origin: std::net::SocketAddr) -> (DevGateway, RelayProcess) {
+    let gw = DevGateway::start(GatewayOptions::default().map("origin.test:80", origin));
+    let relay = RelayProcess::serve(&gw, RelayOptions::default());
+    (gw, relay)
+}
+
+/// Sends raw bytes to the relay, reads until it closes.
+fn send_raw(relay: &RelayProcess, request: &[u8]) -> String {
+    let mut c = relay.connect();
+    let _ = c.write_all(request);
+    let mut got = Vec::new();
+    if let Err(e) = c.read_to_end(&mut got) {
+        assert!(
+            e.kind() == std::io::ErrorKind::ConnectionReset && !got.is_empty(),
+            "no close from the relay ({e}); got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn ambiguous_request_framing_is_400_and_never_reaches_the_origin() {
+    let (addr, seen) = raw_origin(OK_CLOSE, true);
+    let (_gw, relay) = relay_to(addr);
+    for request in [
+        &b"POST http://origin.test/ HTTP/1.1\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nhello"[..],
+        b"POST http://origin.test/ HTTP/1.1\r\nConnection: close, Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST http://origin.test/ HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST http://origin.test/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST http://origin.test/ HTTP/1.1\r\nTransfer-Encoding: identity, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST http://origin.test/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST http://origin.test/ HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        b"POST http://origin.test/ HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nHost: evil.test\r\n\r\n",
+        b"GET http://origin..test/ HTTP/1.1\r\n\r\n",
+    ] {
+        let got = send_raw(&relay, request);
+        assert!(
+            got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{:?} got {got:?}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(
+            got.contains("\r\n\r\nccr-relay: ")
+                && got.ends_with("GET /__agentproxy/status on this port shows the proxy's state and recent failures.\n"),
+            "{got:?}"
+        );
+    }
+    assert!(
+        seen.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the origin saw a request"
+    );
+}
+
+#[test]
+fn malformed_chunked_request_bodies_are_400() {
+    let (addr, seen) = raw_origin(OK_CLOSE, true);
+    let (_gw, relay) = relay_to(addr);
+    for body in [
+        &b"+5\r\nhello\r\n0\r\n\r\n"[..],
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\n0\r\n\r\n",
+        b"zz\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let mut request =
+            b"POST http://origin.test/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        request.extend_from_slice(body);
+        let got = send_raw(&relay, &request);
+        assert!(
+            got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{:?} got {got:?}",
+            String::from_utf8_lossy(body)
+        );
+        // The origin got the head and a broken-off body, never the bad line.
+        if let Ok(s) = seen.recv_timeout(Duration::from_secs(5)) {
+            assert!(
+                !s.body.windows(2).any(|w| w == b"+5" || w == b"zz"),
+                "{:?}",
+                s.body
+            );
+        }
+    }
+}
+
+#[test]
+fn loose_request_framing_reaches_the_origin_normalised() {
+    let (addr, seen) = raw_origin(OK_CLOSE, true);
+    let (_gw, relay) = relay_to(addr);
+    let cases: [(&[u8], &str, &[u8]); 4] = [
+        (
+            b"POST http://origin.test/a HTTP/1.1\r\nHost: evil.test\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            "content-length: 5\r\n",
+            b"hello",
+        ),
+        (
+            b"POST http://origin.test/b HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5 \r\nhello\r\n3;ext=\"x\"\r\n!!!\r\n0\r\nContent-Length: 99\r\nX-Sum: 1\r\n\r\n",
+            "transfer-encoding: chunked\r\n",
+            b"5\r\nhello\r\n3\r\n!!!\r\n0\r\nX-Sum: 1\r\n\r\n",
+        ),
+        (
+            b"POST http://origin.test/c HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\nConnection: close\r\n\r\n000a\r\n0123456789\r\n0\r\n\r\n",
+            "transfer-encoding: chunked\r\n",
+            b"a\r\n0123456789\r\n0\r\n\r\n",
+        ),
+        (
+            b"GET http://origin.test/d HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+            "host: origin.test\r\n",
+            b"",
+        ),
+    ];
+    for (request, framing, body) in cases {
+        let got = send_raw(&relay, request);
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");
+        assert!(got.ends_with("\r\n\r\nok"), "{got:?}");
+        let s = seen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the origin saw it");
+        let head = s.head.to_ascii_lowercase();
+        assert!(head.contains(&format!("\r\n{framing}")), "{head:?}");
+        assert!(head.contains("\r\nhost: origin.test\r\n"), "{head:?}");
+        assert!(!head.contains("evil.test"), "{head:?}");
+        for name in ["content-length:", "transfer-encoding:", "host:"] {
+            assert!(head.matches(name).count() <= 1, "one {name} {head:?}");
+        }
+        assert!(
+            !(head.contains("content-length:") && head.contains("transfer-encoding:")),
+            "{head:?}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&s.body),
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+#[test]
+fn ambiguous_response_framing_is_502() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello",
+    ] {
+        let (addr, _seen) = raw_origin(answer, true);
+        let (_gw, relay) = relay_to(addr);
+        let got = send_raw(&relay, b"GET http://origin.test/ HTTP/1.1\r\n\r\n");
+        assert!(
+            got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+            "{:?} got {got:?}",
+            String::from_utf8_lossy(answer)
+        );
+        assert!(!got.contains("hello"), "{got:?}");
+    }
+}
+
+#[test]
+fn loose_response_framing_reaches_the_client_normalised() {
+    let cases: [(&'static [u8], &str, &str); 3] = [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5 \r\nhello\r\n0\r\nContent-Length: 7\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            "5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+            "hello",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2;x=y\r\nhi\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            "2\r\nhi\r\n0\r\n\r\n",
+        ),
+    ];
+    for (answer, head, body) in cases {
+        let (addr, _seen) = raw_origin(answer, true);
+        let (_gw, relay) = relay_to(addr);
+        let got = send_raw(&relay, b"GET http://origin.test/ HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            got,
+            format!("{head}{body}"),
+            "{:?}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+}
+
+#[test]
+fn an_early_answer_to_an_unsent_body_reaches_the_client() {
+    // The origin answers after the head and closes: the client, which
+    // announced a body it never sends, gets that answer at once.
+    let (addr, seen) = raw_origin(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n",
+        false,
+    );
+    let (_gw, relay) = relay_to(addr);
+    let mut c = relay.connect();
+    c.write_all(
+        b"POST http://origin.test/up HTTP/1.1\r\nContent-Length: 1000000\r\n\r\nfirst bytes",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .expect("the relay closes after the answer");
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 413 Content Too Large\r\n"),
+        "{got:?}"
+    );
+    assert!(got.ends_with("\r\n\r\ntoo big\n"), "{got:?}");
+    // Well inside the 30 s the relay waits for a body.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(seen.recv_timeout(Duration::from_secs(1)).is_ok());
+}
