@@ -28,7 +28,13 @@ pub const EXIT_USAGE: i32 = 2;
 /// Runs the program with `args` (without the program name); returns the
 /// process's exit status.
 pub fn main(args: Vec<OsString>) -> i32 {
-    let command = match cli::parse(args, Config::from_env()) {
+    // Before anything else, and before any thread exists: the standalone
+    // variables leave the environment, so no child ever sees them.
+    // SAFETY: nothing else runs yet; `main.rs` calls this first.
+    let standalone = unsafe { crate::gates::take_standalone_env() };
+    let mut base = Config::from_env();
+    base.standalone = standalone;
+    let command = match cli::parse(args, base) {
         Ok(Command::Run { config, command }) => Command::Run {
             config: config.with_absolute_paths(),
             command,

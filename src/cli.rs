@@ -27,16 +27,20 @@ OPTIONS
   --listen ADDR       local proxy address [default: 127.0.0.1:0, an ephemeral port]
   --no-proxy LIST     comma-separated hosts appended to NO_PROXY
   --env-file PATH     (serve) write the children's environment here, as sh exports
+  --require-v2        (agent proxy) refuse tunnels when the gateway does not
+                      acknowledge tunnel protocol v2, instead of falling back
 
 TUNING (mostly for tests)
   --keepalive SECS        idle tunnel keepalive interval [default: 30]
   --head-timeout SECS     time a client has to send its request head [default: 10]
   --upgrade-timeout SECS  time to reach the gateway and upgrade [default: 10]
   --max-head BYTES        largest request head [default: 8192]
+  --fin-grace SECS        (v2) wait for the server's FIN after the client closed [default: 10]
+  --hello-timeout SECS    (v2) wait for HELLO_ACK on a fresh WebSocket [default: 10]
 
 The relay turns itself on only inside a remote session (CLAUDE_CODE_REMOTE,
-CCR_UPSTREAM_PROXY_ENABLED, CLAUDE_CODE_REMOTE_SESSION_ID, the token file);
-otherwise `run` just runs COMMAND. Logs: RUST_LOG=info (one line per tunnel).
+CCR_UPSTREAM_PROXY_ENABLED or CCR_AGENT_PROXY_ENABLED, CLAUDE_CODE_REMOTE_SESSION_ID,
+a session token); otherwise `run` just runs COMMAND. Logs: RUST_LOG=info (one line per tunnel).
 ";
 
 /// What the user asked for.
@@ -147,6 +151,9 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
                     .map(str::to_string),
             ),
             "--env-file" if sub == "serve" => env_file = Some(PathBuf::from(value()?)),
+            "--require-v2" if inline.is_none() => config.require_v2 = true,
+            "--fin-grace" => config.limits.fin_grace = seconds(&flag, &value()?)?,
+            "--hello-timeout" => config.limits.hello_ack_timeout = seconds(&flag, &value()?)?,
             "--keepalive" => config.limits.keepalive_interval = seconds(&flag, &value()?)?,
             "--head-timeout" => config.limits.head_timeout = seconds(&flag, &value()?)?,
             "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(&flag, &value()?)?,

@@ -30,6 +30,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Entries appended to the reference `NO_PROXY` list.
     pub no_proxy_extra: Vec<String>,
+    /// `--require-v2`: an agent-proxy gateway that does not acknowledge
+    /// tunnel protocol v2 gets its tunnels refused (`502`) instead of the
+    /// first-generation fallback.
+    pub require_v2: bool,
+    /// `AGENT_PROXY_URL` / `AGENT_PROXY_AUTH_TOKEN`, taken out of the
+    /// environment before anything else ran (redacted when printed).
+    pub standalone: crate::gates::Standalone,
     /// Bounds on time and size.
     pub limits: Limits,
 }
@@ -63,6 +70,8 @@ impl Config {
             gateway_ca: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             no_proxy_extra: Vec::new(),
+            require_v2: false,
+            standalone: crate::gates::Standalone::default(),
             limits: Limits::default(),
         }
     }
@@ -88,6 +97,17 @@ pub struct Limits {
     pub max_ca_bytes: usize,
     /// Time open tunnels get to close when the relay stops.
     pub shutdown_grace: Duration,
+    /// Protocol v2: how long a tunnel whose client closed first waits for
+    /// the server's FIN before closing the WebSocket (late v2 uses 10 s).
+    pub fin_grace: Duration,
+    /// Protocol v2: how long a fresh WebSocket waits for HELLO_ACK.
+    pub hello_ack_timeout: Duration,
+    /// Protocol v2: how long a reused WebSocket has to start answering
+    /// before the tunnel is redialled on a fresh one.
+    pub reuse_answer_timeout: Duration,
+    /// No client byte taken by the WebSocket for this long while the client
+    /// has more: the tunnel is ended (`upload_stalled`).
+    pub upload_stall: Duration,
 }
 
 impl Default for Limits {
@@ -101,6 +121,10 @@ impl Default for Limits {
             ca_fetch_timeout: Duration::from_secs(5),
             max_ca_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_millis(1500),
+            fin_grace: Duration::from_secs(10),
+            hello_ack_timeout: Duration::from_secs(10),
+            reuse_answer_timeout: Duration::from_secs(10),
+            upload_stall: Duration::from_secs(180),
         }
     }
 }
