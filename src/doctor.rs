@@ -11,16 +11,15 @@ use std::path::Path;
 
 use crate::child_env::{self, ProxyEnv};
 use crate::config::Config;
-use crate::gates::{self, Activation};
-use crate::gateway::{CA_CERT_PATH, Credentials, Gateway};
-use crate::session;
+use crate::gates::{self, Generation};
+use crate::session::{self, ProbeVerdict};
 use crate::trust;
 use crate::version::version_text;
 
-/// The gates' labels, in order (gate 4's names the token file).
+/// The gates' labels, in order (gate 4's names the token).
 const GATES: [&str; 3] = [
     "gate 1  CLAUDE_CODE_REMOTE",
-    "gate 2  CCR_UPSTREAM_PROXY_ENABLED",
+    "gate 2  CCR_AGENT_PROXY_ENABLED or CCR_UPSTREAM_PROXY_ENABLED",
     "gate 3  CLAUDE_CODE_REMOTE_SESSION_ID",
 ];
 
@@ -34,8 +33,11 @@ pub fn run(config: &Config) -> i32 {
     println!("ccr-relay doctor ({})", version_text());
     println!();
     println!("activation gates");
-    let activation = gates::check(env_lookup, &config.token_file);
-    let token_label = format!("gate 4  token file {}", config.token_file.display());
+    let activation = session::activate(config, env_lookup);
+    let token_label = format!(
+        "gate 4  session token (file {} first)",
+        config.token_file.display()
+    );
     let labels: Vec<&str> = GATES
         .iter()
         .copied()
@@ -52,12 +54,32 @@ pub fn run(config: &Config) -> i32 {
             _ => report.line(label, true, ""),
         }
     }
+    let choice = gates::choose_generation(env_lookup, config.standalone.is_active());
+    let generation = choice
+        .as_ref()
+        .map_or(Generation::UpstreamProxy, |c| c.generation);
+    if let Some(choice) = &choice {
+        println!(
+            "  info  generation: {} ({})",
+            choice.generation.name(),
+            choice.reason
+        );
+    }
+    if config.standalone.is_active() {
+        println!("  info  standalone mode: the gateway is AGENT_PROXY_URL");
+    }
+    if config.standalone.token_ignored() {
+        println!("  warn  AGENT_PROXY_AUTH_TOKEN is set without AGENT_PROXY_URL and is ignored");
+    }
+    if let Ok(activated) = &activation {
+        println!("  info  token from {}", activated.token.origin().describe());
+    }
 
     println!();
     println!("start-up steps");
     let endpoint = session::endpoint(config);
     report.line(
-        &format!("gateway URL {}", config.base_url),
+        &format!("gateway URL {}", session::base_url(config)),
         endpoint.is_ok(),
         &endpoint
             .as_ref()
@@ -73,16 +95,25 @@ pub fn run(config: &Config) -> i32 {
     );
     println!("  info  system CA bundle: {}", system_text(config));
     if let (Ok(endpoint), Ok(tls)) = (&endpoint, &tls) {
-        let bundle = session::prepare_trust(config, endpoint, tls, env_lookup);
+        let ca_label = format!("gateway CA  {}", endpoint.http_url(generation.ca_cert_path()));
+        // With the gates open, the very plan `run` and `serve` make;
+        // otherwise the CA fetch alone, to show whether it would work.
+        let (bundle, plan) = match activation {
+            Ok(activated) => match session::plan(config, activated, env_lookup) {
+                Ok(plan) => (Ok(plan.bundle.clone()), Some(plan)),
+                Err(e) => (Err(e.to_string()), None),
+            },
+            Err(_) => (
+                session::prepare_trust(config, endpoint, tls, generation, env_lookup)
+                    .map_err(|e| e.to_string()),
+                None,
+            ),
+        };
         let detail = match &bundle {
             Ok(bundle) => format!("{} certificate(s)", bundle.built.gateway_certs),
-            Err(e) => e.to_string(),
+            Err(e) => e.clone(),
         };
-        report.line_with(
-            &format!("gateway CA  {}", endpoint.http_url(CA_CERT_PATH)),
-            bundle.is_ok(),
-            &detail,
-        );
+        report.line_with(&ca_label, bundle.is_ok(), &detail);
         if let Ok(bundle) = &bundle {
             for (path, added) in &bundle.built.user_files {
                 println!(
@@ -94,33 +125,25 @@ pub fn run(config: &Config) -> i32 {
                 println!("  warn  {warning}");
             }
         }
-        match (
-            &activation,
-            session::tls_connector(config.gateway_ca.as_deref()),
-        ) {
-            (Ok(Activation { session_id, token }), Ok(tls)) => {
-                let gateway = Gateway::new(
-                    endpoint.clone(),
-                    Credentials {
-                        session_id: session_id.clone(),
-                        token: token.clone(),
-                    },
-                    tls,
-                    config.limits.upgrade_timeout,
-                );
-                let upgrade = gateway.open_websocket().map(|mut ws| {
-                    let _ = ws.close(None);
-                });
-                report.line_with(
-                    &format!("gateway WebSocket  {}", endpoint.ws_url()),
-                    upgrade.is_ok(),
-                    &upgrade
-                        .err()
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "upgrade accepted".into()),
-                );
+        match plan {
+            Some(plan) => {
+                let gateway = session::gateway(config, &plan);
+                let label = format!("gateway WebSocket  {}", gateway.ws_url());
+                match session::probe(&gateway) {
+                    ProbeVerdict::Opened => report.line_with(&label, true, "upgrade accepted"),
+                    ProbeVerdict::CredentialsRefused(e) => report.line_with(
+                        &label,
+                        false,
+                        &format!("{e}: the gateway refuses the session's credentials"),
+                    ),
+                    ProbeVerdict::Unreachable(e) => println!(
+                        "  warn  {label}: {e}; the proxy would start, each tunnel would dial once \
+                         and its 502 would end with \"{}\"",
+                        session::startup_error_text(&e)
+                    ),
+                }
             }
-            _ => println!("  skip  gateway WebSocket: needs the gates to pass"),
+            None => println!("  skip  gateway WebSocket: needs the gates and the CA to pass"),
         }
     }
     let bundle_dir = config.ca_bundle.parent().unwrap_or(Path::new("/"));
@@ -152,6 +175,7 @@ pub fn run(config: &Config) -> i32 {
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
     });
+    let _ = generation;
     for (name, value) in &vars {
         println!("  {name}={value}");
     }

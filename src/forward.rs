@@ -20,7 +20,9 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::chunk;
 use crate::config::Limits;
+use crate::dial;
 use crate::gateway::{Gateway, GatewayStream};
+use crate::wire::{Incoming, Wire};
 use crate::http1::{
     BodyCopier, BodyError, BodyFraming, Framing, ResponseHead, has_token, header_values,
     is_framing_header, parse_response_head, request_framing, response_framing,
@@ -59,6 +61,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// keepalive goes out every interval.
 pub struct ChunkStream {
     ws: WebSocket<GatewayStream>,
+    wire: Wire,
     pending: Bytes,
     max_chunk: usize,
     keepalive: Duration,
@@ -66,15 +69,20 @@ pub struct ChunkStream {
 }
 
 impl ChunkStream {
+    /// A stream over an opened tunnel: `ws` read by `wire`, `pending` the
+    /// data already received (the start of the gateway's answer).
     pub fn new(
         ws: WebSocket<GatewayStream>,
+        wire: Wire,
+        pending: Bytes,
         max_chunk: usize,
         keepalive: Duration,
     ) -> io::Result<ChunkStream> {
         socket::set_mode(ws.get_ref().tcp(), read_wait(keepalive))?;
         Ok(ChunkStream {
             ws,
-            pending: Bytes::new(),
+            wire,
+            pending,
             max_chunk: max_chunk.max(1),
             keepalive,
             eof: false,
@@ -92,13 +100,21 @@ impl ChunkStream {
         self.ws.get_ref().tcp().as_raw_fd()
     }
 
-    /// Reads one message: data becomes `pending`, a close sets `eof`, a
-    /// keepalive or control frame does nothing. A read timeout is an error.
+    /// Reads one message: data becomes `pending`, a close or the server's
+    /// FIN sets `eof`, a keepalive or control frame does nothing. A read
+    /// timeout is an error.
     fn receive(&mut self) -> io::Result<()> {
         match self.ws.read() {
             Ok(Message::Binary(encoded)) => {
-                let data = chunk::decode(&encoded)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let data = match self.wire.decode(&encoded) {
+                    Ok(Incoming::Data(data)) => data,
+                    Ok(Incoming::Fin) => {
+                        self.eof = true;
+                        return Ok(());
+                    }
+                    Ok(Incoming::HelloAck { .. } | Incoming::Ignored) => return Ok(()),
+                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                };
                 let start = data.as_ptr() as usize - encoded.as_ptr() as usize;
                 let len = data.len();
                 self.pending = encoded.slice(start..start + len);
@@ -106,7 +122,7 @@ impl ChunkStream {
             }
             Ok(Message::Text(_)) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                chunk::ChunkError::TextFrame,
+                self.wire.text_frame(),
             )),
             Ok(Message::Close(_))
             | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
@@ -618,16 +634,24 @@ fn open_upstream(
     client: &TcpStream,
     authority: &Authority,
 ) -> Result<Upstream, Failure> {
-    let ws = gateway.open_websocket().map_err(|e| {
+    let request = dial::Request {
+        target: authority,
+        client_process: "<plain-http>",
+        leftover: &[],
+    };
+    // Each plain-HTTP tunnel is closed after use, never pooled.
+    let opened = dial::open(gateway, limits, &request).map_err(|e| {
         warn!("http tunnel {authority}: {e}");
         Failure::Answer(e.status(), e.to_string())
     })?;
-    let mut stream = ChunkStream::new(ws, limits.max_chunk, limits.keepalive_interval)
-        .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, e.to_string()))?;
-    stream
-        .write_all(&gateway.connect_head(authority))
-        .and_then(|_| stream.flush())
-        .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, format!("gateway: {e}")))?;
+    let stream = ChunkStream::new(
+        opened.ws,
+        opened.wire,
+        opened.answer,
+        limits.max_chunk,
+        limits.keepalive_interval,
+    )
+    .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, e.to_string()))?;
     let mut stream = BufReader::with_capacity(64 * 1024, stream);
     let bytes = read_head_bytes(&mut stream, MAX_RESPONSE_HEAD).map_err(|e| {
         Failure::Answer(

@@ -1,13 +1,21 @@
 //! The gateway client: where the gateway is, how to reach it, and how one
-//! tunnel's WebSocket is opened (PROTOCOL.md section 3).
+//! tunnel's WebSocket is opened (the contract's section 3; for the agent
+//! proxy, its generation's paths and a token re-read for every WebSocket).
 //!
 //! Everything up to the finished upgrade runs under one deadline: TCP
 //! connect, TLS handshake and HTTP upgrade together. A gateway that accepts
 //! TCP and then says nothing costs a client at most that long.
+//!
+//! [`Gateway`] also holds what the relay learns about its gateway while it
+//! runs ([`GatewayState`]): whether it acknowledges tunnel protocol v2, and
+//! the start-up probe's error, which makes tunnels dial once instead of
+//! retrying.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tungstenite::WebSocket;
@@ -17,13 +25,15 @@ use tungstenite::http::{HeaderValue, Uri};
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::chunk;
+use crate::gates::Generation;
+use crate::pool::Pool;
 use crate::request_head::Authority;
 use crate::socket::{self, Mode};
-use crate::token::SessionToken;
+use crate::token::TokenSource;
 
-/// Path of the WebSocket under the base URL.
+/// Path of the first generation's WebSocket under the base URL.
 pub const WS_PATH: &str = "/v1/code/upstreamproxy/ws";
-/// Path of the gateway's CA certificate under the base URL.
+/// Path of the first generation's CA certificate under the base URL.
 pub const CA_CERT_PATH: &str = "/v1/code/upstreamproxy/ca-cert";
 
 /// Where the gateway is, parsed from its base URL.
@@ -31,7 +41,7 @@ pub const CA_CERT_PATH: &str = "/v1/code/upstreamproxy/ca-cert";
 /// ```
 /// use ccr_relay::gateway::Endpoint;
 /// let e = Endpoint::parse("https://gw.example:8443/prefix/").unwrap();
-/// assert_eq!(e.ws_url(), "wss://gw.example:8443/prefix/v1/code/upstreamproxy/ws");
+/// assert_eq!(e.ws_url("/ws"), "wss://gw.example:8443/prefix/ws");
 /// assert_eq!(e.http_url("/x"), "https://gw.example:8443/prefix/x");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,10 +164,10 @@ impl Endpoint {
         }
     }
 
-    /// The tunnel's WebSocket URL: `ws[s]://host:port/prefix/v1/code/upstreamproxy/ws`.
-    pub fn ws_url(&self) -> String {
+    /// A WebSocket URL under the base URL: `ws[s]://host:port/prefix{path}`.
+    pub fn ws_url(&self, path: &str) -> String {
         let scheme = if self.tls { "wss" } else { "ws" };
-        format!("{scheme}://{}{}{WS_PATH}", self.authority(), self.prefix)
+        format!("{scheme}://{}{}{path}", self.authority(), self.prefix)
     }
 
     /// An HTTP URL under the base URL.
@@ -204,24 +214,76 @@ fn is_dns_name(host: &str) -> bool {
         })
 }
 
-/// The two layers of credentials the gateway checks.
+/// The two layers of credentials the gateway checks. The token is read
+/// from its source each time a header is built, so a rotated session-ingress
+/// token reaches the next WebSocket and the next CONNECT.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     /// `CLAUDE_CODE_REMOTE_SESSION_ID`.
     pub session_id: String,
-    pub token: SessionToken,
+    pub token: TokenSource,
 }
 
 impl Credentials {
     /// `Bearer <token>` for the upgrade request.
     fn bearer(&self) -> String {
-        format!("Bearer {}", self.token.expose())
+        format!("Bearer {}", self.token.current().expose())
     }
 
     /// `Basic base64(session:token)` for the CONNECT inside the tunnel.
     fn basic(&self) -> String {
-        let pair = format!("{}:{}", self.session_id, self.token.expose());
+        let pair = format!("{}:{}", self.session_id, self.token.current().expose());
         format!("Basic {}", base64(pair.as_bytes()))
+    }
+}
+
+/// What the relay learns about its gateway while it runs.
+#[derive(Debug, Default)]
+pub struct GatewayState {
+    /// The gateway did not acknowledge tunnel protocol v2 once: later
+    /// tunnels neither send HELLO nor wait for HELLO_ACK.
+    v2_unacknowledged: AtomicBool,
+    /// The start-up probe could not open a WebSocket ("gateway unreachable
+    /// at start-up: reason"); cleared by any successful open.
+    startup_error: Mutex<Option<String>>,
+    /// A tunnel's WebSocket opened at least once.
+    opened_any: AtomicBool,
+}
+
+impl GatewayState {
+    pub fn v2_unacknowledged(&self) -> bool {
+        self.v2_unacknowledged.load(Ordering::Relaxed)
+    }
+
+    pub fn remember_v2_unacknowledged(&self) {
+        self.v2_unacknowledged.store(true, Ordering::Relaxed);
+    }
+
+    pub fn startup_error(&self) -> Option<String> {
+        self.startup_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_startup_error(&self, error: Option<String>) {
+        *self.startup_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    /// Records the probe's error, unless a tunnel has opened meanwhile
+    /// (the gateway is reachable after all).
+    pub fn set_startup_error_unless_opened(&self, error: String) {
+        let mut slot = self.startup_error.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.opened_any.load(Ordering::SeqCst) {
+            *slot = Some(error);
+        }
+    }
+
+    /// A tunnel's WebSocket opened: the start-up error no longer stands.
+    pub fn record_open(&self) {
+        let mut slot = self.startup_error.lock().unwrap_or_else(|p| p.into_inner());
+        self.opened_any.store(true, Ordering::SeqCst);
+        *slot = None;
     }
 }
 
@@ -234,6 +296,8 @@ pub enum GatewayError {
     Tls(String),
     /// The gateway answered the upgrade with another status (502).
     Refused(u16),
+    /// The token has characters a header cannot carry (502).
+    BadToken,
     /// The upgrade broke off or was not valid WebSocket (502).
     Handshake(String),
     /// Connect, TLS and upgrade did not finish within the bound (504).
@@ -241,6 +305,22 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// Whether dialling again may help (the contract's section 4): network,
+    /// TLS and handshake failures, time-outs and 5xx answers; never a
+    /// refusal of the credentials or another 4xx.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GatewayError::Refused(status) => *status >= 500,
+            GatewayError::BadToken => false,
+            _ => true,
+        }
+    }
+
+    /// Whether the gateway refused the session's credentials (401 or 403).
+    pub fn refuses_credentials(&self) -> bool {
+        matches!(self, GatewayError::Refused(401 | 403))
+    }
+
     /// The status the relay answers the client with.
     pub fn status(&self) -> (u16, &'static str) {
         match self {
@@ -260,6 +340,9 @@ impl fmt::Display for GatewayError {
                     f,
                     "gateway refused the WebSocket upgrade with HTTP {status}"
                 )
+            }
+            GatewayError::BadToken => {
+                f.write_str("the session token has characters a header cannot carry")
             }
             GatewayError::Handshake(e) => write!(f, "WebSocket upgrade failed: {e}"),
             GatewayError::Timeout => f.write_str("gateway did not complete the upgrade in time"),
@@ -325,13 +408,21 @@ impl Write for GatewayStream {
     }
 }
 
-/// The gateway client: endpoint, credentials and TLS settings, shared by
-/// every tunnel.
+/// The gateway client: endpoint, generation, credentials and TLS settings,
+/// shared by every tunnel, with what the relay learned about the gateway and
+/// (agent proxy) the pool of idle WebSockets.
 pub struct Gateway {
     pub endpoint: Endpoint,
+    pub generation: Generation,
     credentials: Credentials,
     tls: native_tls::TlsConnector,
     upgrade_timeout: Duration,
+    pub state: GatewayState,
+    /// Idle v2 WebSockets for reuse; `None` for the first generation.
+    pub pool: Option<Pool>,
+    /// `--require-v2`: tunnels of a gateway that does not acknowledge
+    /// protocol v2 are refused instead of falling back.
+    pub require_v2: bool,
 }
 
 /// WebSocket settings for a tunnel. The read buffer is what an idle tunnel
@@ -346,6 +437,7 @@ fn ws_config() -> WebSocketConfig {
 }
 
 impl Gateway {
+    /// A gateway client of the first generation, without a pool.
     pub fn new(
         endpoint: Endpoint,
         credentials: Credentials,
@@ -354,10 +446,27 @@ impl Gateway {
     ) -> Gateway {
         Gateway {
             endpoint,
+            generation: Generation::UpstreamProxy,
             credentials,
             tls,
             upgrade_timeout,
+            state: GatewayState::default(),
+            pool: None,
+            require_v2: false,
         }
+    }
+
+    /// Speaks `generation`'s paths and protocol; `pool` keeps idle v2
+    /// WebSockets for reuse (agent proxy only).
+    pub fn with_generation(mut self, generation: Generation, pool: Option<Pool>) -> Gateway {
+        self.generation = generation;
+        self.pool = pool.filter(|_| generation == Generation::AgentProxy);
+        self
+    }
+
+    /// The tunnel WebSocket's URL for this gateway's generation.
+    pub fn ws_url(&self) -> String {
+        self.endpoint.ws_url(self.generation.ws_path())
     }
 
     /// Opens one tunnel's WebSocket, finishing within the upgrade bound.
@@ -400,13 +509,12 @@ impl Gateway {
         deadline: Instant,
     ) -> Result<WebSocket<GatewayStream>, GatewayError> {
         let mut request = self
-            .endpoint
             .ws_url()
             .into_client_request()
             .map_err(|e| GatewayError::Handshake(e.to_string()))?;
         let headers = request.headers_mut();
         let bearer = HeaderValue::from_str(&self.credentials.bearer())
-            .map_err(|_| GatewayError::Handshake("token is not a valid header value".into()))?;
+            .map_err(|_| GatewayError::BadToken)?;
         headers.insert("Authorization", bearer);
         headers.insert(
             "Content-Type",
@@ -432,13 +540,24 @@ impl Gateway {
     }
 
     /// The first chunk's data: the CONNECT line rebuilt from the parsed
-    /// authority, the tunnel credentials, and a blank line.
-    pub fn connect_head(&self, target: &Authority) -> Vec<u8> {
-        format!(
-            "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+    /// authority, the tunnel credentials, for the agent proxy the client
+    /// process (section 7), and a blank line.
+    pub fn connect_head(&self, target: &Authority, client_process: &str) -> Vec<u8> {
+        let mut head = format!(
+            "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n",
             self.credentials.basic()
-        )
-        .into_bytes()
+        );
+        if self.generation == Generation::AgentProxy {
+            // Printable ASCII only: nothing in it can start a header line.
+            let name: String = client_process
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .take(64)
+                .collect();
+            head.push_str(&format!("X-Agent-Proxy-Client-Process: {name}\r\n"));
+        }
+        head.push_str("\r\n");
+        head.into_bytes()
     }
 }
 
@@ -493,12 +612,15 @@ mod tests {
     #[test]
     fn endpoints_from_base_urls() {
         let e = Endpoint::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!(e.ws_url(), "ws://127.0.0.1:8080/v1/code/upstreamproxy/ws");
+        assert_eq!(
+            e.ws_url(WS_PATH),
+            "ws://127.0.0.1:8080/v1/code/upstreamproxy/ws"
+        );
         let e = Endpoint::parse("https://api.example.com").unwrap();
         assert_eq!(e.port, 443);
         assert_eq!(
-            e.ws_url(),
-            "wss://api.example.com:443/v1/code/upstreamproxy/ws"
+            e.ws_url(Generation::AgentProxy.ws_path()),
+            "wss://api.example.com:443/v1/code/agent-proxy/ws"
         );
         let e = Endpoint::parse("http://[::1]:9/").unwrap();
         assert_eq!(e.host, "::1");
@@ -532,22 +654,41 @@ mod tests {
         );
     }
 
-    #[test]
-    fn connect_head_is_rebuilt_and_carries_basic_auth() {
-        let gw = Gateway::new(
+    fn gateway(generation: Generation) -> Gateway {
+        Gateway::new(
             Endpoint::parse("http://127.0.0.1:1").unwrap(),
             Credentials {
                 session_id: "sess".into(),
-                token: SessionToken::new("Zq7xK2").unwrap(),
+                token: TokenSource::fixed(
+                    crate::token::SessionToken::new("Zq7xK2").unwrap(),
+                    crate::token::TokenOrigin::TokenFile,
+                ),
             },
             native_tls::TlsConnector::new().unwrap(),
             Duration::from_secs(1),
-        );
+        )
+        .with_generation(generation, None)
+    }
+
+    #[test]
+    fn connect_head_is_rebuilt_and_carries_basic_auth() {
+        let gw = gateway(Generation::UpstreamProxy);
         let target = Authority::parse("[::1]:443", None).unwrap();
         assert_eq!(
-            String::from_utf8(gw.connect_head(&target)).unwrap(),
+            String::from_utf8(gw.connect_head(&target, "curl")).unwrap(),
             format!(
                 "CONNECT [::1]:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+                base64(b"sess:Zq7xK2")
+            )
+        );
+        // The agent proxy names the client process, cleaned of anything
+        // that could end the header line.
+        let gw = gateway(Generation::AgentProxy);
+        assert_eq!(
+            String::from_utf8(gw.connect_head(&target, "cu\r\nX: y")).unwrap(),
+            format!(
+                "CONNECT [::1]:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\
+                 X-Agent-Proxy-Client-Process: cuX: y\r\n\r\n",
                 base64(b"sess:Zq7xK2")
             )
         );

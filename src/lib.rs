@@ -16,6 +16,7 @@ pub mod cli;
 pub mod client_process;
 pub mod config;
 pub mod credentials;
+pub mod dial;
 pub mod doctor;
 pub mod forward;
 pub mod gates;
@@ -34,6 +35,7 @@ pub mod token;
 pub mod trust;
 pub mod tunnel;
 pub mod version;
+pub mod wire;
 
 #[cfg(test)]
 mod test_support;

@@ -4,7 +4,7 @@
 //! relay closes them all.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,10 +12,14 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::client_process;
 use crate::config::Limits;
+use crate::dial;
 use crate::forward;
+use crate::gates::Generation;
 use crate::gateway::Gateway;
 use crate::reply;
+use crate::socket::{self, Mode};
 use crate::request_head::{ProxyRequest, read_head};
 use crate::tunnel::{PumpOptions, Tunnel};
 use log::{debug, info, warn};
@@ -37,7 +41,7 @@ pub struct StopHandle {
 
 struct Shared {
     listener: TcpListener,
-    gateway: Gateway,
+    gateway: Arc<Gateway>,
     limits: Limits,
     stopping: AtomicBool,
     tunnels: Mutex<HashMap<u64, Weak<Tunnel>>>,
@@ -54,7 +58,7 @@ impl Relay {
         Ok(Relay {
             shared: Arc::new(Shared {
                 listener,
-                gateway,
+                gateway: Arc::new(gateway),
                 limits,
                 stopping: AtomicBool::new(false),
                 tunnels: Mutex::new(HashMap::new()),
@@ -63,6 +67,11 @@ impl Relay {
                 all_done: Condvar::new(),
             }),
         })
+    }
+
+    /// The gateway client the relay serves with (for the start-up probe).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        Arc::clone(&self.shared.gateway)
     }
 
     /// The address clients connect to (the real port when bound to port 0).
@@ -197,41 +206,66 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         }
     };
     let started = Instant::now();
-    let ws = match shared.gateway.open_websocket() {
-        Ok(ws) => ws,
+    let gateway = &shared.gateway;
+    let agent = gateway.generation == Generation::AgentProxy;
+    // Who asks (agent proxy: sent in the preamble and logged), within a
+    // few milliseconds.
+    let client_process = if agent {
+        match (client.peer_addr(), client.local_addr()) {
+            (Ok(peer), Ok(local)) => {
+                client_process::lookup(peer, local, client_process::DEFAULT_BUDGET).name
+            }
+            _ => "<lookup-failed>".to_string(),
+        }
+    } else {
+        String::new()
+    };
+    let request = dial::Request {
+        target: &target,
+        client_process: &client_process,
+        leftover: &leftover,
+    };
+    let opened = match dial::open(gateway, limits, &request) {
+        Ok(opened) => opened,
         Err(e) => {
             warn!("tunnel {target}: {e}");
             reply::answer(&client, e.status(), &e.to_string());
             return;
         }
     };
+    // The gateway's first answer bytes, then the pumps.
+    if let Err(e) = socket::set_mode(&client, Mode::bounded(limits.upgrade_timeout))
+        .and_then(|()| (&client).write_all(&opened.answer))
+    {
+        debug!("tunnel {target}: client gone before the answer: {e}");
+        return;
+    }
+    let answer_len = opened.answer.len() as u64;
     let opts = PumpOptions {
         keepalive_interval: limits.keepalive_interval,
         read_size: limits.max_chunk.min(64 * 1024),
-        reply_if_silent: Some(reply::silent_gateway()),
-        opening_timeout: limits.upgrade_timeout,
+        reply_if_silent: None,
+        wire: opened.wire,
+        v2: opened.v2,
+        fin_grace: limits.fin_grace,
+        upload_stall: limits.upload_stall,
     };
-    let tunnel = match Tunnel::new(client, ws, opts) {
+    let (reused, opened_at, wire_name) = (
+        opened.reused,
+        opened.opened_at,
+        if agent && !opened.v2 {
+            "v1-fallback"
+        } else {
+            opened.wire.name()
+        },
+    );
+    let tunnel = match Tunnel::new(client, opened.ws, opts) {
         Ok(t) => t,
         Err(e) => {
             warn!("tunnel {target}: {e}");
             return;
         }
     };
-    // The CONNECT head as the first chunk of its own (the contract), then
-    // what the client sent after its blank line, in order.
-    let sent = tunnel
-        .send_data(&shared.gateway.connect_head(&target))
-        .and_then(|()| tunnel.send_data(&leftover));
-    if let Err(e) = sent {
-        warn!("tunnel {target}: sending the CONNECT to the gateway failed: {e}");
-        reply::answer(
-            tunnel.socket(),
-            reply::BAD_GATEWAY,
-            "gateway connection failed",
-        );
-        return;
-    }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     lock(&shared.tunnels).insert(id, Arc::downgrade(&tunnel));
     // A stop that came while the tunnel was opening has missed it: close it now.
@@ -240,11 +274,23 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
     }
     let report = tunnel.run();
     lock(&shared.tunnels).remove(&id);
+    let pooled = match (&gateway.pool, tunnel.take_websocket()) {
+        (Some(pool), Some(ws)) if !shared.stopping.load(Ordering::SeqCst) => pool.put(ws, opened_at),
+        _ => false,
+    };
+    let client_note = if agent {
+        format!(", client {client_process}")
+    } else {
+        String::new()
+    };
     info!(
-        "tunnel {target} closed: up {} B, down {} B, {:.3} s, {}",
+        "tunnel {target} closed: up {} B, down {} B, {:.3} s, {}{client_note}, {} {} WebSocket{}",
         report.bytes_socket_to_ws,
-        report.bytes_ws_to_socket,
+        report.bytes_ws_to_socket + answer_len,
         started.elapsed().as_secs_f64(),
-        report.end
+        report.end,
+        wire_name,
+        if reused { "reused" } else { "fresh" },
+        if pooled { ", pooled" } else { "" },
     );
 }

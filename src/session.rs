@@ -6,20 +6,41 @@
 //! bundle and the Java truststore, binds the listener, unlinks the token
 //! file, writes the wgetrc and computes the children's environment.
 //! [`start`] runs gates, ptrace guard, plan and apply for `run` and `serve`.
+//!
+//! Both generations end start-up with the probe (the contract's section
+//! 11): one WebSocket opened and closed right after the listener is bound.
+//! A gateway that refuses the session's credentials (401 or 403) turns the
+//! proxy off; one that cannot be reached leaves it on with a start-up
+//! error that makes tunnels dial once and say why. `run` waits for the
+//! probe's verdict at most [`PROBE_VERDICT_WAIT`]; the probe then goes on
+//! in the background. `doctor` runs the same probe.
 
 use std::fmt;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use log::{info, warn};
 
 use crate::child_env::{self, ClientFiles, ProxyEnv};
 use crate::config::Config;
-use crate::gates::{self, Activation, GateClosed};
-use crate::gateway::{Credentials, Endpoint, Gateway};
+use crate::gates::{self, Activated, GateClosed, Generation};
+use crate::gateway::{Credentials, Endpoint, Gateway, GatewayError};
 use crate::listener::Relay;
+use crate::pool::{Pool, PoolConfig};
 use crate::token;
 use crate::trust::{self, Bundle, TrustError};
+
+/// How long `run` and `serve` wait for the probe's verdict before going on.
+pub const PROBE_VERDICT_WAIT: Duration = Duration::from_secs(2);
+
+/// Pauses between the probe's three attempts.
+const PROBE_PAUSES: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(400)];
 
 /// What start-up ended with.
 pub enum Startup {
@@ -54,6 +75,8 @@ pub enum SessionError {
     Listen { addr: SocketAddr, error: io::Error },
     /// The bound listener has no address.
     Listener(io::Error),
+    /// The start-up probe's upgrade was refused with 401 or 403.
+    CredentialsRefused(GatewayError),
 }
 
 impl fmt::Display for SessionError {
@@ -68,6 +91,10 @@ impl fmt::Display for SessionError {
                 "cannot listen on {addr}: {error}; pass --listen with a free address"
             ),
             SessionError::Listener(e) => write!(f, "listener: {e}"),
+            SessionError::CredentialsRefused(e) => write!(
+                f,
+                "the gateway refused the session's credentials ({e}); the session token is not accepted"
+            ),
         }
     }
 }
@@ -76,7 +103,7 @@ impl std::error::Error for SessionError {}
 
 /// What [`plan`] decided: everything [`apply`] needs, nothing yet written.
 pub struct Plan {
-    activation: Activation,
+    activation: Activated,
     endpoint: Endpoint,
     tls: native_tls::TlsConnector,
     /// The CA bundle, built in memory.
@@ -87,9 +114,98 @@ fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// The gateway's endpoint, from `config.base_url`.
+/// The gateway's base URL: `AGENT_PROXY_URL` (standalone mode), else
+/// `--base-url`, `ANTHROPIC_BASE_URL` or the default (`config.base_url`).
+pub fn base_url(config: &Config) -> &str {
+    config.standalone.base_url_or(&config.base_url)
+}
+
+/// The gateway's endpoint, from [`base_url`].
 pub fn endpoint(config: &Config) -> Result<Endpoint, SessionError> {
-    Endpoint::parse(&config.base_url).map_err(SessionError::GatewayUrl)
+    Endpoint::parse(base_url(config)).map_err(SessionError::GatewayUrl)
+}
+
+/// Step 1: the gates of both generations, and the token into memory.
+pub fn activate(
+    config: &Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Activated, GateClosed> {
+    gates::activate(
+        env,
+        &config.token_file,
+        &config.standalone,
+        token::FD_READ_TIMEOUT,
+    )
+}
+
+/// The gateway client `apply` serves with (and `doctor` probes with).
+pub fn gateway(config: &Config, plan: &Plan) -> Gateway {
+    let generation = plan.activation.generation();
+    let pool = match generation {
+        Generation::AgentProxy => match Pool::new(PoolConfig {
+            keepalive_interval: config.limits.keepalive_interval,
+            ..PoolConfig::default()
+        }) {
+            Ok(pool) => Some(pool),
+            Err(e) => {
+                warn!("cannot start the WebSocket pool ({e}); every tunnel dials afresh");
+                None
+            }
+        },
+        Generation::UpstreamProxy => None,
+    };
+    let mut gateway = Gateway::new(
+        plan.endpoint.clone(),
+        Credentials {
+            session_id: plan.activation.session_id.clone(),
+            token: plan.activation.token.clone(),
+        },
+        plan.tls.clone(),
+        config.limits.upgrade_timeout,
+    )
+    .with_generation(generation, pool);
+    gateway.require_v2 = config.require_v2;
+    gateway
+}
+
+/// What the start-up probe found.
+#[derive(Debug)]
+pub enum ProbeVerdict {
+    /// A WebSocket opened (and was closed again).
+    Opened,
+    /// The upgrade was refused with 401 or 403: the proxy stays off.
+    CredentialsRefused(GatewayError),
+    /// No WebSocket opened in three attempts: the proxy serves with a
+    /// start-up error.
+    Unreachable(GatewayError),
+}
+
+/// The probe: one WebSocket opened and closed, three attempts 200 ms then
+/// 400 ms apart, each within the upgrade bound. 401 and 403 end it at once.
+pub fn probe(gateway: &Gateway) -> ProbeVerdict {
+    let mut attempt = 0;
+    loop {
+        match gateway.open_websocket() {
+            Ok(mut ws) => {
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                return ProbeVerdict::Opened;
+            }
+            Err(e) if e.refuses_credentials() => return ProbeVerdict::CredentialsRefused(e),
+            Err(e) if attempt < PROBE_PAUSES.len() => {
+                thread::sleep(PROBE_PAUSES[attempt]);
+                attempt += 1;
+                let _ = e;
+            }
+            Err(e) => return ProbeVerdict::Unreachable(e),
+        }
+    }
+}
+
+/// The start-up error a probe that found no gateway leaves, as tunnels'
+/// `502` answers end with it.
+pub fn startup_error_text(e: &GatewayError) -> String {
+    format!("gateway unreachable at start-up: {e}")
 }
 
 /// The TLS settings of the relay's own connections to the gateway: the
@@ -123,8 +239,11 @@ pub fn prepare_trust(
     config: &Config,
     endpoint: &Endpoint,
     tls: &native_tls::TlsConnector,
+    generation: Generation,
     parent: impl Fn(&str) -> Option<String>,
 ) -> Result<Bundle, TrustError> {
+    // TODO(ca path): the generation's CA path and retries.
+    let _ = generation;
     trust::bundle::prepare(config, endpoint, tls, parent)
 }
 
@@ -132,12 +251,13 @@ pub fn prepare_trust(
 /// gateway URL, TLS settings, the bundle built. Changes nothing.
 pub fn plan(
     config: &Config,
-    activation: Activation,
+    activation: Activated,
     parent: impl Fn(&str) -> Option<String>,
 ) -> Result<Plan, SessionError> {
     let endpoint = endpoint(config)?;
     let tls = tls_connector(config.gateway_ca.as_deref()).map_err(SessionError::Tls)?;
-    let bundle = prepare_trust(config, &endpoint, &tls, parent).map_err(SessionError::Trust)?;
+    let bundle = prepare_trust(config, &endpoint, &tls, activation.generation(), parent)
+        .map_err(SessionError::Trust)?;
     Ok(Plan {
         activation,
         endpoint,
@@ -156,24 +276,14 @@ pub fn apply(
     plan: Plan,
     parent: impl Fn(&str) -> Option<String>,
 ) -> Result<Started, SessionError> {
-    let Plan {
-        activation: Activation { session_id, token },
-        endpoint,
-        tls,
-        bundle,
-    } = plan;
-    bundle.write().map_err(SessionError::Trust)?;
+    plan.bundle.write().map_err(SessionError::Trust)?;
     let mut client_files = ClientFiles::default();
-    match bundle.write_truststore() {
+    match plan.bundle.write_truststore() {
         Ok(store) => client_files.truststore = Some(store),
         Err(warning) => eprintln!("ccr-relay: warning: {warning}"),
     }
-    let gateway = Gateway::new(
-        endpoint,
-        Credentials { session_id, token },
-        tls,
-        config.limits.upgrade_timeout,
-    );
+    let generation = plan.activation.generation();
+    let gateway = gateway(config, &plan);
     let relay = Relay::bind(config.listen, gateway, config.limits).map_err(|error| {
         SessionError::Listen {
             addr: config.listen,
@@ -181,6 +291,16 @@ pub fn apply(
         }
     })?;
     let addr = relay.local_addr().map_err(SessionError::Listener)?;
+    // The probe: its verdict within the wait decides; a later one is
+    // recorded by the probe's thread.
+    match start_probe(relay.gateway()).recv_timeout(PROBE_VERDICT_WAIT) {
+        Ok(ProbeVerdict::CredentialsRefused(e)) => return Err(SessionError::CredentialsRefused(e)),
+        Ok(_) => {}
+        Err(_) => info!(
+            "the gateway has not answered the start-up probe within {} s; starting anyway",
+            PROBE_VERDICT_WAIT.as_secs()
+        ),
+    }
     if let Err(e) = fs::remove_file(&config.token_file)
         && e.kind() != io::ErrorKind::NotFound
     {
@@ -189,6 +309,12 @@ pub fn apply(
             config.token_file.display()
         );
     }
+    info!(
+        "{} on {addr}: bundle {} ({} certificates)",
+        generation.name(),
+        config.ca_bundle.display(),
+        plan.bundle.certificates().len()
+    );
     let proxy_url = format!("http://{addr}");
     let proxy_env = ProxyEnv {
         proxy_url: proxy_url.clone(),
@@ -214,7 +340,7 @@ pub fn apply(
 /// [`Startup::Disabled`].
 pub fn start(config: &Config) -> Startup {
     // 1. gates, token into memory.
-    let activation = match gates::check(env_lookup, &config.token_file) {
+    let activation = match activate(config, env_lookup) {
         Ok(activation) => activation,
         Err(closed) if closed.is_silent() => return Startup::Disabled,
         // A relay higher up already serves this process tree (it unlinked the
@@ -247,4 +373,39 @@ pub fn start(config: &Config) -> Startup {
 fn fail_open(why: SessionError) -> Startup {
     eprintln!("ccr-relay: {why}; continuing without the proxy");
     Startup::Disabled
+}
+
+/// Runs the probe in its own thread; its verdict comes on the channel and
+/// is also recorded on the gateway: an unreachable gateway (while no
+/// tunnel has opened yet) leaves the start-up error, and a refusal that
+/// comes after the wait is a warning and a start-up error too.
+fn start_probe(gateway: Arc<Gateway>) -> mpsc::Receiver<ProbeVerdict> {
+    let (tx, rx) = mpsc::channel();
+    let spawned = thread::Builder::new()
+        .name("probe".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let verdict = probe(&gateway);
+            match &verdict {
+                ProbeVerdict::Opened => gateway.state.set_startup_error(None),
+                ProbeVerdict::Unreachable(e) => {
+                    let text = startup_error_text(e);
+                    warn!("{text}; tunnels will try once each");
+                    gateway.state.set_startup_error_unless_opened(text);
+                }
+                ProbeVerdict::CredentialsRefused(e) => {
+                    let text = format!("the gateway refused the session's credentials: {e}");
+                    gateway.state.set_startup_error_unless_opened(text);
+                }
+            }
+            if let Err(mpsc::SendError(ProbeVerdict::CredentialsRefused(e))) = tx.send(verdict) {
+                eprintln!(
+                    "ccr-relay: warning: the gateway refused the session's credentials ({e}); tunnels will fail"
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the gateway probe: {e}");
+    }
+    rx
 }

@@ -18,6 +18,15 @@
 //!
 //! Either side ending closes the whole tunnel: `shutdown(2)` on both sockets
 //! wakes whichever thread is still waiting.
+//!
+//! On a WebSocket that acknowledged protocol v2 the end can keep the
+//! WebSocket: the server's FIN ends the socket side gracefully (FIN after
+//! every byte received) and, once both pumps stopped, the relay answers
+//! FIN_ACK and the WebSocket may go back to the pool
+//! ([`Tunnel::take_websocket`]). When the client closes first, the relay
+//! sends nothing and waits up to the FIN grace for the server's FIN.
+//! Opening a tunnel (HELLO, preamble, the wait for the answer) is not done
+//! here but in [`crate::dial`], before the pumps start.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -31,8 +40,10 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message, WebSocket};
 
-use crate::chunk::{self, ChunkError};
+use crate::chunk;
 use crate::gateway::GatewayStream;
+use crate::message_v2;
+use crate::wire::{Incoming, Malformed, Wire};
 pub use crate::socket::wait_ready;
 use crate::socket::{self, Mode};
 
@@ -47,6 +58,9 @@ const HEADROOM: usize = chunk::MAX_OVERHEAD;
 /// How long the far side has to finish closing once the socket side is done.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// How long FIN_ACK may take to go out before the WebSocket is given up.
+const FIN_ACK_BOUND: Duration = Duration::from_secs(2);
+
 /// How a tunnel is pumped.
 #[derive(Debug, Clone)]
 pub struct PumpOptions {
@@ -57,9 +71,16 @@ pub struct PumpOptions {
     /// Written to the socket if the WebSocket side ends before it sent any
     /// data (the relay's `502`); never once data has flowed.
     pub reply_if_silent: Option<&'static [u8]>,
-    /// Bound on [`Tunnel::send_data`]: the gateway must take the opening
-    /// bytes within this long.
-    pub opening_timeout: Duration,
+    /// How the WebSocket's messages are read.
+    pub wire: Wire,
+    /// The gateway acknowledged protocol v2 on this WebSocket: its FIN ends
+    /// the tunnel and keeps the WebSocket.
+    pub v2: bool,
+    /// v2: how long the server has to send FIN once the client closed.
+    pub fin_grace: Duration,
+    /// No client byte taken by the WebSocket for this long: the tunnel ends
+    /// ([`End::UploadStalled`]).
+    pub upload_stall: Duration,
 }
 
 impl Default for PumpOptions {
@@ -68,7 +89,10 @@ impl Default for PumpOptions {
             keepalive_interval: Duration::from_secs(30),
             read_size: 64 * 1024,
             reply_if_silent: None,
-            opening_timeout: Duration::from_secs(10),
+            wire: Wire::V1,
+            v2: false,
+            fin_grace: Duration::from_secs(10),
+            upload_stall: Duration::from_secs(180),
         }
     }
 }
@@ -82,10 +106,14 @@ pub enum End {
     SocketError(io::Error),
     /// The WebSocket side closed (close frame or EOF).
     WsClosed,
+    /// The server finished the tunnel with FIN (v2).
+    ServerFin,
+    /// The WebSocket took no client byte for the stall bound.
+    UploadStalled(Duration),
     /// The WebSocket failed (I/O, TLS or protocol).
     WsError(tungstenite::Error),
-    /// The far side sent something that is not a chunk.
-    Malformed(ChunkError),
+    /// The far side sent something the relay cannot read.
+    Malformed(Malformed),
     /// [`Tunnel::abort`] was called (relay shutting down).
     Aborted,
     /// A pump thread could not be started or panicked.
@@ -98,8 +126,14 @@ impl std::fmt::Display for End {
             End::SocketClosed => f.write_str("socket closed"),
             End::SocketError(e) => write!(f, "socket error: {e}"),
             End::WsClosed => f.write_str("websocket closed"),
+            End::ServerFin => f.write_str("server FIN"),
+            End::UploadStalled(t) => write!(
+                f,
+                "upload stalled: the gateway took no byte for {} s",
+                t.as_secs()
+            ),
             End::WsError(e) => write!(f, "websocket error: {e}"),
-            End::Malformed(e) => write!(f, "malformed chunk: {e}"),
+            End::Malformed(e) => write!(f, "{e}"),
             End::Aborted => f.write_str("aborted"),
             End::Internal(Internal::Panicked) => {
                 f.write_str("internal error: pump thread panicked")
@@ -147,19 +181,27 @@ pub struct TunnelReport {
     /// What ended it first.
     pub end: End,
     pub duration: Duration,
+    /// The server's FIN ended it on a v2 WebSocket and FIN_ACK went out:
+    /// [`Tunnel::take_websocket`] gives a WebSocket fit for reuse.
+    pub reusable: bool,
 }
 
 /// A socket and a WebSocket joined into one tunnel. Shared by its two pump
 /// threads and, for [`Tunnel::abort`], by whoever tracks open tunnels.
 pub struct Tunnel {
     socket: TcpStream,
-    ws: Mutex<WebSocket<GatewayStream>>,
+    /// `None` once taken for reuse ([`Tunnel::take_websocket`]).
+    ws: Mutex<Option<WebSocket<GatewayStream>>>,
     /// The WebSocket's TCP socket, for `poll` and `shutdown` without the
     /// lock. Valid as long as `self` is: the stream it belongs to lives in `ws`.
     ws_fd: RawFd,
     opts: PumpOptions,
     closing: AtomicBool,
     aborted: AtomicBool,
+    /// The server's FIN arrived (v2): nothing more goes out for this tunnel.
+    fin: AtomicBool,
+    /// FIN_ACK went out after the server's FIN: the WebSocket may be reused.
+    reusable: AtomicBool,
     /// Set when the socket side sent EOF: the far side has until then to
     /// finish its close, and its last bytes still reach the socket.
     linger_until: Mutex<Option<Instant>>,
@@ -183,28 +225,19 @@ impl Tunnel {
         let ws_fd = tcp.as_raw_fd();
         Ok(Arc::new(Tunnel {
             socket,
-            ws: Mutex::new(ws),
+            ws: Mutex::new(Some(ws)),
             ws_fd,
             opts,
             closing: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
+            fin: AtomicBool::new(false),
+            reusable: AtomicBool::new(false),
             linger_until: Mutex::new(None),
             end: Mutex::new(None),
             bytes_socket_to_ws: AtomicU64::new(0),
             bytes_ws_to_socket: AtomicU64::new(0),
             started: Instant::now(),
         }))
-    }
-
-    /// Sends `data` as chunks before pumping starts (the relay's CONNECT
-    /// head and the client bytes that came with it), all within the
-    /// opening timeout. Not counted as socket data.
-    pub fn send_data(&self, data: &[u8]) -> Result<(), End> {
-        let deadline = Instant::now() + self.opts.opening_timeout;
-        for piece in data.chunks(self.opts.read_size.max(1)) {
-            self.send_chunk(Bytes::from(chunk::encode(piece)), Some(deadline))?;
-        }
-        Ok(())
     }
 
     /// The socket side, for an answer of the relay's own before pumping starts.
@@ -235,14 +268,18 @@ impl Tunnel {
                 if handle.join().is_err() {
                     self.finish(End::Internal(Internal::Panicked), Side::Abort);
                 }
-                // Tell the far side politely before cutting; never wait for it.
-                if let Ok(mut ws) = self.ws.try_lock() {
-                    let _ = ws.close(Some(CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "".into(),
-                    }));
+                if !self.keep_after_fin() {
+                    // Tell the far side politely before cutting; never wait for it.
+                    if let Ok(mut guard) = self.ws.try_lock()
+                        && let Some(ws) = guard.as_mut()
+                    {
+                        let _ = ws.close(Some(CloseFrame {
+                            code: CloseCode::Normal,
+                            reason: "".into(),
+                        }));
+                    }
+                    self.shut_down_both();
                 }
-                self.shut_down_both();
             }
             Err(e) => self.finish(End::Internal(Internal::Spawn(e)), Side::Abort),
         }
@@ -257,7 +294,32 @@ impl Tunnel {
             bytes_ws_to_socket: self.bytes_ws_to_socket.load(Ordering::Relaxed),
             end,
             duration: self.started.elapsed(),
+            reusable: self.reusable.load(Ordering::SeqCst),
         }
+    }
+
+    /// After the server's FIN on a v2 WebSocket, with both pumps stopped:
+    /// answers FIN_ACK and keeps the WebSocket for reuse. False (and the
+    /// WebSocket is closed as usual) for any other end, or if FIN_ACK
+    /// cannot go out.
+    fn keep_after_fin(&self) -> bool {
+        if !self.opts.v2 || !self.fin.load(Ordering::SeqCst) || self.aborted.load(Ordering::SeqCst)
+        {
+            return false;
+        }
+        let deadline = Instant::now() + FIN_ACK_BOUND;
+        let sent = self.send_chunk(Bytes::from_static(&message_v2::FIN_ACK), Some(deadline));
+        let ok = sent.is_ok();
+        self.reusable.store(ok, Ordering::SeqCst);
+        ok
+    }
+
+    /// The WebSocket, for reuse, once [`Tunnel::run`] reported it reusable.
+    pub fn take_websocket(&self) -> Option<WebSocket<GatewayStream>> {
+        if !self.reusable.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.ws.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Ends the tunnel from outside: both sockets are shut down, which wakes
@@ -283,6 +345,9 @@ impl Tunnel {
             match wait_ready(socket_fd, libc::POLLIN, Some(idle_left)) {
                 Ok(true) => {}
                 Ok(false) => {
+                    if self.fin.load(Ordering::SeqCst) {
+                        return End::ServerFin;
+                    }
                     if let Err(end) = self.send_chunk(Bytes::from(chunk::keepalive()), None) {
                         return end;
                     }
@@ -300,6 +365,10 @@ impl Tunnel {
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return End::SocketError(e),
             };
+            if self.fin.load(Ordering::SeqCst) {
+                // The server finished the tunnel: client bytes not yet sent are dropped.
+                return End::ServerFin;
+            }
             let start = HEADROOM - chunk::header_len(n);
             chunk::write_header(&mut buf[start..HEADROOM], n);
             buf.truncate(HEADROOM + n);
@@ -313,10 +382,16 @@ impl Tunnel {
         }
     }
 
-    /// Sends one encoded chunk, waiting for the WebSocket to take it all
-    /// (until `deadline`, if given). Fails with the end it makes.
+    /// Sends one encoded chunk, waiting for the WebSocket to take it all:
+    /// until `deadline` if given, else while it keeps taking bytes within
+    /// the upload-stall bound. Fails with the end it makes.
     fn send_chunk(&self, encoded: Bytes, deadline: Option<Instant>) -> Result<(), End> {
-        let mut ws = self.lock_ws();
+        let stall = deadline.is_none();
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.opts.upload_stall);
+        let mut guard = self.lock_ws();
+        let Some(mut ws) = guard.as_mut() else {
+            return Err(End::Aborted);
+        };
         match ws.write(Message::Binary(encoded)) {
             Ok(()) => {}
             Err(tungstenite::Error::Io(e)) if is_transient(&e) => {}
@@ -326,22 +401,27 @@ impl Tunnel {
             match ws.flush() {
                 Ok(()) => return Ok(()),
                 Err(tungstenite::Error::Io(e)) if is_transient(&e) => {
-                    drop(ws);
-                    if self.closing.load(Ordering::SeqCst) {
+                    drop(guard);
+                    // A tunnel closing for another reason stops waiting here,
+                    // except for the FIN_ACK that ends a kept WebSocket.
+                    if self.closing.load(Ordering::SeqCst) && stall {
                         return Err(End::Aborted);
                     }
-                    let wait = match deadline {
-                        None => self.opts.keepalive_interval,
-                        Some(d) => d.saturating_duration_since(Instant::now()),
-                    };
+                    let wait = deadline.saturating_duration_since(Instant::now());
                     let ready = wait_ready(self.ws_fd, libc::POLLOUT, Some(wait))
                         .map_err(|e| End::WsError(tungstenite::Error::Io(e)))?;
-                    if !ready && deadline.is_some() {
-                        return Err(End::WsError(tungstenite::Error::Io(
-                            io::ErrorKind::TimedOut.into(),
-                        )));
+                    if !ready {
+                        return Err(if stall {
+                            End::UploadStalled(self.opts.upload_stall)
+                        } else {
+                            End::WsError(tungstenite::Error::Io(io::ErrorKind::TimedOut.into()))
+                        });
                     }
-                    ws = self.lock_ws();
+                    guard = self.lock_ws();
+                    ws = match guard.as_mut() {
+                        Some(ws) => ws,
+                        None => return Err(End::Aborted),
+                    };
                 }
                 Err(e) => return Err(End::WsError(e)),
             }
@@ -352,12 +432,20 @@ impl Tunnel {
     /// inside TLS do not wake `poll`), writing each chunk's data to the
     /// socket with the lock released.
     fn pump_ws_to_socket(&self) -> End {
+        let wire = self.opts.wire;
         loop {
-            let message = self.lock_ws().read();
+            let message = match self.lock_ws().as_mut() {
+                Some(ws) => ws.read(),
+                None => return End::Aborted,
+            };
             match message {
-                Ok(Message::Binary(encoded)) => match chunk::decode(&encoded) {
-                    Ok([]) => {}
-                    Ok(data) => {
+                Ok(Message::Binary(encoded)) => match wire.decode(&encoded) {
+                    Ok(Incoming::Data([]) | Incoming::HelloAck { .. } | Incoming::Ignored) => {}
+                    Ok(Incoming::Fin) => {
+                        self.fin.store(true, Ordering::SeqCst);
+                        return End::ServerFin;
+                    }
+                    Ok(Incoming::Data(data)) => {
                         if let Err(e) = (&self.socket).write_all(data) {
                             return End::SocketError(e);
                         }
@@ -366,12 +454,12 @@ impl Tunnel {
                         let mut linger =
                             self.linger_until.lock().unwrap_or_else(|p| p.into_inner());
                         if let Some(until) = linger.as_mut() {
-                            *until = Instant::now() + LINGER;
+                            *until = (*until).max(Instant::now() + LINGER);
                         }
                     }
                     Err(e) => return End::Malformed(e),
                 },
-                Ok(Message::Text(_)) => return End::Malformed(ChunkError::TextFrame),
+                Ok(Message::Text(_)) => return End::Malformed(wire.text_frame()),
                 // Pongs to pings are queued by `read` and go out on the next call.
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => return End::WsClosed,
@@ -428,8 +516,10 @@ impl Tunnel {
     /// - Abort: both sockets shut down at once.
     fn finish(&self, end: End, side: Side) {
         if self.closing.swap(true, Ordering::SeqCst) {
-            if side != Side::Socket {
-                self.shut_down_both();
+            match side {
+                Side::Socket => {}
+                Side::Fin => self.shut_down_socket(),
+                Side::Ws | Side::Abort => self.shut_down_both(),
             }
             return;
         }
@@ -439,9 +529,22 @@ impl Tunnel {
             Side::Socket if !thread::panicking() => {
                 // The socket side may only have half-closed and still want
                 // the answer: keep passing the far side's bytes to it while
-                // they keep coming, up to LINGER of silence.
+                // they keep coming, up to LINGER of silence. On v2 the
+                // server's FIN is awaited up to the FIN grace (nothing is
+                // sent to say the client closed).
+                let wait = if self.opts.v2 {
+                    self.opts.fin_grace
+                } else {
+                    LINGER
+                };
                 *self.linger_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Instant::now() + LINGER);
+                    Some(Instant::now() + wait);
+                return;
+            }
+            Side::Fin => {
+                // Graceful: FIN to the client after every byte written; the
+                // WebSocket stays open for FIN_ACK and reuse.
+                self.shut_down_socket();
                 return;
             }
             Side::Ws if silent && !self.aborted.load(Ordering::SeqCst) => {
@@ -455,12 +558,23 @@ impl Tunnel {
     }
 
     fn shut_down_both(&self) {
-        // SAFETY: ws_fd belongs to the stream owned by self.ws, alive as long as self.
-        unsafe { libc::shutdown(self.ws_fd, libc::SHUT_RDWR) };
+        let ws = self.lock_ws();
+        if ws.is_some() {
+            // SAFETY: ws_fd belongs to the stream owned by self.ws, which is
+            // still there (checked under the lock).
+            unsafe { libc::shutdown(self.ws_fd, libc::SHUT_RDWR) };
+        }
+        drop(ws);
+        self.shut_down_socket();
+    }
+
+    /// Ends the socket side: FIN after what was written, and a wake-up for
+    /// the pump waiting to read it.
+    fn shut_down_socket(&self) {
         let _ = self.socket.shutdown(Shutdown::Both);
     }
 
-    fn lock_ws(&self) -> MutexGuard<'_, WebSocket<GatewayStream>> {
+    fn lock_ws(&self) -> MutexGuard<'_, Option<WebSocket<GatewayStream>>> {
         // A panic elsewhere cannot leave a tunnel stuck: take the WebSocket anyway.
         self.ws.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -469,8 +583,11 @@ impl Tunnel {
 impl Drop for Tunnel {
     fn drop(&mut self) {
         // Closing a socket with unread input makes the kernel send RST, which
-        // can destroy bytes still on their way to the peer. Drain both first.
-        for fd in [self.socket.as_raw_fd(), self.ws_fd] {
+        // can destroy bytes still on their way to the peer. Drain both first
+        // (the WebSocket only if it was not taken for reuse).
+        let ws_here = self.ws.get_mut().map_or(true, |ws| ws.is_some());
+        let fds = [Some(self.socket.as_raw_fd()), ws_here.then_some(self.ws_fd)];
+        for fd in fds.into_iter().flatten() {
             let mut sink = [0u8; 4096];
             for _ in 0..64 {
                 // SAFETY: a valid fd owned by self and a buffer of the given length.
@@ -492,6 +609,8 @@ enum Side {
     Socket,
     /// The WebSocket side ended or failed.
     Ws,
+    /// The server's FIN (v2): end the socket side, keep the WebSocket.
+    Fin,
     /// Broken socket, abort or internal error: close everything now.
     Abort,
 }
@@ -500,7 +619,10 @@ impl Side {
     fn of(end: &End) -> Side {
         match end {
             End::SocketClosed => Side::Socket,
-            End::SocketError(_) | End::Aborted | End::Internal(_) => Side::Abort,
+            End::SocketError(_) | End::Aborted | End::Internal(_) | End::UploadStalled(_) => {
+                Side::Abort
+            }
+            End::ServerFin => Side::Fin,
             End::WsClosed | End::WsError(_) | End::Malformed(_) => Side::Ws,
         }
     }
@@ -691,7 +813,7 @@ mod tests {
             .unwrap();
         let report = runner.join().unwrap();
         assert!(
-            matches!(report.end, End::Malformed(ChunkError::WrongTag(0x12))),
+            matches!(report.end, End::Malformed(Malformed::Chunk(chunk::ChunkError::WrongTag(0x12)))),
             "{}",
             report.end
         );
@@ -721,7 +843,7 @@ mod tests {
         server_ws.send(Message::Text("nope".into())).unwrap();
         let report = runner.join().unwrap();
         assert!(
-            matches!(report.end, End::Malformed(ChunkError::TextFrame)),
+            matches!(report.end, End::Malformed(Malformed::Chunk(chunk::ChunkError::TextFrame))),
             "{}",
             report.end
         );

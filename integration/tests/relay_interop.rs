@@ -1,5 +1,5 @@
-//! The relay library's client end (`ccr_relay::gateway::Gateway` and
-//! `ccr_relay::tunnel::Tunnel`) against the development gateway, without
+//! The relay library's client end (`ccr_relay::gateway::Gateway`,
+//! `ccr_relay::dial` and `ccr_relay::tunnel::Tunnel`) against the development gateway, without
 //! the relay binary: both ends of the wire contract agree, over `ws://` and
 //! `wss://`, both directions at once, byte for byte.
 
@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use ccr_integration::pattern::{PatternChecker, PatternReader};
 use ccr_integration::pki::TestCa;
 use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, temp_dir};
+use ccr_relay::config::Limits;
+use ccr_relay::dial;
 use ccr_relay::gateway::{Credentials, Endpoint, Gateway};
 use ccr_relay::request_head::Authority;
-use ccr_relay::token::SessionToken;
+use ccr_relay::token::{SessionToken, TokenOrigin, TokenSource};
 use ccr_relay::tunnel::{PumpOptions, Tunnel, TunnelReport};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -29,7 +31,10 @@ fn client_for(gw: &DevGateway, roots: Option<&[u8]>) -> Gateway {
         Endpoint::parse(&gw.base_url()).unwrap(),
         Credentials {
             session_id: gw.session_id.clone(),
-            token: SessionToken::new(&gw.token).unwrap(),
+            token: TokenSource::fixed(
+                SessionToken::new(&gw.token).unwrap(),
+                TokenOrigin::TokenFile,
+            ),
         },
         tls.build().unwrap(),
         Duration::from_secs(5),
@@ -46,11 +51,16 @@ fn open_tunnel(
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (inner, _) = listener.accept().unwrap();
-    let ws = gateway.open_websocket().expect("upgrade");
-    let tunnel = Tunnel::new(inner, ws, opts).unwrap();
-    tunnel
-        .send_data(&gateway.connect_head(&Authority::parse(target, None).unwrap()))
-        .unwrap();
+    let target = Authority::parse(target, None).unwrap();
+    let request = dial::Request {
+        target: &target,
+        client_process: "relay_interop",
+        leftover: &[],
+    };
+    let opened = dial::open(gateway, &Limits::default(), &request).expect("open");
+    // The gateway's answer so far goes to the client, as the relay does.
+    (&inner).write_all(&opened.answer).unwrap();
+    let tunnel = Tunnel::new(inner, opened.ws, opts).unwrap();
     let runner = {
         let t = Arc::clone(&tunnel);
         thread::spawn(move || t.run())
