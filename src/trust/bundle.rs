@@ -170,6 +170,33 @@ pub fn prepare(
     ))
 }
 
+/// [`prepare`] for either generation, with the fetch retried: the CA at
+/// `ca_path` (see `Generation::ca_cert_path`) fetched with up to three tries
+/// within one `config.limits.ca_fetch_timeout` budget
+/// ([`fetch::fetch_ca_with_retries`]). The failure says how many tries were
+/// made and what `Retry-After` the gateway last asked for.
+pub fn prepare_with_retries(
+    config: &Config,
+    endpoint: &Endpoint,
+    ca_path: &str,
+    tls: &native_tls::TlsConnector,
+    parent: impl Fn(&str) -> Option<String>,
+) -> Result<Bundle, fetch::CaFetchFailure> {
+    let fetched = fetch::fetch_ca_with_retries(
+        endpoint,
+        ca_path,
+        tls,
+        config.limits.ca_fetch_timeout,
+        config.limits.max_ca_bytes,
+    )?;
+    Ok(merge(
+        &config.ca_bundle,
+        system_bundle(config.system_ca.as_deref()),
+        fetched,
+        user_cas::user_ca_files(&parent, &config.ca_bundle),
+    ))
+}
+
 /// The system text, if usable, or a warning saying why not.
 fn read_system(path: &Path) -> Result<Vec<u8>, String> {
     let alone = "the merged bundle holds the gateway's certificates alone, so children will not trust public sites";
