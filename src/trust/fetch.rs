@@ -882,4 +882,423 @@ pub(crate) mod tests {
         assert!(matches!(err, TrustError::Tls(_)), "{err}");
         server.join().unwrap();
     }
+
+    // -- the shared parser refuses what the hand-written one let through ----
+
+    #[test]
+    fn fetch_refuses_lax_framing() {
+        let p = pki();
+        let cert = p.cert_a.as_bytes();
+        let chunked = |size_line: &str| {
+            let mut body = size_line.as_bytes().to_vec();
+            body.extend_from_slice(cert);
+            body.extend_from_slice(b"\r\n0\r\n\r\n");
+            answer("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", &body)
+        };
+        // The well-formed answer passes, so each refusal below is the one flaw.
+        let (endpoint, _s) = serve(chunked(&format!("{:x}\r\n", cert.len())));
+        assert_eq!(fetch(&endpoint).unwrap(), vec![p.cert_a.clone()]);
+        for (what, bytes) in [
+            (
+                "signed chunk size",
+                chunked(&format!("+{:x}\r\n", cert.len())),
+            ),
+            (
+                "chunk size ended by a bare LF",
+                chunked(&format!("{:x}\n", cert.len())),
+            ),
+            (
+                "chunk size with spaces",
+                chunked(&format!(" {:x} \r\n", cert.len())),
+            ),
+            (
+                "chunked twice",
+                answer(
+                    "HTTP/1.1 200 OK\nTransfer-Encoding: chunked, chunked\n",
+                    &format!("{:x}\r\n{}\r\n0\r\n\r\n", cert.len(), p.cert_a).into_bytes(),
+                ),
+            ),
+            (
+                "space before the colon",
+                answer(
+                    &format!("HTTP/1.1 200 OK\nContent-Length : {}\n", cert.len()),
+                    cert,
+                ),
+            ),
+            (
+                "Connection naming a framing header",
+                answer(
+                    &format!(
+                        "HTTP/1.1 200 OK\nConnection: Content-Length\nContent-Length: {}\n",
+                        cert.len()
+                    ),
+                    cert,
+                ),
+            ),
+        ] {
+            let (endpoint, _s) = serve(bytes);
+            let err = fetch(&endpoint).unwrap_err();
+            assert!(matches!(err, TrustError::Malformed(_)), "{what}: {err}");
+            assert!(!err.is_retryable(), "{what}");
+        }
+        // Compressed answers stay refused.
+        let (endpoint, _s) = serve(answer("HTTP/1.1 200 OK\nContent-Encoding: gzip\n", cert));
+        let err = fetch(&endpoint).unwrap_err();
+        assert!(err.to_string().contains("Content-Encoding 'gzip'"), "{err}");
+    }
+
+    // -- the path and the retries -----------------------------------------
+
+    const AGENT_CA: &str = "/v1/code/agent-proxy/ca-cert";
+
+    /// A server answering up to `answers.len()` connections in turn, each
+    /// with its answer; it stops accepting after `wait` without a
+    /// connection. Returns the request heads it got.
+    pub(crate) fn serve_sequence(
+        answers: Vec<Vec<u8>>,
+        wait: Duration,
+    ) -> (Endpoint, JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = thread::spawn(move || {
+            let mut requests = Vec::new();
+            for answer in answers {
+                let until = Instant::now() + wait;
+                let mut stream = loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => break stream,
+                        Err(_) if Instant::now() < until => thread::sleep(Duration::from_millis(5)),
+                        Err(_) => return requests,
+                    }
+                };
+                stream.set_nonblocking(false).unwrap();
+                requests.push(read_request(&stream));
+                let _ = stream.write_all(&answer);
+            }
+            requests
+        });
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}/pre")).unwrap();
+        (endpoint, handle)
+    }
+
+    fn cert_answer() -> Vec<u8> {
+        answer("HTTP/1.1 200 OK\n", pki().cert_a.as_bytes())
+    }
+
+    fn with_retries(endpoint: &Endpoint, budget: Duration) -> Result<Vec<String>, CaFetchFailure> {
+        fetch_ca_with_retries(endpoint, AGENT_CA, &connector(), budget, 64 * 1024)
+    }
+
+    #[test]
+    fn fetch_ca_at_uses_the_given_path() {
+        let (endpoint, server) = serve(cert_answer());
+        let certs = fetch_ca_at(
+            &endpoint,
+            AGENT_CA,
+            &connector(),
+            Duration::from_secs(5),
+            4096,
+        );
+        assert_eq!(certs.unwrap(), vec![pki().cert_a.clone()]);
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("GET /pre/v1/code/agent-proxy/ca-cert HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert_eq!(Generation::AgentProxy.ca_cert_path(), AGENT_CA);
+
+        let err = fetch_ca_at(
+            &endpoint,
+            "ca-cert",
+            &connector(),
+            Duration::from_secs(1),
+            4096,
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrustError::BadUrl(_)), "{err}");
+    }
+
+    #[test]
+    fn retries_a_503_then_succeeds() {
+        let (endpoint, server) = serve_sequence(
+            vec![
+                answer(
+                    "HTTP/1.1 503 Service Unavailable\nContent-Length: 4\n",
+                    b"busy",
+                ),
+                cert_answer(),
+            ],
+            Duration::from_secs(5),
+        );
+        let started = Instant::now();
+        let certs = with_retries(&endpoint, Duration::from_secs(5)).unwrap();
+        assert_eq!(certs, vec![pki().cert_a.clone()]);
+        // The pause between the tries was made.
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let requests = server.join().unwrap();
+        assert_eq!(requests.len(), 2);
+        for request in requests {
+            assert!(
+                request.starts_with(&format!("GET /pre{AGENT_CA} ")),
+                "{request}"
+            );
+        }
+    }
+
+    #[test]
+    fn three_429s_give_up_with_retry_after() {
+        let busy = answer(
+            "HTTP/1.1 429 Too Many Requests\nRetry-After: 7\nContent-Length: 0\n",
+            b"",
+        );
+        let (endpoint, server) = serve_sequence(
+            vec![busy.clone(), busy.clone(), busy, cert_answer()],
+            Duration::from_secs(1),
+        );
+        let failure = with_retries(&endpoint, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(failure.attempts, 3);
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(7)));
+        assert!(
+            matches!(
+                failure.last,
+                TrustError::Status { code: 429, retry_after: Some(t), .. } if t == Duration::from_secs(7)
+            ),
+            "{failure}"
+        );
+        let text = failure.to_string();
+        assert!(text.contains("HTTP 429 Too Many Requests"), "{text}");
+        assert!(text.contains("after 3 attempts"), "{text}");
+        // The fourth answer was never asked for.
+        assert_eq!(server.join().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_404_is_not_retried() {
+        let (endpoint, server) = serve_sequence(
+            vec![
+                answer(
+                    "HTTP/1.1 404 Not Found\nRetry-After: 3\nContent-Length: 0\n",
+                    b"",
+                ),
+                cert_answer(),
+            ],
+            Duration::from_millis(800),
+        );
+        let failure = with_retries(&endpoint, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(failure.attempts, 1);
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(3)));
+        assert!(
+            matches!(failure.last, TrustError::Status { code: 404, .. }),
+            "{failure}"
+        );
+        assert!(
+            failure.to_string().contains("after 1 attempt)"),
+            "{failure}"
+        );
+        assert_eq!(server.join().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_200_without_a_certificate_is_retried() {
+        let (endpoint, server) = serve_sequence(
+            vec![
+                answer("HTTP/1.1 200 OK\n", b"<html>captive portal</html>"),
+                cert_answer(),
+            ],
+            Duration::from_secs(5),
+        );
+        let certs = with_retries(&endpoint, Duration::from_secs(5)).unwrap();
+        assert_eq!(certs, vec![pki().cert_a.clone()]);
+        assert_eq!(server.join().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_silent_server_ends_the_call_within_the_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            // Accept whatever comes for 2 s, never answer.
+            let until = Instant::now() + Duration::from_secs(2);
+            let mut held = Vec::new();
+            while Instant::now() < until {
+                if let Ok((stream, _)) = listener.accept() {
+                    held.push(stream);
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            held.len()
+        });
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let budget = Duration::from_millis(800);
+        let started = Instant::now();
+        let failure = with_retries(&endpoint, budget).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(failure.last, TrustError::Timeout(_)), "{failure}");
+        assert!(took >= budget - Duration::from_millis(50), "{took:?}");
+        assert!(took < budget + Duration::from_millis(700), "{took:?}");
+        // The one try took the whole budget; none was started after it.
+        assert_eq!(failure.attempts, 1);
+        assert_eq!(failure.retry_after, None);
+        assert_eq!(server.join().unwrap(), 1);
+    }
+
+    #[test]
+    fn no_try_starts_without_time_left_for_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            read_request(&stream);
+            // Answer 503 when less than the first pause is left of the budget.
+            thread::sleep(Duration::from_millis(950));
+            let _ = stream.write_all(&answer("HTTP/1.1 503 Busy\nContent-Length: 0\n", b""));
+        });
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let started = Instant::now();
+        let failure = with_retries(&endpoint, Duration::from_secs(1)).unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(failure.attempts, 1, "{failure}");
+        // 503 when the answer came in time, else the budget ran out first.
+        assert!(
+            matches!(
+                failure.last,
+                TrustError::Status { code: 503, .. } | TrustError::Timeout(_)
+            ),
+            "{failure}"
+        );
+        assert!(took < Duration::from_millis(1700), "{took:?}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn refused_connections_are_retried_three_times() {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let started = Instant::now();
+        let failure = with_retries(&endpoint, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(failure.attempts, 3);
+        assert!(
+            matches!(failure.last, TrustError::Unreachable(_)),
+            "{failure}"
+        );
+        // Two pauses, 100 ms and 200 ms, and no more.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_certificate_is_not_retried() {
+        let (endpoint, server) = serve_tls(pki().cert_b.clone());
+        let failure = fetch_ca_with_retries(
+            &endpoint,
+            AGENT_CA,
+            &connector(),
+            Duration::from_secs(5),
+            DEFAULT_MAX_BYTES,
+        )
+        .unwrap_err();
+        assert_eq!(failure.attempts, 1, "{failure}");
+        assert!(matches!(failure.last, TrustError::Tls(_)), "{failure}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_reset_during_the_handshake_is_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let mut resets = 0;
+            for _ in 0..CA_FETCH_ATTEMPTS {
+                let Ok((stream, _)) = listener.accept() else {
+                    break;
+                };
+                // Closing with the ClientHello unread makes the kernel send
+                // a reset rather than a FIN.
+                thread::sleep(Duration::from_millis(100));
+                drop(stream);
+                resets += 1;
+            }
+            resets
+        });
+        let endpoint = Endpoint::parse(&format!("https://127.0.0.1:{port}")).unwrap();
+        let failure = fetch_ca_with_retries(
+            &endpoint,
+            AGENT_CA,
+            &connector(),
+            Duration::from_secs(5),
+            DEFAULT_MAX_BYTES,
+        )
+        .unwrap_err();
+        assert!(matches!(failure.last, TrustError::Io(_)), "{failure}");
+        assert_eq!(failure.attempts, 3, "{failure}");
+        assert_eq!(server.join().unwrap(), 3);
+    }
+
+    #[test]
+    fn what_is_retried() {
+        let status = |code| TrustError::Status {
+            code,
+            reason: String::new(),
+            retry_after: None,
+        };
+        for code in [500, 502, 503, 504, 599, 408, 429] {
+            assert!(status(code).is_retryable(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 410, 301, 302, 304, 101, 600] {
+            assert!(!status(code).is_retryable(), "{code}");
+        }
+        let reset = || io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(TrustError::Unreachable(reset()).is_retryable());
+        assert!(TrustError::Io(reset()).is_retryable());
+        assert!(TrustError::Timeout(Duration::from_secs(5)).is_retryable());
+        assert!(
+            TrustError::NoCertificate {
+                len: 0,
+                start: String::new()
+            }
+            .is_retryable()
+        );
+        assert!(!TrustError::Tls("certificate verify failed".into()).is_retryable());
+        assert!(!TrustError::Malformed("x".into()).is_retryable());
+        assert!(!TrustError::TooLarge { max: 1 }.is_retryable());
+        assert!(!TrustError::BadUrl("x".into()).is_retryable());
+    }
+
+    #[test]
+    fn retry_after_is_delta_seconds_only() {
+        let headers = |value: &str| vec![("Retry-After".to_string(), value.to_string())];
+        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&headers("0")), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers("Wed, 21 Oct 2026 07:28:00 GMT")), None);
+        assert_eq!(retry_after(&headers("-1")), None);
+        assert_eq!(retry_after(&headers("1.5")), None);
+        assert_eq!(retry_after(&headers("99999999999")), None);
+        assert_eq!(retry_after(&[]), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let secs = Duration::from_secs;
+        let plain: Vec<Duration> = (1..=10).map(|n| backoff(n, None)).collect();
+        assert_eq!(
+            plain,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 300].map(secs).to_vec()
+        );
+        assert_eq!(backoff(0, None), secs(1));
+        assert_eq!(backoff(40, None), secs(300));
+        assert_eq!(backoff(u32::MAX, None), secs(300));
+        // A longer Retry-After wins, a shorter one does not, both capped.
+        assert_eq!(backoff(1, Some(secs(7))), secs(7));
+        assert_eq!(backoff(5, Some(secs(7))), secs(16));
+        assert_eq!(backoff(1, Some(secs(3600))), secs(300));
+        assert_eq!(backoff(1, Some(Duration::ZERO)), secs(1));
+    }
 }
