@@ -170,6 +170,33 @@ pub fn prepare(
     ))
 }
 
+/// [`prepare`] for either generation, with the fetch retried: the CA at
+/// `ca_path` (see `Generation::ca_cert_path`) fetched with up to three tries
+/// within one `config.limits.ca_fetch_timeout` budget
+/// ([`fetch::fetch_ca_with_retries`]). The failure says how many tries were
+/// made and what `Retry-After` the gateway last asked for.
+pub fn prepare_with_retries(
+    config: &Config,
+    endpoint: &Endpoint,
+    ca_path: &str,
+    tls: &native_tls::TlsConnector,
+    parent: impl Fn(&str) -> Option<String>,
+) -> Result<Bundle, fetch::CaFetchFailure> {
+    let fetched = fetch::fetch_ca_with_retries(
+        endpoint,
+        ca_path,
+        tls,
+        config.limits.ca_fetch_timeout,
+        config.limits.max_ca_bytes,
+    )?;
+    Ok(merge(
+        &config.ca_bundle,
+        system_bundle(config.system_ca.as_deref()),
+        fetched,
+        user_cas::user_ca_files(&parent, &config.ca_bundle),
+    ))
+}
+
 /// The system text, if usable, or a warning saying why not.
 fn read_system(path: &Path) -> Result<Vec<u8>, String> {
     let alone = "the merged bundle holds the gateway's certificates alone, so children will not trust public sites";
@@ -274,7 +301,7 @@ mod tests {
     use std::sync::OnceLock;
 
     use crate::test_support::{TestCert, self_signed};
-    use crate::trust::fetch::tests::{answer, connector, serve};
+    use crate::trust::fetch::tests::{answer, connector, serve, serve_sequence};
 
     struct Pki {
         cert_a: String,
@@ -490,6 +517,43 @@ mod tests {
             fs::read_to_string(&config.ca_bundle).unwrap(),
             format!("{}{}", p.cert_a, p.cert_b)
         );
+    }
+
+    #[test]
+    fn prepare_with_retries_gets_past_a_503() {
+        let p = pki();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::from_env();
+        config.ca_bundle = dir.path().join("ca-bundle.crt");
+        config.system_ca = Some(dir.path().join("no-system.pem"));
+        let path = crate::gates::Generation::AgentProxy.ca_cert_path();
+        let (endpoint, server) = serve_sequence(
+            vec![
+                answer("HTTP/1.1 503 Busy\nContent-Length: 0\n", b""),
+                answer("HTTP/1.1 200 OK\n", p.cert_b.as_bytes()),
+            ],
+            std::time::Duration::from_secs(5),
+        );
+        let bundle =
+            prepare_with_retries(&config, &endpoint, path, &connector(), no_parent).unwrap();
+        assert_eq!(bundle.certificates(), std::slice::from_ref(&p.cert_b));
+        assert_eq!(bundle.built.gateway_certs, 1);
+        assert!(!config.ca_bundle.exists());
+        let requests = server.join().unwrap();
+        assert_eq!(requests.len(), 2);
+        assert!(requests[1].starts_with("GET /pre/v1/code/agent-proxy/ca-cert "));
+
+        // A 403 is final: one try, nothing built.
+        let (endpoint, server) = serve_sequence(
+            vec![answer("HTTP/1.1 403 Forbidden\nContent-Length: 0\n", b"")],
+            std::time::Duration::from_secs(5),
+        );
+        let failure = prepare_with_retries(&config, &endpoint, path, &connector(), no_parent)
+            .err()
+            .unwrap();
+        assert_eq!(failure.attempts, 1);
+        assert!(matches!(failure.last, TrustError::Status { code: 403, .. }));
+        server.join().unwrap();
     }
 
     fn no_parent(_: &str) -> Option<String> {

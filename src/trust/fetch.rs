@@ -1,23 +1,37 @@
-//! The fetch of the gateway's CA certificate: `GET {base}/v1/code/upstreamproxy/ca-cert`
-//! over `http://` or `https://` with a small HTTP/1.1 client whose whole
-//! exchange (connect, TLS, request, every byte of the answer) runs under one
-//! deadline, its answer capped in size. No credentials are sent: the
-//! endpoint is public.
+//! The fetch of the gateway's CA certificate: `GET {base}{path}` (the path
+//! is the generation's, e.g. `/v1/code/upstreamproxy/ca-cert`) over
+//! `http://` or `https://` with a small HTTP/1.1 client whose whole exchange
+//! (connect, TLS, request, every byte of the answer) runs under one
+//! deadline, its answer capped in size and read with the crate's one HTTP/1
+//! parser ([`crate::http1`]). [`fetch_ca_with_retries`] makes up to three
+//! tries within one time budget, retrying only what may pass on its own;
+//! [`backoff`] spaces out the background retries of a long-lived process.
+//! No credentials are sent: the endpoint is public.
 
-use std::io::{self, Read, Write};
+use std::fmt;
+use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use super::TrustError;
-use super::pem::{extract_certificates, find};
-use crate::gateway::{CA_CERT_PATH, Endpoint, GatewayError, GatewayStream};
+use super::pem::extract_certificates;
+use crate::gates::Generation;
+use crate::gateway::{Endpoint, GatewayError, GatewayStream};
+use crate::http1::{self, BodyCopier, BodyError, BodyFraming, Http1Error};
 
 /// Default bound on the gateway's answer: 1 MiB (a CA certificate is ~1 KiB).
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
+/// Tries [`fetch_ca_with_retries`] makes at most.
+pub const CA_FETCH_ATTEMPTS: u32 = 3;
+/// Pauses before the second and third tries; short, the budget is small.
+const RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(200)];
+/// First pause of the background retry ([`backoff`]), doubled each time.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// Longest pause of the background retry, `Retry-After` included.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 /// Bound on the answer's status line and headers.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Bound on one chunk-size or trailer line of a chunked body.
-const MAX_LINE_BYTES: usize = 4 * 1024;
 /// Characters of an unexpected answer quoted in [`TrustError::NoCertificate`].
 const PREVIEW_CHARS: usize = 24;
 
@@ -41,12 +55,31 @@ fn preview(body: &[u8]) -> String {
     text
 }
 
-/// Fetches `GET {base}/v1/code/upstreamproxy/ca-cert` over `http://` or
-/// `https://` and returns the certificates in the answer. Connect, TLS,
-/// request and the whole body finish within `timeout`; a body over
-/// `max_bytes` is refused. No credentials are sent: the endpoint is public.
+/// Fetches the first generation's CA (`GET {base}/v1/code/upstreamproxy/ca-cert`)
+/// in one try; see [`fetch_ca_at`].
 pub fn fetch_gateway_ca(
     endpoint: &Endpoint,
+    tls: &native_tls::TlsConnector,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<Vec<String>, TrustError> {
+    fetch_ca_at(
+        endpoint,
+        Generation::UpstreamProxy.ca_cert_path(),
+        tls,
+        timeout,
+        max_bytes,
+    )
+}
+
+/// Fetches `GET {base}{path}` over `http://` or `https://` in one try and
+/// returns the certificates in the answer. `path` is the generation's
+/// ([`Generation::ca_cert_path`]). Connect, TLS, request and the whole body
+/// finish within `timeout`; a body over `max_bytes` is refused. No
+/// credentials are sent: the endpoint is public.
+pub fn fetch_ca_at(
+    endpoint: &Endpoint,
+    path: &str,
     tls: &native_tls::TlsConnector,
     timeout: Duration,
     max_bytes: usize,
@@ -55,7 +88,7 @@ pub fn fetch_gateway_ca(
     let deadline = now
         .checked_add(timeout)
         .unwrap_or(now + Duration::from_secs(3600));
-    let request = request_text(endpoint)?;
+    let request = request_text(endpoint, path)?;
     let tcp = endpoint
         .connect_tcp(deadline)
         .map_err(|e| from_gateway_error(e, timeout))?;
@@ -73,6 +106,7 @@ pub fn fetch_gateway_ca(
     let mut conn = Conn {
         stream,
         buf: Vec::new(),
+        pos: 0,
         deadline,
         timeout,
     };
@@ -81,10 +115,11 @@ pub fn fetch_gateway_ca(
     if head.status != 200 {
         return Err(TrustError::Status {
             code: head.status,
-            reason: head.reason,
+            reason: printable(&head.reason, 60),
+            retry_after: retry_after(&head.headers),
         });
     }
-    let body = conn.read_body(&head, max_bytes)?;
+    let body = conn.read_body(&head.headers, max_bytes)?;
     let certs = extract_certificates(&body);
     if certs.is_empty() {
         return Err(TrustError::NoCertificate {
@@ -95,8 +130,109 @@ pub fn fetch_gateway_ca(
     Ok(certs)
 }
 
-fn request_text(endpoint: &Endpoint) -> Result<String, TrustError> {
-    let target = format!("{}{CA_CERT_PATH}", endpoint.prefix);
+/// Why [`fetch_ca_with_retries`] gave up: the last try's error, how many
+/// tries were made, and the wait the gateway asked for in its last answer.
+#[derive(Debug)]
+pub struct CaFetchFailure {
+    /// The error of the last try.
+    pub last: TrustError,
+    /// Tries made (at least 1).
+    pub attempts: u32,
+    /// The last answer's `Retry-After` (delta-seconds), if it had one.
+    pub retry_after: Option<Duration>,
+}
+
+impl fmt::Display for CaFetchFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tries = if self.attempts == 1 {
+            "1 attempt".to_string()
+        } else {
+            format!("{} attempts", self.attempts)
+        };
+        write!(f, "{} (gave up after {tries})", self.last)
+    }
+}
+
+impl std::error::Error for CaFetchFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.last)
+    }
+}
+
+/// Fetches `GET {base}{path}` with up to [`CA_FETCH_ATTEMPTS`] tries within
+/// one `budget`: each try gets what is left of it, 100 ms then 200 ms apart,
+/// and no try is started without time left for it. Only errors that may
+/// pass on their own are retried ([`TrustError::is_retryable`]); the
+/// answer's `Retry-After` is not waited for here (it is longer than the
+/// budget) but handed back for the caller's [`backoff`].
+pub fn fetch_ca_with_retries(
+    endpoint: &Endpoint,
+    path: &str,
+    tls: &native_tls::TlsConnector,
+    budget: Duration,
+    max_bytes: usize,
+) -> Result<Vec<String>, CaFetchFailure> {
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        let left = budget.saturating_sub(started.elapsed());
+        attempts += 1;
+        let last = match fetch_ca_at(endpoint, path, tls, left, max_bytes) {
+            Ok(certs) => return Ok(certs),
+            Err(e) => e,
+        };
+        let pause = RETRY_PAUSES
+            .get(attempts as usize - 1)
+            .copied()
+            .unwrap_or(Duration::ZERO);
+        let left = budget.saturating_sub(started.elapsed());
+        if !last.is_retryable() || attempts >= CA_FETCH_ATTEMPTS || pause >= left {
+            let retry_after = match &last {
+                TrustError::Status { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            return Err(CaFetchFailure {
+                last,
+                attempts,
+                retry_after,
+            });
+        }
+        log::info!(
+            "CA fetch attempt {attempts} of {CA_FETCH_ATTEMPTS} failed, retrying in {} ms: {last}",
+            pause.as_millis()
+        );
+        thread::sleep(pause);
+    }
+}
+
+/// The pause before background retry number `attempt` (1 for the first):
+/// 1 s, 2 s, 4 s, ... capped at [`BACKOFF_MAX`]; a longer `retry_after`
+/// from the gateway wins, capped the same.
+pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    let computed = BACKOFF_FIRST
+        .saturating_mul(1u32 << doublings)
+        .min(BACKOFF_MAX);
+    retry_after.map_or(computed, |asked| asked.max(computed).min(BACKOFF_MAX))
+}
+
+/// A `Retry-After` in delta-seconds; an HTTP-date or garbage gives `None`.
+fn retry_after(headers: &[(String, String)]) -> Option<Duration> {
+    let value = http1::header_values(headers, "retry-after").next()?.trim();
+    if value.is_empty() || value.len() > 10 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().map(Duration::from_secs)
+}
+
+fn request_text(endpoint: &Endpoint, path: &str) -> Result<String, TrustError> {
+    if !path.starts_with('/') {
+        return Err(TrustError::BadUrl(format!(
+            "the CA path '{}' does not start with '/'",
+            printable(path, 60)
+        )));
+    }
+    let target = format!("{}{path}", endpoint.prefix);
     let default_port = if endpoint.tls { 443 } else { 80 };
     let host = if endpoint.host.contains(':') {
         format!("[{}]", endpoint.host)
@@ -135,19 +271,42 @@ fn from_gateway_error(e: GatewayError, timeout: Duration) -> TrustError {
     }
 }
 
-fn remaining(deadline: Instant, timeout: Duration) -> Result<Duration, TrustError> {
+/// What is left of the deadline; an I/O time-out once none is.
+fn remaining(deadline: Instant) -> io::Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        Err(TrustError::Timeout(timeout))
+        Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
     } else {
         Ok(left)
     }
 }
 
-fn set_timeouts(tcp: &TcpStream, left: Duration) -> Result<(), TrustError> {
+fn set_timeouts(tcp: &TcpStream, left: Duration) -> io::Result<()> {
     tcp.set_read_timeout(Some(left))
         .and_then(|_| tcp.set_write_timeout(Some(left)))
-        .map_err(TrustError::Io)
+}
+
+/// An I/O error as the fetch reports it: socket time-outs and the passed
+/// deadline are [`TrustError::Timeout`].
+fn io_error(e: io::Error, timeout: Duration) -> TrustError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TrustError::Timeout(timeout),
+        _ => TrustError::Io(e),
+    }
+}
+
+/// A failed handshake: the connection breaking under it (reset, time-out)
+/// is an I/O error and may pass; anything else, a certificate refused
+/// above all, is [`TrustError::Tls`] and will not.
+fn tls_failure(e: native_tls::Error, timeout: Duration) -> TrustError {
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return io_error(io::Error::new(io.kind(), io.to_string()), timeout);
+        }
+        source = cause.source();
+    }
+    TrustError::Tls(e.to_string())
 }
 
 fn tls_handshake(
@@ -157,202 +316,23 @@ fn tls_handshake(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<native_tls::TlsStream<TcpStream>, TrustError> {
-    set_timeouts(&tcp, remaining(deadline, timeout)?)?;
+    let bound = |tcp: &TcpStream| {
+        remaining(deadline)
+            .and_then(|left| set_timeouts(tcp, left))
+            .map_err(|e| io_error(e, timeout))
+    };
+    bound(&tcp)?;
     let mut attempt = tls.connect(host, tcp);
     loop {
         match attempt {
             Ok(stream) => return Ok(stream),
-            Err(native_tls::HandshakeError::Failure(e)) => {
-                return Err(TrustError::Tls(e.to_string()));
-            }
+            Err(native_tls::HandshakeError::Failure(e)) => return Err(tls_failure(e, timeout)),
             Err(native_tls::HandshakeError::WouldBlock(mid)) => {
                 // A socket timeout fired mid-handshake: go on if time is left.
-                set_timeouts(mid.get_ref(), remaining(deadline, timeout)?)?;
+                bound(mid.get_ref())?;
                 attempt = mid.handshake();
             }
         }
-    }
-}
-
-// TODO(http1): the response head below (Head, head_end, parse_head and
-// Conn::read_head) is parsed by hand; switch it to the shared HTTP/1 module.
-
-/// The answer's status and how its body is framed.
-#[derive(Debug)]
-struct Head {
-    status: u16,
-    reason: String,
-    content_length: Option<usize>,
-    chunked: bool,
-}
-
-/// One connection to the gateway, read through a buffer, every I/O bounded
-/// by what is left of the deadline.
-struct Conn {
-    stream: GatewayStream,
-    buf: Vec<u8>,
-    deadline: Instant,
-    timeout: Duration,
-}
-
-impl Conn {
-    fn io_error(&self, e: io::Error) -> TrustError {
-        match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                TrustError::Timeout(self.timeout)
-            }
-            _ => TrustError::Io(e),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> Result<(), TrustError> {
-        let left = remaining(self.deadline, self.timeout)?;
-        set_timeouts(self.stream.tcp(), left)?;
-        let sent = self
-            .stream
-            .write_all(bytes)
-            .and_then(|_| self.stream.flush());
-        sent.map_err(|e| self.io_error(e))
-    }
-
-    /// Reads more into the buffer; 0 at end of stream.
-    fn fill(&mut self) -> Result<usize, TrustError> {
-        let mut chunk = [0u8; 8192];
-        loop {
-            let left = remaining(self.deadline, self.timeout)?;
-            set_timeouts(self.stream.tcp(), left)?;
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io_error(e)),
-            }
-        }
-    }
-
-    /// Reads the answer's head, skipping interim `1xx` answers.
-    fn read_head(&mut self) -> Result<Head, TrustError> {
-        loop {
-            let head = loop {
-                if let Some(end) = head_end(&self.buf) {
-                    let head: Vec<u8> = self.buf.drain(..end).collect();
-                    break head;
-                }
-                if self.buf.len() > MAX_HEAD_BYTES {
-                    return Err(TrustError::Malformed(format!(
-                        "response head larger than {MAX_HEAD_BYTES} bytes"
-                    )));
-                }
-                if self.fill()? == 0 {
-                    return Err(TrustError::Malformed(if self.buf.is_empty() {
-                        "the gateway closed the connection without answering".into()
-                    } else {
-                        "the connection closed in the middle of the response head".into()
-                    }));
-                }
-            };
-            let head = parse_head(&head)?;
-            if (100..200).contains(&head.status) && head.status != 101 {
-                continue;
-            }
-            return Ok(head);
-        }
-    }
-
-    fn read_body(&mut self, head: &Head, max: usize) -> Result<Vec<u8>, TrustError> {
-        if head.chunked {
-            self.read_chunked(max)
-        } else if let Some(len) = head.content_length {
-            if len > max {
-                return Err(TrustError::TooLarge { max });
-            }
-            self.read_exact(len)
-        } else {
-            while self.buf.len() <= max {
-                if self.fill()? == 0 {
-                    return Ok(std::mem::take(&mut self.buf));
-                }
-            }
-            Err(TrustError::TooLarge { max })
-        }
-    }
-
-    fn read_exact(&mut self, len: usize) -> Result<Vec<u8>, TrustError> {
-        while self.buf.len() < len {
-            if self.fill()? == 0 {
-                return Err(TrustError::Malformed(format!(
-                    "the connection closed after {} of {len} body bytes",
-                    self.buf.len()
-                )));
-            }
-        }
-        Ok(self.buf.drain(..len).collect())
-    }
-
-    /// One line without its `\r\n` or `\n`.
-    fn read_line(&mut self) -> Result<Vec<u8>, TrustError> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(line);
-            }
-            if self.buf.len() > MAX_LINE_BYTES {
-                return Err(TrustError::Malformed("chunk line too long".into()));
-            }
-            if self.fill()? == 0 {
-                return Err(TrustError::Malformed(
-                    "the connection closed in the middle of a chunked body".into(),
-                ));
-            }
-        }
-    }
-
-    fn read_chunked(&mut self, max: usize) -> Result<Vec<u8>, TrustError> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.read_line()?;
-            let size_text = String::from_utf8_lossy(&line);
-            let size_text = size_text.split(';').next().unwrap_or("").trim();
-            let size = if size_text.is_empty() || size_text.len() > 15 {
-                None
-            } else {
-                usize::from_str_radix(size_text, 16).ok()
-            }
-            .ok_or_else(|| TrustError::Malformed("bad chunk size".into()))?;
-            if size == 0 {
-                // Trailers up to the blank line; a close right here is tolerated.
-                while !self.buf.is_empty() || self.fill()? > 0 {
-                    if self.read_line()?.is_empty() {
-                        break;
-                    }
-                }
-                return Ok(body);
-            }
-            if body.len().saturating_add(size) > max {
-                return Err(TrustError::TooLarge { max });
-            }
-            body.extend(self.read_exact(size)?);
-            if !self.read_line()?.is_empty() {
-                return Err(TrustError::Malformed("chunk not followed by CRLF".into()));
-            }
-        }
-    }
-}
-
-// TODO(http1): to be replaced by the shared HTTP/1 head parser.
-/// Where the head ends (after its blank line), accepting bare `\n`.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = find(buf, b"\r\n\r\n").map(|i| i + 4);
-    let lf = find(buf, b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 
@@ -360,72 +340,163 @@ fn printable(text: &str, max: usize) -> String {
     text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
-fn parse_head(head: &[u8]) -> Result<Head, TrustError> {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.lines();
-    let status_line = lines.next().unwrap_or("");
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    let code = parts.next().unwrap_or("");
-    let reason = parts.next().unwrap_or("").trim();
-    if !version.starts_with("HTTP/1.")
-        || code.len() != 3
-        || !code.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(TrustError::Malformed(format!(
-            "status line '{}'",
-            printable(status_line, 40)
-        )));
+fn http_error(e: Http1Error) -> TrustError {
+    let (Http1Error::Malformed(why) | Http1Error::Ambiguous(why) | Http1Error::Unsupported(why)) =
+        e;
+    TrustError::Malformed(why.to_string())
+}
+
+/// A body collected up to a cap; writing past it fails.
+struct Capped {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl Write for Capped {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.max {
+            return Err(io::Error::other("body larger than allowed"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
     }
-    let status: u16 = code
-        .parse()
-        .map_err(|_| TrustError::Malformed("bad status code".into()))?;
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let name = name.trim();
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let len = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                value.parse::<usize>().ok()
-            } else {
-                None
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One connection to the gateway, read through a buffer (`buf[pos..]` not
+/// yet consumed), every I/O bounded by what is left of the deadline.
+struct Conn {
+    stream: GatewayStream,
+    buf: Vec<u8>,
+    pos: usize,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Conn {
+    fn send(&mut self, bytes: &[u8]) -> Result<(), TrustError> {
+        let sent = remaining(self.deadline)
+            .and_then(|left| set_timeouts(self.stream.tcp(), left))
+            .and_then(|_| self.stream.write_all(bytes))
+            .and_then(|_| self.stream.flush());
+        sent.map_err(|e| io_error(e, self.timeout))
+    }
+
+    /// Reads more onto the end of the buffer; 0 at end of stream.
+    fn fill(&mut self) -> io::Result<usize> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let mut chunk = [0u8; 8192];
+        loop {
+            set_timeouts(self.stream.tcp(), remaining(self.deadline)?)?;
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
-            .ok_or_else(|| TrustError::Malformed("bad Content-Length".into()))?;
-            if content_length.is_some_and(|old| old != len) {
-                return Err(TrustError::Malformed("conflicting Content-Length".into()));
-            }
-            content_length = Some(len);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-                if coding.eq_ignore_ascii_case("chunked") {
-                    chunked = true;
-                } else if !coding.eq_ignore_ascii_case("identity") {
+        }
+    }
+
+    /// Reads the answer's head, skipping interim `1xx` answers.
+    fn read_head(&mut self) -> Result<http1::ResponseHead, TrustError> {
+        loop {
+            let head = loop {
+                let unread = &self.buf[self.pos..];
+                if let Some((head, used)) =
+                    http1::parse_response_head(unread).map_err(http_error)?
+                {
+                    self.pos += used;
+                    break head;
+                }
+                if unread.len() > MAX_HEAD_BYTES {
                     return Err(TrustError::Malformed(format!(
-                        "unsupported Transfer-Encoding '{}'",
-                        printable(coding, 20)
+                        "response head larger than {MAX_HEAD_BYTES} bytes"
                     )));
                 }
+                if self.fill().map_err(|e| io_error(e, self.timeout))? == 0 {
+                    return Err(TrustError::Malformed(if self.pos == self.buf.len() {
+                        "the gateway closed the connection without answering".into()
+                    } else {
+                        "the connection closed in the middle of the response head".into()
+                    }));
+                }
+            };
+            if (100..200).contains(&head.status) && head.status != 101 {
+                continue;
             }
-        } else if name.eq_ignore_ascii_case("content-encoding")
-            && !value.is_empty()
-            && !value.eq_ignore_ascii_case("identity")
+            return Ok(head);
+        }
+    }
+
+    /// The body of a 200 answer, framed as its head says, at most `max` bytes.
+    fn read_body(
+        &mut self,
+        headers: &[(String, String)],
+        max: usize,
+    ) -> Result<Vec<u8>, TrustError> {
+        if let Some(coding) = http1::header_values(headers, "content-encoding")
+            .map(str::trim)
+            .find(|v| !v.is_empty() && !v.eq_ignore_ascii_case("identity"))
         {
             return Err(TrustError::Malformed(format!(
                 "compressed answer (Content-Encoding '{}')",
-                printable(value, 20)
+                printable(coding, 20)
             )));
         }
+        let framing = http1::response_framing(headers).map_err(http_error)?;
+        let mut copier = match framing.body {
+            BodyFraming::Length(len) if len > max as u64 => {
+                // Declared too large: refused before reading.
+                return Err(TrustError::TooLarge { max });
+            }
+            BodyFraming::Chunked => BodyCopier::chunked_data_only(),
+            other => BodyCopier::new(other),
+        };
+        let mut body = Capped {
+            buf: Vec::new(),
+            max,
+        };
+        match copier.copy(self, &mut body) {
+            Ok(_) => Ok(body.buf),
+            Err(BodyError::Read(e)) => Err(io_error(e, self.timeout)),
+            Err(BodyError::Eof) => Err(TrustError::Malformed(format!(
+                "the connection closed after {} body bytes, before the body's end",
+                body.buf.len()
+            ))),
+            Err(BodyError::Malformed(why)) => Err(TrustError::Malformed(why.to_string())),
+            Err(BodyError::Write(_)) => Err(TrustError::TooLarge { max }),
+        }
     }
-    Ok(Head {
-        status,
-        reason: printable(reason, 60),
-        content_length,
-        chunked,
-    })
+}
+
+impl Read for Conn {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Conn {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.buf.len() {
+            self.fill()?;
+        }
+        Ok(&self.buf[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
 }
 
 #[cfg(test)]
@@ -561,7 +632,7 @@ pub(crate) mod tests {
         ));
         let err = fetch(&endpoint).unwrap_err();
         assert!(
-            matches!(err, TrustError::Status { code: 404, ref reason } if reason == "Not Found"),
+            matches!(err, TrustError::Status { code: 404, ref reason, retry_after: None } if reason == "Not Found"),
             "{err}"
         );
         assert!(err.to_string().contains("HTTP 404 Not Found"), "{err}");
@@ -810,5 +881,424 @@ pub(crate) mod tests {
         let err = fetch(&endpoint).unwrap_err();
         assert!(matches!(err, TrustError::Tls(_)), "{err}");
         server.join().unwrap();
+    }
+
+    // -- the shared parser refuses what the hand-written one let through ----
+
+    #[test]
+    fn fetch_refuses_lax_framing() {
+        let p = pki();
+        let cert = p.cert_a.as_bytes();
+        let chunked = |size_line: &str| {
+            let mut body = size_line.as_bytes().to_vec();
+            body.extend_from_slice(cert);
+            body.extend_from_slice(b"\r\n0\r\n\r\n");
+            answer("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", &body)
+        };
+        // The well-formed answer passes, so each refusal below is the one flaw.
+        let (endpoint, _s) = serve(chunked(&format!("{:x}\r\n", cert.len())));
+        assert_eq!(fetch(&endpoint).unwrap(), vec![p.cert_a.clone()]);
+        for (what, bytes) in [
+            (
+                "signed chunk size",
+                chunked(&format!("+{:x}\r\n", cert.len())),
+            ),
+            (
+                "chunk size ended by a bare LF",
+                chunked(&format!("{:x}\n", cert.len())),
+            ),
+            (
+                "chunk size with spaces",
+                chunked(&format!(" {:x} \r\n", cert.len())),
+            ),
+            (
+                "chunked twice",
+                answer(
+                    "HTTP/1.1 200 OK\nTransfer-Encoding: chunked, chunked\n",
+                    &format!("{:x}\r\n{}\r\n0\r\n\r\n", cert.len(), p.cert_a).into_bytes(),
+                ),
+            ),
+            (
+                "space before the colon",
+                answer(
+                    &format!("HTTP/1.1 200 OK\nContent-Length : {}\n", cert.len()),
+                    cert,
+                ),
+            ),
+            (
+                "Connection naming a framing header",
+                answer(
+                    &format!(
+                        "HTTP/1.1 200 OK\nConnection: Content-Length\nContent-Length: {}\n",
+                        cert.len()
+                    ),
+                    cert,
+                ),
+            ),
+        ] {
+            let (endpoint, _s) = serve(bytes);
+            let err = fetch(&endpoint).unwrap_err();
+            assert!(matches!(err, TrustError::Malformed(_)), "{what}: {err}");
+            assert!(!err.is_retryable(), "{what}");
+        }
+        // Compressed answers stay refused.
+        let (endpoint, _s) = serve(answer("HTTP/1.1 200 OK\nContent-Encoding: gzip\n", cert));
+        let err = fetch(&endpoint).unwrap_err();
+        assert!(err.to_string().contains("Content-Encoding 'gzip'"), "{err}");
+    }
+
+    // -- the path and the retries -----------------------------------------
+
+    const AGENT_CA: &str = "/v1/code/agent-proxy/ca-cert";
+
+    /// A server answering up to `answers.len()` connections in turn, each
+    /// with its answer; it stops accepting after `wait` without a
+    /// connection. Returns the request heads it got.
+    pub(crate) fn serve_sequence(
+        answers: Vec<Vec<u8>>,
+        wait: Duration,
+    ) -> (Endpoint, JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = thread::spawn(move || {
+            let mut requests = Vec::new();
+            for answer in answers {
+                let until = Instant::now() + wait;
+                let mut stream = loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => break stream,
+                        Err(_) if Instant::now() < until => thread::sleep(Duration::from_millis(5)),
+                        Err(_) => return requests,
+                    }
+                };
+                stream.set_nonblocking(false).unwrap();
+                requests.push(read_request(&stream));
+                let _ = stream.write_all(&answer);
+            }
+            requests
+        });
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}/pre")).unwrap();
+        (endpoint, handle)
+    }
+
+    fn cert_answer() -> Vec<u8> {
+        answer("HTTP/1.1 200 OK\n", pki().cert_a.as_bytes())
+    }
+
+    fn with_retries(endpoint: &Endpoint, budget: Duration) -> Result<Vec<String>, CaFetchFailure> {
+        fetch_ca_with_retries(endpoint, AGENT_CA, &connector(), budget, 64 * 1024)
+    }
+
+    #[test]
+    fn fetch_ca_at_uses_the_given_path() {
+        let (endpoint, server) = serve(cert_answer());
+        let certs = fetch_ca_at(
+            &endpoint,
+            AGENT_CA,
+            &connector(),
+            Duration::from_secs(5),
+            4096,
+        );
+        assert_eq!(certs.unwrap(), vec![pki().cert_a.clone()]);
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("GET /pre/v1/code/agent-proxy/ca-cert HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert_eq!(Generation::AgentProxy.ca_cert_path(), AGENT_CA);
+
+        let err = fetch_ca_at(
+            &endpoint,
+            "ca-cert",
+            &connector(),
+            Duration::from_secs(1),
+            4096,
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrustError::BadUrl(_)), "{err}");
+    }
+
+    #[test]
+    fn retries_a_503_then_succeeds() {
+        let (endpoint, server) = serve_sequence(
+            vec![
+                answer(
+                    "HTTP/1.1 503 Service Unavailable\nContent-Length: 4\n",
+                    b"busy",
+                ),
+                cert_answer(),
+            ],
+            Duration::from_secs(5),
+        );
+        let started = Instant::now();
+        let certs = with_retries(&endpoint, Duration::from_secs(5)).unwrap();
+        assert_eq!(certs, vec![pki().cert_a.clone()]);
+        // The pause between the tries was made.
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let requests = server.join().unwrap();
+        assert_eq!(requests.len(), 2);
+        for request in requests {
+            assert!(
+                request.starts_with(&format!("GET /pre{AGENT_CA} ")),
+                "{request}"
+            );
+        }
+    }
+
+    #[test]
+    fn three_429s_give_up_with_retry_after() {
+        let busy = answer(
+            "HTTP/1.1 429 Too Many Requests\nRetry-After: 7\nContent-Length: 0\n",
+            b"",
+        );
+        let (endpoint, server) = serve_sequence(
+            vec![busy.clone(), busy.clone(), busy, cert_answer()],
+            Duration::from_secs(1),
+        );
+        let failure = with_retries(&endpoint, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(failure.attempts, 3);
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(7)));
+        assert!(
+            matches!(
+                failure.last,
+                TrustError::Status { code: 429, retry_after: Some(t), .. } if t == Duration::from_secs(7)
+            ),
+            "{failure}"
+        );
+        let text = failure.to_string();
+        assert!(text.contains("HTTP 429 Too Many Requests"), "{text}");
+        assert!(text.contains("after 3 attempts"), "{text}");
+        // The fourth answer was never asked for.
+        assert_eq!(server.join().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_404_is_not_retried() {
+        let (endpoint, server) = serve_sequence(
+            vec![
+                answer(
+                    "HTTP/1.1 404 Not Found\nRetry-After: 3\nContent-Length: 0\n",
+                    b"",
+                ),
+                cert_answer(),
+            ],
+            Duration::from_millis(800),
+        );
+        let failure = with_retries(&endpoint, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(failure.attempts, 1);
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(3)));
+        assert!(
+            matches!(failure.last, TrustError::Status { code: 404, .. }),
+            "{failure}"
+        );
+        assert!(
+            failure.to_string().contains("after 1 attempt)"),
+            "{failure}"
+        );
+        assert_eq!(server.join().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_200_without_a_certificate_is_retried() {
+        let (endpoint, server) = serve_sequence(
+            vec![
+                answer("HTTP/1.1 200 OK\n", b"<html>captive portal</html>"),
+                cert_answer(),
+            ],
+            Duration::from_secs(5),
+        );
+        let certs = with_retries(&endpoint, Duration::from_secs(5)).unwrap();
+        assert_eq!(certs, vec![pki().cert_a.clone()]);
+        assert_eq!(server.join().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_silent_server_ends_the_call_within_the_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            // Accept whatever comes for 2 s, never answer.
+            let until = Instant::now() + Duration::from_secs(2);
+            let mut held = Vec::new();
+            while Instant::now() < until {
+                if let Ok((stream, _)) = listener.accept() {
+                    held.push(stream);
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            held.len()
+        });
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let budget = Duration::from_millis(800);
+        let started = Instant::now();
+        let failure = with_retries(&endpoint, budget).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(failure.last, TrustError::Timeout(_)), "{failure}");
+        assert!(took >= budget - Duration::from_millis(50), "{took:?}");
+        assert!(took < budget + Duration::from_millis(700), "{took:?}");
+        // The one try took the whole budget; none was started after it.
+        assert_eq!(failure.attempts, 1);
+        assert_eq!(failure.retry_after, None);
+        assert_eq!(server.join().unwrap(), 1);
+    }
+
+    #[test]
+    fn no_try_starts_without_time_left_for_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            read_request(&stream);
+            // Answer 503 when less than the first pause is left of the budget.
+            thread::sleep(Duration::from_millis(950));
+            let _ = stream.write_all(&answer("HTTP/1.1 503 Busy\nContent-Length: 0\n", b""));
+        });
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let started = Instant::now();
+        let failure = with_retries(&endpoint, Duration::from_secs(1)).unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(failure.attempts, 1, "{failure}");
+        // 503 when the answer came in time, else the budget ran out first.
+        assert!(
+            matches!(
+                failure.last,
+                TrustError::Status { code: 503, .. } | TrustError::Timeout(_)
+            ),
+            "{failure}"
+        );
+        assert!(took < Duration::from_millis(1700), "{took:?}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn refused_connections_are_retried_three_times() {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let started = Instant::now();
+        let failure = with_retries(&endpoint, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(failure.attempts, 3);
+        assert!(
+            matches!(failure.last, TrustError::Unreachable(_)),
+            "{failure}"
+        );
+        // Two pauses, 100 ms and 200 ms, and no more.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_certificate_is_not_retried() {
+        let (endpoint, server) = serve_tls(pki().cert_b.clone());
+        let failure = fetch_ca_with_retries(
+            &endpoint,
+            AGENT_CA,
+            &connector(),
+            Duration::from_secs(5),
+            DEFAULT_MAX_BYTES,
+        )
+        .unwrap_err();
+        assert_eq!(failure.attempts, 1, "{failure}");
+        assert!(matches!(failure.last, TrustError::Tls(_)), "{failure}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_reset_during_the_handshake_is_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let mut resets = 0;
+            for _ in 0..CA_FETCH_ATTEMPTS {
+                let Ok((stream, _)) = listener.accept() else {
+                    break;
+                };
+                // Closing with the ClientHello unread makes the kernel send
+                // a reset rather than a FIN.
+                thread::sleep(Duration::from_millis(100));
+                drop(stream);
+                resets += 1;
+            }
+            resets
+        });
+        let endpoint = Endpoint::parse(&format!("https://127.0.0.1:{port}")).unwrap();
+        let failure = fetch_ca_with_retries(
+            &endpoint,
+            AGENT_CA,
+            &connector(),
+            Duration::from_secs(5),
+            DEFAULT_MAX_BYTES,
+        )
+        .unwrap_err();
+        assert!(matches!(failure.last, TrustError::Io(_)), "{failure}");
+        assert_eq!(failure.attempts, 3, "{failure}");
+        assert_eq!(server.join().unwrap(), 3);
+    }
+
+    #[test]
+    fn what_is_retried() {
+        let status = |code| TrustError::Status {
+            code,
+            reason: String::new(),
+            retry_after: None,
+        };
+        for code in [500, 502, 503, 504, 599, 408, 429] {
+            assert!(status(code).is_retryable(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 410, 301, 302, 304, 101, 600] {
+            assert!(!status(code).is_retryable(), "{code}");
+        }
+        let reset = || io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(TrustError::Unreachable(reset()).is_retryable());
+        assert!(TrustError::Io(reset()).is_retryable());
+        assert!(TrustError::Timeout(Duration::from_secs(5)).is_retryable());
+        assert!(
+            TrustError::NoCertificate {
+                len: 0,
+                start: String::new()
+            }
+            .is_retryable()
+        );
+        assert!(!TrustError::Tls("certificate verify failed".into()).is_retryable());
+        assert!(!TrustError::Malformed("x".into()).is_retryable());
+        assert!(!TrustError::TooLarge { max: 1 }.is_retryable());
+        assert!(!TrustError::BadUrl("x".into()).is_retryable());
+    }
+
+    #[test]
+    fn retry_after_is_delta_seconds_only() {
+        let headers = |value: &str| vec![("Retry-After".to_string(), value.to_string())];
+        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&headers("0")), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers("Wed, 21 Oct 2026 07:28:00 GMT")), None);
+        assert_eq!(retry_after(&headers("-1")), None);
+        assert_eq!(retry_after(&headers("1.5")), None);
+        assert_eq!(retry_after(&headers("99999999999")), None);
+        assert_eq!(retry_after(&[]), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let secs = Duration::from_secs;
+        let plain: Vec<Duration> = (1..=10).map(|n| backoff(n, None)).collect();
+        assert_eq!(
+            plain,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 300].map(secs).to_vec()
+        );
+        assert_eq!(backoff(0, None), secs(1));
+        assert_eq!(backoff(40, None), secs(300));
+        assert_eq!(backoff(u32::MAX, None), secs(300));
+        // A longer Retry-After wins, a shorter one does not, both capped.
+        assert_eq!(backoff(1, Some(secs(7))), secs(7));
+        assert_eq!(backoff(5, Some(secs(7))), secs(16));
+        assert_eq!(backoff(1, Some(secs(3600))), secs(300));
+        assert_eq!(backoff(1, Some(Duration::ZERO)), secs(1));
     }
 }

@@ -19,7 +19,10 @@ pub mod pem;
 pub mod user_cas;
 
 pub use bundle::{Built, Bundle, system_bundle};
-pub use fetch::{DEFAULT_MAX_BYTES, fetch_gateway_ca};
+pub use fetch::{
+    CaFetchFailure, DEFAULT_MAX_BYTES, backoff, fetch_ca_at, fetch_ca_with_retries,
+    fetch_gateway_ca,
+};
 pub use pem::extract_certificates;
 
 /// Why the gateway's CA could not be fetched or the bundle written.
@@ -39,7 +42,12 @@ pub enum TrustError {
     /// The answer is not HTTP/1.x the client understands.
     Malformed(String),
     /// The gateway answered with a status other than 200.
-    Status { code: u16, reason: String },
+    Status {
+        code: u16,
+        reason: String,
+        /// The answer's `Retry-After` in delta-seconds, if it had one.
+        retry_after: Option<Duration>,
+    },
     /// The body is larger than the bound.
     TooLarge { max: usize },
     /// The body holds no PEM block that parses as an X.509 certificate.
@@ -75,7 +83,7 @@ impl fmt::Display for TrustError {
             TrustError::Malformed(why) => {
                 write!(f, "{FETCH}: the answer is not valid HTTP ({why})")
             }
-            TrustError::Status { code, reason } => write!(
+            TrustError::Status { code, reason, .. } => write!(
                 f,
                 "{FETCH}: the gateway answered HTTP {code}{}{} instead of 200; check ANTHROPIC_BASE_URL",
                 if reason.is_empty() { "" } else { " " },
@@ -98,6 +106,30 @@ impl fmt::Display for TrustError {
                 "cannot write the CA bundle {}: {error}; pass --ca-bundle with a writable path",
                 path.display()
             ),
+        }
+    }
+}
+
+impl TrustError {
+    /// Whether another try may succeed: the network failing (unreachable,
+    /// reset, time-out), the gateway busy or failing (5xx, 408, 429), or a
+    /// 200 without a certificate (a proxy's page in between). A refused
+    /// certificate, another 4xx, a malformed or oversized answer, a bad URL
+    /// or a failed write will fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TrustError::Unreachable(_)
+            | TrustError::Timeout(_)
+            | TrustError::Io(_)
+            | TrustError::NoCertificate { .. } => true,
+            TrustError::Status { code, .. } => {
+                (500..600).contains(code) || *code == 408 || *code == 429
+            }
+            TrustError::BadUrl(_)
+            | TrustError::Tls(_)
+            | TrustError::Malformed(_)
+            | TrustError::TooLarge { .. }
+            | TrustError::Write { .. } => false,
         }
     }
 }
