@@ -8,17 +8,20 @@ use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{self, Child};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use log::info;
 
 use crate::child_env;
 use crate::cli::{self, Command, USAGE};
 use crate::config::Config;
+use crate::listener::StopHandle;
 use crate::session::{self, Startup};
 use crate::signals;
+use crate::trust;
 
 /// Exit status when the command cannot be started (as in `sh`).
 pub const EXIT_CANNOT_RUN: i32 = 127;
@@ -93,6 +96,7 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
     let blocked = signals::block();
     let startup = session::start(config);
     let Startup::Enabled(started) = startup else {
+        // Disabled, or the CA is not to be had now: `run` fails open at once.
         // Fail open: become the command, as if the relay were not there.
         let err = child_command(&command, &[]).exec();
         return cannot_run(&command, &err);
@@ -177,13 +181,73 @@ fn cannot_run(command: &[OsString], err: &std::io::Error) -> i32 {
     EXIT_CANNOT_RUN
 }
 
+/// What `serve`'s signal handler and its start-up loop share: a stop
+/// asked for before the relay serves ends the wait for the next try.
+#[derive(Default)]
+struct ServeStop {
+    requested: Mutex<bool>,
+    wake: Condvar,
+    relay: Mutex<Option<StopHandle>>,
+}
+
+impl ServeStop {
+    fn request(&self) {
+        *self.requested.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+        if let Some(relay) = &*self.relay.lock().unwrap_or_else(|p| p.into_inner()) {
+            relay.stop();
+        }
+    }
+
+    /// Waits `delay` unless a stop comes first; true when one did.
+    fn wait(&self, delay: Duration) -> bool {
+        let guard = self.requested.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .wake
+            .wait_timeout_while(guard, delay, |stopped| !*stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+}
+
 /// `ccr-relay serve`: start the relay, write the env file, serve until
-/// SIGTERM or SIGINT.
+/// SIGTERM or SIGINT. An agent-proxy gateway whose CA cannot be fetched
+/// yet is asked again in the background, with exponential backoff capped
+/// at five minutes; the proxy comes up (and the env file is written) when
+/// a fetch succeeds.
 fn serve(config: &Config, env_file: Option<&Path>) -> i32 {
     let blocked = signals::block();
-    let Startup::Enabled(started) = session::start(config) else {
-        // Fail open: nothing to serve; a supervisor may start us again.
-        return 0;
+    let stop = Arc::new(ServeStop::default());
+    let handler_stop = Arc::clone(&stop);
+    match blocked.and_then(|blocked| {
+        signals::spawn_handler(blocked, move |sig| {
+            info!("{}: stopping", signals::name(sig));
+            if sig == libc::SIGTERM || sig == libc::SIGINT {
+                handler_stop.request();
+            }
+        })
+    }) {
+        Ok(()) => {}
+        Err(e) => eprintln!("ccr-relay: warning: cannot handle signals: {e}"),
+    }
+    let mut retries = 0;
+    let started = loop {
+        match session::start(config) {
+            Startup::Enabled(started) => break started,
+            // Fail open: nothing to serve; a supervisor may start us again.
+            Startup::Disabled => return 0,
+            Startup::CaUnavailable { retry_after } => {
+                retries += 1;
+                let delay = trust::fetch::backoff(retries, retry_after);
+                eprintln!(
+                    "ccr-relay: trying the gateway's CA again in {} s",
+                    delay.as_secs_f64().ceil()
+                );
+                if stop.wait(delay) {
+                    return 0;
+                }
+            }
+        }
     };
     if let Some(path) = env_file
         && let Err(e) = child_env::write_env_file(path, &started.child_vars)
@@ -194,17 +258,10 @@ fn serve(config: &Config, env_file: Option<&Path>) -> i32 {
         );
     }
 
-    let stop = started.relay.stop_handle();
-    match blocked.and_then(|blocked| {
-        signals::spawn_handler(blocked, move |sig| {
-            info!("{}: stopping", signals::name(sig));
-            if sig == libc::SIGTERM || sig == libc::SIGINT {
-                stop.stop();
-            }
-        })
-    }) {
-        Ok(()) => {}
-        Err(e) => eprintln!("ccr-relay: warning: cannot handle signals: {e}"),
+    *stop.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.relay.stop_handle());
+    // A stop that came while starting up: serve returns at once.
+    if *stop.requested.lock().unwrap_or_else(|p| p.into_inner()) {
+        started.relay.stop_handle().stop();
     }
     info!("serving on {}", started.proxy_url);
     started.relay.serve();

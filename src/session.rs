@@ -34,6 +34,7 @@ use crate::gateway::{Credentials, Endpoint, Gateway, GatewayError};
 use crate::listener::Relay;
 use crate::pool::{Pool, PoolConfig};
 use crate::token;
+use crate::trust::fetch::CaFetchFailure;
 use crate::trust::{self, Bundle, TrustError};
 
 /// How long `run` and `serve` wait for the probe's verdict before going on.
@@ -48,6 +49,10 @@ pub enum Startup {
     Disabled,
     /// The relay is bound and ready to serve.
     Enabled(Started),
+    /// Agent proxy: the gateway's CA could not be fetched, for a reason
+    /// that may pass. The proxy is off; `serve` tries again later (after
+    /// at least the gateway's `Retry-After`, if it gave one).
+    CaUnavailable { retry_after: Option<Duration> },
 }
 
 /// A relay ready to serve, and what children need to use it.
@@ -69,7 +74,9 @@ pub enum SessionError {
     GatewayUrl(String),
     /// The TLS settings for the gateway cannot be made.
     Tls(String),
-    /// The gateway's CA could not be fetched, or the bundle written.
+    /// The gateway's CA could not be fetched.
+    CaFetch(CaFetchFailure),
+    /// The bundle could not be written.
     Trust(TrustError),
     /// The listener cannot be bound.
     Listen { addr: SocketAddr, error: io::Error },
@@ -85,6 +92,7 @@ impl fmt::Display for SessionError {
             SessionError::Gates(e) => write!(f, "not starting the proxy: {e}"),
             SessionError::GatewayUrl(e) => write!(f, "gateway URL: {e}"),
             SessionError::Tls(e) => write!(f, "TLS set-up: {e}"),
+            SessionError::CaFetch(e) => write!(f, "CA bundle: {e}"),
             SessionError::Trust(e) => write!(f, "CA bundle: {e}"),
             SessionError::Listen { addr, error } => write!(
                 f,
@@ -235,16 +243,33 @@ pub fn tls_connector(gateway_ca: Option<&Path>) -> Result<native_tls::TlsConnect
 /// Step 3 without its writes: the gateway's CA fetched, the system bundle
 /// and the user's CA files (named in `parent`, the relay's environment)
 /// read, the bundle built in memory.
+///
+/// The first generation fetches once; the agent proxy makes up to three
+/// tries within the same bound (the contract's section 11) and reports the
+/// gateway's `Retry-After` for `serve`'s background retry.
 pub fn prepare_trust(
     config: &Config,
     endpoint: &Endpoint,
     tls: &native_tls::TlsConnector,
     generation: Generation,
     parent: impl Fn(&str) -> Option<String>,
-) -> Result<Bundle, TrustError> {
-    // TODO(ca path): the generation's CA path and retries.
-    let _ = generation;
-    trust::bundle::prepare(config, endpoint, tls, parent)
+) -> Result<Bundle, CaFetchFailure> {
+    match generation {
+        Generation::UpstreamProxy => {
+            trust::bundle::prepare(config, endpoint, tls, parent).map_err(|last| CaFetchFailure {
+                last,
+                attempts: 1,
+                retry_after: None,
+            })
+        }
+        Generation::AgentProxy => trust::bundle::prepare_with_retries(
+            config,
+            endpoint,
+            generation.ca_cert_path(),
+            tls,
+            parent,
+        ),
+    }
 }
 
 /// Decides what start-up would do once the gates passed (`activation`):
@@ -257,7 +282,7 @@ pub fn plan(
     let endpoint = endpoint(config)?;
     let tls = tls_connector(config.gateway_ca.as_deref()).map_err(SessionError::Tls)?;
     let bundle = prepare_trust(config, &endpoint, &tls, activation.generation(), parent)
-        .map_err(SessionError::Trust)?;
+        .map_err(SessionError::CaFetch)?;
     Ok(Plan {
         activation,
         endpoint,
@@ -355,8 +380,16 @@ pub fn start(config: &Config) -> Startup {
         );
     }
     // 3. the gateway's CA and the user's merged after the system bundle.
+    let generation = activation.generation();
     let plan = match plan(config, activation, env_lookup) {
         Ok(plan) => plan,
+        Err(SessionError::CaFetch(failure))
+            if generation == Generation::AgentProxy && failure.last.is_retryable() =>
+        {
+            let retry_after = failure.retry_after;
+            fail_open(SessionError::CaFetch(failure));
+            return Startup::CaUnavailable { retry_after };
+        }
         Err(e) => return fail_open(e),
     };
     for warning in &plan.bundle.built.warnings {
