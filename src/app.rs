@@ -91,9 +91,12 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
         let err = child_command(&command, &[]).exec();
         return cannot_run(&command, &err);
     };
-    let mut child = match child_command(&command, &started.child_vars)
-        .env_remove(crate::gates::SESSION_ID_VAR)
-        .spawn()
+    let mut cmd = child_command(&command, &started.child_vars);
+    cmd.env_remove(crate::gates::SESSION_ID_VAR);
+    for name in child_env::removed_vars() {
+        cmd.env_remove(name);
+    }
+    let mut child = match cmd.spawn()
     {
         Ok(child) => child,
         Err(e) => {

@@ -151,6 +151,8 @@ pub fn run(config: &Config) -> i32 {
         proxy_url: format!("http://{}:{port}", config.listen.ip()),
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
+        mode: child_env::Mode::default(),
+        system_bundle: true,
     });
     for (name, value) in &vars {
         println!("  {name}={value}");

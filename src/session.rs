@@ -194,6 +194,8 @@ pub fn apply(
         proxy_url: proxy_url.clone(),
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
+        mode: child_env::Mode::default(),
+        system_bundle: bundle.built.system_bundle.is_some(),
     };
     match child_env::write_wgetrc(&proxy_env, &parent) {
         Ok(path) => client_files.wgetrc = Some(path),
