@@ -101,6 +101,7 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
         Ok(child) => child,
         Err(e) => {
             started.relay.stop_handle().stop();
+            crate::outside::finish(&started.installed);
             return cannot_run(&command, &e);
         }
     };
@@ -129,6 +130,7 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
     if let Ok(server) = server {
         let _ = server.join();
     }
+    crate::outside::finish(&started.installed);
     status
 }
 
@@ -205,5 +207,6 @@ fn serve(config: &Config, env_file: Option<&Path>) -> i32 {
     }
     info!("serving on {}", started.proxy_url);
     started.relay.serve();
+    crate::outside::finish(&started.installed);
     0
 }

@@ -20,6 +20,7 @@ pub mod gates;
 pub mod gateway;
 pub mod install;
 pub mod listener;
+pub mod outside;
 pub mod message_v2;
 pub mod pool;
 pub mod request_head;

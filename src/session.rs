@@ -36,6 +36,9 @@ pub struct Started {
     pub proxy_url: String,
     /// The variables to set in every child's environment.
     pub child_vars: Vec<(String, String)>,
+    /// What start-up installed outside the relay's directory and must undo
+    /// on stop (`outside::finish`).
+    pub installed: crate::install::Report,
 }
 
 /// The step at which start-up stopped; the proxy stays off. Never holds
@@ -164,7 +167,7 @@ pub fn apply(
     } = plan;
     bundle.write().map_err(SessionError::Trust)?;
     let mut client_files = ClientFiles::default();
-    match bundle.write_truststore() {
+    match bundle.write_truststore_with(&crate::outside::jdk_certificates(&parent)) {
         Ok(store) => client_files.truststore = Some(store),
         Err(warning) => eprintln!("ccr-relay: warning: {warning}"),
     }
@@ -204,10 +207,13 @@ pub fn apply(
         ),
     }
     let child_vars = child_env::child_vars(&proxy_env, &client_files, &parent);
+    let installed =
+        crate::outside::after_listen(&bundle, client_files.truststore.as_deref(), &parent);
     Ok(Started {
         relay,
         proxy_url,
         child_vars,
+        installed,
     })
 }
 

@@ -204,6 +204,9 @@ impl Session {
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.home)
+            // The trust installers write under the scratch directory, never
+            // the machine's /etc (the tests run as root).
+            .env("CCR_RELAY_INSTALL_ROOT", self.dir.join("root"))
             .envs(&self.env)
             .process_group(0);
         if let Some(dir) = &self.cwd {
