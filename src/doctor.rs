@@ -157,6 +157,7 @@ pub fn run(config: &Config) -> i32 {
     for (name, value) in &vars {
         println!("  {name}={value}");
     }
+    crate::outside::print_doctor(&config.ca_bundle, env_lookup);
     println!();
     if report.failed == 0 {
         println!("verdict: the proxy would start");

@@ -166,6 +166,117 @@ pub fn finish(report: &Report) {
     }
 }
 
+/// What start-up would write outside the relay's directory, one line per
+/// target, without writing anything (for `doctor`): `would  WHAT: WHERE`
+/// or `skip   WHAT: why`, each with the reason code a failure would carry.
+pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let home = parent("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    match (&home, parent("AWS_CONFIG_FILE")) {
+        _ if !installs_enabled(&parent) => {
+            lines.push(format!("skip   AWS config: {INSTALL_VAR} turns it off"))
+        }
+        (_, Some(own)) => lines.push(format!("skip   AWS config: AWS_CONFIG_FILE={own}")),
+        (Some(h), None) if h.join(".aws/config").exists() => lines.push(format!(
+            "skip   AWS config: {} exists",
+            h.join(".aws/config").display()
+        )),
+        (Some(h), None) => lines.push(format!(
+            "would  AWS config: {} (kept after stop)",
+            h.join(".aws/config").display()
+        )),
+        (None, None) => lines.push("skip   AWS config: no HOME".into()),
+    }
+    if !installs_enabled(&parent) {
+        lines.push(format!("skip   trust installers: {INSTALL_VAR} turns them off"));
+        return lines;
+    }
+    let plan = Plan::new(roots(&parent), Vec::new(), bundle.to_path_buf());
+    let r = &plan.roots;
+    let system = install::system::detect(&plan);
+    lines.push(match (plan.is_root, system) {
+        (true, Some(store)) => format!(
+            "would  system trust store: {}/{}.crt, then {} (kept after stop; on failure {})",
+            store.dir.display(),
+            install::NAME,
+            store.tool.display(),
+            install::SYSTEM_TRUST_FAILED
+        ),
+        (false, _) => format!("skip   system trust store: not root ({})", install::SYSTEM_TRUST_UNAVAILABLE),
+        (true, None) => format!(
+            "skip   system trust store: no update-ca-certificates or update-ca-trust with its directory ({})",
+            install::SYSTEM_TRUST_UNAVAILABLE
+        ),
+    });
+    let certutil = install::command::find_on_path("certutil", &r.path);
+    lines.push(match (&home, certutil) {
+        (Some(h), Some(_)) => format!(
+            "would  NSS database: {} as {} (kept after stop; on failure {})",
+            h.join(".pki/nssdb").display(),
+            install::NAME,
+            install::NSS_ADD_FAILED
+        ),
+        (None, _) => "skip   NSS database: no HOME".into(),
+        (_, None) => "skip   NSS database: no certutil on PATH".into(),
+    });
+    let bazelrc = r.etc.join("bazel.bazelrc");
+    let bazel_ok = if bazelrc.exists() {
+        install::writable(&bazelrc)
+    } else {
+        install::writable(&r.etc)
+    };
+    lines.push(if bazel_ok {
+        format!(
+            "would  bazelrc: a managed block in {} (kept after stop; on failure {})",
+            bazelrc.display(),
+            install::BAZELRC_WRITE_FAILED
+        )
+    } else {
+        format!("skip   bazelrc: {} not writable", bazelrc.display())
+    });
+    lines.push(match &home {
+        Some(h) if h.join(".boto").exists() => {
+            format!("skip   boto config: {} exists", h.join(".boto").display())
+        }
+        Some(h) => format!(
+            "would  boto config: {} (kept after stop; on failure {})",
+            h.join(".boto").display(),
+            install::BOTO_WRITE_FAILED
+        ),
+        None => "skip   boto config: no HOME".into(),
+    });
+    let profile_d = r.etc.join("profile.d");
+    lines.push(if profile_d.is_dir() && install::writable(&profile_d) {
+        format!(
+            "would  login shell profile: {} (removed on stop; on failure {})",
+            profile_d.join(install::profile::FILE_NAME).display(),
+            install::PROFILE_D_WRITE_FAILED
+        )
+    } else {
+        format!("skip   login shell profile: {} not writable", profile_d.display())
+    });
+    lines
+}
+
+/// `doctor`'s sections for this module: what start-up would write outside
+/// the relay's directory, and the git settings that defeat the proxy.
+pub fn print_doctor(bundle: &Path, parent: impl Fn(&str) -> Option<String>) {
+    println!();
+    println!("outside the relay's directory");
+    for line in would_write(bundle, &parent) {
+        println!("  {line}");
+    }
+    println!();
+    println!("git settings that defeat the proxy");
+    let found = credentials::git_conflicts(GIT_CONFLICTS_TIMEOUT);
+    if found.is_empty() {
+        println!("  ok    none found (git config --global and --system)");
+    }
+    for line in found {
+        println!("  warn  {line}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +301,38 @@ mod tests {
         let r = roots(env(&[]));
         assert_eq!(r.etc, Path::new("/etc"));
         assert_eq!(r.home, None);
+    }
+
+    #[test]
+    fn doctor_lists_what_would_be_written_without_writing() {
+        let dir = crate::test_support::TempDir::new("outside-would");
+        let root = dir.0.join("root");
+        std::fs::create_dir_all(root.join("etc/profile.d")).unwrap();
+        let home = dir.0.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join(".boto"), "").unwrap();
+        let (h, r) = (
+            home.to_string_lossy().into_owned(),
+            root.to_string_lossy().into_owned(),
+        );
+        let parent = move |n: &str| match n {
+            "HOME" => Some(h.clone()),
+            INSTALL_ROOT_VAR => Some(r.clone()),
+            "PATH" => Some("/nonexistent".into()),
+            _ => None,
+        };
+        let lines = would_write(&dir.0.join("b.crt"), &parent);
+        let text = lines.join("\n");
+        assert!(text.contains("would  AWS config: "), "{text}");
+        assert!(text.contains("skip   boto config: "), "{text}");
+        assert!(text.contains("skip   NSS database: no certutil"), "{text}");
+        assert!(text.contains("system_trust_unavailable"), "{text}");
+        assert!(text.contains("login shell profile: ") && text.contains("removed on stop"), "{text}");
+        assert!(text.contains("profile_d_write_failed") && text.contains("bazelrc_write_failed"), "{text}");
+        assert_eq!(lines.len(), 6);
+        // Nothing was written.
+        assert!(!home.join(".aws").exists());
+        assert!(!root.join("etc/profile.d/ccr-relay-ca.sh").exists());
+        assert!(!root.join("etc/bazel.bazelrc").exists());
     }
 }
