@@ -597,6 +597,24 @@ pub fn relay_var_names() -> Vec<&'static str> {
     names.extend(NO_PROXY_VARS);
     names.extend(CA_VARS);
     names.extend([NODE_USE_ENV_PROXY, WGETRC, JAVA_TOOL_OPTIONS, MAVEN_OPTS]);
+    // Section 6b: placeholders and git's settings.
+    names.extend([
+        "GH_TOKEN",
+        "GITHUB_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "CLOUDSDK_AUTH_ACCESS_TOKEN",
+        "GIT_TERMINAL_PROMPT",
+        "GIT_ASKPASS",
+        "GCM_INTERACTIVE",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_KEY_0",
+        "GIT_CONFIG_VALUE_0",
+        "GIT_CONFIG_KEY_1",
+        "GIT_CONFIG_VALUE_1",
+        "GIT_CONFIG_KEY_2",
+        "GIT_CONFIG_VALUE_2",
+    ]);
     names
 }
 
