@@ -11,6 +11,11 @@
 //! credential, never the placeholder) and without (the origin sees exactly
 //! what the client sent: the placeholder, or the parent's own token).
 //!
+//! git: `git clone git@github.com:org/repo.git` is rewritten to HTTPS by
+//! the relay's `GIT_CONFIG_*` and reaches the gateway (`github.com:443`
+//! mapped to a dumb-HTTP origin serving a real bare repository); with
+//! `SSH_AUTH_SOCK` set it is not rewritten.
+//!
 //! A missing tool fails the test and names the package (never a pass).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -265,4 +270,111 @@ fn aws_sts_signs_with_the_placeholder_and_the_origin_sees_the_injected_credentia
         auth[0].starts_with("AWS4-HMAC-SHA256 Credential=proxy-injected/"),
         "the client signed with the placeholder: {auth:?}"
     );
+}
+
+/// Runs `git ARGS` in `dir`, bounded, with no user or system config.
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bare repository `org/repo.git` under `root` holding one commit with
+/// `README` = `text`, prepared for dumb HTTP.
+fn bare_repo(root: &Path, text: &str) {
+    let work = root.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("README"), text).unwrap();
+    git(&work, &["add", "README"]);
+    git(
+        &work,
+        &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"],
+    );
+    std::fs::create_dir_all(root.join("org")).unwrap();
+    git(root, &["clone", "-q", "--bare", "work", "org/repo.git"]);
+    git(&root.join("org/repo.git"), &["update-server-info"]);
+}
+
+#[test]
+fn git_clone_of_a_github_ssh_remote_goes_to_the_gateway_over_https() {
+    require("git", "git");
+    let dir = temp_dir("tools-git");
+    let serve = dir.join("serve");
+    bare_repo(&serve, "through the relay\n");
+    let ca = TestCa::new(&dir.join("origin-ca")).unwrap();
+    let (cert, key) = ca.issue_leaf(&["github.com"]);
+    let origin = ccr_integration::DevOrigin::start_serving(Some((&cert, &key)), Some(&serve));
+    let gw = DevGateway::start(
+        GatewayOptions::default()
+            .mitm(&ca.cert_path())
+            .map("github.com:443", origin.addr),
+    );
+    let scene = Scene {
+        dir,
+        origin: Recorder::start(&cert, &key),
+        gw,
+    };
+    let clone = scene.dir.join("clone");
+    let clone_s = clone.to_string_lossy().into_owned();
+    let out = scene.run(
+        &["git", "clone", "-q", "git@github.com:org/repo.git", &clone_s],
+        &[("GIT_CONFIG_NOSYSTEM", "1")],
+    );
+    success(&out, "git clone git@github.com:org/repo.git");
+    assert_eq!(
+        std::fs::read_to_string(clone.join("README")).unwrap(),
+        "through the relay\n"
+    );
+    scene
+        .gw
+        .wait_for_event(Duration::from_secs(10), |l| l == "mitm github.com leaf-issued");
+
+    // With SSH of its own the remote stays SSH: git runs ssh (a stand-in
+    // that records its arguments), and nothing reaches the gateway for it.
+    let bin = scene.dir.join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = scene.dir.join("ssh.log");
+    let ssh = bin.join("ssh");
+    std::fs::write(
+        &ssh,
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 128\n", log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let clone2 = scene.dir.join("clone2").to_string_lossy().into_owned();
+    let out = scene.run(
+        &["git", "clone", "-q", "git@github.com:org/repo.git", &clone2],
+        &[
+            ("GIT_CONFIG_NOSYSTEM", "1"),
+            ("SSH_AUTH_SOCK", "/nonexistent/agent.sock"),
+            ("PATH", &path),
+        ],
+    );
+    assert!(!out.status.success(), "the stand-in ssh fails the clone");
+    let called = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(called.contains("git@github.com"), "ssh was not run: {called:?} {}", out.stderr);
+    let leaves = scene
+        .gw
+        .events()
+        .iter()
+        .filter(|l| l.as_str() == "mitm github.com leaf-issued")
+        .count();
+    assert_eq!(leaves, 1, "the SSH clone must not reach the gateway");
 }
