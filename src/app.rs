@@ -96,8 +96,7 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
     for name in child_env::removed_vars() {
         cmd.env_remove(name);
     }
-    let mut child = match cmd.spawn()
-    {
+    let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
             started.relay.stop_handle().stop();

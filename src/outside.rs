@@ -188,7 +188,9 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
         (None, None) => lines.push("skip   AWS config: no HOME".into()),
     }
     if !installs_enabled(&parent) {
-        lines.push(format!("skip   trust installers: {INSTALL_VAR} turns them off"));
+        lines.push(format!(
+            "skip   trust installers: {INSTALL_VAR} turns them off"
+        ));
         return lines;
     }
     let plan = Plan::new(roots(&parent), Vec::new(), bundle.to_path_buf());
@@ -253,7 +255,10 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
             install::PROFILE_D_WRITE_FAILED
         )
     } else {
-        format!("skip   login shell profile: {} not writable", profile_d.display())
+        format!(
+            "skip   login shell profile: {} not writable",
+            profile_d.display()
+        )
     });
     lines
 }
@@ -283,7 +288,12 @@ mod tests {
 
     fn env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + use<> {
         let pairs = pairs.to_vec();
-        move |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+        move |n| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -291,9 +301,15 @@ mod tests {
         assert!(installs_enabled(env(&[])));
         assert!(installs_enabled(env(&[(INSTALL_VAR, "1")])));
         for off in ["0", "false", "No", " off "] {
-            assert!(!installs_enabled(|n: &str| (n == INSTALL_VAR).then(|| off.to_string())));
+            assert!(!installs_enabled(
+                |n: &str| (n == INSTALL_VAR).then(|| off.to_string())
+            ));
         }
-        let r = roots(env(&[("HOME", "/h"), (INSTALL_ROOT_VAR, "/tmp/r"), ("PATH", "/b")]));
+        let r = roots(env(&[
+            ("HOME", "/h"),
+            (INSTALL_ROOT_VAR, "/tmp/r"),
+            ("PATH", "/b"),
+        ]));
         assert_eq!(r.etc, Path::new("/tmp/r/etc"));
         assert_eq!(r.usr_local_share, Path::new("/tmp/r/usr/local/share"));
         assert_eq!(r.home.as_deref(), Some(Path::new("/h")));
@@ -327,8 +343,14 @@ mod tests {
         assert!(text.contains("skip   boto config: "), "{text}");
         assert!(text.contains("skip   NSS database: no certutil"), "{text}");
         assert!(text.contains("system_trust_unavailable"), "{text}");
-        assert!(text.contains("login shell profile: ") && text.contains("removed on stop"), "{text}");
-        assert!(text.contains("profile_d_write_failed") && text.contains("bazelrc_write_failed"), "{text}");
+        assert!(
+            text.contains("login shell profile: ") && text.contains("removed on stop"),
+            "{text}"
+        );
+        assert!(
+            text.contains("profile_d_write_failed") && text.contains("bazelrc_write_failed"),
+            "{text}"
+        );
         assert_eq!(lines.len(), 6);
         // Nothing was written.
         assert!(!home.join(".aws").exists());

@@ -182,13 +182,20 @@ fn child_gets_placeholders_git_settings_and_never_the_removed_variables() {
     let profile_d = s.dir.join("root/etc/profile.d");
     std::fs::create_dir_all(&profile_d).unwrap();
     let script = profile_d.join("ccr-relay-ca.sh");
-    let check = format!("env; test -f '{}' && echo PROFILE_PRESENT", script.display());
+    let check = format!(
+        "env; test -f '{}' && echo PROFILE_PRESENT",
+        script.display()
+    );
     let out = s.run(&["sh", "-c", &check]);
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     let env = out.env();
     let get = |n: &str| env.get(n).map(String::as_str);
     assert_eq!(get("GH_TOKEN"), Some("parent-own-token"));
-    assert_eq!(get("GITHUB_TOKEN"), None, "the parent has GH_TOKEN: no placeholder");
+    assert_eq!(
+        get("GITHUB_TOKEN"),
+        None,
+        "the parent has GH_TOKEN: no placeholder"
+    );
     assert_eq!(get("AWS_ACCESS_KEY_ID"), Some("proxy-injected"));
     assert_eq!(get("AWS_SECRET_ACCESS_KEY"), Some("proxy-injected"));
     assert_eq!(get("CLOUDSDK_AUTH_ACCESS_TOKEN"), Some("proxy-injected"));
@@ -196,7 +203,10 @@ fn child_gets_placeholders_git_settings_and_never_the_removed_variables() {
     assert_eq!(get("GIT_ASKPASS"), Some(""));
     assert_eq!(get("GCM_INTERACTIVE"), Some("never"));
     assert_eq!(get("GIT_CONFIG_COUNT"), Some("3"));
-    assert_eq!(get("GIT_CONFIG_KEY_1"), Some("url.https://github.com/.insteadOf"));
+    assert_eq!(
+        get("GIT_CONFIG_KEY_1"),
+        Some("url.https://github.com/.insteadOf")
+    );
     assert_eq!(get("GIT_CONFIG_VALUE_1"), Some("git@github.com:"));
     assert_eq!(get("GIT_CONFIG_VALUE_2"), Some("ssh://git@github.com/"));
     for name in [
@@ -218,8 +228,14 @@ fn child_gets_placeholders_git_settings_and_never_the_removed_variables() {
     ] {
         assert_eq!(get(name), Some(s.bundle.to_str().unwrap()), "{name}");
     }
-    assert!(out.stdout.contains("PROFILE_PRESENT"), "no login-shell script while running");
-    assert!(!script.exists(), "the login-shell script outlived the relay");
+    assert!(
+        out.stdout.contains("PROFILE_PRESENT"),
+        "no login-shell script while running"
+    );
+    assert!(
+        !script.exists(),
+        "the login-shell script outlived the relay"
+    );
     let aws = std::fs::read_to_string(s.home.join(".aws/config")).expect("~/.aws/config");
     assert!(aws.contains("payload_signing_enabled = false"), "{aws}");
 
@@ -230,7 +246,10 @@ fn child_gets_placeholders_git_settings_and_never_the_removed_variables() {
     let env = out.env();
     assert_eq!(env.get("GIT_CONFIG_COUNT").map(String::as_str), Some("1"));
     assert!(!env.values().any(|v| v == "git@github.com:"));
-    assert_eq!(env.get("GH_TOKEN").map(String::as_str), Some("proxy-injected"));
+    assert_eq!(
+        env.get("GH_TOKEN").map(String::as_str),
+        Some("proxy-injected")
+    );
 }
 
 #[test]

@@ -211,9 +211,10 @@ fn gh_api_user_sends_the_placeholder_and_the_origin_sees_the_injected_token() {
     let printed = success(&out, "gh api /user");
     assert!(printed.contains("\"octo-relay\""), "{printed}");
     assert_eq!(scene.origin.header_values("Authorization"), [REAL_GH]);
-    scene
-        .gw
-        .wait_for_event_prefix("mitm api.github.com inject Authorization", Duration::from_secs(10));
+    scene.gw.wait_for_event_prefix(
+        "mitm api.github.com inject Authorization",
+        Duration::from_secs(10),
+    );
 
     // Without injection the origin sees what gh sent: the placeholder.
     let scene = Scene::start("tools-gh-plain", false);
@@ -254,12 +255,16 @@ fn aws_sts_signs_with_the_placeholder_and_the_origin_sees_the_injected_credentia
     let printed = success(&out, "aws sts get-caller-identity");
     assert!(printed.contains("123456789012"), "{printed}");
     assert_eq!(scene.origin.header_values("Authorization"), [REAL_AWS]);
-    scene
-        .gw
-        .wait_for_event_prefix("mitm sts.test inject Authorization", Duration::from_secs(10));
+    scene.gw.wait_for_event_prefix(
+        "mitm sts.test inject Authorization",
+        Duration::from_secs(10),
+    );
     // The relay created ~/.aws/config with unsigned S3 payloads.
     let config = std::fs::read_to_string(scene.dir.join("home/.aws/config")).unwrap();
-    assert!(config.contains("payload_signing_enabled = false"), "{config}");
+    assert!(
+        config.contains("payload_signing_enabled = false"),
+        "{config}"
+    );
 
     let scene = Scene::start("tools-aws-plain", false);
     let out = scene.run(AWS, AWS_ENV);
@@ -300,7 +305,15 @@ fn bare_repo(root: &Path, text: &str) {
     git(&work, &["add", "README"]);
     git(
         &work,
-        &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "one",
+        ],
     );
     std::fs::create_dir_all(root.join("org")).unwrap();
     git(root, &["clone", "-q", "--bare", "work", "org/repo.git"]);
@@ -329,7 +342,13 @@ fn git_clone_of_a_github_ssh_remote_goes_to_the_gateway_over_https() {
     let clone = scene.dir.join("clone");
     let clone_s = clone.to_string_lossy().into_owned();
     let out = scene.run(
-        &["git", "clone", "-q", "git@github.com:org/repo.git", &clone_s],
+        &[
+            "git",
+            "clone",
+            "-q",
+            "git@github.com:org/repo.git",
+            &clone_s,
+        ],
         &[("GIT_CONFIG_NOSYSTEM", "1")],
     );
     success(&out, "git clone git@github.com:org/repo.git");
@@ -337,9 +356,9 @@ fn git_clone_of_a_github_ssh_remote_goes_to_the_gateway_over_https() {
         std::fs::read_to_string(clone.join("README")).unwrap(),
         "through the relay\n"
     );
-    scene
-        .gw
-        .wait_for_event(Duration::from_secs(10), |l| l == "mitm github.com leaf-issued");
+    scene.gw.wait_for_event(Duration::from_secs(10), |l| {
+        l == "mitm github.com leaf-issued"
+    });
 
     // With SSH of its own the remote stays SSH: git runs ssh (a stand-in
     // that records its arguments), and nothing reaches the gateway for it.
@@ -369,7 +388,11 @@ fn git_clone_of_a_github_ssh_remote_goes_to_the_gateway_over_https() {
     );
     assert!(!out.status.success(), "the stand-in ssh fails the clone");
     let called = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(called.contains("git@github.com"), "ssh was not run: {called:?} {}", out.stderr);
+    assert!(
+        called.contains("git@github.com"),
+        "ssh was not run: {called:?} {}",
+        out.stderr
+    );
     let leaves = scene
         .gw
         .events()

@@ -205,7 +205,11 @@ mod tests {
         let files = ClientFiles::expected(Path::new("/home/u/.ccr/ca-bundle.crt"));
         let vars = child_vars(&agent_env(false, false, true), &files, no_parent);
         let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-        let get = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
         let bundle = "/home/u/.ccr/ca-bundle.crt";
         for name in [
             "SSL_CERT_FILE",
@@ -241,13 +245,20 @@ mod tests {
             "{java}"
         );
         // Placeholders and the git rewrite, as in the first generation.
-        assert_eq!(names[names.len() - CREDENTIALS.len()..], CREDENTIALS.map(|c| c.0));
+        assert_eq!(
+            names[names.len() - CREDENTIALS.len()..],
+            CREDENTIALS.map(|c| c.0)
+        );
         assert_eq!(get("GH_TOKEN"), Some("proxy-injected"));
     }
 
     #[test]
     fn agent_proxy_without_a_system_bundle_names_it_only_where_it_adds() {
-        let vars = child_vars(&agent_env(false, false, false), &ClientFiles::default(), no_parent);
+        let vars = child_vars(
+            &agent_env(false, false, false),
+            &ClientFiles::default(),
+            no_parent,
+        );
         let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
         for name in [
             "SSL_CERT_FILE",
@@ -289,26 +300,53 @@ mod tests {
             ("GH_TOKEN", "ghp_mine"),
             ("GIT_CONFIG_COUNT", "1"),
         ]);
-        let vars = child_vars(&agent_env(true, false, true), &ClientFiles::default(), parent);
-        let get = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let vars = child_vars(
+            &agent_env(true, false, true),
+            &ClientFiles::default(),
+            parent,
+        );
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("UV_NATIVE_TLS"), None, "the parent's stays");
         assert_eq!(get("DENO_TLS_CA_STORE"), Some("system,mozilla"));
         assert_eq!(get("GH_TOKEN"), None);
         assert_eq!(get("GITHUB_TOKEN"), None);
         assert_eq!(get("AWS_ACCESS_KEY_ID"), Some("proxy-injected"));
-        assert_eq!(get("GIT_CONFIG_COUNT"), None, "the user's count is never clobbered");
+        assert_eq!(
+            get("GIT_CONFIG_COUNT"),
+            None,
+            "the user's count is never clobbered"
+        );
         // Standalone: the private ranges go through the gateway.
         assert!(!get("NO_PROXY").unwrap().contains("10.0.0.0/8"));
         // Standalone git keeps SSH remotes as they are.
-        let vars = child_vars(&agent_env(true, false, true), &ClientFiles::default(), no_parent);
+        let vars = child_vars(
+            &agent_env(true, false, true),
+            &ClientFiles::default(),
+            no_parent,
+        );
         assert!(vars.iter().all(|(_, v)| v != "git@github.com:"));
-        assert!(vars.iter().any(|(n, v)| n == "GIT_CONFIG_COUNT" && v == "1"));
+        assert!(
+            vars.iter()
+                .any(|(n, v)| n == "GIT_CONFIG_COUNT" && v == "1")
+        );
     }
 
     #[test]
     fn selective_mode_list_and_java() {
-        let vars = child_vars(&agent_env(false, true, true), &ClientFiles::default(), no_parent);
-        let get = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let vars = child_vars(
+            &agent_env(false, true, true),
+            &ClientFiles::default(),
+            no_parent,
+        );
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(
             get("NO_PROXY"),
             Some(
@@ -318,7 +356,10 @@ mod tests {
         );
         let java = get("JAVA_TOOL_OPTIONS").unwrap();
         assert!(!java.contains("anthropic"), "{java}");
-        assert!(java.contains("-Dhttp.nonProxyHosts=127.0.0.1|localhost|[::1]|127.*|0.*|169.254.*|"), "{java}");
+        assert!(
+            java.contains("-Dhttp.nonProxyHosts=127.0.0.1|localhost|[::1]|127.*|0.*|169.254.*|"),
+            "{java}"
+        );
     }
 
     #[test]
@@ -425,7 +466,11 @@ mod tests {
             "-Xmx512m -Djavax.net.ssl.trustStore=/corp.jks",
         )]);
         let vars = child_vars(&env, &ClientFiles::expected(&env.ca_bundle), parent);
-        let java = &vars.iter().find(|(n, _)| n == "JAVA_TOOL_OPTIONS").unwrap().1;
+        let java = &vars
+            .iter()
+            .find(|(n, _)| n == "JAVA_TOOL_OPTIONS")
+            .unwrap()
+            .1;
         assert_eq!(
             java,
             &format!("-Xmx512m -Djavax.net.ssl.trustStore=/corp.jks {ours}")

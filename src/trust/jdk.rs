@@ -75,7 +75,10 @@ mod tests {
             .map(|c| super::super::pem::pem_to_der(&c.pem).unwrap())
             .collect();
         let bytes = jks::jks_bytes(&ders, "changeit", 1).unwrap();
-        assert_eq!(jks::read_jks_certificates(&bytes, "changeit").unwrap(), ders);
+        assert_eq!(
+            jks::read_jks_certificates(&bytes, "changeit").unwrap(),
+            ders
+        );
         assert!(jks::read_jks_certificates(&bytes, "other").is_err());
         let mut cut = bytes.clone();
         cut.truncate(bytes.len() - 30);
@@ -109,7 +112,10 @@ mod tests {
         let want = fs::canonicalize(jdk.join("lib/security/cacerts")).unwrap();
         let path = bin.to_string_lossy().into_owned();
         let by_path = find_cacerts(|n| (n == "PATH").then(|| path.clone()));
-        assert_eq!(by_path.map(|p| fs::canonicalize(p).unwrap()), Some(want.clone()));
+        assert_eq!(
+            by_path.map(|p| fs::canonicalize(p).unwrap()),
+            Some(want.clone())
+        );
         let home = jdk.to_string_lossy().into_owned();
         let by_home = find_cacerts(|n| (n == "JAVA_HOME").then(|| home.clone()));
         assert_eq!(by_home, Some(jdk.join("lib/security/cacerts")));
@@ -136,7 +142,10 @@ mod tests {
             .output()
             .unwrap();
         let listing = String::from_utf8_lossy(&out.stdout);
-        let entries = listing.lines().filter(|l| l.contains("trustedCertEntry")).count();
+        let entries = listing
+            .lines()
+            .filter(|l| l.contains("trustedCertEntry"))
+            .count();
         assert_eq!(pems.len(), entries, "{listing}");
     }
 }
