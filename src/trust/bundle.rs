@@ -331,6 +331,27 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_certificates_alone_are_known_for_the_system_store() {
+        let p = pki();
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("system.pem");
+        fs::write(&system, &p.cert_a).unwrap();
+        let target = dir.path().join("ca-bundle.crt");
+        // The gateway sent B twice and A (already in the system part).
+        let bundle = merge(
+            &target,
+            Some(system),
+            vec![p.cert_b.clone(), p.cert_b.clone(), p.cert_a.clone()],
+            vec![],
+        );
+        assert_eq!(
+            bundle.gateway_certificates(),
+            [p.cert_b.clone(), p.cert_a.clone()]
+        );
+        assert_eq!(bundle.certificates(), [p.cert_a.clone(), p.cert_b.clone()]);
+    }
+
+    #[test]
     fn writes_system_then_gateway_atomically() {
         let p = pki();
         let dir = tempfile::tempdir().unwrap();
