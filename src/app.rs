@@ -101,13 +101,16 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
         let err = child_command(&command, &[]).exec();
         return cannot_run(&command, &err);
     };
-    let mut child = match child_command(&command, &started.child_vars)
-        .env_remove(crate::gates::SESSION_ID_VAR)
-        .spawn()
-    {
+    let mut cmd = child_command(&command, &started.child_vars);
+    cmd.env_remove(crate::gates::SESSION_ID_VAR);
+    for name in child_env::removed_vars() {
+        cmd.env_remove(name);
+    }
+    let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
             started.relay.stop_handle().stop();
+            crate::outside::finish(&started.installed);
             return cannot_run(&command, &e);
         }
     };
@@ -136,6 +139,7 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
     if let Ok(server) = server {
         let _ = server.join();
     }
+    crate::outside::finish(&started.installed);
     status
 }
 
@@ -265,5 +269,6 @@ fn serve(config: &Config, env_file: Option<&Path>) -> i32 {
     }
     info!("serving on {}", started.proxy_url);
     started.relay.serve();
+    crate::outside::finish(&started.installed);
     0
 }

@@ -174,11 +174,17 @@ pub fn run(config: &Config) -> i32 {
         proxy_url: format!("http://{}:{port}", config.listen.ip()),
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
+        mode: child_env::Mode {
+            generation,
+            standalone: config.standalone.is_active(),
+            selective: false,
+        },
+        system_bundle: trust::system_bundle(config.system_ca.as_deref()).is_some(),
     });
-    let _ = generation;
     for (name, value) in &vars {
         println!("  {name}={value}");
     }
+    crate::outside::print_doctor(&config.ca_bundle, env_lookup);
     println!();
     if report.failed == 0 {
         println!("verdict: the proxy would start");

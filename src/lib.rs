@@ -25,6 +25,7 @@ pub mod http1;
 pub mod install;
 pub mod listener;
 pub mod message_v2;
+pub mod outside;
 pub mod pool;
 pub mod reply;
 pub mod request_head;

@@ -62,6 +62,9 @@ pub struct Started {
     pub proxy_url: String,
     /// The variables to set in every child's environment.
     pub child_vars: Vec<(String, String)>,
+    /// What start-up installed outside the relay's directory and must undo
+    /// on stop (`outside::finish`).
+    pub installed: crate::install::Report,
 }
 
 /// The step at which start-up stopped; the proxy stays off. Never holds
@@ -303,7 +306,10 @@ pub fn apply(
 ) -> Result<Started, SessionError> {
     plan.bundle.write().map_err(SessionError::Trust)?;
     let mut client_files = ClientFiles::default();
-    match plan.bundle.write_truststore() {
+    match plan
+        .bundle
+        .write_truststore_with(&crate::outside::jdk_certificates(&parent))
+    {
         Ok(store) => client_files.truststore = Some(store),
         Err(warning) => eprintln!("ccr-relay: warning: {warning}"),
     }
@@ -345,6 +351,12 @@ pub fn apply(
         proxy_url: proxy_url.clone(),
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
+        mode: child_env::Mode {
+            generation,
+            standalone: plan.activation.standalone,
+            selective: false,
+        },
+        system_bundle: plan.bundle.built.system_bundle.is_some(),
     };
     match child_env::write_wgetrc(&proxy_env, &parent) {
         Ok(path) => client_files.wgetrc = Some(path),
@@ -353,10 +365,13 @@ pub fn apply(
         ),
     }
     let child_vars = child_env::child_vars(&proxy_env, &client_files, &parent);
+    let installed =
+        crate::outside::after_listen(&plan.bundle, client_files.truststore.as_deref(), &parent);
     Ok(Started {
         relay,
         proxy_url,
         child_vars,
+        installed,
     })
 }
 

@@ -397,9 +397,19 @@ impl DevOrigin {
     /// Starts an origin, HTTPS when given `(cert, key)` PEM files, and
     /// waits until it listens (panics after 10 s).
     pub fn start(tls: Option<(&Path, &Path)>) -> DevOrigin {
+        DevOrigin::start_serving(tls, None)
+    }
+
+    /// [`DevOrigin::start`] with `--root`: files under `root` are served
+    /// for paths no built-in route takes (a bare git repository after
+    /// `git update-server-info` is a dumb-HTTP git remote).
+    pub fn start_serving(tls: Option<(&Path, &Path)>, root: Option<&Path>) -> DevOrigin {
         let dir = temp_dir("origin");
         let mut cmd = Command::new(bin_path("ccr-dev-origin"));
         cmd.arg("--listen").arg("127.0.0.1:0");
+        if let Some(root) = root {
+            cmd.arg("--root").arg(root);
+        }
         if let Some((cert, key)) = tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }

@@ -122,6 +122,9 @@ pub fn relay_command(
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", &home)
+        // The trust installers write under the scratch directory, never
+        // the machine's /etc (the tests run as root).
+        .env("CCR_RELAY_INSTALL_ROOT", dir.join("root"))
         .env("CLAUDE_CODE_REMOTE", "1")
         .env("CCR_UPSTREAM_PROXY_ENABLED", "1")
         .env(

@@ -204,6 +204,9 @@ impl Session {
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.home)
+            // The trust installers write under the scratch directory, never
+            // the machine's /etc (the tests run as root).
+            .env("CCR_RELAY_INSTALL_ROOT", self.dir.join("root"))
             .envs(&self.env)
             .process_group(0);
         if let Some(dir) = &self.cwd {
@@ -594,6 +597,24 @@ pub fn relay_var_names() -> Vec<&'static str> {
     names.extend(NO_PROXY_VARS);
     names.extend(CA_VARS);
     names.extend([NODE_USE_ENV_PROXY, WGETRC, JAVA_TOOL_OPTIONS, MAVEN_OPTS]);
+    // Section 6b: placeholders and git's settings.
+    names.extend([
+        "GH_TOKEN",
+        "GITHUB_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "CLOUDSDK_AUTH_ACCESS_TOKEN",
+        "GIT_TERMINAL_PROMPT",
+        "GIT_ASKPASS",
+        "GCM_INTERACTIVE",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_KEY_0",
+        "GIT_CONFIG_VALUE_0",
+        "GIT_CONFIG_KEY_1",
+        "GIT_CONFIG_VALUE_1",
+        "GIT_CONFIG_KEY_2",
+        "GIT_CONFIG_VALUE_2",
+    ]);
     names
 }
 

@@ -707,18 +707,32 @@ fn java_httpclient_http() {
     java_row("java-http", "http://origin.test/hello", false, &[]);
 }
 
-/// The container already points Java at its own truststore (the JVM's
-/// `cacerts`, without the gateway CA): the relay's options come after and
-/// win.
+/// The container already points Java at its own truststore: the relay
+/// respects it and does not name its own (the contract; the system store
+/// installer is what brings the gateway CA to a JDK's `cacerts` as root).
+/// Here the container's store holds the gateway CA, and the JVM uses it.
 #[test]
 fn java_httpclient_https_with_the_containers_truststore_option() {
-    java_row(
-        "java-container",
-        "https://origin.test/hello",
-        true,
-        &[(
-            "JAVA_TOOL_OPTIONS",
-            "-Djavax.net.ssl.trustStore=/etc/ssl/certs/java/cacerts -Dccr.test=kept",
-        )],
+    require("java", "the apt package `default-jdk-headless` (a JDK 11+)");
+    let scene = Scene::start("java-container");
+    let store = scene.dir.join("container.jks");
+    let gw_ca = fs::read(&scene.gw.ca_pem_path).unwrap();
+    let certs = ccr_relay::trust::extract_certificates(&gw_ca);
+    ccr_relay::trust::jks::write_jks(&store, &certs).unwrap();
+    let options = format!(
+        "-Djavax.net.ssl.trustStore={} -Djavax.net.ssl.trustStorePassword=changeit -Dccr.test=kept",
+        store.display()
     );
+    let parent = [("JAVA_TOOL_OPTIONS", options.as_str())];
+    let seen = scene.run_ok_with(&["sh", "-c", "printf %s \"$JAVA_TOOL_OPTIONS\""], &parent);
+    assert!(seen.starts_with(&options), "{seen}");
+    assert!(
+        !seen.contains(".jks\" ") && seen.matches("trustStore=").count() == 1,
+        "{seen}"
+    );
+    let main = scene.work().join("Main.java");
+    fs::write(&main, JAVA_MAIN).unwrap();
+    let out = scene.run_ok_with(&["java", "Main.java", "https://origin.test/hello"], &parent);
+    assert_eq!(out, format!("status 200\n{HELLO}"));
+    scene.expect_mitm("origin.test", true);
 }

@@ -41,6 +41,7 @@ fn slow_reader_keeps_relay_memory_flat() {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", dir.path())
+        .env("CCR_RELAY_INSTALL_ROOT", dir.join("root"))
         .env("CLAUDE_CODE_REMOTE", "1")
         .env("CCR_UPSTREAM_PROXY_ENABLED", "1")
         .env("CLAUDE_CODE_REMOTE_SESSION_ID", &gw.session_id)

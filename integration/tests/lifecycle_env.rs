@@ -29,11 +29,9 @@ const REFERENCE_NO_PROXY: &[&str] = &[
     "anthropic.com",
     ".anthropic.com",
     "*.anthropic.com",
-    "github.com",
-    "api.github.com",
-    "*.github.com",
-    "*.githubusercontent.com",
     "registry.npmjs.org",
+    "jsr.io",
+    "npm.jsr.io",
     "pypi.org",
     "files.pythonhosted.org",
     "index.crates.io",
@@ -121,7 +119,16 @@ fn happy_path_gives_the_child_the_reference_variables_and_never_the_token() {
     assert_eq!(env.get("PARENT_MARKER").map(String::as_str), Some("kept"));
     assert_eq!(env.get("LANG").map(String::as_str), Some("C.UTF-8"));
     let allowed = relay_var_names();
-    let parent = ["PATH", "HOME", "PWD", "SHLVL", "_", "PARENT_MARKER", "LANG"];
+    let parent = [
+        "PATH",
+        "HOME",
+        "PWD",
+        "SHLVL",
+        "_",
+        "PARENT_MARKER",
+        "LANG",
+        "CCR_RELAY_INSTALL_ROOT",
+    ];
     let foreign: Vec<&String> = env
         .keys()
         .filter(|k| {
@@ -157,6 +164,92 @@ fn happy_path_gives_the_child_the_reference_variables_and_never_the_token() {
         "the token file is still there after start-up"
     );
     assert!(s.bundle.is_file(), "no bundle at {}", s.bundle.display());
+}
+
+/// Section 6b and the removed variables on a real child: placeholders where
+/// the parent has no credential, the parent's own kept, git's settings, the
+/// variables children must never have absent, `~/.aws/config` created, and
+/// the login-shell script present while the child runs and gone after.
+#[test]
+fn child_gets_placeholders_git_settings_and_never_the_removed_variables() {
+    let gw = gateway();
+    let s = Session::for_gateway("env-cred", &gw)
+        .env("GH_TOKEN", "parent-own-token")
+        .env("AGENT_PROXY_AUTH_TOKEN", "must-not-pass")
+        .env("CCR_AGENT_PROXY_RELAY_MODE", "selective")
+        .env("CCR_AGENT_PROXY_INCLUDE_HOSTS", "*.example")
+        .env("CLAUDE_SESSION_INGRESS_TOKEN_FILE", "/nonexistent/x");
+    let profile_d = s.dir.join("root/etc/profile.d");
+    std::fs::create_dir_all(&profile_d).unwrap();
+    let script = profile_d.join("ccr-relay-ca.sh");
+    let check = format!(
+        "env; test -f '{}' && echo PROFILE_PRESENT",
+        script.display()
+    );
+    let out = s.run(&["sh", "-c", &check]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let env = out.env();
+    let get = |n: &str| env.get(n).map(String::as_str);
+    assert_eq!(get("GH_TOKEN"), Some("parent-own-token"));
+    assert_eq!(
+        get("GITHUB_TOKEN"),
+        None,
+        "the parent has GH_TOKEN: no placeholder"
+    );
+    assert_eq!(get("AWS_ACCESS_KEY_ID"), Some("proxy-injected"));
+    assert_eq!(get("AWS_SECRET_ACCESS_KEY"), Some("proxy-injected"));
+    assert_eq!(get("CLOUDSDK_AUTH_ACCESS_TOKEN"), Some("proxy-injected"));
+    assert_eq!(get("GIT_TERMINAL_PROMPT"), Some("0"));
+    assert_eq!(get("GIT_ASKPASS"), Some(""));
+    assert_eq!(get("GCM_INTERACTIVE"), Some("never"));
+    assert_eq!(get("GIT_CONFIG_COUNT"), Some("3"));
+    assert_eq!(
+        get("GIT_CONFIG_KEY_1"),
+        Some("url.https://github.com/.insteadOf")
+    );
+    assert_eq!(get("GIT_CONFIG_VALUE_1"), Some("git@github.com:"));
+    assert_eq!(get("GIT_CONFIG_VALUE_2"), Some("ssh://git@github.com/"));
+    for name in [
+        "AGENT_PROXY_AUTH_TOKEN",
+        "CCR_AGENT_PROXY_RELAY_MODE",
+        "CCR_AGENT_PROXY_INCLUDE_HOSTS",
+        "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
+        "CLAUDE_CODE_REMOTE_SESSION_ID",
+    ] {
+        assert_eq!(get(name), None, "{name} reached the child");
+    }
+    for name in [
+        "GIT_SSL_CAINFO",
+        "AWS_CA_BUNDLE",
+        "BUNDLE_SSL_CA_CERT",
+        "HEX_CACERTS_PATH",
+        "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+        "HTTPLIB2_CA_CERTS",
+    ] {
+        assert_eq!(get(name), Some(s.bundle.to_str().unwrap()), "{name}");
+    }
+    assert!(
+        out.stdout.contains("PROFILE_PRESENT"),
+        "no login-shell script while running"
+    );
+    assert!(
+        !script.exists(),
+        "the login-shell script outlived the relay"
+    );
+    let aws = std::fs::read_to_string(s.home.join(".aws/config")).expect("~/.aws/config");
+    assert!(aws.contains("payload_signing_enabled = false"), "{aws}");
+
+    // With SSH of its own, GitHub remotes are not rewritten.
+    let s = Session::for_gateway("env-ssh", &gw).env("SSH_AUTH_SOCK", "/tmp/agent.sock");
+    let out = s.run(&["sh", "-c", "env"]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let env = out.env();
+    assert_eq!(env.get("GIT_CONFIG_COUNT").map(String::as_str), Some("1"));
+    assert!(!env.values().any(|v| v == "git@github.com:"));
+    assert_eq!(
+        env.get("GH_TOKEN").map(String::as_str),
+        Some("proxy-injected")
+    );
 }
 
 #[test]

@@ -215,6 +215,8 @@ fn real_wget_reads_the_generated_wgetrc() {
         proxy_url: format!("http://127.0.0.1:{port}"),
         ca_bundle: home.join(".ccr").join("ca-bundle.crt"),
         no_proxy_extra: vec![],
+        mode: Default::default(),
+        system_bundle: true,
     };
     fs::write(&env.ca_bundle, &certs()[0].pem).unwrap();
     let home_s = home.to_string_lossy().into_owned();
@@ -353,6 +355,8 @@ fn a_real_jvm_takes_the_proxy_and_trusts_the_generated_store() {
         proxy_url: "http://127.0.0.1:4321".into(),
         ca_bundle: bundle.clone(),
         no_proxy_extra: vec![],
+        mode: Default::default(),
+        system_bundle: true,
     };
     let vars = child_vars(&env, &files, &parent);
     let (port, server) = tls_server(corp);
@@ -389,7 +393,8 @@ fn a_real_jvm_takes_the_proxy_and_trusts_the_generated_store() {
         "select https://172.20.0.1/ DIRECT".to_string(),
         "select https://172.32.0.1/ PROXY".to_string(),
         "select https://169.254.169.254/ DIRECT".to_string(),
-        "select https://raw.githubusercontent.com/ DIRECT".to_string(),
+        // GitHub goes through the gateway (it injects GitHub's credentials).
+        "select https://raw.githubusercontent.com/ PROXY".to_string(),
         "body hello".to_string(),
     ] {
         assert!(

@@ -1,5 +1,7 @@
 //! The children's variables as a file of `sh` exports, for `ccr-relay
-//! serve --env-file`: a supervisor's children `.` it to get the relay.
+//! serve --env-file`: a supervisor's children `.` it to get the relay. The
+//! file first `unset`s the variables children must never have
+//! ([`super::removed_vars`]), as `run` removes them from its command.
 
 use std::path::Path;
 
@@ -25,11 +27,22 @@ pub fn env_file_text(vars: &[(String, String)]) -> String {
     text
 }
 
-/// Writes [`env_file_text`] to `path` atomically: a temporary file (mode
+/// What the env file holds: one `unset` line naming [`super::removed_vars`]
+/// (all valid shell names; `unset` of an unset name succeeds), then
+/// [`env_file_text`].
+pub fn env_file_contents(vars: &[(String, String)]) -> String {
+    format!(
+        "unset {}\n{}",
+        super::removed_vars().join(" "),
+        env_file_text(vars)
+    )
+}
+
+/// Writes [`env_file_contents`] to `path` atomically: a temporary file (mode
 /// 0600) in the same directory, synced, then renamed over `path`. On
 /// failure the temporary file is removed and any old file stays as it was.
 pub fn write_env_file(path: &Path, vars: &[(String, String)]) -> Result<(), EnvError> {
-    crate::atomic_file::write(path, env_file_text(vars).as_bytes(), 0o600).map_err(|error| {
+    crate::atomic_file::write(path, env_file_contents(vars).as_bytes(), 0o600).map_err(|error| {
         EnvError::Write {
             path: path.to_path_buf(),
             error,
@@ -106,12 +119,37 @@ mod tests {
     }
 
     #[test]
+    fn env_file_unsets_what_children_must_not_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.env");
+        write_env_file(&path, &[("X".into(), "1".into())]).unwrap();
+        let removed = crate::child_env::removed_vars();
+        for name in ["AGENT_PROXY_AUTH_TOKEN", "CCR_AGENT_PROXY_INCLUDE_HOSTS"] {
+            assert!(removed.contains(&name), "{name}");
+        }
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(". \"$1\"; env").arg("sh").arg(&path);
+        for name in &removed {
+            cmd.env(name, "secret-value");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        let env = String::from_utf8(out.stdout).unwrap();
+        assert!(env.lines().any(|l| l == "X=1"), "{env}");
+        for name in &removed {
+            assert!(!env.contains(&format!("{name}=")), "{name} survived: {env}");
+        }
+    }
+
+    #[test]
     fn env_file_write_is_atomic() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.env");
         fs::write(&path, "old\n").unwrap();
         write_env_file(&path, &[("X".into(), "1".into())]).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "export X='1'\n");
+        let want = env_file_contents(&[("X".into(), "1".into())]);
+        assert!(want.ends_with("\nexport X='1'\n"), "{want}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), want);
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -123,7 +161,7 @@ mod tests {
         fs::write(&blocker, "x").unwrap();
         let err = write_env_file(&blocker.join("relay.env"), &[]).unwrap_err();
         assert_ne!(err.kind(), io::ErrorKind::AlreadyExists);
-        assert_eq!(fs::read_to_string(&path).unwrap(), "export X='1'\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), want);
 
         // Renaming over a directory fails: the temp file is cleaned up.
         let target_dir = dir.path().join("target");

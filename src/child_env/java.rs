@@ -20,7 +20,8 @@ use crate::trust::jks;
 /// - Java has no CIDR. An IPv4 block on an octet boundary becomes a prefix
 ///   pattern (`10.0.0.0/8` is `10.*`, `192.168.0.0/16` is `192.168.*`); one
 ///   between boundaries is widened into the prefixes it covers when there
-///   are at most 16 (`172.16.0.0/12` is `172.16.*` to `172.31.*`). Such a
+///   are at most 64 (`172.16.0.0/12` is `172.16.*` to `172.31.*`; the
+///   agent proxy's `100.64.0.0/10` is `100.64.*` to `100.127.*`). Such a
 ///   prefix also matches a host *name* starting with those digits, which no
 ///   real name does. Other blocks (IPv6, wider expansions) are dropped.
 /// - Entries Java cannot hold (white space, `|`, a `*` inside) are dropped.
@@ -78,7 +79,7 @@ fn strip_port(entry: &str) -> &str {
 }
 
 /// Java prefix patterns covering the IPv4 block `addr/bits`; empty when it
-/// is not one or would need more than 16 patterns.
+/// is not one or would need more than 64 patterns.
 fn ipv4_cidr_patterns(addr: &str, bits: &str) -> Vec<String> {
     let (Ok(addr), Ok(bits)) = (addr.parse::<Ipv4Addr>(), bits.parse::<u32>()) else {
         return Vec::new();
@@ -88,7 +89,7 @@ fn ipv4_cidr_patterns(addr: &str, bits: &str) -> Vec<String> {
     }
     let whole = bits.div_ceil(8); // octets the patterns fix
     let spread = whole * 8 - bits; // bits widened into separate patterns
-    if spread > 4 {
+    if spread > 6 {
         return Vec::new();
     }
     let base = u32::from(addr) & (u32::MAX.checked_shl(32 - bits).unwrap_or(0));
@@ -176,6 +177,14 @@ mod tests {
     use crate::child_env::test_util::*;
 
     #[test]
+    fn carrier_grade_nat_range_becomes_64_prefixes() {
+        let p = java_non_proxy_hosts(&["100.64.0.0/10".to_string()]);
+        assert_eq!(p.len(), 64);
+        assert_eq!(p[0], "100.64.*");
+        assert_eq!(p[63], "100.127.*");
+    }
+
+    #[test]
     fn no_proxy_to_java_translation() {
         let reference: Vec<String> = NO_PROXY_LIST.iter().map(|s| s.to_string()).collect();
         assert_eq!(java_non_proxy_hosts(&reference).join("|"), REFERENCE_JAVA);
@@ -198,7 +207,7 @@ mod tests {
                 "100.64.0.0/14",
                 &["100.64.*", "100.65.*", "100.66.*", "100.67.*"],
             ),
-            ("100.64.0.0/10", &[]), // 64 prefixes: too many
+            ("100.0.0.0/9", &[]), // 128 prefixes: too many
             // Cannot be expressed: dropped.
             ("10.0.0.0/9", &[]),
             ("fd00::/8", &[]),

@@ -38,21 +38,24 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::gates::{self, Generation};
+
 pub mod env_file;
 pub mod java;
 pub mod no_proxy;
 pub mod vars;
 pub mod wget;
 
-pub use env_file::{env_file_text, write_env_file};
+pub use env_file::{env_file_contents, env_file_text, write_env_file};
 pub use java::{java_non_proxy_hosts, java_options};
 pub use no_proxy::{no_proxy_entries, no_proxy_value};
 pub use vars::{child_vars, parent_has_relay, proxy_vars};
 pub use wget::{user_wgetrc, wgetrc_text, write_wgetrc};
 
-/// The reference relay's `NO_PROXY` list, in its order. A domain appears in
-/// up to three forms because curl, Go, Python and Node each match `NO_PROXY`
-/// differently.
+/// The first generation's `NO_PROXY` list, in the contract's order (its
+/// later list: GitHub goes through the gateway, which injects GitHub
+/// credentials). A domain appears in up to three forms because curl, Go,
+/// Python and Node each match `NO_PROXY` differently.
 pub const NO_PROXY_LIST: &[&str] = &[
     "localhost",
     "127.0.0.1",
@@ -64,16 +67,132 @@ pub const NO_PROXY_LIST: &[&str] = &[
     "anthropic.com",
     ".anthropic.com",
     "*.anthropic.com",
-    "github.com",
-    "api.github.com",
-    "*.github.com",
-    "*.githubusercontent.com",
     "registry.npmjs.org",
+    "jsr.io",
+    "npm.jsr.io",
     "pypi.org",
     "files.pythonhosted.org",
     "index.crates.io",
     "proxy.golang.org",
 ];
+
+/// The agent proxy's `NO_PROXY` list (normal mode), in the contract's order.
+pub const AGENT_NO_PROXY_LIST: &[&str] = &[
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    "127.0.0.0/8",
+    "0.0.0.0/8",
+    "::",
+    "169.254.0.0/16",
+    "api.anthropic.com",
+    "api-staging.anthropic.com",
+    "api-pr-preview.anthropic.com",
+    "mcp-proxy.anthropic.com",
+    "mcp-proxy-staging.anthropic.com",
+    "registry.npmjs.org",
+    "jsr.io",
+    "npm.jsr.io",
+    "pypi.org",
+    "files.pythonhosted.org",
+    "index.crates.io",
+    "proxy.golang.org",
+    "host.docker.internal",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    ".svc.cluster.local",
+    "*.svc.cluster.local",
+];
+
+/// The entries of [`AGENT_NO_PROXY_LIST`] that standalone mode leaves out:
+/// the private ranges and the cluster-local names (a relay outside the
+/// cloud container sends those to the gateway too).
+pub const AGENT_STANDALONE_OMITTED: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    ".svc.cluster.local",
+    "*.svc.cluster.local",
+];
+
+/// The agent proxy's `NO_PROXY` list in selective mode (where the relay
+/// itself dials every host outside the include list directly).
+pub const AGENT_SELECTIVE_NO_PROXY_LIST: &[&str] = &[
+    "127.0.0.1",
+    "localhost",
+    "::1",
+    "127.0.0.0/8",
+    "0.0.0.0/8",
+    "169.254.0.0/16",
+    "host.docker.internal",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    ".svc.cluster.local",
+    "*.svc.cluster.local",
+];
+
+/// Selective mode's variables: read by the relay, removed from children.
+pub const SELECTIVE_VARS: &[&str] = &[
+    "CCR_AGENT_PROXY_RELAY_MODE",
+    "CCR_AGENT_PROXY_INCLUDE_HOSTS",
+];
+
+/// Which generation and mode children are set up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    pub generation: Generation,
+    /// `AGENT_PROXY_URL` names the gateway (no cloud container around us).
+    pub standalone: bool,
+    /// Only the include list goes through the gateway (agent proxy only).
+    pub selective: bool,
+}
+
+impl Default for Mode {
+    /// The upstream proxy, neither standalone nor selective.
+    fn default() -> Mode {
+        Mode {
+            generation: Generation::UpstreamProxy,
+            standalone: false,
+            selective: false,
+        }
+    }
+}
+
+impl Mode {
+    /// The `NO_PROXY` list this mode starts from (before `--no-proxy` and
+    /// the parent's entries).
+    pub fn no_proxy_list(self) -> Vec<&'static str> {
+        match self.generation {
+            Generation::UpstreamProxy => NO_PROXY_LIST.to_vec(),
+            Generation::AgentProxy if self.selective => AGENT_SELECTIVE_NO_PROXY_LIST.to_vec(),
+            Generation::AgentProxy if self.standalone => AGENT_NO_PROXY_LIST
+                .iter()
+                .filter(|e| !AGENT_STANDALONE_OMITTED.contains(e))
+                .copied()
+                .collect(),
+            Generation::AgentProxy => AGENT_NO_PROXY_LIST.to_vec(),
+        }
+    }
+}
+
+/// The variables that must never reach a child, whatever the parent had:
+/// the token sources and standalone pair ([`gates::child_removed_vars`])
+/// and selective mode's two ([`SELECTIVE_VARS`]). `run` removes them from
+/// the command's environment; `serve`'s env file `unset`s them.
+pub fn removed_vars() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = gates::child_removed_vars().collect();
+    for name in SELECTIVE_VARS {
+        if !names.contains(name) {
+            names.push(name);
+        }
+    }
+    names
+}
 
 /// The variables naming the proxy: the reference relay's two, then the two
 /// for plain `http://`.
@@ -112,6 +231,30 @@ pub const CA_VARS: &[&str] = &[
     // npm: a `cafile` in any npmrc replaces NODE_EXTRA_CA_CERTS; the
     // environment setting outranks every npmrc.
     "npm_config_cafile",
+    // Ruby's bundler (its own fetcher ignores SSL_CERT_FILE).
+    "BUNDLE_SSL_CA_CERT",
+    // Hex, Elixir's package manager.
+    "HEX_CACERTS_PATH",
+];
+
+/// The agent proxy's CA variables set whether or not a system bundle was
+/// found (the contract's section 10; each of these adds to, or is only
+/// consulted for, what the client trusts anyway).
+pub const AGENT_CA_ALWAYS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+    "HTTPLIB2_CA_CERTS",
+];
+
+/// Set by the agent proxy only where the parent did not set them, and only
+/// when a system bundle was found: uv then trusts the system store (our
+/// `SSL_CERT_FILE`), Deno the system store and its own roots.
+pub const AGENT_TLS_SWITCHES: &[(&str, &str)] = &[
+    ("UV_NATIVE_TLS", "true"),
+    ("DENO_TLS_CA_STORE", "system,mozilla"),
 ];
 /// How many of [`PROXY_VARS`] and [`CA_VARS`] the reference relay exports.
 pub(crate) const REFERENCE_PROXY: usize = 2;
@@ -139,8 +282,27 @@ pub struct ProxyEnv {
     pub proxy_url: String,
     /// The merged CA bundle.
     pub ca_bundle: PathBuf,
-    /// Entries appended, in order, after [`NO_PROXY_LIST`].
+    /// Entries appended, in order, after the mode's list.
     pub no_proxy_extra: Vec<String>,
+    /// Generation and mode.
+    pub mode: Mode,
+    /// Whether the bundle holds a system bundle (not the gateway's
+    /// certificates alone). The agent proxy names the bundle in the
+    /// variables that *replace* a client's roots only then.
+    pub system_bundle: bool,
+}
+
+impl ProxyEnv {
+    /// The first generation's environment, with a system bundle.
+    pub fn new(proxy_url: String, ca_bundle: PathBuf, no_proxy_extra: Vec<String>) -> ProxyEnv {
+        ProxyEnv {
+            proxy_url,
+            ca_bundle,
+            no_proxy_extra,
+            mode: Mode::default(),
+            system_bundle: true,
+        }
+    }
 }
 
 /// The files made next to the bundle for clients that cannot use the bundle
@@ -233,6 +395,8 @@ pub(crate) mod test_util {
             proxy_url: "http://127.0.0.1:4321".into(),
             ca_bundle: PathBuf::from("/home/u/.ccr/ca-bundle.crt"),
             no_proxy_extra: extra.iter().map(|s| s.to_string()).collect(),
+            mode: super::Mode::default(),
+            system_bundle: true,
         }
     }
 
@@ -249,16 +413,16 @@ pub(crate) mod test_util {
     }
 
     pub(crate) const REFERENCE_NO_PROXY: &str = "localhost,127.0.0.1,::1,169.254.0.0/16,10.0.0.0/8,\
-172.16.0.0/12,192.168.0.0/16,anthropic.com,.anthropic.com,*.anthropic.com,github.com,\
-api.github.com,*.github.com,*.githubusercontent.com,registry.npmjs.org,pypi.org,\
-files.pythonhosted.org,index.crates.io,proxy.golang.org";
+172.16.0.0/12,192.168.0.0/16,anthropic.com,.anthropic.com,*.anthropic.com,\
+registry.npmjs.org,jsr.io,npm.jsr.io,pypi.org,files.pythonhosted.org,index.crates.io,\
+proxy.golang.org";
 
     /// The reference list as Java's http.nonProxyHosts.
     pub(crate) const REFERENCE_JAVA: &str = "localhost|127.0.0.1|[::1]|169.254.*|10.*|172.16.*|172.17.*|\
 172.18.*|172.19.*|172.20.*|172.21.*|172.22.*|172.23.*|172.24.*|172.25.*|172.26.*|172.27.*|\
-172.28.*|172.29.*|172.30.*|172.31.*|192.168.*|anthropic.com|*.anthropic.com|github.com|\
-api.github.com|*.github.com|*.githubusercontent.com|registry.npmjs.org|pypi.org|\
-files.pythonhosted.org|index.crates.io|proxy.golang.org";
+172.28.*|172.29.*|172.30.*|172.31.*|192.168.*|anthropic.com|*.anthropic.com|\
+registry.npmjs.org|jsr.io|npm.jsr.io|pypi.org|files.pythonhosted.org|index.crates.io|\
+proxy.golang.org";
 
     pub(crate) const MAVEN: &str = "-Daether.connector.http.useSystemProperties=true \
 -Daether.transport.apache.useSystemProperties=true";

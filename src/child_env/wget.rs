@@ -103,6 +103,8 @@ mod tests {
             proxy_url: "http://127.0.0.1:4321".into(),
             ca_bundle: home.join(".ccr").join("ca-bundle.crt"),
             no_proxy_extra: vec![],
+            mode: Default::default(),
+            system_bundle: true,
         };
         let ours = wgetrc_path(&env.ca_bundle);
         let tail = format!(

@@ -300,7 +300,7 @@ pub fn remove_on_stop(report: &Report) -> Vec<(PathBuf, io::Error)> {
 
 /// Whether this process may write `path` (access(2) with W_OK: the real
 /// answer for root, read-only mounts and ACLs alike).
-pub(crate) fn writable(path: &Path) -> bool {
+pub fn writable(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };

@@ -112,6 +112,8 @@ pub struct Bundle {
     content: Vec<u8>,
     /// Every distinct certificate of the bundle, in order (for the truststore).
     certs: Vec<String>,
+    /// The distinct certificates the gateway sent, in order.
+    gateway: Vec<String>,
 }
 
 impl Bundle {
@@ -125,6 +127,12 @@ impl Bundle {
         &self.certs
     }
 
+    /// The gateway's own CA certificates, canonical PEM (what the system
+    /// store and NSS get: they have the system's already).
+    pub fn gateway_certificates(&self) -> &[String] {
+        &self.gateway
+    }
+
     /// Writes the bundle to [`Built::path`] in one atomic write.
     pub fn write(&self) -> Result<(), TrustError> {
         write_atomically(&self.built.path, &self.content)
@@ -134,8 +142,17 @@ impl Bundle {
     /// (`child_env::truststore_path`) and returns its path; `Err` is the
     /// warning line saying why not.
     pub fn write_truststore(&self) -> Result<PathBuf, String> {
+        self.write_truststore_with(&[])
+    }
+
+    /// [`Bundle::write_truststore`] with `extra` certificates (canonical
+    /// PEM: the JDK's own `cacerts`, see [`super::jdk`]) after the bundle's;
+    /// duplicates are stored once.
+    pub fn write_truststore_with(&self, extra: &[String]) -> Result<PathBuf, String> {
         let store = child_env::truststore_path(&self.built.path);
-        match jks::write_jks(&store, &self.certs) {
+        let mut certs = self.certs.clone();
+        certs.extend(extra.iter().cloned());
+        match jks::write_jks(&store, &certs) {
             Ok(_) => Ok(store),
             Err(e) => Err(format!(
                 "cannot write the Java truststore {} ({e}); Java programs will not trust the gateway",
@@ -290,6 +307,7 @@ pub fn merge(
         },
         content,
         certs,
+        gateway,
     }
 }
 
@@ -337,6 +355,27 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn the_gateway_certificates_alone_are_known_for_the_system_store() {
+        let p = pki();
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("system.pem");
+        fs::write(&system, &p.cert_a).unwrap();
+        let target = dir.path().join("ca-bundle.crt");
+        // The gateway sent B twice and A (already in the system part).
+        let bundle = merge(
+            &target,
+            Some(system),
+            vec![p.cert_b.clone(), p.cert_b.clone(), p.cert_a.clone()],
+            vec![],
+        );
+        assert_eq!(
+            bundle.gateway_certificates(),
+            [p.cert_b.clone(), p.cert_a.clone()]
+        );
+        assert_eq!(bundle.certificates(), [p.cert_a.clone(), p.cert_b.clone()]);
     }
 
     #[test]

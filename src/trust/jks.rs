@@ -140,6 +140,90 @@ pub fn write_jks(path: &Path, pem_certs: &[String]) -> io::Result<Written> {
     })
 }
 
+/// Largest keystore [`read_jks_certificates`] reads (a JDK's `cacerts` is
+/// about 200 kB).
+pub const MAX_JKS_BYTES: usize = 8 << 20;
+
+/// Reads a big-endian `u32` at `*at`, advancing it.
+fn take_u32(bytes: &[u8], at: &mut usize) -> Result<u32, String> {
+    let b = take(bytes, at, 4)?;
+    Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// `len` bytes at `*at`, advancing it; an error past the end.
+fn take<'a>(bytes: &'a [u8], at: &mut usize, len: usize) -> Result<&'a [u8], String> {
+    let end = at
+        .checked_add(len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| format!("truncated at byte {at}"))?;
+    let out = &bytes[*at..end];
+    *at = end;
+    Ok(out)
+}
+
+/// Skips a Java UTF string (u16 length, then bytes).
+fn skip_utf(bytes: &[u8], at: &mut usize) -> Result<(), String> {
+    let b = take(bytes, at, 2)?;
+    let len = u16::from_be_bytes([b[0], b[1]]) as usize;
+    take(bytes, at, len).map(|_| ())
+}
+
+/// The DER certificates of a JKS keystore's trusted-certificate entries
+/// (private-key entries are skipped, their chains too: a truststore is
+/// about CAs), in order. The integrity digest is checked with `password`
+/// (a keystore that does not match it is refused: it is not what it
+/// claims). Every length is checked against what is left.
+pub fn read_jks_certificates(bytes: &[u8], password: &str) -> Result<Vec<Vec<u8>>, String> {
+    if bytes.len() > MAX_JKS_BYTES {
+        return Err(format!("larger than {MAX_JKS_BYTES} bytes"));
+    }
+    if bytes.len() < 12 + 20 {
+        return Err("too short for a JKS keystore".into());
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 20);
+    if jks_digest(password, body) != digest {
+        return Err("the integrity digest does not match (not JKS, or another password)".into());
+    }
+    let mut at = 0;
+    if take_u32(body, &mut at)? != MAGIC {
+        return Err("not a JKS keystore".into());
+    }
+    let version = take_u32(body, &mut at)?;
+    if version != 1 && version != VERSION {
+        return Err(format!("JKS version {version} is not supported"));
+    }
+    let count = take_u32(body, &mut at)?;
+    let mut certs = Vec::new();
+    for _ in 0..count {
+        let tag = take_u32(body, &mut at)?;
+        skip_utf(body, &mut at)?; // alias
+        take(body, &mut at, 8)?; // creation time
+        match tag {
+            TRUSTED_CERT_TAG => {
+                if version == VERSION {
+                    skip_utf(body, &mut at)?; // certificate type
+                }
+                let len = take_u32(body, &mut at)? as usize;
+                certs.push(take(body, &mut at, len)?.to_vec());
+            }
+            1 => {
+                let len = take_u32(body, &mut at)? as usize;
+                take(body, &mut at, len)?; // the protected key
+                let chain = take_u32(body, &mut at)?;
+                for _ in 0..chain {
+                    if version == VERSION {
+                        skip_utf(body, &mut at)?;
+                    }
+                    let len = take_u32(body, &mut at)? as usize;
+                    take(body, &mut at, len)?;
+                }
+            }
+            other => return Err(format!("unknown JKS entry tag {other}")),
+        }
+    }
+    Ok(certs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

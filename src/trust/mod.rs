@@ -4,7 +4,7 @@
 //! [`user_cas`] finds the user's own CA files, [`bundle`] builds system +
 //! gateway + user certificates into one bundle and writes it once,
 //! atomically, and [`jks`] writes the same certificates as a Java
-//! truststore. Nothing but parsed certificates is ever written, and no old
+//! truststore, with those of the JDK's own `cacerts` ([`jdk`]). Nothing but parsed certificates is ever written, and no old
 //! bundle is ever left half-written. [`TrustError`] is the family's error.
 
 use std::fmt;
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub mod bundle;
 pub mod fetch;
+pub mod jdk;
 pub mod jks;
 pub mod pem;
 pub mod user_cas;
