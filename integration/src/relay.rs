@@ -23,6 +23,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::gateway::Generation;
 use crate::pattern::{PatternChecker, PatternReader};
 use crate::pki::TestCa;
 use crate::procs::{DevGateway, DevOrigin, GatewayOptions, bin_path};
@@ -38,7 +39,8 @@ pub const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
 
 /// How to start the relay. `Default`: the development gateway's default
-/// credentials, `RUST_LOG=info`, no extra options.
+/// credentials, `RUST_LOG=info`, the first generation
+/// (`CCR_UPSTREAM_PROXY_ENABLED=1`), no extra options.
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     /// `CLAUDE_CODE_REMOTE_SESSION_ID`; `None`: the gateway's.
@@ -53,6 +55,12 @@ pub struct RelayOptions {
     pub rust_log: Option<String>,
     /// More options before the command / after `serve`, e.g. `--keepalive 0.3`.
     pub args: Vec<String>,
+    /// Which gate-2 variable is set: `CCR_UPSTREAM_PROXY_ENABLED=1` or
+    /// `CCR_AGENT_PROXY_ENABLED=1`.
+    pub generation: Generation,
+    /// More environment variables for the relay, e.g.
+    /// `CLAUDE_SESSION_INGRESS_TOKEN_FILE`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for RelayOptions {
@@ -64,6 +72,8 @@ impl Default for RelayOptions {
             gateway_ca: None,
             rust_log: Some("info".into()),
             args: Vec::new(),
+            generation: Generation::UpstreamProxy,
+            env: Vec::new(),
         }
     }
 }
@@ -85,6 +95,33 @@ impl RelayOptions {
     pub fn rust_log(mut self, spec: &str) -> Self {
         self.rust_log = Some(spec.into());
         self
+    }
+
+    /// The second generation: `CCR_AGENT_PROXY_ENABLED=1` instead of
+    /// `CCR_UPSTREAM_PROXY_ENABLED=1`.
+    pub fn agent_proxy(mut self) -> Self {
+        self.generation = Generation::AgentProxy;
+        self
+    }
+
+    /// Sets one more variable in the relay's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// The token written to the token file (instead of the gateway's).
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+}
+
+/// The gate-2 variable that chooses `generation`.
+pub fn gate_2_var(generation: Generation) -> &'static str {
+    match generation {
+        Generation::UpstreamProxy => "CCR_UPSTREAM_PROXY_ENABLED",
+        Generation::AgentProxy => "CCR_AGENT_PROXY_ENABLED",
     }
 }
 
@@ -126,7 +163,7 @@ pub fn relay_command(
         // the machine's /etc (the tests run as root).
         .env("CCR_RELAY_INSTALL_ROOT", dir.join("root"))
         .env("CLAUDE_CODE_REMOTE", "1")
-        .env("CCR_UPSTREAM_PROXY_ENABLED", "1")
+        .env(gate_2_var(opts.generation), "1")
         .env(
             "CLAUDE_CODE_REMOTE_SESSION_ID",
             opts.session_id.as_deref().unwrap_or(&gw.session_id),
@@ -134,6 +171,7 @@ pub fn relay_command(
     if let Some(spec) = &opts.rust_log {
         cmd.env("RUST_LOG", spec);
     }
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
     (cmd, token_file)
 }
 
@@ -480,6 +518,31 @@ pub fn run_relay<S: AsRef<std::ffi::OsStr>>(
         stdout: out_reader.join().unwrap_or_default(),
         stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
         elapsed,
+    }
+}
+
+/// Runs `curl -sS --fail` for `url` through the HTTP proxy at `proxy_url`
+/// (`--proxy`, so no proxy variable matters: curl gets only `PATH`),
+/// trusting only `cacert`, with `extra` options before the URL; bounded by
+/// curl's `--max-time 20`. Returns what curl did and how long it took.
+pub fn curl_via(proxy_url: &str, cacert: &Path, url: &str, extra: &[&str]) -> RunOutput {
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "20", "--proxy", proxy_url])
+        .arg("--cacert")
+        .arg(cacert)
+        .args(extra)
+        .arg(url)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .output()
+        .expect("start curl");
+    RunOutput {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
     }
 }
 

@@ -42,6 +42,8 @@ pub const DEFAULT_SESSION: &str = "test-session";
 pub const REMOTE: &str = "CLAUDE_CODE_REMOTE";
 pub const ENABLED: &str = "CCR_UPSTREAM_PROXY_ENABLED";
 pub const SESSION_ID: &str = "CLAUDE_CODE_REMOTE_SESSION_ID";
+/// Gate 2 of the second generation (the agent proxy).
+pub const AGENT_ENABLED: &str = "CCR_AGENT_PROXY_ENABLED";
 
 /// `setpriv` arguments that drop from root to `nobody:nogroup`.
 pub const AS_NOBODY: &[&str] = &[
@@ -125,6 +127,12 @@ impl Session {
     pub fn env(mut self, name: &str, value: &str) -> Session {
         self.env.insert(name.into(), value.into());
         self
+    }
+
+    /// The second generation: `CCR_AGENT_PROXY_ENABLED=1` instead of
+    /// `CCR_UPSTREAM_PROXY_ENABLED=1`.
+    pub fn agent_proxy(self) -> Session {
+        self.unset(ENABLED).env(AGENT_ENABLED, "1")
     }
 
     /// Removes a variable from the relay's environment.

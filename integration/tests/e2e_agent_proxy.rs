@@ -1,0 +1,667 @@
+//! The relay's second generation (the agent proxy, tunnel protocol v2) end
+//! to end: the real `ccr-relay` binary, real `curl`, the development
+//! gateway playing a late-v2, early-v2 or v1-only server. What is checked:
+//! which generation the gates choose (and the paths it uses), the HELLO
+//! and the CONNECT preamble byte for byte, reuse of a WebSocket for
+//! sequential tunnels and a fresh one after the idle limit, a redial when
+//! the gateway closed a pooled WebSocket, the fallback for servers that do
+//! not acknowledge v2 (and `--require-v2` refusing it), retried upgrades, a
+//! rotated session-ingress token, the start-up probe failing open (401) or
+//! never answering, and the client process in the relay's log.
+//!
+//! The relay may open one WebSocket at start-up that carries no tunnel
+//! (the contract's start-up probe); WebSocket counts below are of the
+//! WebSockets that carried tunnels, and at most one tunnel-less one is
+//! tolerated besides ([`Census`]).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ccr_integration::events::escape;
+use ccr_integration::relay::{BlindPki, RelayOptions, RelayProcess, RunOutput, curl_via};
+use ccr_integration::relay::{read_response, run_relay};
+use ccr_integration::session_env::{Outcome, Session, relay_vars_in};
+use ccr_integration::wire::base64;
+use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, ServerKind, temp_dir};
+
+const WAIT: Duration = Duration::from_secs(10);
+/// Longer than the relay's FIN grace (10 s), for events that may wait on it.
+const FIN_WAIT: Duration = Duration::from_secs(15);
+const URL: &str = "https://origin.test/hello";
+const HELLO_BODY: &str = "hello from origin\n";
+/// Makes the origin close after its answer, so the gateway's FIN follows
+/// at once and the WebSocket is back in the pool before the next curl.
+const CLOSE: &[&str] = &["-H", "Connection: close"];
+
+/// An HTTPS origin for `origin.test` (signed by the CA the gateway serves)
+/// and an agent-proxy gateway playing `server`, mapping `origin.test:443`
+/// to it, with `more` arguments.
+fn setup(server: ServerKind, more: &[&str]) -> (BlindPki, DevOrigin, DevGateway) {
+    let pki = BlindPki::new();
+    let origin = pki.https_origin(&["origin.test"]);
+    let gw = DevGateway::start(
+        pki.gateway_options(false)
+            .agent_proxy(server)
+            .map("origin.test:443", origin.addr)
+            .args(more),
+    );
+    (pki, origin, gw)
+}
+
+/// A second-generation `ccr-relay serve` against `gw`.
+fn serve_v2(gw: &DevGateway, opts: RelayOptions) -> RelayProcess {
+    RelayProcess::serve(gw, opts.agent_proxy())
+}
+
+/// `curl https://origin.test/hello` through `relay`; panics unless it got
+/// the origin's answer.
+fn curl_hello(relay: &RelayProcess, pki: &BlindPki, gw: &DevGateway) -> RunOutput {
+    let out = curl_via(&relay.proxy_url, &pki.served_ca_pem(), URL, CLOSE);
+    assert!(
+        out.status.success() && out.stdout_text() == HELLO_BODY,
+        "curl through the relay failed ({} after {:?}): stdout {:?}, stderr {:?}\nrelay log:\n{}\ngateway events:\n{}",
+        out.status,
+        out.elapsed,
+        out.stdout_text(),
+        out.stderr,
+        relay.stderr(),
+        gw.events().join("\n")
+    );
+    out
+}
+
+/// `(ws, tunnel)` of every `v2 preamble ws=<n> tunnel=<k> …` event, in order.
+fn preambles(gw: &DevGateway) -> Vec<(u64, u64)> {
+    gw.events()
+        .iter()
+        .filter_map(|l| tag_of(l.strip_prefix("v2 preamble ")?))
+        .collect()
+}
+
+/// Parses `ws=<n> tunnel=<k>` at the start of `rest`.
+fn tag_of(rest: &str) -> Option<(u64, u64)> {
+    let mut words = rest.split(' ');
+    let ws = words.next()?.strip_prefix("ws=")?.parse().ok()?;
+    let tunnel = words.next()?.strip_prefix("tunnel=")?.parse().ok()?;
+    Some((ws, tunnel))
+}
+
+/// The `ws=<n>` at the end of an `upgrade …` event.
+fn ws_of_upgrade(line: &str) -> Option<u64> {
+    line.rsplit(' ').next()?.strip_prefix("ws=")?.parse().ok()
+}
+
+/// What the gateway saw of the relay's WebSockets.
+#[derive(Debug)]
+struct Census {
+    /// `upgrade ok` events.
+    upgrades: BTreeSet<u64>,
+    /// WebSockets that carried at least one tunnel.
+    with_tunnels: BTreeSet<u64>,
+    /// WebSockets that ended without a tunnel (the start-up probe).
+    empty: BTreeSet<u64>,
+}
+
+fn census(gw: &DevGateway) -> Census {
+    let events = gw.events();
+    let upgrades = events
+        .iter()
+        .filter(|l| l.starts_with("upgrade ok "))
+        .filter_map(|l| ws_of_upgrade(l))
+        .collect();
+    let with_tunnels = preambles(gw).into_iter().map(|(ws, _)| ws).collect();
+    let empty = events
+        .iter()
+        .filter_map(|l| l.strip_prefix("v2 ws-end ws="))
+        .filter_map(|rest| {
+            let (ws, rest) = rest.split_once(' ')?;
+            rest.starts_with("tunnels=0 ").then(|| ws.parse().ok())?
+        })
+        .collect();
+    Census {
+        upgrades,
+        with_tunnels,
+        empty,
+    }
+}
+
+/// Asserts that the relay opened exactly `tunnel_websockets` WebSockets
+/// that carried tunnels and at most one other (the start-up probe, opened
+/// before any tunnel and closed without one). Waits up to 5 s for the
+/// probe's end to be logged.
+fn assert_websockets(gw: &DevGateway, tunnel_websockets: usize) -> Census {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = census(gw);
+        let accounted = c.with_tunnels.len() + c.empty.len() == c.upgrades.len();
+        if accounted || Instant::now() >= deadline {
+            assert_eq!(
+                c.with_tunnels.len(),
+                tunnel_websockets,
+                "WebSockets carrying tunnels: {c:?}; events:\n{}",
+                gw.events().join("\n")
+            );
+            assert!(
+                accounted && c.empty.len() <= 1,
+                "upgrades beyond the tunnels' and one probe's: {c:?}; events:\n{}",
+                gw.events().join("\n")
+            );
+            if let (Some(probe), Some(first)) = (c.empty.first(), c.with_tunnels.first()) {
+                assert!(
+                    probe < first,
+                    "a tunnel-less WebSocket after the first tunnel: {c:?}"
+                );
+            }
+            return c;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The CONNECT preamble a second-generation relay must send for curl.
+fn expected_preamble(session: &str, token: &str) -> Vec<u8> {
+    let basic = base64(format!("{session}:{token}").as_bytes());
+    format!(
+        "CONNECT origin.test:443 HTTP/1.1\r\nProxy-Authorization: Basic {basic}\r\nX-Agent-Proxy-Client-Process: curl\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Waits until the relay answered the gateway's FIN for `ws`/`tunnel`
+/// (the WebSocket goes back to the pool), then a little more for the
+/// relay to put it there.
+fn wait_pooled(gw: &DevGateway, ws: u64, tunnel: u64) {
+    gw.wait_for_event_prefix(&format!("v2 fin-ack ws={ws} tunnel={tunnel}"), FIN_WAIT);
+    thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn hello_and_preamble_byte_for_byte_on_the_agent_proxy_paths() {
+    let (pki, _origin, gw) = setup(ServerKind::Late, &[]);
+    let relay = serve_v2(&gw, RelayOptions::default());
+    curl_hello(&relay, &pki, &gw);
+    let c = assert_websockets(&gw, 1);
+    let ws = *c.with_tunnels.first().unwrap();
+    let events = gw.events();
+    let first = format!("v2 first-message ws={ws} hex=10011802");
+    assert!(
+        events.contains(&first),
+        "{first} not in:\n{}",
+        events.join("\n")
+    );
+    assert!(events.contains(&format!("v2 hello-ack ws={ws}")));
+    let preamble = format!(
+        "v2 preamble ws={ws} tunnel=1 {}",
+        escape(&expected_preamble(&gw.session_id, &gw.token))
+    );
+    assert!(
+        events.contains(&preamble),
+        "want exactly\n{preamble}\nin:\n{}",
+        events.join("\n")
+    );
+    assert!(events.contains(&format!("v2 client-process ws={ws} tunnel=1 curl")));
+    assert_eq!(gw.count_events("connect origin.test:443"), 1);
+    // The CA came from the agent-proxy path (the gateway serves no other).
+    let gw_log = fs::read_to_string(&gw.child.stderr_log).unwrap_or_default();
+    assert!(
+        gw_log.contains("GET /v1/code/agent-proxy/ca-cert"),
+        "the relay did not fetch the CA from the agent-proxy path; gateway log:\n{gw_log}"
+    );
+    assert!(!gw_log.contains("/v1/code/upstreamproxy/"), "{gw_log}");
+}
+
+#[test]
+fn tunnel_log_line_names_the_client_process() {
+    let (pki, _origin, gw) = setup(ServerKind::Late, &[]);
+    let relay = serve_v2(&gw, RelayOptions::default().rust_log("info"));
+    curl_hello(&relay, &pki, &gw);
+    let lines = relay.wait_for_log(FIN_WAIT, |l| {
+        l.contains("origin.test:443") && l.contains("client curl")
+    });
+    assert!(!lines.is_empty());
+}
+
+#[test]
+fn sequential_curls_share_one_websocket_and_idle_over_10s_opens_a_new_one() {
+    let (pki, _origin, gw) = setup(ServerKind::Late, &[]);
+    let relay = serve_v2(&gw, RelayOptions::default());
+    curl_hello(&relay, &pki, &gw);
+    let ws = preambles(&gw)[0].0;
+    wait_pooled(&gw, ws, 1);
+    curl_hello(&relay, &pki, &gw);
+    assert_eq!(
+        preambles(&gw),
+        vec![(ws, 1), (ws, 2)],
+        "the second tunnel reuses the first WebSocket; events:\n{}",
+        gw.events().join("\n")
+    );
+    assert_websockets(&gw, 1);
+    let events = gw.events();
+    // No second HELLO on the reused WebSocket (the gateway would log one
+    // between tunnels as control-ignored), and fresh credentials in the
+    // second preamble.
+    assert_eq!(gw.count_events(&format!("v2 hello ws={ws} ")), 1);
+    assert_eq!(
+        gw.count_events(&format!("v2 control-ignored ws={ws} control=1")),
+        0,
+        "{}",
+        events.join("\n")
+    );
+    let second = format!(
+        "v2 preamble ws={ws} tunnel=2 {}",
+        escape(&expected_preamble(&gw.session_id, &gw.token))
+    );
+    assert!(events.contains(&second), "{second}: {}", events.join("\n"));
+    wait_pooled(&gw, ws, 2);
+
+    // Idle for more than 10 s: the pooled WebSocket is discarded.
+    thread::sleep(Duration::from_secs(11));
+    curl_hello(&relay, &pki, &gw);
+    let c = assert_websockets(&gw, 2);
+    let fresh = *c.with_tunnels.last().unwrap();
+    assert_ne!(fresh, ws);
+    assert_eq!(preambles(&gw), vec![(ws, 1), (ws, 2), (fresh, 1)]);
+    // The stale one was closed, not kept.
+    gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} tunnels=2 "), WAIT);
+    // Each request reached the gateway once: no replay.
+    assert_eq!(gw.count_events("connect origin.test:443"), 3);
+}
+
+#[test]
+fn pooled_websocket_closed_by_the_gateway_is_redialled() {
+    let (pki, _origin, gw) = setup(ServerKind::Late, &["--close-idle-after", "500"]);
+    let relay = serve_v2(&gw, RelayOptions::default());
+    curl_hello(&relay, &pki, &gw);
+    let ws = preambles(&gw)[0].0;
+    wait_pooled(&gw, ws, 1);
+    gw.wait_for_event_prefix(&format!("v2 idle-close ws={ws} "), WAIT);
+    gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} tunnels=1 "), WAIT);
+    let out = curl_hello(&relay, &pki, &gw);
+    assert_eq!(out.status.code(), Some(0));
+    let c = assert_websockets(&gw, 2);
+    let fresh = *c.with_tunnels.last().unwrap();
+    assert!(fresh > ws);
+    // The dead WebSocket may have been tried first; the request still
+    // reached the origin through the gateway exactly once per curl.
+    assert_eq!(gw.count_events("connect origin.test:443"), 2);
+    assert_eq!(
+        preambles(&gw).iter().filter(|(w, _)| *w == fresh).count(),
+        1
+    );
+}
+
+/// Two curls against a server that never acknowledges v2: both work, fast,
+/// each on its own WebSocket (no pooling without v2), no FIN either way.
+fn without_v2_acknowledgement(server: ServerKind) {
+    let (pki, _origin, gw) = setup(server, &[]);
+    let relay = serve_v2(&gw, RelayOptions::default());
+    let first = curl_hello(&relay, &pki, &gw);
+    let ws = preambles(&gw)[0].0;
+    gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} tunnels=1 "), FIN_WAIT);
+    let second = curl_hello(&relay, &pki, &gw);
+    assert!(
+        second.elapsed < Duration::from_secs(5),
+        "the second tunnel took {:?} (the first {:?}): it waited for a HELLO_ACK",
+        second.elapsed,
+        first.elapsed
+    );
+    let c = assert_websockets(&gw, 2);
+    let events = gw.events();
+    let first_ws = format!("v2 first-message ws={ws} hex=10011802");
+    assert!(events.contains(&first_ws), "{}", events.join("\n"));
+    let seen = match server {
+        ServerKind::Early => format!("v2 hello-ignored ws={ws} version=2"),
+        _ => format!("v2 control-dropped ws={ws} control=1"),
+    };
+    assert!(events.contains(&seen), "{seen}: {}", events.join("\n"));
+    assert_eq!(gw.count_events("fin-sent"), 0, "{c:?}");
+    assert_eq!(gw.count_events("v2 fin-ack"), 0);
+    assert_eq!(gw.count_events("v2 hello-ack"), 0);
+    assert_eq!(gw.count_events("connect origin.test:443"), 2);
+    assert_eq!(preambles(&gw).len(), 2);
+}
+
+#[test]
+fn early_v2_server_works_without_fin_and_without_waiting() {
+    without_v2_acknowledgement(ServerKind::Early);
+}
+
+#[test]
+fn v1_only_server_works_without_fin_and_without_waiting() {
+    without_v2_acknowledgement(ServerKind::V1Only);
+}
+
+#[test]
+fn require_v2_against_an_early_server_answers_502() {
+    let (_pki, _origin, gw) = setup(ServerKind::Early, &[]);
+    let relay = serve_v2(&gw, RelayOptions::default().arg("--require-v2"));
+    let mut client = relay.connect();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    client
+        .write_all(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut client).unwrap_or_else(|e| {
+        panic!(
+            "no answer from the relay: {e}; relay log:\n{}",
+            relay.stderr()
+        )
+    });
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    let body = String::from_utf8_lossy(&body);
+    let first_line = body.lines().next().unwrap_or_default();
+    assert!(
+        first_line.contains("gateway did not acknowledge tunnel protocol v2"),
+        "{body:?}"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "the 502 took {took:?}");
+}
+
+/// A late gateway on `addr` (the address a previous one had), with `more`.
+fn gateway_at(pki: &BlindPki, origin: &DevOrigin, addr: SocketAddr, more: &[&str]) -> DevGateway {
+    let listen = addr.to_string();
+    let mut args = vec!["--listen", listen.as_str()];
+    args.extend_from_slice(more);
+    DevGateway::start(
+        pki.gateway_options(false)
+            .agent_proxy(ServerKind::Late)
+            .map("origin.test:443", origin.addr)
+            .args(&args),
+    )
+}
+
+/// Waits up to 3 s for the start-up probe's upgrade (if the relay makes
+/// one), so it is over before the test swaps the gateway.
+fn let_the_probe_pass(gw: &DevGateway) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && gw.count_events("upgrade") == 0 {
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn refused_upgrades_are_retried_and_the_third_succeeds() {
+    let (pki, origin, first_gw) = setup(ServerKind::Late, &[]);
+    let relay = serve_v2(&first_gw, RelayOptions::default());
+    // The start-up probe would use up the refusals: it talks to a first
+    // gateway; the tunnel then meets a second one on the same address that
+    // refuses its first two upgrades.
+    let_the_probe_pass(&first_gw);
+    let addr = first_gw.addr;
+    drop(first_gw);
+    let gw = gateway_at(&pki, &origin, addr, &["--refuse-first", "2"]);
+    let out = curl_hello(&relay, &pki, &gw);
+    assert_eq!(out.status.code(), Some(0));
+    let events = gw.events();
+    let upgrades: Vec<&String> = events
+        .iter()
+        .filter(|l| l.starts_with("upgrade "))
+        .collect();
+    assert_eq!(
+        upgrades,
+        [
+            "upgrade refused 503 --refuse-first ws=1",
+            "upgrade refused 503 --refuse-first ws=2",
+            "upgrade ok ws=3",
+        ],
+        "three upgrade attempts; events:\n{}",
+        events.join("\n")
+    );
+    assert_eq!(preambles(&gw), vec![(3, 1)]);
+    assert_eq!(gw.count_events("connect origin.test:443"), 1);
+}
+
+#[test]
+fn rotated_ingress_token_is_used_for_the_next_websocket_and_preamble() {
+    let dir = temp_dir("e2e-v2-rotation");
+    let gw_tokens = dir.join("gateway-token");
+    let ingress = dir.join("session_ingress_token");
+    fs::write(&gw_tokens, "token-a\n").unwrap();
+    fs::write(&ingress, "token-a\n").unwrap();
+    let gw_tokens_arg = gw_tokens.to_string_lossy().into_owned();
+    let (pki, _origin, gw) = setup(
+        ServerKind::Late,
+        &["--token-file", &gw_tokens_arg, "--close-idle-after", "500"],
+    );
+    let relay = serve_v2(
+        &gw,
+        RelayOptions::default().token("token-a").env(
+            "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
+            &ingress.to_string_lossy(),
+        ),
+    );
+    curl_hello(&relay, &pki, &gw);
+    let ws = preambles(&gw)[0].0;
+    let events = gw.events();
+    let with_a = format!(
+        "v2 preamble ws={ws} tunnel=1 {}",
+        escape(&expected_preamble(&gw.session_id, "token-a"))
+    );
+    assert!(events.contains(&with_a), "{}", events.join("\n"));
+    wait_pooled(&gw, ws, 1);
+    gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} "), WAIT);
+
+    // The platform rotates the token; the gateway accepts only the new one.
+    fs::write(&ingress, "token-b\n").unwrap();
+    fs::write(&gw_tokens, "token-b\n").unwrap();
+    curl_hello(&relay, &pki, &gw);
+    let c = assert_websockets(&gw, 2);
+    let fresh = *c.with_tunnels.last().unwrap();
+    let events = gw.events();
+    // `upgrade ok` now means the upgrade carried `Bearer token-b`.
+    assert!(
+        events.contains(&format!("upgrade ok ws={fresh}")),
+        "{}",
+        events.join("\n")
+    );
+    let with_b = format!(
+        "v2 preamble ws={fresh} tunnel=1 {}",
+        escape(&expected_preamble(&gw.session_id, "token-b"))
+    );
+    assert!(
+        events.contains(&with_b),
+        "want\n{with_b}\nin:\n{}",
+        events.join("\n")
+    );
+    assert_eq!(gw.count_events("upgrade refused"), 0);
+    assert_eq!(gw.count_events("tunnel refused"), 0);
+    let log = relay.stderr();
+    assert!(
+        !log.contains("token-a") && !log.contains("token-b"),
+        "a token in the relay's log:\n{log}"
+    );
+}
+
+/// `run` fails open (one warning naming the 401, no proxy variable) and
+/// `doctor` says the proxy would stay off, naming the 401, when the
+/// gateway refuses the relay's token.
+fn probe_refused_with_401(s: Session) {
+    let out = s.run(&["sh", "-c", "echo child-ran; env"]);
+    assert!(
+        out.stdout.starts_with("child-ran\n") && out.code() == Some(0),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        relay_vars_in(&out.env()),
+        Vec::<String>::new(),
+        "proxy variables although the gateway refused the token: {}",
+        out.describe()
+    );
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "one warning: {}", out.describe());
+    assert!(lines[0].contains("401"), "{}", out.describe());
+    assert!(!out.stderr.contains(&s.token), "the token in a warning");
+
+    let doctor = s.doctor();
+    assert_eq!(doctor.code(), Some(1), "{}", doctor.describe());
+    let text = format!("{}{}", doctor.stdout, doctor.stderr);
+    assert!(text.contains("401"), "{}", doctor.describe());
+    assert!(text.contains("would stay off"), "{}", doctor.describe());
+    assert!(!text.contains(&s.token), "the token in doctor's output");
+}
+
+#[test]
+fn probe_refused_with_401_fails_open_agent_proxy() {
+    let (_pki, _origin, gw) = setup(ServerKind::Late, &[]);
+    let mut s = Session::for_gateway("v2-401", &gw).agent_proxy();
+    s.write_token("not-the-gateways-token");
+    probe_refused_with_401(s);
+    assert!(gw.count_events("upgrade refused 401 ") >= 1);
+}
+
+#[test]
+fn probe_refused_with_401_fails_open_upstream_proxy() {
+    let origin = DevOrigin::start(None);
+    let gw = DevGateway::start(GatewayOptions::default().map("origin.test:80", origin.addr));
+    let mut s = Session::for_gateway("v1-401", &gw);
+    s.write_token("not-the-gateways-token");
+    probe_refused_with_401(s);
+    assert!(gw.count_events("upgrade refused 401 ") >= 1);
+}
+
+#[test]
+fn stalled_probe_does_not_hold_the_command_back() {
+    let (_pki, _origin, gw) = {
+        let pki = BlindPki::new();
+        let origin = pki.https_origin(&["origin.test"]);
+        let mut opts = pki
+            .gateway_options(false)
+            .agent_proxy(ServerKind::Late)
+            .map("origin.test:443", origin.addr);
+        opts.stall_upgrade = true;
+        let gw = DevGateway::start(opts);
+        (pki, origin, gw)
+    };
+    let s = Session::for_gateway("v2-stall", &gw).agent_proxy();
+    let started = Instant::now();
+    let running = s.spawn("run", &["sh", "-c", "echo started; env"]);
+    running.wait_line(Duration::from_secs(8), |l| l == "started");
+    let took = started.elapsed();
+    let out: Outcome = running.finish(Duration::from_secs(30));
+    assert!(
+        took < Duration::from_secs(8),
+        "the command started after {took:?}"
+    );
+    assert!(
+        out.var("HTTPS_PROXY")
+            .is_some_and(|v| v.starts_with("http://127.0.0.1:")),
+        "the proxy serves although the probe got no answer: {}",
+        out.describe()
+    );
+    assert!(gw.count_events("upgrade stalled") >= 1);
+}
+
+/// The doctor line that names the agent proxy as the chosen generation
+/// and `CCR_AGENT_PROXY_ENABLED` as the reason (a URL's
+/// `/v1/code/agent-proxy/` path does not count as naming it).
+fn agent_proxy_line(out: &Outcome) -> String {
+    out.stdout
+        .lines()
+        .find(|l| {
+            l.contains("CCR_AGENT_PROXY_ENABLED")
+                && l.replace("/v1/code/agent-proxy/", "")
+                    .contains("agent-proxy")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no line naming agent-proxy and CCR_AGENT_PROXY_ENABLED: {}",
+                out.describe()
+            )
+        })
+        .to_string()
+}
+
+#[test]
+fn doctor_names_the_agent_proxy_and_why() {
+    let (_pki, _origin, gw) = setup(ServerKind::Late, &[]);
+    let s = Session::for_gateway("v2-doctor", &gw).agent_proxy();
+    let out = s.doctor();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    agent_proxy_line(&out);
+    assert!(
+        out.stdout.contains("the proxy would start"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn both_gate_2_variables_set_choose_the_agent_proxy() {
+    let (pki, _origin, gw) = setup(ServerKind::Late, &[]);
+    let s = Session::for_gateway("v2-both", &gw)
+        .agent_proxy()
+        .env(ccr_integration::session_env::ENABLED, "1");
+    let out = s.doctor();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    agent_proxy_line(&out);
+    // And end to end: only the agent-proxy paths exist on this gateway.
+    let opts = RelayOptions::default()
+        .agent_proxy()
+        .env("CCR_UPSTREAM_PROXY_ENABLED", "1");
+    let relay = RelayProcess::serve(&gw, opts);
+    curl_hello(&relay, &pki, &gw);
+    assert_websockets(&gw, 1);
+}
+
+#[test]
+fn upstream_proxy_gate_alone_keeps_the_first_generation_paths() {
+    // A first-generation relay against an agent-proxy gateway: its CA path
+    // is not served there, so it fails open ...
+    let (_pki, _origin, v2_gw) = setup(ServerKind::Late, &[]);
+    let s = Session::for_gateway("v1-on-v2", &v2_gw);
+    let out = s.run(&["sh", "-c", "echo child-ran; env"]);
+    assert!(out.stdout.starts_with("child-ran\n"), "{}", out.describe());
+    assert_eq!(relay_vars_in(&out.env()), Vec::<String>::new());
+    let gw_log = fs::read_to_string(&v2_gw.child.stderr_log).unwrap_or_default();
+    assert!(
+        gw_log.contains("GET /v1/code/upstreamproxy/ca-cert"),
+        "{gw_log}"
+    );
+    // ... and through a first-generation gateway it works.
+    let pki = BlindPki::new();
+    let origin = pki.https_origin(&["origin.test"]);
+    let v1_gw = DevGateway::start(
+        pki.gateway_options(false)
+            .map("origin.test:443", origin.addr),
+    );
+    let out = run_relay(
+        &v1_gw,
+        &RelayOptions::default(),
+        &["curl", "-sS", "--fail", "--max-time", "20", URL],
+        Duration::from_secs(60),
+    );
+    out.assert_success();
+    assert_eq!(out.stdout_text(), HELLO_BODY);
+    assert_eq!(v1_gw.count_events("connect origin.test:443"), 1);
+    assert_eq!(v1_gw.count_events("v2 "), 0);
+}
+
+#[test]
+fn agent_proxy_gate_against_a_first_generation_gateway_fails_open() {
+    let origin = DevOrigin::start(None);
+    let gw = DevGateway::start(GatewayOptions::default().map("origin.test:80", origin.addr));
+    let s = Session::for_gateway("v2-on-v1", &gw).agent_proxy();
+    let out = s.run(&["sh", "-c", "echo child-ran; env"]);
+    assert!(out.stdout.starts_with("child-ran\n"), "{}", out.describe());
+    assert_eq!(
+        relay_vars_in(&out.env()),
+        Vec::<String>::new(),
+        "{}",
+        out.describe()
+    );
+    let gw_log = fs::read_to_string(&gw.child.stderr_log).unwrap_or_default();
+    assert!(
+        gw_log.contains("GET /v1/code/agent-proxy/ca-cert"),
+        "the relay did not ask the agent-proxy CA path; gateway log:\n{gw_log}"
+    );
+    assert_eq!(gw.count_events("upgrade"), 0);
+}
