@@ -603,7 +603,9 @@ fn both_gate_2_variables_set_choose_the_agent_proxy() {
     let out = s.doctor();
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     agent_proxy_line(&out);
-    // And end to end: only the agent-proxy paths exist on this gateway.
+    // And end to end: only the agent-proxy paths exist on this gateway. A
+    // gateway of its own, since doctor's probe opened a WebSocket too.
+    let (pki, _origin, gw) = setup(ServerKind::Late, &[]);
     let opts = RelayOptions::default()
         .agent_proxy()
         .env("CCR_UPSTREAM_PROXY_ENABLED", "1");
