@@ -596,7 +596,7 @@ fn doctor_names_the_agent_proxy_and_why() {
 
 #[test]
 fn both_gate_2_variables_set_choose_the_agent_proxy() {
-    let (pki, _origin, gw) = setup(ServerKind::Late, &[]);
+    let (_pki, _origin, gw) = setup(ServerKind::Late, &[]);
     let s = Session::for_gateway("v2-both", &gw)
         .agent_proxy()
         .env(ccr_integration::session_env::ENABLED, "1");
