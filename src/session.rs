@@ -438,7 +438,9 @@ fn start_probe(gateway: Arc<Gateway>) -> mpsc::Receiver<ProbeVerdict> {
                 ProbeVerdict::Opened => gateway.state.set_startup_error(None),
                 ProbeVerdict::Unreachable(e) => {
                     let text = startup_error_text(e);
-                    warn!("{text}; tunnels will try once each");
+                    // Not a warning on stderr: the proxy is on, and each
+                    // tunnel's answer says it (doctor too).
+                    info!("{text}; tunnels will try once each");
                     gateway.state.set_startup_error_unless_opened(text);
                 }
                 ProbeVerdict::CredentialsRefused(e) => {

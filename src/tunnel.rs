@@ -43,9 +43,9 @@ use tungstenite::{Bytes, Message, WebSocket};
 use crate::chunk;
 use crate::gateway::GatewayStream;
 use crate::message_v2;
-use crate::wire::{Incoming, Malformed, Wire};
 pub use crate::socket::wait_ready;
 use crate::socket::{self, Mode};
+use crate::wire::{Incoming, Malformed, Wire};
 
 /// Stack for the second pump thread: a copy loop needs little, and pages
 /// never touched cost no memory.
@@ -813,7 +813,10 @@ mod tests {
             .unwrap();
         let report = runner.join().unwrap();
         assert!(
-            matches!(report.end, End::Malformed(Malformed::Chunk(chunk::ChunkError::WrongTag(0x12)))),
+            matches!(
+                report.end,
+                End::Malformed(Malformed::Chunk(chunk::ChunkError::WrongTag(0x12)))
+            ),
             "{}",
             report.end
         );
@@ -843,7 +846,10 @@ mod tests {
         server_ws.send(Message::Text("nope".into())).unwrap();
         let report = runner.join().unwrap();
         assert!(
-            matches!(report.end, End::Malformed(Malformed::Chunk(chunk::ChunkError::TextFrame))),
+            matches!(
+                report.end,
+                End::Malformed(Malformed::Chunk(chunk::ChunkError::TextFrame))
+            ),
             "{}",
             report.end
         );
@@ -873,5 +879,165 @@ mod tests {
         }
         tunnel.abort();
         runner.join().unwrap();
+    }
+
+    /// A tunnel on a v2 WebSocket with its far (server) side in the test's
+    /// hands: `near` is the client's socket, `server` the gateway's end.
+    fn v2_tunnel(
+        opts: PumpOptions,
+    ) -> (
+        TcpStream,
+        WebSocket<TcpStream>,
+        Arc<Tunnel>,
+        thread::JoinHandle<TunnelReport>,
+    ) {
+        let (ws_client, ws_server) = socket_pair();
+        let (near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let server_ws = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        server_ws
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let opts = PumpOptions {
+            wire: Wire::V2,
+            v2: true,
+            ..opts
+        };
+        let tunnel = Tunnel::new(near_inner, client_ws, opts).unwrap();
+        let runner = {
+            let t = Arc::clone(&tunnel);
+            thread::spawn(move || t.run())
+        };
+        (near, server_ws, tunnel, runner)
+    }
+
+    /// The next message the server side gets that is not a keepalive.
+    fn next_message(server: &mut WebSocket<TcpStream>) -> Vec<u8> {
+        loop {
+            match server.read().unwrap() {
+                Message::Binary(b) if b[..] == message_v2::KEEPALIVE[..] => {}
+                Message::Binary(b) => return b.to_vec(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn server_fin_ends_the_socket_gracefully_and_keeps_the_websocket() {
+        let (near, mut server, tunnel, runner) = v2_tunnel(PumpOptions::default());
+        server
+            .send(Message::Binary(message_v2::encode_data(b"answer").into()))
+            .unwrap();
+        server
+            .send(Message::Binary(vec![0x10, 0x03].into()))
+            .unwrap();
+        // Every byte before the FIN, then the end of the stream.
+        let mut got = Vec::new();
+        near.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (&near).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"answer");
+        assert_eq!(next_message(&mut server), message_v2::FIN_ACK);
+        let report = runner.join().unwrap();
+        assert!(matches!(report.end, End::ServerFin), "{}", report.end);
+        assert!(report.reusable);
+        // The WebSocket still works: the gateway hears a message sent on it.
+        let mut ws = tunnel.take_websocket().expect("kept for reuse");
+        socket::set_mode(ws.get_ref().tcp(), Mode::BLOCKING).unwrap();
+        ws.send(Message::Binary(message_v2::encode_data(b"next").into()))
+            .unwrap();
+        assert_eq!(next_message(&mut server), message_v2::encode_data(b"next"));
+    }
+
+    #[test]
+    fn client_closing_first_waits_for_the_fin_and_sends_nothing() {
+        let opts = PumpOptions {
+            fin_grace: Duration::from_secs(5),
+            ..PumpOptions::default()
+        };
+        let (near, mut server, tunnel, runner) = v2_tunnel(opts);
+        (&near).write_all(b"request").unwrap();
+        assert_eq!(
+            next_message(&mut server),
+            message_v2::encode_data(b"request")
+        );
+        near.shutdown(Shutdown::Write).unwrap();
+        // Nothing says the client closed: the next thing the server could
+        // read would be its own FIN's answer.
+        thread::sleep(Duration::from_millis(300));
+        server
+            .send(Message::Binary(message_v2::encode_data(b"late").into()))
+            .unwrap();
+        server
+            .send(Message::Binary(vec![0x10, 0x03].into()))
+            .unwrap();
+        assert_eq!(next_message(&mut server), message_v2::FIN_ACK);
+        let report = runner.join().unwrap();
+        assert!(report.reusable, "{}", report.end);
+        let mut got = Vec::new();
+        (&near).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"late", "the half-closed client still gets the answer");
+        assert!(tunnel.take_websocket().is_some());
+    }
+
+    #[test]
+    fn no_fin_within_the_grace_closes_the_websocket() {
+        let opts = PumpOptions {
+            fin_grace: Duration::from_millis(400),
+            ..PumpOptions::default()
+        };
+        let (near, mut server, tunnel, runner) = v2_tunnel(opts);
+        let started = Instant::now();
+        near.shutdown(Shutdown::Both).unwrap();
+        let report = runner.join().unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(400), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        assert!(!report.reusable);
+        assert!(tunnel.take_websocket().is_none());
+        // The gateway sees the WebSocket close, never a FIN_ACK.
+        loop {
+            match server.read() {
+                Ok(Message::Binary(b)) => assert_ne!(b[..], message_v2::FIN_ACK[..]),
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_gateway_that_stops_reading_ends_the_upload_at_the_stall_bound() {
+        let opts = PumpOptions {
+            upload_stall: Duration::from_millis(500),
+            ..PumpOptions::default()
+        };
+        // The server side never reads: the client's upload fills every buffer.
+        let (near, _server, tunnel, runner) = v2_tunnel(opts);
+        let writer = {
+            let mut near = near.try_clone().unwrap();
+            near.set_write_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            thread::spawn(move || {
+                let block = vec![7u8; 64 * 1024];
+                for _ in 0..4096 {
+                    if near.write_all(&block).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let report = runner.join().unwrap();
+        assert!(
+            matches!(report.end, End::UploadStalled(_)),
+            "{}",
+            report.end
+        );
+        assert!(!report.reusable);
+        // Gone with the tunnel: the client's socket closes.
+        drop(tunnel);
+        drop(near);
+        writer.join().unwrap();
     }
 }
