@@ -42,8 +42,11 @@ pub const TIMED_OUT: &str = "<lookup-timed-out>";
 /// Longest name sent.
 pub const MAX_NAME_CHARS: usize = 64;
 
-/// The usual budget for [`lookup`] on the accept path.
-pub const DEFAULT_BUDGET: Duration = Duration::from_millis(5);
+/// The usual budget for [`lookup`] on the accept path. The relay runs the
+/// lookup while it dials the gateway, so a fresh tunnel does not wait for
+/// it; the scan of `/proc/*/fd` takes a few milliseconds on an idle
+/// machine and more on a loaded one.
+pub const DEFAULT_BUDGET: Duration = Duration::from_millis(20);
 
 /// What is known about the process at the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,11 +43,13 @@ const RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(100), Duration::from_
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What to open: the target, who asks, and the bytes already read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Request<'a> {
     pub target: &'a Authority,
-    /// The client process's name (agent proxy: sent in the preamble).
-    pub client_process: &'a str,
+    /// The client process's name (agent proxy: sent in the preamble),
+    /// asked for only once the WebSocket is there, so that a lookup running
+    /// meanwhile does not add to a fresh dial's time.
+    pub client_process: &'a dyn Fn() -> String,
     /// Client bytes that came after the request head.
     pub leftover: &'a [u8],
 }
@@ -249,7 +251,7 @@ impl Attempt<'_> {
         if matches!(hello, Hello::Awaited(_)) {
             opening.push(message_v2::HELLO.to_vec());
         }
-        let preamble = gateway.connect_head(self.request.target, self.request.client_process);
+        let preamble = gateway.connect_head(self.request.target, &(self.request.client_process)());
         opening.push(chunk::encode(&preamble));
         opening.extend(
             self.request

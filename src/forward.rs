@@ -636,7 +636,7 @@ fn open_upstream(
 ) -> Result<Upstream, Failure> {
     let request = dial::Request {
         target: authority,
-        client_process: "<plain-http>",
+        client_process: &|| "<plain-http>".to_string(),
         leftover: &[],
     };
     // Each plain-HTTP tunnel is closed after use, never pooled.

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ use crate::request_head::{ProxyRequest, read_head};
 use crate::socket::{self, Mode};
 use crate::tunnel::{PumpOptions, Tunnel};
 use log::{debug, info, warn};
+
+/// Stack of the thread that looks up a client's process.
+const LOOKUP_STACK: usize = 64 * 1024;
 
 /// Stack of a connection thread. It runs the TLS handshake to the gateway,
 /// the deepest call it makes; untouched pages cost nothing.
@@ -208,17 +211,31 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
     let started = Instant::now();
     let gateway = &shared.gateway;
     let agent = gateway.generation == Generation::AgentProxy;
-    // Who asks (agent proxy: sent in the preamble and logged), within a
-    // few milliseconds.
-    let client_process = if agent {
-        match (client.peer_addr(), client.local_addr()) {
-            (Ok(peer), Ok(local)) => {
-                client_process::lookup(peer, local, client_process::DEFAULT_BUDGET).name
-            }
-            _ => "<lookup-failed>".to_string(),
-        }
-    } else {
-        String::new()
+    // Who asks (agent proxy: sent in the preamble and logged): looked up
+    // on a helper thread while the WebSocket is dialled, within its budget.
+    let lookup = agent.then(|| {
+        let (peer, local) = (client.peer_addr(), client.local_addr());
+        thread::Builder::new()
+            .name("client-lookup".into())
+            .stack_size(LOOKUP_STACK)
+            .spawn(move || match (peer, local) {
+                (Ok(peer), Ok(local)) => {
+                    client_process::lookup(peer, local, client_process::DEFAULT_BUDGET).name
+                }
+                _ => client_process::LOOKUP_FAILED.to_string(),
+            })
+    });
+    let lookup = Mutex::new(lookup);
+    let client_name: OnceLock<String> = OnceLock::new();
+    let client_process = || {
+        client_name
+            .get_or_init(|| match lock(&lookup).take() {
+                Some(Ok(handle)) => handle
+                    .join()
+                    .unwrap_or_else(|_| client_process::LOOKUP_FAILED.to_string()),
+                _ => client_process::LOOKUP_FAILED.to_string(),
+            })
+            .clone()
     };
     let request = dial::Request {
         target: &target,
@@ -281,7 +298,7 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         _ => false,
     };
     let client_note = if agent {
-        format!(", client {client_process}")
+        format!(", client {}", client_process())
     } else {
         String::new()
     };

@@ -433,6 +433,9 @@ impl Tunnel {
     /// socket with the lock released.
     fn pump_ws_to_socket(&self) -> End {
         let wire = self.opts.wire;
+        // v2: the client went away (reset); the gateway's bytes are dropped
+        // until its FIN, so that the WebSocket can still be reused.
+        let mut client_gone = false;
         loop {
             let message = match self.lock_ws().as_mut() {
                 Some(ws) => ws.read(),
@@ -445,9 +448,14 @@ impl Tunnel {
                         self.fin.store(true, Ordering::SeqCst);
                         return End::ServerFin;
                     }
+                    Ok(Incoming::Data(_)) if client_gone => {}
                     Ok(Incoming::Data(data)) => {
                         if let Err(e) = (&self.socket).write_all(data) {
-                            return End::SocketError(e);
+                            if !self.opts.v2 {
+                                return End::SocketError(e);
+                            }
+                            client_gone = true;
+                            continue;
                         }
                         self.bytes_ws_to_socket
                             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -515,6 +523,16 @@ impl Tunnel {
     ///   then FIN after every byte already queued.
     /// - Abort: both sockets shut down at once.
     fn finish(&self, end: End, side: Side) {
+        // On v2 a client that reset its connection has closed it, like one
+        // that sent EOF: the server's FIN is still awaited.
+        let side = match (&end, side) {
+            (End::SocketError(_), Side::Abort)
+                if self.opts.v2 && !self.aborted.load(Ordering::SeqCst) =>
+            {
+                Side::Socket
+            }
+            _ => side,
+        };
         if self.closing.swap(true, Ordering::SeqCst) {
             match side {
                 Side::Socket => {}
@@ -1039,5 +1057,49 @@ mod tests {
         drop(tunnel);
         drop(near);
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_client_that_resets_still_lets_the_fin_keep_the_websocket() {
+        let (near, mut server, tunnel, runner) = v2_tunnel(PumpOptions::default());
+        server
+            .send(Message::Binary(
+                message_v2::encode_data(b"part of the answer").into(),
+            ))
+            .unwrap();
+        let mut got = [0u8; 18];
+        (&near).read_exact(&mut got).unwrap();
+        // Unread data at close plus a zero linger: the kernel sends RST.
+        server
+            .send(Message::Binary(message_v2::encode_data(b"unread").into()))
+            .unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let off = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a linger struct of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                near.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&off as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(near);
+        thread::sleep(Duration::from_millis(200));
+        server
+            .send(Message::Binary(message_v2::encode_data(b"more").into()))
+            .unwrap();
+        server
+            .send(Message::Binary(vec![0x10, 0x03].into()))
+            .unwrap();
+        assert_eq!(next_message(&mut server), message_v2::FIN_ACK);
+        let report = runner.join().unwrap();
+        assert!(report.reusable, "{}", report.end);
+        assert!(tunnel.take_websocket().is_some());
     }
 }
