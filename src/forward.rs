@@ -22,7 +22,6 @@ use crate::chunk;
 use crate::config::Limits;
 use crate::dial;
 use crate::gateway::{Gateway, GatewayStream};
-use crate::wire::{Incoming, Wire};
 use crate::http1::{
     BodyCopier, BodyError, BodyFraming, Framing, ResponseHead, has_token, header_values,
     is_framing_header, parse_response_head, request_framing, response_framing,
@@ -32,6 +31,7 @@ use crate::request_head::{
     Authority, HeadError, ProxyRequest, RequestHead, parse_head, read_head_bytes,
 };
 use crate::socket::{self, Mode};
+use crate::wire::{Incoming, Wire};
 
 /// Largest response head accepted from an origin.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use ccr_integration::temp::temp_dir;
 use ccr_relay::child_env::{ClientFiles, ProxyEnv, child_vars, write_wgetrc};
+use ccr_relay::install::command::find_on_path;
+use ccr_relay::trust::jdk::{find_cacerts, read_cacerts};
 use ccr_relay::trust::jks::{PASSWORD, Written, write_jks};
 use ccr_relay::trust::{bundle, extract_certificates, system_bundle, user_cas};
 use openssl::asn1::Asn1Time;
@@ -412,4 +414,33 @@ fn a_real_jvm_takes_the_proxy_and_trusts_the_generated_store() {
         out.contains("error javax.net.ssl.SSLHandshakeException"),
         "{out}"
     );
+}
+
+// -- the machine's JDK ----------------------------------------------------
+
+/// The machine's JDK, when there is one: its real cacerts parses, with
+/// the count `keytool` reports.
+#[test]
+fn the_machines_jdk_cacerts_parses_like_keytool_says() {
+    let parent = |n: &str| std::env::var(n).ok();
+    let Some(path) = find_cacerts(parent) else {
+        eprintln!("SKIP: no JDK on this machine");
+        return;
+    };
+    let pems = read_cacerts(&path).unwrap();
+    assert!(pems.len() > 50, "{} certificates", pems.len());
+    let Some(keytool) = find_on_path("keytool", &std::env::var_os("PATH").unwrap()) else {
+        return;
+    };
+    let out = std::process::Command::new(keytool)
+        .args(["-list", "-storepass", "changeit", "-keystore"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let entries = listing
+        .lines()
+        .filter(|l| l.contains("trustedCertEntry"))
+        .count();
+    assert_eq!(pems.len(), entries, "{listing}");
 }
