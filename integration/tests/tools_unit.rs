@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ccr_integration::session_env::parent_of;
 use ccr_integration::temp_dir;
 use ccr_relay::child_env::{ClientFiles, Mode, ProxyEnv, child_vars, removed_vars, write_env_file};
 use ccr_relay::credentials::{git_conflicts_with, git_vars};
@@ -53,19 +54,6 @@ fn plan(dir: &Path, targets: &[Target]) -> Plan {
     plan.targets = targets.to_vec();
     plan.is_root = true;
     plan
-}
-
-fn parent_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-    let pairs: Vec<(String, String)> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |name| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
 }
 
 // -- install::command ------------------------------------------------------

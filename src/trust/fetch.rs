@@ -814,13 +814,19 @@ pub(crate) mod tests {
         server.join().unwrap();
     }
 
-    #[test]
-    fn fetch_connection_refused() {
+    /// An endpoint on a loopback port nothing listens on (bound, then
+    /// closed): connecting to it is refused.
+    fn refused_endpoint() -> Endpoint {
         let port = {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         };
-        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap()
+    }
+
+    #[test]
+    fn fetch_connection_refused() {
+        let endpoint = refused_endpoint();
         let err = fetch(&endpoint).unwrap_err();
         assert!(matches!(err, TrustError::Unreachable(_)), "{err}");
         assert!(err.to_string().contains("unreachable"), "{err}");
@@ -1174,11 +1180,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refused_connections_are_retried_three_times() {
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let endpoint = refused_endpoint();
         let started = Instant::now();
         let failure = with_retries(&endpoint, Duration::from_secs(5)).unwrap_err();
         assert_eq!(failure.attempts, 3);
