@@ -121,9 +121,10 @@ impl fmt::Display for OpenError {
                 }
                 Ok(())
             }
-            OpenError::NotAcknowledged(why) => {
-                write!(f, "gateway did not acknowledge tunnel protocol v2 ({why})")
-            }
+            OpenError::NotAcknowledged(why) => write!(
+                f,
+                "gateway did not acknowledge tunnel protocol v2 ({why})"
+            ),
             OpenError::ClosedSilently => f.write_str("gateway closed the tunnel at once"),
             OpenError::NoAnswer(t) => write!(
                 f,
@@ -131,9 +132,7 @@ impl fmt::Display for OpenError {
                 t.as_secs()
             ),
             OpenError::Ws(e) => write!(f, "gateway connection failed: {e}"),
-            OpenError::Malformed(e) => {
-                write!(f, "gateway sent a message the relay cannot read: {e}")
-            }
+            OpenError::Malformed(e) => write!(f, "gateway sent a message the relay cannot read: {e}"),
         }
     }
 }
@@ -223,11 +222,7 @@ enum Hello {
 }
 
 impl Attempt<'_> {
-    fn run(
-        &self,
-        mut ws: WebSocket<GatewayStream>,
-        opened_at: Instant,
-    ) -> Result<Opened, OpenError> {
+    fn run(&self, mut ws: WebSocket<GatewayStream>, opened_at: Instant) -> Result<Opened, OpenError> {
         let gateway = self.gateway;
         let agent = gateway.generation == Generation::AgentProxy;
         let started = Instant::now();
@@ -240,11 +235,8 @@ impl Attempt<'_> {
         };
         let wire = if agent { Wire::V2 } else { Wire::V1 };
         // Sends are blocking, bounded like the upgrade.
-        socket::set_mode(
-            ws.get_ref().tcp(),
-            Mode::bounded(self.limits.upgrade_timeout),
-        )
-        .map_err(|e| OpenError::Ws(tungstenite::Error::Io(e)))?;
+        socket::set_mode(ws.get_ref().tcp(), Mode::bounded(self.limits.upgrade_timeout))
+            .map_err(|e| OpenError::Ws(tungstenite::Error::Io(e)))?;
         let mut opening: Vec<Vec<u8>> = Vec::new();
         if matches!(hello, Hello::Awaited(_)) {
             opening.push(message_v2::HELLO.to_vec());
@@ -292,22 +284,17 @@ impl Attempt<'_> {
             if let Hello::Awaited(until) = hello {
                 wake = wake.min(until);
             }
-            socket::set_mode(
-                ws.get_ref().tcp(),
-                Mode::Blocking {
-                    read: Some(wake.saturating_duration_since(now)),
-                    write: Some(self.limits.upgrade_timeout),
-                },
-            )
+            socket::set_mode(ws.get_ref().tcp(), Mode::Blocking {
+                read: Some(wake.saturating_duration_since(now)),
+                write: Some(self.limits.upgrade_timeout),
+            })
             .map_err(|e| OpenError::Ws(tungstenite::Error::Io(e)))?;
             let message = match ws.read() {
                 Ok(message) => message,
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue;

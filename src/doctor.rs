@@ -95,10 +95,7 @@ pub fn run(config: &Config) -> i32 {
     );
     println!("  info  system CA bundle: {}", system_text(config));
     if let (Ok(endpoint), Ok(tls)) = (&endpoint, &tls) {
-        let ca_label = format!(
-            "gateway CA  {}",
-            endpoint.http_url(generation.ca_cert_path())
-        );
+        let ca_label = format!("gateway CA  {}", endpoint.http_url(generation.ca_cert_path()));
         // With the gates open, the very plan `run` and `serve` make;
         // otherwise the CA fetch alone, to show whether it would work.
         let (bundle, plan) = match activation {

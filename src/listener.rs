@@ -19,8 +19,8 @@ use crate::forward;
 use crate::gates::Generation;
 use crate::gateway::Gateway;
 use crate::reply;
-use crate::request_head::{ProxyRequest, read_head};
 use crate::socket::{self, Mode};
+use crate::request_head::{ProxyRequest, read_head};
 use crate::tunnel::{PumpOptions, Tunnel};
 use log::{debug, info, warn};
 
@@ -275,9 +275,7 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
     let report = tunnel.run();
     lock(&shared.tunnels).remove(&id);
     let pooled = match (&gateway.pool, tunnel.take_websocket()) {
-        (Some(pool), Some(ws)) if !shared.stopping.load(Ordering::SeqCst) => {
-            pool.put(ws, opened_at)
-        }
+        (Some(pool), Some(ws)) if !shared.stopping.load(Ordering::SeqCst) => pool.put(ws, opened_at),
         _ => false,
     };
     let client_note = if agent {

@@ -43,9 +43,9 @@ use tungstenite::{Bytes, Message, WebSocket};
 use crate::chunk;
 use crate::gateway::GatewayStream;
 use crate::message_v2;
+use crate::wire::{Incoming, Malformed, Wire};
 pub use crate::socket::wait_ready;
 use crate::socket::{self, Mode};
-use crate::wire::{Incoming, Malformed, Wire};
 
 /// Stack for the second pump thread: a copy loop needs little, and pages
 /// never touched cost no memory.
@@ -813,10 +813,7 @@ mod tests {
             .unwrap();
         let report = runner.join().unwrap();
         assert!(
-            matches!(
-                report.end,
-                End::Malformed(Malformed::Chunk(chunk::ChunkError::WrongTag(0x12)))
-            ),
+            matches!(report.end, End::Malformed(Malformed::Chunk(chunk::ChunkError::WrongTag(0x12)))),
             "{}",
             report.end
         );
@@ -846,10 +843,7 @@ mod tests {
         server_ws.send(Message::Text("nope".into())).unwrap();
         let report = runner.join().unwrap();
         assert!(
-            matches!(
-                report.end,
-                End::Malformed(Malformed::Chunk(chunk::ChunkError::TextFrame))
-            ),
+            matches!(report.end, End::Malformed(Malformed::Chunk(chunk::ChunkError::TextFrame))),
             "{}",
             report.end
         );

@@ -111,10 +111,7 @@ mod tests {
     #[test]
     fn both_wires_read_data_and_keepalives() {
         for wire in [Wire::V1, Wire::V2] {
-            assert_eq!(
-                wire.decode(&[0x0A, 2, b'h', b'i']),
-                Ok(Incoming::Data(b"hi"))
-            );
+            assert_eq!(wire.decode(&[0x0A, 2, b'h', b'i']), Ok(Incoming::Data(b"hi")));
             assert_eq!(wire.decode(&[0x0A, 0]), Ok(Incoming::Data(b"")));
             assert_eq!(wire.decode(&[]), Ok(Incoming::Data(b"")));
         }

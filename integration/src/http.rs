@@ -61,6 +61,17 @@ pub fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The lines of `text` (a head as an origin echoes it) naming header
+/// `name`, compared without regard to case.
+pub fn header_lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,15 +87,4 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno\n"
         );
     }
-}
-
-/// The lines of `text` (a head as an origin echoes it) naming header
-/// `name`, compared without regard to case.
-pub fn header_lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
-    text.lines()
-        .filter(|l| {
-            l.split_once(':')
-                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
-        })
-        .collect()
 }
