@@ -585,6 +585,16 @@ pub(crate) mod tests {
         fetch_gateway_ca(endpoint, &connector(), Duration::from_secs(5), 64 * 1024)
     }
 
+    /// [`fetch_gateway_ca`] with a 500 ms deadline, for the timeout tests.
+    fn fetch_within_500ms(endpoint: &Endpoint) -> Result<Vec<String>, TrustError> {
+        fetch_gateway_ca(
+            endpoint,
+            &connector(),
+            Duration::from_millis(500),
+            DEFAULT_MAX_BYTES,
+        )
+    }
+
     pub(crate) fn answer(head: &str, body: &[u8]) -> Vec<u8> {
         let mut bytes = head.replace('\n', "\r\n").into_bytes();
         bytes.extend_from_slice(b"\r\n");
@@ -767,13 +777,7 @@ pub(crate) mod tests {
         });
         let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
         let started = Instant::now();
-        let err = fetch_gateway_ca(
-            &endpoint,
-            &connector(),
-            Duration::from_millis(500),
-            DEFAULT_MAX_BYTES,
-        )
-        .unwrap_err();
+        let err = fetch_within_500ms(&endpoint).unwrap_err();
         let took = started.elapsed();
         assert!(matches!(err, TrustError::Timeout(_)), "{err}");
         assert!(
@@ -802,13 +806,7 @@ pub(crate) mod tests {
         });
         let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
         let started = Instant::now();
-        let err = fetch_gateway_ca(
-            &endpoint,
-            &connector(),
-            Duration::from_millis(500),
-            DEFAULT_MAX_BYTES,
-        )
-        .unwrap_err();
+        let err = fetch_within_500ms(&endpoint).unwrap_err();
         assert!(matches!(err, TrustError::Timeout(_)), "{err}");
         assert!(started.elapsed() < Duration::from_millis(1500));
         server.join().unwrap();
