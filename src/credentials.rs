@@ -469,28 +469,6 @@ mod tests {
     }
 
     #[test]
-    fn git_really_reads_the_config_variables() {
-        // The variables mean to git what this module thinks they mean.
-        let Some(git) = find_on_path("git", OsStr::new("/usr/local/bin:/usr/bin:/bin")) else {
-            panic!("git is needed for this test and is not installed");
-        };
-        let mut cmd2 = std::process::Command::new(git);
-        cmd2.env_clear().env("HOME", "/nonexistent").args([
-            "ls-remote",
-            "--get-url",
-            "git@github.com:o/r.git",
-        ]);
-        for (k, v) in git_vars(env(&[]), false) {
-            cmd2.env(k, v);
-        }
-        let out = cmd2.output().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "https://github.com/o/r.git"
-        );
-    }
-
-    #[test]
     fn aws_config_created_once_with_modes() {
         let home = TempDir::new("aws-home");
         let path = home.0.join(".aws/config");
@@ -594,26 +572,6 @@ file:/root/.gitconfig\thttp.proxyauthmethod=basic
         let found = parse_git_conflicts("HTTP.Proxy=x\nhttp.proxy\ncore.editor=vi\n");
         assert_eq!(found.len(), 2, "{found:?}");
         assert_eq!(found[0], "HTTP.Proxy=x: sends git to another proxy");
-    }
-
-    #[test]
-    fn git_conflicts_reads_global_config_with_a_real_git() {
-        let home = TempDir::new("git-home");
-        fs::write(
-            home.0.join(".gitconfig"),
-            "[http]\n\tproxy = http://corp:3128\n[url \"git@github.com:\"]\n\tinsteadOf = https://github.com/\n[user]\n\tname = x\n",
-        )
-        .unwrap();
-        let path = OsStr::new("/usr/local/bin:/usr/bin:/bin");
-        assert!(
-            find_on_path("git", path).is_some(),
-            "git is needed for this test"
-        );
-        let found = git_conflicts_with(Duration::from_secs(5), path, Some(&home.0));
-        let global: Vec<&String> = found.iter().filter(|f| f.contains(".gitconfig")).collect();
-        assert_eq!(global.len(), 2, "{found:#?}");
-        assert!(global[0].starts_with("http.proxy=http://corp:3128"));
-        assert!(global[1].starts_with("url.git@github.com:.insteadof=https://github.com/"));
     }
 
     #[test]

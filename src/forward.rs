@@ -563,27 +563,11 @@ fn forward_one<R: BufRead>(
 
     // The response; informational ones (but 101) are passed on as they come.
     let response = loop {
-        let bytes = read_head_bytes(&mut up.stream, MAX_RESPONSE_HEAD).map_err(|e| {
-            Failure::Answer(
-                reply::BAD_GATEWAY,
-                format!("no response from {authority}: {e}"),
-            )
-        })?;
-        let resp = match parse_response_head(&bytes) {
-            Ok(Some((resp, _))) => resp,
-            Ok(None) => {
-                return Err(Failure::Answer(
-                    reply::BAD_GATEWAY,
-                    format!("{authority}: response head cut off"),
-                ));
-            }
-            Err(e) => {
-                return Err(Failure::Answer(
-                    reply::BAD_GATEWAY,
-                    format!("{authority}: {e}"),
-                ));
-            }
-        };
+        let (bytes, resp) = read_response(
+            &mut up.stream,
+            &authority.to_string(),
+            &format!("no response from {authority}"),
+        )?;
         if (100..200).contains(&resp.status) && resp.status != 101 {
             if !expects_continue || resp.status != 100 {
                 (&*client)
@@ -653,22 +637,8 @@ fn open_upstream(
     )
     .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, e.to_string()))?;
     let mut stream = BufReader::with_capacity(64 * 1024, stream);
-    let bytes = read_head_bytes(&mut stream, MAX_RESPONSE_HEAD).map_err(|e| {
-        Failure::Answer(
-            reply::BAD_GATEWAY,
-            format!("gateway did not answer the CONNECT: {e}"),
-        )
-    })?;
-    let resp = match parse_response_head(&bytes) {
-        Ok(Some((resp, _))) => resp,
-        Ok(None) => {
-            return Err(Failure::Answer(
-                reply::BAD_GATEWAY,
-                "gateway: answer cut off".into(),
-            ));
-        }
-        Err(e) => return Err(Failure::Answer(reply::BAD_GATEWAY, format!("gateway: {e}"))),
-    };
+    let (bytes, resp) =
+        read_response(&mut stream, "gateway", "gateway did not answer the CONNECT")?;
     if !(200..300).contains(&resp.status) {
         let mut to_client = client;
         let _ = to_client.write_all(&bytes);
@@ -682,6 +652,24 @@ fn open_upstream(
         authority: authority.clone(),
         stream,
     })
+}
+
+/// Reads and parses one response head from `stream` (`who` names the
+/// sender in errors, `silent` says what it means when no head comes): the
+/// head's bytes, to pass on verbatim, and its parse. Any failure is a 502.
+fn read_response<R: BufRead>(
+    stream: &mut R,
+    who: &str,
+    silent: &str,
+) -> Result<(Vec<u8>, ResponseHead), Failure> {
+    let bad = |msg: String| Failure::Answer(reply::BAD_GATEWAY, msg);
+    let bytes =
+        read_head_bytes(stream, MAX_RESPONSE_HEAD).map_err(|e| bad(format!("{silent}: {e}")))?;
+    match parse_response_head(&bytes) {
+        Ok(Some((resp, _))) => Ok((bytes, resp)),
+        Ok(None) => Err(bad(format!("{who}: response head cut off"))),
+        Err(e) => Err(bad(format!("{who}: {e}"))),
+    }
 }
 
 #[cfg(test)]

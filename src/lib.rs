@@ -40,3 +40,6 @@ pub mod wire;
 
 #[cfg(test)]
 mod test_support;
+
+#[cfg(test)]
+mod test_cert;

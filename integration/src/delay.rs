@@ -100,29 +100,14 @@ impl DelayShim {
 
     /// Forwards connections for ever, one set of threads each.
     pub fn serve(self) -> io::Result<()> {
-        for conn in self.listener.incoming() {
-            let client = match conn {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("accept failed: {e}");
-                    thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            };
+        crate::accept::serve_each(&self.listener, STACK, |client| {
             let cfg = self.cfg.clone();
-            let spawned = thread::Builder::new()
-                .name("delay-conn".into())
-                .stack_size(STACK)
-                .spawn(move || {
-                    if let Err(e) = forward(client, &cfg) {
-                        log::info!("connection ended: {e}");
-                    }
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start a connection thread: {e}");
-            }
-        }
-        Ok(())
+            ("delay-conn".to_string(), move || {
+                if let Err(e) = forward(client, &cfg) {
+                    log::info!("connection ended: {e}");
+                }
+            })
+        })
     }
 }
 

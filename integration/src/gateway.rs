@@ -479,31 +479,15 @@ impl Gateway {
 
     /// Serves connections, one thread each, for ever.
     pub fn serve(self) -> io::Result<()> {
-        for conn in self.listener.incoming() {
-            let conn = match conn {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of descriptors and the like: back off, keep serving.
-                    log::warn!("accept failed: {e}");
-                    thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            };
+        crate::accept::serve_each(&self.listener, CONN_STACK, |conn| {
             let shared = Arc::clone(&self.shared);
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let spawned = thread::Builder::new()
-                .name(format!("gw-conn-{id}"))
-                .stack_size(CONN_STACK)
-                .spawn(move || {
-                    if let Err(e) = handle(&shared, id, conn) {
-                        log::info!("#{id}: {e}");
-                    }
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start a connection thread: {e}");
-            }
-        }
-        Ok(())
+            (format!("gw-conn-{id}"), move || {
+                if let Err(e) = handle(&shared, id, conn) {
+                    log::info!("#{id}: {e}");
+                }
+            })
+        })
     }
 }
 

@@ -1,5 +1,6 @@
 //! Small HTTP/1.1 helpers shared by the development gateway and origin:
-//! reason phrases and whole responses with a short body.
+//! reason phrases and whole responses with a short body; for the tests,
+//! the lines of an echoed head that name a header.
 
 /// The standard reason phrase for `status`, or `Unknown`.
 pub fn reason(status: u16) -> &'static str {
@@ -58,6 +59,17 @@ pub fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
     })
+}
+
+/// The lines of `text` (a head as an origin echoes it) naming header
+/// `name`, compared without regard to case.
+pub fn header_lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! gw.wait_for_event_prefix("tunnel-end origin.test:80", std::time::Duration::from_secs(5));
 //! ```
 
+pub mod accept;
 pub mod args;
 pub mod bench;
 pub mod delay;

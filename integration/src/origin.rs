@@ -141,31 +141,16 @@ impl Origin {
 
     /// Serves connections, one thread each, for ever.
     pub fn serve(self) -> io::Result<()> {
-        for conn in self.listener.incoming() {
-            let conn = match conn {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("accept failed: {e}");
-                    thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            };
+        crate::accept::serve_each(&self.listener, 512 * 1024, |conn| {
             let tls = self.tls.clone();
             let pattern = Arc::clone(&self.pattern);
             let root = self.root.clone();
-            let spawned = thread::Builder::new()
-                .name("origin-conn".into())
-                .stack_size(512 * 1024)
-                .spawn(move || {
-                    if let Err(e) = connection(conn, tls.as_deref(), &pattern, root.as_deref()) {
-                        log::debug!("connection: {e}");
-                    }
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start a connection thread: {e}");
-            }
-        }
-        Ok(())
+            ("origin-conn".to_string(), move || {
+                if let Err(e) = connection(conn, tls.as_deref(), &pattern, root.as_deref()) {
+                    log::debug!("connection: {e}");
+                }
+            })
+        })
     }
 }
 

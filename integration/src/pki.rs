@@ -8,6 +8,8 @@
 //! certificates always name `127.0.0.1` as well as the names asked for, so
 //! a server on loopback can be reached by address too; the leaves the
 //! gateway forges in MITM mode ([`TestCa::forge_leaf`]) name exactly one host.
+//! A lone self-signed certificate in memory ([`self_signed`]) is the relay's
+//! own unit-test helper, compiled here from its source file.
 
 use std::fs;
 use std::io;
@@ -27,6 +29,12 @@ use openssl::x509::extension::{
     SubjectKeyIdentifier,
 };
 use openssl::x509::{X509, X509Builder, X509NameBuilder};
+
+/// The relay's unit-test certificate maker, the same source file, so the
+/// integration tests and the unit tests share one copy.
+#[path = "../../src/test_cert.rs"]
+mod test_cert;
+pub use test_cert::{TestCert, self_signed};
 
 /// File name of the CA certificate inside a CA directory.
 pub const CA_CERT_FILE: &str = "ca.pem";

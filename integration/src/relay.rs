@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::gateway::Generation;
-use crate::pattern::{PatternChecker, PatternReader};
+use crate::pattern::{PatternReader, verify_reader};
 use crate::pki::TestCa;
 use crate::procs::{DevGateway, DevOrigin, GatewayOptions, bin_path};
 use crate::temp::{TempDir, temp_dir};
@@ -632,18 +632,8 @@ pub fn duplex_echo(client: TcpStream, len: u64) -> f64 {
     let head = read_head(&mut reader).expect("echo response head");
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    let mut check = PatternChecker::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => check.feed(&buf[..n]),
-            Err(e) => panic!("echo read failed after {} bytes: {e}", check.seen()),
-        }
-    }
+    let echoed = verify_reader(&mut reader, len);
     upload.join().unwrap().expect("upload through the tunnel");
-    check
-        .verify(len)
-        .unwrap_or_else(|e| panic!("echoed bytes: {e}"));
+    echoed.unwrap_or_else(|e| panic!("echoed bytes: {e}"));
     2.0 * len as f64 / started.elapsed().as_secs_f64() / 1e6
 }

@@ -646,3 +646,19 @@ pub fn relay_vars_in(env: &BTreeMap<String, String>) -> Vec<String> {
         .map(|n| format!("{n}={}", env[n]))
         .collect()
 }
+
+/// A parent environment of exactly `pairs`, in the shape the relay's
+/// library functions take one (`name -> value`), for tests that call them
+/// directly rather than through the binary.
+pub fn parent_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}

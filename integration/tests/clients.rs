@@ -281,38 +281,35 @@ fn sha256_hex(bytes: &[u8]) -> String {
 // ---------------------------------------------------------------------------
 // curl
 
+/// The whole of a `/headers` row: `command` through the relay (with
+/// `parent` added to its environment) prints `prefix` then the request
+/// head the origin received, which carries the gateway's injected header,
+/// and the gateway terminated TLS (`tls`) or rewrote a plain tunnel.
+fn headers_row(name: &str, command: &[&str], parent: &[(&str, &str)], prefix: &str, tls: bool) {
+    let scene = Scene::start(name);
+    let body = scene.run_ok_with(command, parent);
+    assert!(body.starts_with(prefix), "{body}");
+    assert!(body.lines().any(|l| l == INJECTED), "{body}");
+    scene.expect_mitm("origin.test", tls);
+}
+
+/// What curl and wget print for `/headers`: the head alone.
+const HEAD: &str = "GET /headers HTTP/1.1\n";
+
 #[test]
 fn curl_https() {
     require("curl", "the apt package `curl`");
-    let scene = Scene::start("curl-https");
-    let body = scene.run_ok(&[
-        "curl",
-        "-sS",
-        "--fail",
-        "--max-time",
-        "30",
-        "https://origin.test/headers",
-    ]);
-    assert!(body.starts_with("GET /headers HTTP/1.1\n"), "{body}");
-    assert!(body.lines().any(|l| l == INJECTED), "{body}");
-    scene.expect_mitm("origin.test", true);
+    let url = "https://origin.test/headers";
+    let curl = ["curl", "-sS", "--fail", "--max-time", "30", url];
+    headers_row("curl-https", &curl, &[], HEAD, true);
 }
 
 #[test]
 fn curl_http() {
     require("curl", "the apt package `curl`");
-    let scene = Scene::start("curl-http");
-    let body = scene.run_ok(&[
-        "curl",
-        "-sS",
-        "--fail",
-        "--max-time",
-        "30",
-        "http://origin.test/headers",
-    ]);
-    assert!(body.starts_with("GET /headers HTTP/1.1\n"), "{body}");
-    assert!(body.lines().any(|l| l == INJECTED), "{body}");
-    scene.expect_mitm("origin.test", false);
+    let url = "http://origin.test/headers";
+    let curl = ["curl", "-sS", "--fail", "--max-time", "30", url];
+    headers_row("curl-http", &curl, &[], HEAD, false);
 }
 
 // ---------------------------------------------------------------------------
@@ -321,21 +318,9 @@ fn curl_http() {
 #[test]
 fn wget_https() {
     require("wget", "the apt package `wget`");
-    let scene = Scene::start("wget-https");
-    let body = scene.run_ok(&[
-        "wget",
-        "-q",
-        "-t",
-        "1",
-        "-T",
-        "30",
-        "-O",
-        "-",
-        "https://origin.test/headers",
-    ]);
-    assert!(body.starts_with("GET /headers HTTP/1.1\n"), "{body}");
-    assert!(body.lines().any(|l| l == INJECTED), "{body}");
-    scene.expect_mitm("origin.test", true);
+    let url = "https://origin.test/headers";
+    let wget = ["wget", "-q", "-t", "1", "-T", "30", "-O", "-", url];
+    headers_row("wget-https", &wget, &[], HEAD, true);
 }
 
 // ---------------------------------------------------------------------------
@@ -360,14 +345,14 @@ fn python_row(name: &str, script: &str, url: &str, tls: bool) {
 }
 
 fn python_row_with(name: &str, script: &str, url: &str, tls: bool, parent: &[(&str, &str)]) {
-    let scene = Scene::start(name);
-    let out = scene.run_ok_with(&["python3", "-c", script, url], parent);
-    assert!(
-        out.starts_with("status 200\nGET /headers HTTP/1.1\n"),
-        "{out}"
+    let command = ["python3", "-c", script, url];
+    headers_row(
+        name,
+        &command,
+        parent,
+        "status 200\nGET /headers HTTP/1.1\n",
+        tls,
     );
-    assert!(out.lines().any(|l| l == INJECTED), "{out}");
-    scene.expect_mitm("origin.test", tls);
 }
 
 #[test]

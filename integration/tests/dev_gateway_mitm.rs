@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ccr_integration::gateway::Mode;
 use ccr_integration::head::read_head_bytes;
+use ccr_integration::http::header_lines;
 use ccr_integration::pattern::{self, PatternChecker, PatternSource};
 use ccr_integration::pki::TestCa;
 use ccr_integration::stream::GatewayStream;
@@ -193,14 +194,13 @@ fn headers_seen<S: Read + Write>(http: &mut Http<S>, extra: &str) -> String {
     String::from_utf8(body).unwrap()
 }
 
-/// The lines of `text` naming header `name`.
-fn header_lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
-    text.lines()
-        .filter(|l| {
-            l.split_once(':')
-                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
-        })
-        .collect()
+/// The origin saw exactly one `X-Api-Key`, with `value`.
+fn assert_api_key(seen: &str, value: &str) {
+    assert_eq!(
+        header_lines(seen, "X-Api-Key"),
+        [format!("X-Api-Key: {value}")],
+        "{seen}"
+    );
 }
 
 /// Uploads `len` pattern bytes to `/sha256` (chunked when asked) and
@@ -282,19 +282,11 @@ fn forged_leaf_verifies_with_the_gateway_ca_and_every_request_gets_the_header() 
 
     // The client's own value is replaced, whatever case it is sent in.
     let seen = headers_seen(&mut http, "x-api-key: client-value\r\nX-Other: kept\r\n");
-    assert_eq!(
-        header_lines(&seen, "X-Api-Key"),
-        ["X-Api-Key: injected-secret"],
-        "{seen}"
-    );
+    assert_api_key(&seen, "injected-secret");
     assert_eq!(header_lines(&seen, "X-Other"), ["X-Other: kept"], "{seen}");
     // The second request on the same connection gets it too.
     let seen = headers_seen(&mut http, "");
-    assert_eq!(
-        header_lines(&seen, "X-Api-Key"),
-        ["X-Api-Key: injected-secret"],
-        "{seen}"
-    );
+    assert_api_key(&seen, "injected-secret");
     // Bodies arrive intact, both framings, and keep-alive goes on after them.
     upload_and_check(&mut http, 1 << 20, false);
     upload_and_check(&mut http, 700_000, true);
@@ -341,11 +333,7 @@ fn forged_leaf_verifies_with_the_gateway_ca_and_every_request_gets_the_header() 
     assert_eq!(again.to_der().unwrap(), leaf.to_der().unwrap());
     let mut http = Http::new(tls);
     let seen = headers_seen(&mut http, "X-Api-Key: other\r\n");
-    assert_eq!(
-        header_lines(&seen, "X-Api-Key"),
-        ["X-Api-Key: injected-secret"],
-        "{seen}"
-    );
+    assert_api_key(&seen, "injected-secret");
 
     let events = gw.events();
     assert_eq!(
@@ -386,11 +374,7 @@ fn ip_targets_get_an_ip_leaf_and_other_hosts_no_header() {
     );
     let mut http = Http::new(tls);
     let seen = headers_seen(&mut http, "X-Api-Key: client-value\r\n");
-    assert_eq!(
-        header_lines(&seen, "X-Api-Key"),
-        ["X-Api-Key: client-value"],
-        "{seen}"
-    );
+    assert_api_key(&seen, "client-value");
     gw.wait_for_event(WAIT, |l| l == "mitm 127.0.0.1 leaf-issued");
     assert_eq!(gw.count_events("mitm 127.0.0.1 inject "), 0);
 }
@@ -436,19 +420,11 @@ fn plain_http_tunnels_are_rewritten_too() {
     });
     let mut http = Http::new(Tunnel::open(&gw, "origin.test:80"));
     let seen = headers_seen(&mut http, "X-Api-Key: client-value\r\n");
-    assert_eq!(
-        header_lines(&seen, "X-Api-Key"),
-        ["X-Api-Key: injected-secret"],
-        "{seen}"
-    );
+    assert_api_key(&seen, "injected-secret");
     upload_and_check(&mut http, 300_000, true);
     upload_and_check(&mut http, 1 << 20, false);
     let seen = headers_seen(&mut http, "");
-    assert_eq!(
-        header_lines(&seen, "X-Api-Key"),
-        ["X-Api-Key: injected-secret"],
-        "{seen}"
-    );
+    assert_api_key(&seen, "injected-secret");
     gw.wait_for_event(WAIT, |l| l == "mitm origin.test plain");
     assert_eq!(gw.count_events("mitm origin.test inject X-Api-Key"), 4);
     assert_eq!(gw.count_events("mitm origin.test leaf-issued"), 0);
@@ -471,10 +447,6 @@ fn blind_mode_passes_the_origin_certificate_and_headers_through() {
         .expect("the origin's own certificate");
     let mut http = Http::new(tls);
     let seen = headers_seen(&mut http, "X-Api-Key: client-value\r\n");
-    assert_eq!(
-        header_lines(&seen, "X-Api-Key"),
-        ["X-Api-Key: client-value"],
-        "{seen}"
-    );
+    assert_api_key(&seen, "client-value");
     assert_eq!(gw.count_events("mitm "), 0);
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use ccr_integration::http::header_lines;
 use ccr_integration::pki::TestCa;
 use ccr_integration::relay::{RelayOptions, SYSTEM_CA, relay_command};
 use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, TempDir, temp_dir};
@@ -74,6 +75,22 @@ impl Scene {
         );
         out
     }
+
+    /// `curl URL` through the relay, sending its own `X-Api-Key`; what the
+    /// origin saw (its `/headers` echo), or a panic if curl failed.
+    fn curl_with_own_key(&self, url: &str) -> String {
+        let out = self.run(&[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "20",
+            "-H",
+            "X-Api-Key: from-the-client",
+            url,
+        ]);
+        success(&out, &format!("curl {url}"))
+    }
 }
 
 /// stdout, or a panic showing both streams and the exit status.
@@ -88,16 +105,6 @@ fn success(out: &Output, what: &str) -> String {
     stdout
 }
 
-/// The lines of `text` naming header `name`.
-fn header_lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
-    text.lines()
-        .filter(|l| {
-            l.split_once(':')
-                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
-        })
-        .collect()
-}
-
 fn pem_in(bundle: &Path, pem: &[u8]) -> bool {
     let text = std::fs::read_to_string(bundle).unwrap();
     text.contains(String::from_utf8_lossy(pem).trim())
@@ -106,17 +113,7 @@ fn pem_in(bundle: &Path, pem: &[u8]) -> bool {
 #[test]
 fn curl_https_verifies_the_forged_leaf_with_the_merged_bundle_and_gets_the_header() {
     let scene = Scene::start();
-    let out = scene.run(&[
-        "curl",
-        "-sS",
-        "--fail",
-        "--max-time",
-        "20",
-        "-H",
-        "X-Api-Key: from-the-client",
-        "https://origin.test/headers",
-    ]);
-    let seen = success(&out, "curl https://origin.test/headers");
+    let seen = scene.curl_with_own_key("https://origin.test/headers");
     assert_eq!(
         seen.lines().next(),
         Some("GET /headers HTTP/1.1"),
@@ -175,17 +172,7 @@ fn curl_verifies_for_real_a_bundle_without_the_gateway_ca_fails() {
 fn curl_plain_http_is_forwarded_and_gets_the_header() {
     let scene = Scene::start();
     // No -x: the relay exports http_proxy / HTTP_PROXY for plain http://.
-    let out = scene.run(&[
-        "curl",
-        "-sS",
-        "--fail",
-        "--max-time",
-        "20",
-        "-H",
-        "X-Api-Key: from-the-client",
-        "http://origin.test/headers",
-    ]);
-    let seen = success(&out, "curl http://origin.test/headers");
+    let seen = scene.curl_with_own_key("http://origin.test/headers");
     assert_eq!(
         seen.lines().next(),
         Some("GET /headers HTTP/1.1"),

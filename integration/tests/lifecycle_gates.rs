@@ -148,13 +148,15 @@ fn assert_closed_gate(s: &Session, server: &TinyServer, what: &str, needles: &[&
     assert!(!s.bundle.exists(), "{what}: a bundle was written");
 }
 
-#[test]
-fn gate_2_closed_warns_once_and_keeps_the_token_file() {
+/// For each of `values` of `var` (`None`: unset), `gate` is closed: the
+/// relay warns once naming it and `var`, and leaves the token file as it
+/// was.
+fn gate_closed_for(tag: &str, gate: &str, var: &str, values: &[Option<&str>]) {
     let (server, _ca) = working_ca_endpoint();
-    for value in [None, Some("0"), Some("false"), Some("nope"), Some("")] {
-        let s = with_var(Session::new("gate2", &server.base_url()), ENABLED, value);
-        let what = format!("{ENABLED}={value:?}");
-        assert_closed_gate(&s, &server, &what, &["gate 2", ENABLED]);
+    for &value in values {
+        let s = with_var(Session::new(tag, &server.base_url()), var, value);
+        let what = format!("{var}={value:?}");
+        assert_closed_gate(&s, &server, &what, &[gate, var]);
         assert!(
             s.token_file_intact(),
             "{what}: the token file was unlinked or changed"
@@ -163,17 +165,15 @@ fn gate_2_closed_warns_once_and_keeps_the_token_file() {
 }
 
 #[test]
+fn gate_2_closed_warns_once_and_keeps_the_token_file() {
+    let values = [None, Some("0"), Some("false"), Some("nope"), Some("")];
+    gate_closed_for("gate2", "gate 2", ENABLED, &values);
+}
+
+#[test]
 fn gate_3_closed_warns_once_and_keeps_the_token_file() {
-    let (server, _ca) = working_ca_endpoint();
-    for value in [None, Some(""), Some("   "), Some(" \t ")] {
-        let s = with_var(Session::new("gate3", &server.base_url()), SESSION_ID, value);
-        let what = format!("{SESSION_ID}={value:?}");
-        assert_closed_gate(&s, &server, &what, &["gate 3", SESSION_ID]);
-        assert!(
-            s.token_file_intact(),
-            "{what}: the token file was unlinked or changed"
-        );
-    }
+    let values = [None, Some(""), Some("   "), Some(" \t ")];
+    gate_closed_for("gate3", "gate 3", SESSION_ID, &values);
 }
 
 #[test]

@@ -5,7 +5,6 @@
 //! JDK, wget and the system's CA files, so they live here rather than in
 //! the library's unit tests, which need nothing but Rust.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufRead, Read, Write};
 use std::net::TcpListener;
@@ -16,77 +15,18 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
+use ccr_integration::pki::{TestCert, self_signed};
+use ccr_integration::session_env::parent_of;
 use ccr_integration::temp::temp_dir;
 use ccr_relay::child_env::{ClientFiles, ProxyEnv, child_vars, write_wgetrc};
+use ccr_relay::install::command::find_on_path;
+use ccr_relay::trust::jdk::{find_cacerts, read_cacerts};
 use ccr_relay::trust::jks::{PASSWORD, Written, write_jks};
 use ccr_relay::trust::{bundle, extract_certificates, system_bundle, user_cas};
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::PKey;
-use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName, SubjectKeyIdentifier};
-use openssl::x509::{X509, X509NameBuilder};
 
-struct TestCert {
-    pem: String,
-    key: String,
-}
-
-/// A self-signed P-256 CA certificate for `cn` with the names
-/// `IP:127.0.0.1` and `DNS:localhost`, valid one day.
-fn self_signed(cn: &str) -> TestCert {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(&name).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-        .unwrap();
-    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-        .unwrap();
-    let ski = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(None, None))
-        .unwrap();
-    b.append_extension(ski).unwrap();
-    let san = SubjectAlternativeName::new()
-        .ip("127.0.0.1")
-        .dns("localhost")
-        .build(&b.x509v3_context(None, None))
-        .unwrap();
-    b.append_extension(san).unwrap();
-    b.sign(&key, MessageDigest::sha256()).unwrap();
-    let cert = b.build();
-    TestCert {
-        pem: String::from_utf8(cert.to_pem().unwrap()).unwrap(),
-        key: String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
-    }
-}
-
-/// system, gateway, corp, wget: four distinct self-signed certificates.
 fn certs() -> &'static [TestCert; 4] {
     static CERTS: OnceLock<[TestCert; 4]> = OnceLock::new();
     CERTS.get_or_init(|| ["ccr-system", "ccr-gateway", "ccr-corp", "ccr-wget"].map(self_signed))
-}
-
-fn parent_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |name| map.get(name).cloned()
 }
 
 fn no_parent(_: &str) -> Option<String> {
@@ -412,4 +352,33 @@ fn a_real_jvm_takes_the_proxy_and_trusts_the_generated_store() {
         out.contains("error javax.net.ssl.SSLHandshakeException"),
         "{out}"
     );
+}
+
+// -- the machine's JDK ----------------------------------------------------
+
+/// The machine's JDK, when there is one: its real cacerts parses, with
+/// the count `keytool` reports.
+#[test]
+fn the_machines_jdk_cacerts_parses_like_keytool_says() {
+    let parent = |n: &str| std::env::var(n).ok();
+    let Some(path) = find_cacerts(parent) else {
+        eprintln!("SKIP: no JDK on this machine");
+        return;
+    };
+    let pems = read_cacerts(&path).unwrap();
+    assert!(pems.len() > 50, "{} certificates", pems.len());
+    let Some(keytool) = find_on_path("keytool", &std::env::var_os("PATH").unwrap()) else {
+        return;
+    };
+    let out = std::process::Command::new(keytool)
+        .args(["-list", "-storepass", "changeit", "-keystore"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let entries = listing
+        .lines()
+        .filter(|l| l.contains("trustedCertEntry"))
+        .count();
+    assert_eq!(pems.len(), entries, "{listing}");
 }

@@ -412,6 +412,13 @@ pub(crate) mod test_util {
         None
     }
 
+    /// The value `vars` gives `name`, if any.
+    pub(crate) fn var_of<'a>(vars: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        vars.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub(crate) const REFERENCE_NO_PROXY: &str = "localhost,127.0.0.1,::1,169.254.0.0/16,10.0.0.0/8,\
 172.16.0.0/12,192.168.0.0/16,anthropic.com,.anthropic.com,*.anthropic.com,\
 registry.npmjs.org,jsr.io,npm.jsr.io,pypi.org,files.pythonhosted.org,index.crates.io,\

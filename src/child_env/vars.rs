@@ -205,11 +205,7 @@ mod tests {
         let files = ClientFiles::expected(Path::new("/home/u/.ccr/ca-bundle.crt"));
         let vars = child_vars(&agent_env(false, false, true), &files, no_parent);
         let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-        let get = |name: &str| {
-            vars.iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |name: &str| var_of(&vars, name);
         let bundle = "/home/u/.ccr/ca-bundle.crt";
         for name in [
             "SSL_CERT_FILE",
@@ -305,11 +301,7 @@ mod tests {
             &ClientFiles::default(),
             parent,
         );
-        let get = |name: &str| {
-            vars.iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |name: &str| var_of(&vars, name);
         assert_eq!(get("UV_NATIVE_TLS"), None, "the parent's stays");
         assert_eq!(get("DENO_TLS_CA_STORE"), Some("system,mozilla"));
         assert_eq!(get("GH_TOKEN"), None);
@@ -342,11 +334,7 @@ mod tests {
             &ClientFiles::default(),
             no_parent,
         );
-        let get = |name: &str| {
-            vars.iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |name: &str| var_of(&vars, name);
         assert_eq!(
             get("NO_PROXY"),
             Some(

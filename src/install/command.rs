@@ -184,64 +184,6 @@ fn spawn_reader(mut pipe: impl Read + Send + 'static, which: u8, tx: mpsc::Sende
 mod tests {
     use super::*;
 
-    fn sh() -> PathBuf {
-        PathBuf::from("/bin/sh")
-    }
-
-    fn os(args: &[&'static str]) -> Vec<&'static OsStr> {
-        args.iter().map(|a| OsStr::new(*a)).collect()
-    }
-
-    #[test]
-    fn captures_output_status_and_stdin() {
-        let out = run_bounded(
-            &sh(),
-            &os(&["-c", "cat; echo err >&2; exit 3"]),
-            &[],
-            Some(b"fed in\n"),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert_eq!(out.status.code(), Some(3));
-        assert_eq!(out.stdout, b"fed in\n");
-        assert_eq!(out.stderr, b"err\n");
-        assert!(out.reason().ends_with("(err)"), "{}", out.reason());
-    }
-
-    #[test]
-    fn environment_is_exactly_what_is_passed() {
-        let env = vec![(OsString::from("ONLY"), OsString::from("this"))];
-        let out = run_bounded(
-            Path::new("/usr/bin/env"),
-            &[],
-            &env,
-            None,
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "ONLY=this\n");
-    }
-
-    #[test]
-    fn kills_the_whole_group_at_the_deadline() {
-        let start = Instant::now();
-        // The grandchild holds stdout open; killing only `sh` would leave it.
-        let err = run_bounded(
-            &sh(),
-            &os(&["-c", "sleep 30 & sleep 30"]),
-            &[],
-            None,
-            Duration::from_millis(300),
-        )
-        .unwrap_err();
-        assert!(matches!(err, RunError::TimedOut(..)), "{err}");
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            start.elapsed()
-        );
-    }
-
     #[test]
     fn missing_program_is_not_found() {
         let err = run_bounded(

@@ -311,7 +311,6 @@ pub fn writable(path: &Path) -> bool {
 #[cfg(test)]
 pub(crate) mod test_util {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     /// Roots under `dir` (etc/, usr/local/share/, home/ made), `PATH` =
     /// `dir/bin` (made, empty).
@@ -325,14 +324,6 @@ pub(crate) mod test_util {
             home: Some(dir.join("home")),
             path: dir.join("bin").into_os_string(),
         }
-    }
-
-    /// A fake helper program `name` in `dir/bin` running `script` (sh).
-    pub fn fake_tool(dir: &Path, name: &str, script: &str) -> PathBuf {
-        let p = dir.join("bin").join(name);
-        std::fs::write(&p, format!("#!/bin/sh\nPATH=/usr/bin:/bin\n{script}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        p
     }
 
     pub const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
@@ -350,41 +341,6 @@ mod tests {
     use super::test_util::*;
     use super::*;
     use crate::test_support::TempDir;
-
-    #[test]
-    fn install_all_merges_in_plan_order_and_runs_in_parallel() {
-        let dir = TempDir::new("install-all");
-        let targets = [
-            Target::SystemStore,
-            Target::Boto,
-            Target::ProfileD,
-            Target::Nss,
-        ];
-        let mut plan = plan(&dir.0, &targets);
-        plan.ca_vars = vec!["SSL_CERT_FILE".into()];
-        std::fs::create_dir_all(dir.0.join("usr/local/share/ca-certificates")).unwrap();
-        // Two slow helpers: one after the other they would take 6 s.
-        fake_tool(&dir.0, "update-ca-certificates", "sleep 3");
-        fake_tool(&dir.0, "certutil", "[ \"$1\" = -A ] && sleep 3; exit 0");
-        let start = std::time::Instant::now();
-        let report = install_all(&plan);
-        let elapsed = start.elapsed();
-        let home = dir.0.join("home");
-        assert!(report.failures.is_empty(), "{report:?}");
-        // etc/profile.d does not exist: that installer is skipped.
-        assert_eq!(report.skipped.len(), 1, "{report:?}");
-        assert_eq!(report.skipped[0].0, Target::ProfileD);
-        let what: Vec<&str> = report.installed.iter().map(|(w, _)| w.as_str()).collect();
-        assert_eq!(what.len(), 3, "{what:?}");
-        assert!(what[0].starts_with("system trust store"));
-        assert_eq!(what[1..], ["boto config", "NSS database"]);
-        assert!(report.written_outside.contains(&home.join(".boto")));
-        assert!(report.to_remove_on_stop.is_empty());
-        assert!(
-            elapsed < Duration::from_millis(5500),
-            "not parallel: {elapsed:?}"
-        );
-    }
 
     #[test]
     fn remove_on_stop_removes_listed_files_and_tolerates_missing_ones() {

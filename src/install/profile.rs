@@ -76,7 +76,6 @@ mod tests {
     use super::*;
     use crate::test_support::TempDir;
     use std::fs;
-    use std::process::Command;
 
     #[test]
     fn script_text_is_exact() {
@@ -98,44 +97,6 @@ mod tests {
              fi\n"
         );
         assert!(!text.contains("PROXY"));
-    }
-
-    /// Sources the script in `sh` with `env` and prints the variables.
-    fn sourced(script: &Path, env: &[(&str, &str)]) -> String {
-        let out = Command::new("/bin/sh")
-            .env_clear()
-            .envs(env.iter().copied())
-            .arg("-c")
-            .arg(". \"$0\"; echo \"${SSL_CERT_FILE-unset}|${CURL_CA_BUNDLE-unset}|$(env | grep -c CURL_CA_BUNDLE)\"")
-            .arg(script)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    #[test]
-    fn script_sets_only_unset_variables_and_only_with_a_readable_bundle() {
-        let dir = TempDir::new("profile-sh");
-        let bundle = dir.0.join("bundle dir/ca.pem");
-        fs::create_dir_all(bundle.parent().unwrap()).unwrap();
-        let script = dir.0.join("s.sh");
-        fs::write(
-            &script,
-            script_text(&bundle, &["SSL_CERT_FILE".into(), "CURL_CA_BUNDLE".into()]),
-        )
-        .unwrap();
-        assert_eq!(sourced(&script, &[]), "unset|unset|0\n", "no bundle yet");
-        fs::write(&bundle, "pem").unwrap();
-        let b = bundle.display();
-        assert_eq!(sourced(&script, &[]), format!("{b}|{b}|1\n"), "exported");
-        assert_eq!(
-            sourced(
-                &script,
-                &[("SSL_CERT_FILE", "/mine.pem"), ("CURL_CA_BUNDLE", "")]
-            ),
-            "/mine.pem||1\n"
-        );
     }
 
     #[test]

@@ -179,12 +179,7 @@ pub fn prepare(
         config.limits.ca_fetch_timeout,
         config.limits.max_ca_bytes,
     )?;
-    Ok(merge(
-        &config.ca_bundle,
-        system_bundle(config.system_ca.as_deref()),
-        fetched,
-        user_cas::user_ca_files(&parent, &config.ca_bundle),
-    ))
+    Ok(merge_fetched(config, fetched, parent))
 }
 
 /// [`prepare`] for either generation, with the fetch retried: the CA at
@@ -206,12 +201,22 @@ pub fn prepare_with_retries(
         config.limits.ca_fetch_timeout,
         config.limits.max_ca_bytes,
     )?;
-    Ok(merge(
+    Ok(merge_fetched(config, fetched, parent))
+}
+
+/// The bundle `config` asks for around the gateway's `fetched`
+/// certificates: the system bundle first, the user's CA files last.
+fn merge_fetched(
+    config: &Config,
+    fetched: Vec<String>,
+    parent: impl Fn(&str) -> Option<String>,
+) -> Bundle {
+    merge(
         &config.ca_bundle,
         system_bundle(config.system_ca.as_deref()),
         fetched,
         user_cas::user_ca_files(&parent, &config.ca_bundle),
-    ))
+    )
 }
 
 /// The system text, if usable, or a warning saying why not.

@@ -585,6 +585,16 @@ pub(crate) mod tests {
         fetch_gateway_ca(endpoint, &connector(), Duration::from_secs(5), 64 * 1024)
     }
 
+    /// [`fetch_gateway_ca`] with a 500 ms deadline, for the timeout tests.
+    fn fetch_within_500ms(endpoint: &Endpoint) -> Result<Vec<String>, TrustError> {
+        fetch_gateway_ca(
+            endpoint,
+            &connector(),
+            Duration::from_millis(500),
+            DEFAULT_MAX_BYTES,
+        )
+    }
+
     pub(crate) fn answer(head: &str, body: &[u8]) -> Vec<u8> {
         let mut bytes = head.replace('\n', "\r\n").into_bytes();
         bytes.extend_from_slice(b"\r\n");
@@ -767,13 +777,7 @@ pub(crate) mod tests {
         });
         let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
         let started = Instant::now();
-        let err = fetch_gateway_ca(
-            &endpoint,
-            &connector(),
-            Duration::from_millis(500),
-            DEFAULT_MAX_BYTES,
-        )
-        .unwrap_err();
+        let err = fetch_within_500ms(&endpoint).unwrap_err();
         let took = started.elapsed();
         assert!(matches!(err, TrustError::Timeout(_)), "{err}");
         assert!(
@@ -802,25 +806,25 @@ pub(crate) mod tests {
         });
         let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
         let started = Instant::now();
-        let err = fetch_gateway_ca(
-            &endpoint,
-            &connector(),
-            Duration::from_millis(500),
-            DEFAULT_MAX_BYTES,
-        )
-        .unwrap_err();
+        let err = fetch_within_500ms(&endpoint).unwrap_err();
         assert!(matches!(err, TrustError::Timeout(_)), "{err}");
         assert!(started.elapsed() < Duration::from_millis(1500));
         server.join().unwrap();
     }
 
-    #[test]
-    fn fetch_connection_refused() {
+    /// An endpoint on a loopback port nothing listens on (bound, then
+    /// closed): connecting to it is refused.
+    fn refused_endpoint() -> Endpoint {
         let port = {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         };
-        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap()
+    }
+
+    #[test]
+    fn fetch_connection_refused() {
+        let endpoint = refused_endpoint();
         let err = fetch(&endpoint).unwrap_err();
         assert!(matches!(err, TrustError::Unreachable(_)), "{err}");
         assert!(err.to_string().contains("unreachable"), "{err}");
@@ -1174,11 +1178,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refused_connections_are_retried_three_times() {
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let endpoint = refused_endpoint();
         let started = Instant::now();
         let failure = with_retries(&endpoint, Duration::from_secs(5)).unwrap_err();
         assert_eq!(failure.attempts, 3);
