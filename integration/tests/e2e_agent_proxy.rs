@@ -667,3 +667,101 @@ fn agent_proxy_gate_against_a_first_generation_gateway_fails_open() {
     );
     assert_eq!(gw.count_events("upgrade"), 0);
 }
+
+#[test]
+fn unreachable_probe_makes_tunnels_dial_once_and_say_why() {
+    let pki = BlindPki::new();
+    let origin = pki.https_origin(&["origin.test"]);
+    let mut opts = pki
+        .gateway_options(false)
+        .agent_proxy(ServerKind::Late)
+        .map("origin.test:443", origin.addr);
+    opts.stall_upgrade = true;
+    let gw = DevGateway::start(opts);
+    // Three probe attempts of 0.3 s each, 0.2 s and 0.4 s apart: the
+    // verdict comes within the relay's 2 s wait.
+    let relay = serve_v2(
+        &gw,
+        RelayOptions::default().arg("--upgrade-timeout").arg("0.3"),
+    );
+    let probe_upgrades = gw.count_events("upgrade stalled");
+    assert_eq!(probe_upgrades, 3, "the probe tries three times");
+    let mut s = relay.connect();
+    s.write_all(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s).unwrap();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    let body = String::from_utf8_lossy(&body);
+    let first_line = body.lines().next().unwrap_or_default();
+    assert!(
+        first_line.ends_with(
+            "; gateway unreachable at start-up: gateway did not complete the upgrade in time"
+        ),
+        "{body:?}"
+    );
+    // One dial attempt while the start-up error stands, not three.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(gw.count_events("upgrade stalled"), probe_upgrades + 1);
+}
+
+#[test]
+fn serve_brings_the_proxy_up_when_the_ca_can_be_fetched_at_last() {
+    let (pki, origin, first_gw) = setup(ServerKind::Late, &[]);
+    let addr = first_gw.addr;
+    let dir = temp_dir("e2e-v2-ca-retry");
+    let env_file = dir.join("relay.env");
+    let stderr_log = dir.join("stderr.log");
+    let (mut cmd, _token) = ccr_integration::relay::relay_command(
+        "serve",
+        &first_gw,
+        &RelayOptions::default().agent_proxy(),
+        dir.path(),
+    );
+    // Nobody listens on the gateway's address while the relay starts.
+    drop(first_gw);
+    cmd.arg("--env-file")
+        .arg(&env_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&stderr_log).unwrap());
+    let mut child = cmd.spawn().expect("start ccr-relay serve");
+    thread::sleep(Duration::from_millis(1500));
+    let log = fs::read_to_string(&stderr_log).unwrap_or_default();
+    assert!(!env_file.exists(), "no proxy without the CA: {log}");
+    assert!(
+        log.contains("trying the gateway's CA again in"),
+        "a retry is announced: {log}"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "serve keeps running: {log}"
+    );
+    // The gateway comes back: the next retry brings the proxy up.
+    let gw = gateway_at(&pki, &origin, addr, &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !env_file.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let text = fs::read_to_string(&env_file).unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!(
+            "no env file ({e}); stderr:\n{}",
+            fs::read_to_string(&stderr_log).unwrap_or_default()
+        )
+    });
+    let proxy = ccr_integration::relay::parse_env_file(&text)
+        .into_iter()
+        .find(|(k, _)| k == "HTTPS_PROXY")
+        .map(|(_, v)| v)
+        .expect("HTTPS_PROXY in the env file");
+    let out = curl_via(&proxy, &pki.served_ca_pem(), URL, CLOSE);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success() && out.stdout_text() == HELLO_BODY,
+        "curl through the late proxy: {:?} {:?}; gateway events:\n{}",
+        out.status,
+        out.stderr,
+        gw.events().join("\n")
+    );
+}
