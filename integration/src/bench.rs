@@ -680,7 +680,10 @@ fn open_tunnel_to(relay: SocketAddr, target: &str) -> io::Result<TcpStream> {
     let mut buf = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         if head.len() > 64 * 1024 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "answer head too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "answer head too long",
+            ));
         }
         let n = s.read(&mut buf)?;
         if n == 0 {

@@ -242,7 +242,8 @@ fn tls_version(addr: SocketAddr, ca: &Path) -> String {
     // Only the version is wanted here; the relay verifies for real.
     b.set_verify(SslVerifyMode::NONE);
     let tcp = TcpStream::connect(addr).expect("connect to the wss:// gateway");
-    tcp.set_read_timeout(Some(WAIT)).expect("set a read timeout");
+    tcp.set_read_timeout(Some(WAIT))
+        .expect("set a read timeout");
     let tls = b
         .build()
         .configure()
@@ -300,8 +301,8 @@ fn measure_case(
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
         let started = Instant::now();
-        let s = open_tunnel_to(relay.proxy_addr, TARGET)
-            .unwrap_or_else(|e| panic!("tunnel {i}: {e}"));
+        let s =
+            open_tunnel_to(relay.proxy_addr, TARGET).unwrap_or_else(|e| panic!("tunnel {i}: {e}"));
         times.push(started.elapsed());
         finish(s).unwrap_or_else(|e| panic!("tunnel {i}'s request: {e}"));
         if case.reuse {
