@@ -57,6 +57,7 @@ Needs curl; socat for the CPU baseline (row b is SKIPPED without it).
 ";
 
 /// What the command line asks for.
+#[derive(Debug)]
 struct Options {
     size: u64,
     connects: usize,
@@ -1030,4 +1031,28 @@ fn utc_now() -> String {
         rem / 3600,
         rem % 3600 / 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Options>, String> {
+        Options::parse(args.iter().map(|a| a.to_string()).collect())
+    }
+
+    #[test]
+    fn agent_proxy_options() {
+        let o = parse(&[]).unwrap().unwrap();
+        assert_eq!((o.tunnels, o.delay_ms, o.pool_rounds), (200, 20, 5));
+        assert!("abcdef".chars().all(|c| o.runs(c)));
+        let o = parse(&["--rows", "ef", "--tunnels", "20", "--delay-ms", "5"])
+            .unwrap()
+            .unwrap();
+        assert!(o.runs('e') && o.runs('f') && !o.runs('a') && !o.runs('d'));
+        assert_eq!((o.tunnels, o.delay_ms), (20, 5));
+        assert!(parse(&["--rows", "xz"]).unwrap_err().contains("--rows"));
+        assert!(parse(&["--rows", ""]).is_err());
+        assert!(parse(&["--pool-rounds", "0"]).is_err());
+    }
 }

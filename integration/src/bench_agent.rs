@@ -511,3 +511,18 @@ fn concurrent_tunnels(relay: SocketAddr, fin: bool) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_the_nearest_rank() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let times: Vec<Duration> = (1..=200).map(ms).collect();
+        assert_eq!(percentile(&times, 0.50), ms(100));
+        assert_eq!(percentile(&times, 0.99), ms(198));
+        assert_eq!(percentile(&[ms(7)], 0.99), ms(7));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
+}
