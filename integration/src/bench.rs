@@ -12,6 +12,8 @@
 //! | b. CPU per GiB | the relay's `utime + stime` (`/proc/PID/stat`) over that download, against `socat -b 262144` relaying the same download (its rusage from `wait4`) |
 //! | c. latency | 1,000 sequential CONNECTs by this process, time from `connect()` to the whole `HTTP/1.1 200` head |
 //! | d. memory | a fresh relay's `VmRSS` before and after 200 tunnels are opened and left idle (CONNECT only, then with a TLS handshake to the origin through each), per tunnel; the relay's thread count then |
+//! | e. agent proxy latency | 200 sequential tunnels per case, `ccr-delay-shim` (20 ms each way) between relay and gateway: `ws://` and `wss://`, each WebSocket reused from the pool (late v2) or fresh (an early-v2 gateway, which pools nothing); p50 and p99 in ms and RTTs (module `bench_agent.rs`) |
+//! | f. pooled memory | fresh relays: `VmRSS` with 4 idle WebSockets pooled against the same relay after the same 4 concurrent tunnels ended without pooling; per WebSocket, median of the rounds |
 //!
 //! Prints the table, writes it to `BENCH.md` at the workspace root with the
 //! date and the machine, and exits 0 unless a measurement could not run (a
@@ -28,6 +30,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openssl::ssl::{SslConnector, SslMethod, SslStream};
 
+#[path = "bench_agent.rs"]
+mod agent;
+
 use crate::demo::{install_quiet_panic_hook, take_panic_message};
 use crate::relay::{BlindPki, RelayOptions, RelayProcess};
 use crate::{DevGateway, DevOrigin};
@@ -35,23 +40,41 @@ use crate::{DevGateway, DevOrigin};
 const GIB: u64 = 1 << 30;
 
 const USAGE: &str = "\
-usage: ccr-bench [--size BYTES] [--rounds N] [--connects N] [--idle N] [--out PATH]
+usage: ccr-bench [--size BYTES] [--rounds N] [--connects N] [--idle N]
+                 [--tunnels N] [--delay-ms D] [--pool-rounds N] [--rows LETTERS]
+                 [--out PATH]
 
 Measures ccr-relay (release build: run `make bench`) against local baselines
 and prints a table; also writes it to BENCH.md at the workspace root
 (--out PATH: elsewhere; --out -: nowhere). Defaults: --size 1073741824
 and --rounds 3 (the downloads of rows a and b, each figure the median of
-the rounds), --connects 1000 (row c), --idle 200 (row d).
+the rounds), --connects 1000 (row c), --idle 200 (row d), --tunnels 200
+and --delay-ms 20 (row e: sequential agent-proxy tunnels per case, with
+the delay shim holding every byte D ms each way between relay and
+gateway), --pool-rounds 5 (row f: fresh relays whose pool is measured).
+--rows LETTERS runs only those rows (e.g. --rows ef; a and b go together).
 Needs curl; socat for the CPU baseline (row b is SKIPPED without it).
 ";
 
 /// What the command line asks for.
+#[derive(Debug)]
 struct Options {
     size: u64,
     connects: usize,
     idle: usize,
     rounds: usize,
+    tunnels: usize,
+    delay_ms: u64,
+    pool_rounds: usize,
+    /// Which rows to run (letters a to f).
+    rows: String,
     out: Option<PathBuf>,
+}
+
+impl Options {
+    fn runs(&self, row: char) -> bool {
+        self.rows.contains(row)
+    }
 }
 
 impl Options {
@@ -61,6 +84,10 @@ impl Options {
             connects: 1000,
             idle: 200,
             rounds: 3,
+            tunnels: 200,
+            delay_ms: 20,
+            pool_rounds: 5,
+            rows: "abcdef".into(),
             out: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCH.md")),
         };
         let mut args = args.into_iter();
@@ -78,6 +105,16 @@ impl Options {
                 "--connects" => o.connects = number(value()?)? as usize,
                 "--idle" => o.idle = number(value()?)? as usize,
                 "--rounds" => o.rounds = number(value()?)? as usize,
+                "--tunnels" => o.tunnels = number(value()?)? as usize,
+                "--delay-ms" => o.delay_ms = number(value()?)?,
+                "--pool-rounds" => o.pool_rounds = number(value()?)? as usize,
+                "--rows" => {
+                    let v = value()?;
+                    if v.is_empty() || !v.chars().all(|c| ('a'..='f').contains(&c)) {
+                        return Err(format!("--rows {v:?}: expected letters a to f"));
+                    }
+                    o.rows = v;
+                }
                 "--out" => {
                     let v = value()?;
                     o.out = (v != "-").then(|| PathBuf::from(v));
@@ -257,22 +294,42 @@ fn run_all(opts: &Options) -> Vec<Row> {
     let scene = Scene::start();
     let mut rows = Vec::new();
     let relay = scene.relay();
-    let mut transfers = Transfers::default();
-    if let Err(why) =
-        catch(|| throughput_and_cpu(&scene, &relay, opts.size, opts.rounds, &mut transfers))
-    {
-        rows.push(failed("a/b. throughput and CPU", &why));
+    if opts.runs('a') || opts.runs('b') {
+        let mut transfers = Transfers::default();
+        if let Err(why) =
+            catch(|| throughput_and_cpu(&scene, &relay, opts.size, opts.rounds, &mut transfers))
+        {
+            rows.push(failed("a/b. throughput and CPU", &why));
+        }
+        // What was measured before a failure still counts.
+        rows.extend(transfers.rows(opts.size));
     }
-    // What was measured before a failure still counts.
-    rows.extend(transfers.rows(opts.size));
-    match catch(|| latency(&relay, opts.connects)) {
-        Ok(r) => rows.extend(r),
-        Err(why) => rows.push(failed("c. connect-to-200 latency", &why)),
+    if opts.runs('c') {
+        match catch(|| latency(&relay, opts.connects)) {
+            Ok(r) => rows.extend(r),
+            Err(why) => rows.push(failed("c. connect-to-200 latency", &why)),
+        }
     }
     drop(relay);
-    match catch(|| idle_memory(&scene, opts.idle)) {
-        Ok(r) => rows.extend(r),
-        Err(why) => rows.push(failed("d. memory per idle tunnel", &why)),
+    if opts.runs('d') {
+        match catch(|| idle_memory(&scene, opts.idle)) {
+            Ok(r) => rows.extend(r),
+            Err(why) => rows.push(failed("d. memory per idle tunnel", &why)),
+        }
+    }
+    drop(scene);
+    if opts.runs('e') {
+        let delay = Duration::from_millis(opts.delay_ms);
+        match catch(|| agent::latency_rows(opts.tunnels, delay)) {
+            Ok(r) => rows.extend(r),
+            Err(why) => rows.push(failed("e. agent proxy connect-to-200 latency", &why)),
+        }
+    }
+    if opts.runs('f') {
+        match catch(|| agent::pooled_memory_rows(opts.pool_rounds)) {
+            Ok(r) => rows.extend(r),
+            Err(why) => rows.push(failed("f. memory per pooled WebSocket", &why)),
+        }
     }
     rows
 }
@@ -610,13 +667,25 @@ fn latency(relay: &RelayProcess, n: usize) -> Vec<Row> {
 /// Connects to the relay, sends a CONNECT for `origin.test:443`, reads the
 /// whole answer head; it must be a `200`.
 fn open_tunnel(relay: SocketAddr) -> io::Result<TcpStream> {
+    open_tunnel_to(relay, "origin.test:443")
+}
+
+/// [`open_tunnel`] to `target` (`host:port`). The targets here never speak
+/// first, so reading in blocks cannot take bytes past the head.
+fn open_tunnel_to(relay: SocketAddr, target: &str) -> io::Result<TcpStream> {
     let mut s = TcpStream::connect(relay)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")?;
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())?;
     let mut head = Vec::new();
     let mut buf = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > 64 * 1024 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "answer head too long",
+            ));
+        }
         let n = s.read(&mut buf)?;
         if n == 0 {
             return Err(io::Error::new(
@@ -878,7 +947,60 @@ the same run.
   {idle} tunnels are opened and left idle, first with the CONNECT and its
   `200` only, then after a TLS handshake with the origin through each;
   the difference over {idle}.
+- **e.** The agent proxy (`CCR_AGENT_PROXY_ENABLED=1`, protocol v2) with a
+  real round trip: `ccr-delay-shim --delay-ms {delay}` sits between the
+  relay and the gateway only (the relay's `--base-url` points at the
+  shim), so RTT = {rtt} ms. Per case, a gateway, a shim and a relay of its
+  own, one warm-up tunnel, then {tunnels} tunnels one after the other, each
+  timed from the client's `connect()` to the relay until the gateway's
+  whole `HTTP/1.1 200` head is read. Each tunnel then carries
+  `GET /hello` with `Connection: close` to a plain HTTP origin and is read
+  to its end, so the origin closes and a late-v2 gateway sends FIN.
+  *Reused*: a late-v2 gateway; after each tunnel the bench waits for the
+  gateway's `v2 fin-ack` event and 50 ms more, so the relay has the
+  WebSocket back in its pool; the row below counts the WebSockets that
+  carried the measured tunnels (`v2 preamble` events) and the upgrades
+  during them (both must be 1 and 0). *Fresh*: a gateway playing an
+  early-v2 server (`--server early`), which never acknowledges v2, so the
+  relay pools nothing and every tunnel dials (the row counts the
+  upgrades). Waiting out the 10 s idle limit instead would take over half
+  an hour per case. The late gateway's first tunnel (fresh, with
+  HELLO/HELLO_ACK) is shown as one sample for comparison.
+  **Targets**, in round trips of the network the relay would face: a
+  reused WebSocket needs only the CONNECT's (preamble out, `200` back),
+  so p50 ≤ 1.25 RTT. A fresh one needs TCP's handshake (1: the request
+  can go with the handshake's last ACK), TLS (1 for TLS 1.3, 2 for 1.2;
+  none for `ws://`), the WebSocket upgrade (1: request, `101`) and the
+  CONNECT (1: HELLO and the preamble go out together as soon as the
+  upgrade is answered; HELLO_ACK and the `200` come back together), so
+  p50 ≤ 3 RTT over `ws://`, 4 over `wss://` with TLS 1.3, 5 with TLS 1.2.
+  The TLS version is what the `wss://` gateway negotiates with this
+  machine's OpenSSL defaults (the library the relay's TLS uses); the
+  development gateway's TLS stack offers TLS 1.2 only, so its target
+  counts 2. The shim delays bytes, not TCP's handshake (the relay's
+  `connect()` to the local shim completes at once), so the figures here
+  lack TCP's round trip: each value also says how far it is above the
+  round trips the shim does impose (1 reused; 2 fresh `ws://`; TLS + 2
+  fresh `wss://`), which is the relay's own cost plus the gateway's and
+  the scheduling noise of a loaded 2-core machine.
+- **f.** {pool_rounds} rounds, each on a fresh relay (`--fin-grace 0.2`)
+  against a late-v2 gateway with no shim that closes WebSockets idle
+  1.5 s between tunnels (`--close-idle-after 1500`). First 4 tunnels
+  open at once and end by the client closing first (no FIN, so nothing
+  is pooled: the relay closes each WebSocket after the FIN grace); the
+  relay's `VmRSS` then is the baseline (same threads, buffers and
+  WebSockets once used, none held). Then 4 tunnels open at once and end
+  with the gateway's FIN: the pool (at most 4) holds all 4, fresh ones
+  (checked from the gateway's events: 4 new upgrades, none closed yet),
+  and `VmRSS` is read again. Per pooled WebSocket: the difference over 4;
+  the median of the rounds, range in brackets. The third RSS figure is
+  after the gateway closed them and the relay retired them (the
+  allocator keeps most freed memory, so it hardly drops).
 ",
+        tunnels = opts.tunnels,
+        delay = opts.delay_ms,
+        rtt = 2 * opts.delay_ms,
+        pool_rounds = opts.pool_rounds,
         size = opts.size,
         rounds = opts.rounds,
         connects = opts.connects,
@@ -909,4 +1031,28 @@ fn utc_now() -> String {
         rem / 3600,
         rem % 3600 / 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Options>, String> {
+        Options::parse(args.iter().map(|a| a.to_string()).collect())
+    }
+
+    #[test]
+    fn agent_proxy_options() {
+        let o = parse(&[]).unwrap().unwrap();
+        assert_eq!((o.tunnels, o.delay_ms, o.pool_rounds), (200, 20, 5));
+        assert!("abcdef".chars().all(|c| o.runs(c)));
+        let o = parse(&["--rows", "ef", "--tunnels", "20", "--delay-ms", "5"])
+            .unwrap()
+            .unwrap();
+        assert!(o.runs('e') && o.runs('f') && !o.runs('a') && !o.runs('d'));
+        assert_eq!((o.tunnels, o.delay_ms), (20, 5));
+        assert!(parse(&["--rows", "xz"]).unwrap_err().contains("--rows"));
+        assert!(parse(&["--rows", ""]).is_err());
+        assert!(parse(&["--pool-rounds", "0"]).is_err());
+    }
 }
