@@ -27,6 +27,11 @@ OPTIONS
   --listen ADDR       local proxy address [default: 127.0.0.1:0, an ephemeral port]
   --no-proxy LIST     comma-separated hosts appended to NO_PROXY
   --env-file PATH     (serve) write the children's environment here, as sh exports
+  --allow-uid LIST    uids (comma-separated) that may use the proxy besides the
+                      relay's own and root
+  --allow-any-uid     let every local process use the proxy (and the session's
+                      credentials that go with it)
+  --require-uid-check keep the proxy off where connection owners cannot be found
   --require-v2        (agent proxy) refuse tunnels when the gateway does not
                       acknowledge tunnel protocol v2, instead of falling back
 
@@ -152,6 +157,12 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
             ),
             "--env-file" if sub == "serve" => env_file = Some(PathBuf::from(value()?)),
             "--require-v2" if inline.is_none() => config.require_v2 = true,
+            "--allow-uid" => config.allow_uids.extend(
+                crate::access::parse_uids(&value()?)
+                    .map_err(|e| UsageError(format!("--allow-uid: {e}")))?,
+            ),
+            "--allow-any-uid" if inline.is_none() => config.allow_any_uid = true,
+            "--require-uid-check" if inline.is_none() => config.require_uid_check = true,
             "--fin-grace" => config.limits.fin_grace = seconds(&flag, &value()?)?,
             "--hello-timeout" => config.limits.hello_ack_timeout = seconds(&flag, &value()?)?,
             "--keepalive" => config.limits.keepalive_interval = seconds(&flag, &value()?)?,

@@ -30,6 +30,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Entries appended to the reference `NO_PROXY` list.
     pub no_proxy_extra: Vec<String>,
+    /// `--allow-uid`: uids besides the relay's own and root that may use
+    /// the proxy.
+    pub allow_uids: Vec<u32>,
+    /// `--allow-any-uid`: every local process may use the proxy.
+    pub allow_any_uid: bool,
+    /// `--require-uid-check`: where connection owners cannot be told
+    /// apart, the proxy stays off instead of opening to every process.
+    pub require_uid_check: bool,
     /// `--require-v2`: an agent-proxy gateway that does not acknowledge
     /// tunnel protocol v2 gets its tunnels refused (`502`) instead of the
     /// first-generation fallback.
@@ -70,6 +78,9 @@ impl Config {
             gateway_ca: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             no_proxy_extra: Vec::new(),
+            allow_uids: Vec::new(),
+            allow_any_uid: false,
+            require_uid_check: false,
             require_v2: false,
             standalone: crate::gates::Standalone::default(),
             limits: Limits::default(),

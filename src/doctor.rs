@@ -94,6 +94,10 @@ pub fn run(config: &Config) -> i32 {
         tls.as_ref().err().map(String::as_str).unwrap_or(""),
     );
     println!("  info  system CA bundle: {}", system_text(config));
+    match session::access_rule(config) {
+        Ok(access) => println!("  info  who may use the proxy: {access}"),
+        Err(e) => report.line("who may use the proxy", false, &e.to_string()),
+    }
     if let (Ok(endpoint), Ok(tls)) = (&endpoint, &tls) {
         let ca_label = format!(
             "gateway CA  {}",

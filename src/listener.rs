@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::access::{Access, Decision};
 use crate::client_process;
 use crate::config::Limits;
 use crate::dial;
@@ -45,6 +46,8 @@ pub struct StopHandle {
 struct Shared {
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    /// Who may use the proxy.
+    access: Access,
     limits: Limits,
     stopping: AtomicBool,
     tunnels: Mutex<HashMap<u64, Weak<Tunnel>>>,
@@ -56,12 +59,18 @@ struct Shared {
 
 impl Relay {
     /// Binds the listener. Nothing is accepted until [`Relay::serve`].
-    pub fn bind(addr: SocketAddr, gateway: Gateway, limits: Limits) -> io::Result<Relay> {
+    pub fn bind(
+        addr: SocketAddr,
+        gateway: Gateway,
+        limits: Limits,
+        access: Access,
+    ) -> io::Result<Relay> {
         let listener = TcpListener::bind(addr)?;
         Ok(Relay {
             shared: Arc::new(Shared {
                 listener,
                 gateway: Arc::new(gateway),
+                access,
                 limits,
                 stopping: AtomicBool::new(false),
                 tunnels: Mutex::new(HashMap::new()),
@@ -194,6 +203,31 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
             return;
         }
     };
+    // Only the session's own processes: checked before anything reaches
+    // the gateway.
+    if let (Ok(peer_addr), Ok(local)) = (client.peer_addr(), client.local_addr()) {
+        let refused = match shared.access.decide(peer_addr, local) {
+            Decision::Allowed => None,
+            Decision::Refused { uid } => {
+                let name =
+                    client_process::lookup(peer_addr, local, client_process::DEFAULT_BUDGET).name;
+                warn!("client {peer} refused: uid {uid} ({name}) may not use the proxy");
+                Some(format!(
+                    "the proxy serves only the session's own processes; uid {uid} is not allowed (see --allow-uid)"
+                ))
+            }
+            Decision::Unknown(why) => {
+                warn!("client {peer} refused: its owner cannot be found ({why})");
+                Some(format!(
+                    "the proxy serves only the session's own processes; this connection's owner cannot be found ({why})"
+                ))
+            }
+        };
+        if let Some(problem) = refused {
+            reply::answer(&client, reply::FORBIDDEN, &problem);
+            return;
+        }
+    }
     let target = match ProxyRequest::from_head(&head) {
         Ok(ProxyRequest::Connect(target)) => target,
         Ok(ProxyRequest::Forward { .. }) => {

@@ -16,6 +16,7 @@ use crate::socket::{self, Mode};
 pub type Status = (u16, &'static str);
 
 pub const BAD_REQUEST: Status = (400, "Bad Request");
+pub const FORBIDDEN: Status = (403, "Forbidden");
 pub const METHOD_NOT_ALLOWED: Status = (405, "Method Not Allowed");
 pub const REQUEST_TIMEOUT: Status = (408, "Request Timeout");
 pub const HEAD_TOO_LARGE: Status = (431, "Request Header Fields Too Large");

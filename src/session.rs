@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
+use crate::access::Access;
 use crate::child_env::{self, ClientFiles, ProxyEnv};
 use crate::config::Config;
 use crate::gates::{self, Activated, GateClosed, Generation};
@@ -87,6 +88,8 @@ pub enum SessionError {
     Listener(io::Error),
     /// The start-up probe's upgrade was refused with 401 or 403.
     CredentialsRefused(GatewayError),
+    /// `--require-uid-check`, and connection owners cannot be found here.
+    NoUidCheck,
 }
 
 impl fmt::Display for SessionError {
@@ -102,6 +105,9 @@ impl fmt::Display for SessionError {
                 "cannot listen on {addr}: {error}; pass --listen with a free address"
             ),
             SessionError::Listener(e) => write!(f, "listener: {e}"),
+            SessionError::NoUidCheck => f.write_str(
+                "--require-uid-check: this machine does not let the relay find who owns a connection (no netlink socket diagnostics, no /proc/net/tcp)",
+            ),
             SessionError::CredentialsRefused(e) => write!(
                 f,
                 "the gateway refused the session's credentials ({e}); the session token is not accepted"
@@ -115,6 +121,8 @@ impl std::error::Error for SessionError {}
 /// What [`plan`] decided: everything [`apply`] needs, nothing yet written.
 pub struct Plan {
     activation: Activated,
+    /// Who may use the proxy.
+    pub access: Access,
     endpoint: Endpoint,
     tls: native_tls::TlsConnector,
     /// The CA bundle, built in memory.
@@ -275,6 +283,25 @@ pub fn prepare_trust(
     }
 }
 
+/// Who may use the proxy: the session's own processes unless
+/// `--allow-any-uid`; where owners cannot be told apart, anyone (with a
+/// warning) or, with `--require-uid-check`, nobody (the proxy stays off).
+pub fn access_rule(config: &Config) -> Result<Access, SessionError> {
+    if config.allow_any_uid {
+        return Ok(Access::Anyone);
+    }
+    if Access::self_test() {
+        return Ok(Access::session(&config.allow_uids));
+    }
+    if config.require_uid_check {
+        return Err(SessionError::NoUidCheck);
+    }
+    eprintln!(
+        "ccr-relay: warning: cannot find who owns a connection here (no netlink socket diagnostics, no /proc/net/tcp); every local process can use the proxy (--require-uid-check keeps it off instead)"
+    );
+    Ok(Access::Anyone)
+}
+
 /// Decides what start-up would do once the gates passed (`activation`):
 /// gateway URL, TLS settings, the bundle built. Changes nothing.
 pub fn plan(
@@ -284,10 +311,12 @@ pub fn plan(
 ) -> Result<Plan, SessionError> {
     let endpoint = endpoint(config)?;
     let tls = tls_connector(config.gateway_ca.as_deref()).map_err(SessionError::Tls)?;
+    let access = access_rule(config)?;
     let bundle = prepare_trust(config, &endpoint, &tls, activation.generation(), parent)
         .map_err(SessionError::CaFetch)?;
     Ok(Plan {
         activation,
+        access,
         endpoint,
         tls,
         bundle,
@@ -315,12 +344,12 @@ pub fn apply(
     }
     let generation = plan.activation.generation();
     let gateway = gateway(config, &plan);
-    let relay = Relay::bind(config.listen, gateway, config.limits).map_err(|error| {
-        SessionError::Listen {
+    let relay = Relay::bind(config.listen, gateway, config.limits, plan.access.clone()).map_err(
+        |error| SessionError::Listen {
             addr: config.listen,
             error,
-        }
-    })?;
+        },
+    )?;
     let addr = relay.local_addr().map_err(SessionError::Listener)?;
     // The probe: its verdict within the wait decides; a later one is
     // recorded by the probe's thread.
