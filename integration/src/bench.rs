@@ -66,7 +66,7 @@ struct Options {
     tunnels: usize,
     delay_ms: u64,
     pool_rounds: usize,
-    /// Which rows to run (letters a to f).
+    /// Which rows to run (letters a to g).
     rows: String,
     out: Option<PathBuf>,
 }
@@ -87,7 +87,7 @@ impl Options {
             tunnels: 200,
             delay_ms: 20,
             pool_rounds: 5,
-            rows: "abcdef".into(),
+            rows: "abcdefg".into(),
             out: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCH.md")),
         };
         let mut args = args.into_iter();
@@ -110,8 +110,8 @@ impl Options {
                 "--pool-rounds" => o.pool_rounds = number(value()?)? as usize,
                 "--rows" => {
                     let v = value()?;
-                    if v.is_empty() || !v.chars().all(|c| ('a'..='f').contains(&c)) {
-                        return Err(format!("--rows {v:?}: expected letters a to f"));
+                    if v.is_empty() || !v.chars().all(|c| ('a'..='g').contains(&c)) {
+                        return Err(format!("--rows {v:?}: expected letters a to g"));
                     }
                     o.rows = v;
                 }
@@ -331,7 +331,61 @@ fn run_all(opts: &Options) -> Vec<Row> {
             Err(why) => rows.push(failed("f. memory per pooled WebSocket", &why)),
         }
     }
+    if opts.runs('g') {
+        match catch(|| access_decision(1000, 1000)) {
+            Ok(r) => rows.extend(r),
+            Err(why) => rows.push(failed("g. uid check per connection", &why)),
+        }
+    }
     rows
+}
+
+/// Row g: the relay's access check (who owns this connection?) timed
+/// from accept to decision, `n` times, with `others` other loopback
+/// connections open on the machine meanwhile (2 sockets each), in this
+/// process, with the relay library's own code.
+fn access_decision(others: usize, n: usize) -> Vec<Row> {
+    use ccr_relay::access::{Access, Decision};
+    progress(&format!(
+        "g. uid check: {n} connections with {others} others open"
+    ));
+    let crowd = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let crowd_addr = crowd.local_addr().expect("address");
+    let mut held = Vec::with_capacity(2 * others);
+    for _ in 0..others {
+        let c = TcpStream::connect(crowd_addr).expect("connect");
+        let (a, _) = crowd.accept().expect("accept");
+        held.push(c);
+        held.push(a);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let local = listener.local_addr().expect("address");
+    let access = Access::session(&[]);
+    let mut ms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let _client = TcpStream::connect(local).expect("connect");
+        let started = Instant::now();
+        let (_accepted, peer) = listener.accept().expect("accept");
+        let decision = access.decide(peer, local);
+        ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(decision, Decision::Allowed, "own connections are allowed");
+    }
+    drop(held);
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+    let (p50, p99) = (pick(0.50), pick(0.99));
+    vec![
+        info(
+            format!("g. uid check accept-to-decision p50 ({others} other connections open)"),
+            format!("{p50:.3} ms"),
+        ),
+        judged(
+            "g. uid check accept-to-decision p99",
+            format!("{p99:.3} ms"),
+            "< 1 ms",
+            p99 < 1.0,
+        ),
+    ]
 }
 
 /// Rows a and b: rounds of three downloads of the same bytes from the
