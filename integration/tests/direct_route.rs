@@ -1,0 +1,267 @@
+//! Selective mode's direct path against real sockets on private addresses:
+//! `ccr_relay::direct::dial` and `Pipe` in a network namespace the test
+//! creates.
+//!
+//! The direct path must reach private addresses (`10.x`) and must refuse
+//! loopback and metadata addresses however they are named. To have a
+//! `10.x` address to dial, and names that resolve where the test says, the
+//! test re-executes itself (one `#[ignore]`d helper test) under
+//! `unshare -n -m`: a fresh network namespace with `lo` up and a veth pair
+//! (the kernel may lack the dummy device) carrying `10.77.0.1/24`, a
+//! permanent neighbour entry for `10.77.0.99` whose frames nobody takes
+//! (a black hole: connects there time out), and a private `/etc/hosts`
+//! bind-mounted over the real one, visible only inside.
+//!
+//! `unshare` (util-linux) and `ip` (iproute2) are required: missing, the
+//! test fails and names the package. Not root: it tries a user namespace
+//! (`unshare -r`) and fails loudly if that is not allowed either.
+
+use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ccr_integration::pattern::{PatternSource, verify_reader};
+use ccr_integration::temp_dir;
+use ccr_relay::direct::{self, DirectError, Pipe, PipeEnd, PipeOptions};
+use ccr_relay::install;
+use ccr_relay::route::FailureKind;
+
+/// Set in the environment of the re-executed helper.
+const INNER: &str = "CCR_DIRECT_ROUTE_INNER";
+const PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const HOSTS: &str = "10.77.0.1 direct.test\n\
+                     127.0.0.1 sneaky.test\n\
+                     169.254.169.254 meta.test\n\
+                     10.77.0.99 blackhole.test\n";
+
+fn require_tool(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    install::command::find_on_path(name, &path).unwrap_or_else(|| {
+        panic!("{name} is needed by this test and is not on PATH: install the `{package}` package")
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn direct_dials_in_a_network_namespace() {
+    require_tool("unshare", "util-linux");
+    let ip = require_tool("ip", "iproute2");
+    let dir = temp_dir("direct-route");
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, HOSTS).unwrap();
+    let script = "set -e\n\
+        \"$IP\" link set lo up\n\
+        \"$IP\" link add d0 type veth peer name d1\n\
+        \"$IP\" addr add 10.77.0.1/24 dev d0\n\
+        \"$IP\" link set d0 up\n\
+        \"$IP\" link set d1 up\n\
+        \"$IP\" neigh replace 10.77.0.99 lladdr 02:00:00:00:00:99 dev d0 nud permanent\n\
+        mount --bind \"$HOSTS\" /etc/hosts\n\
+        exec \"$SELF\" --exact inner_direct_dials --ignored --nocapture --test-threads=1\n";
+    let mut cmd = Command::new("unshare");
+    if !is_root() {
+        cmd.arg("-r");
+    }
+    cmd.args([
+        "-n",
+        "-m",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+    .env("IP", &ip)
+    .env("HOSTS", &hosts)
+    .env("SELF", std::env::current_exe().unwrap())
+    .env(INNER, "1");
+    let out = cmd.output().expect("cannot run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "--- inner_direct_dials (private network namespace) stdout:\n{stdout}\n--- stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the namespaced run failed: {:?}",
+        out.status
+    );
+    assert!(
+        stdout.contains("inner_direct_dials: all checks passed"),
+        "the helper did not run its checks"
+    );
+}
+
+/// A TCP pair on loopback: (far end the test drives, end the pipe gets).
+fn client_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let far = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (near, _) = l.accept().unwrap();
+    (far, near)
+}
+
+fn refused_kind(result: Result<TcpStream, DirectError>) -> (FailureKind, u16, String) {
+    match result {
+        Ok(s) => panic!("dial succeeded, to {:?}", s.peer_addr()),
+        Err(e) => (e.kind(), e.status().0, e.to_string()),
+    }
+}
+
+/// Dials `host` on the private address's listener and moves `up` bytes of
+/// the pattern up and `down` bytes down through a pipe, checking both.
+fn dial_and_pipe(host: &str, up: u64, down: u64) {
+    let listener = TcpListener::bind((PRIVATE, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The target: reads everything to EOF (checked), then answers and closes.
+    let target = thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let read = verify_reader(&mut s, up);
+        PatternSource::new(64 * 1024)
+            .write_range(&mut s, 0, down)
+            .unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        (read, peer)
+    });
+    let stream = direct::dial(host, port, direct::DIAL_TIMEOUT).unwrap();
+    assert_eq!(stream.peer_addr().unwrap().ip(), IpAddr::V4(PRIVATE));
+    let (client_far, client) = client_pair();
+    let pipe = Pipe::new(client, stream, PipeOptions::default()).unwrap();
+    let runner = {
+        let pipe = Arc::clone(&pipe);
+        thread::spawn(move || pipe.run())
+    };
+    let writer = {
+        let mut c = client_far.try_clone().unwrap();
+        thread::spawn(move || {
+            PatternSource::new(64 * 1024)
+                .write_range(&mut c, 0, up)
+                .unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+        })
+    };
+    let mut c = client_far;
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(verify_reader(&mut c, down), Ok(()), "{host}: download");
+    writer.join().unwrap();
+    let (read, peer) = target.join().unwrap();
+    assert_eq!(read, Ok(()), "{host}: upload");
+    assert_eq!(peer.ip(), IpAddr::V4(PRIVATE));
+    let report = runner.join().unwrap();
+    assert!(matches!(report.end, PipeEnd::Closed), "{}", report.end);
+    assert_eq!((report.up, report.down), (up, down));
+    assert_eq!(pipe.bytes(), (up, down));
+}
+
+#[test]
+#[ignore = "helper: run by direct_dials_in_a_network_namespace in a private network namespace"]
+fn inner_direct_dials() {
+    if std::env::var_os(INNER).is_none() {
+        eprintln!(
+            "inner_direct_dials is run by direct_dials_in_a_network_namespace; nothing to do"
+        );
+        return;
+    }
+
+    // A private literal and a name resolving to it: dialled, piped byte-exact.
+    dial_and_pipe("10.77.0.1", 3 * 1024 * 1024 + 5, 2 * 1024 * 1024 + 17);
+    dial_and_pipe("direct.test", 100_000, 1);
+    println!("direct dial to a private address: ok");
+
+    // A harmless-looking name resolving to loopback or to the metadata
+    // address: refused by peer address, and nothing reaches the listener.
+    let lo = TcpListener::bind("127.0.0.1:0").unwrap();
+    lo.set_nonblocking(true).unwrap();
+    let lo_port = lo.local_addr().unwrap().port();
+    for host in ["sneaky.test", "127.0.0.1", "meta.test", "169.254.169.254"] {
+        let (kind, code, text) = refused_kind(direct::dial(host, lo_port, Duration::from_secs(5)));
+        assert_eq!(kind, FailureKind::DirectPeerBlocked, "{host}: {text}");
+        assert_eq!(code, 403, "{host}");
+        assert!(
+            text.starts_with(&format!("direct connection to {host} refused: ")),
+            "{text}"
+        );
+    }
+    assert!(
+        lo.accept().is_err(),
+        "a refused dial reached the loopback listener"
+    );
+    println!("refused by peer: ok");
+
+    // Refused by name and by non-canonical literal, whatever listens there.
+    for host in [
+        "localhost",
+        "x.localhost",
+        "0x7f.1",
+        "2130706433",
+        "0177.0.0.1",
+        "127.1",
+        "[::1]",
+    ] {
+        let (kind, code, text) = refused_kind(direct::dial(host, lo_port, Duration::from_secs(5)));
+        assert_eq!(kind, FailureKind::DirectBlocked, "{host}: {text}");
+        assert_eq!(code, 403, "{host}");
+    }
+    assert!(
+        lo.accept().is_err(),
+        "a refused dial reached the loopback listener"
+    );
+    let (kind, code, _) = refused_kind(direct::dial("direct.test", 0, Duration::from_secs(5)));
+    assert_eq!((kind, code), (FailureKind::BadConnectPort, 400));
+    println!("refused by name: ok");
+
+    // A closed port: connection refused, 502, at once.
+    let closed_port = {
+        let l = TcpListener::bind((PRIVATE, 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let (kind, code, text) = refused_kind(direct::dial(
+        "10.77.0.1",
+        closed_port,
+        Duration::from_secs(5),
+    ));
+    assert_eq!((kind, code), (FailureKind::DirectDialFailed, 502), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // No route at all (the namespace has no default route): 502 as well.
+    let (kind, code, text) = refused_kind(direct::dial("8.8.8.8", 443, Duration::from_secs(5)));
+    assert_eq!((kind, code), (FailureKind::DirectDialFailed, 502), "{text}");
+    println!("refused and unreachable: ok");
+
+    // A black hole: the dial gives up at its bound with 504.
+    for host in ["10.77.0.99", "blackhole.test"] {
+        let started = Instant::now();
+        let (kind, code, text) = refused_kind(direct::dial(host, 443, Duration::from_millis(1500)));
+        let took = started.elapsed();
+        assert_eq!(
+            (kind, code),
+            (FailureKind::DirectDialTimeout, 504),
+            "{host}: {text}"
+        );
+        assert_eq!(text, "direct dial timed out");
+        assert!(
+            took >= Duration::from_millis(1400),
+            "{host}: gave up early, {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(6),
+            "{host}: bound not kept, {took:?}"
+        );
+    }
+    println!("black hole: ok");
+
+    println!("inner_direct_dials: all checks passed");
+}
