@@ -32,6 +32,7 @@ pub mod request_head;
 pub mod session;
 pub mod signals;
 pub mod socket;
+pub mod status;
 pub mod token;
 pub mod trust;
 pub mod tunnel;

@@ -146,6 +146,7 @@ pub fn after_listen(
 fn spawn_git_check() {
     let _ = thread::Builder::new().name("git-check".into()).spawn(|| {
         let found = credentials::git_conflicts(GIT_CONFLICTS_TIMEOUT);
+        crate::status::set_git_conflicts(found.clone());
         if !found.is_empty() {
             eprintln!(
                 "ccr-relay: warning: git settings that send git around the proxy: {}",

@@ -367,6 +367,28 @@ pub fn apply(
     let child_vars = child_env::child_vars(&proxy_env, &client_files, &parent);
     let installed =
         crate::outside::after_listen(&plan.bundle, client_files.truststore.as_deref(), &parent);
+    relay.gateway().monitor.set_info(crate::status::Info {
+        port: addr.port(),
+        ca_bundle_path: config.ca_bundle.display().to_string(),
+        has_system_ca: plan.bundle.built.system_bundle.is_some(),
+        no_proxy: child_vars
+            .iter()
+            .find(|(n, _)| n == "NO_PROXY")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        standalone: plan.activation.standalone,
+        selective: false,
+        trust_installed: installed
+            .installed
+            .iter()
+            .map(|(what, path)| (what.clone(), path.display().to_string()))
+            .collect(),
+        tool_trust_failure_codes: installed
+            .failures
+            .iter()
+            .map(|f| f.code.to_string())
+            .collect(),
+    });
     Ok(Started {
         relay,
         proxy_url,
