@@ -378,16 +378,6 @@ pub fn apply(
             .unwrap_or_default(),
         standalone: plan.activation.standalone,
         selective: false,
-        trust_installed: installed
-            .installed
-            .iter()
-            .map(|(what, path)| (what.clone(), path.display().to_string()))
-            .collect(),
-        tool_trust_failure_codes: installed
-            .failures
-            .iter()
-            .map(|f| f.code.to_string())
-            .collect(),
     });
     Ok(Started {
         relay,

@@ -109,10 +109,6 @@ pub struct Info {
     pub no_proxy: String,
     pub standalone: bool,
     pub selective: bool,
-    /// What trust start-up installed: (what, where).
-    pub trust_installed: Vec<(String, String)>,
-    /// The reason codes of trust installers that failed.
-    pub tool_trust_failure_codes: Vec<String>,
 }
 
 /// Counters and the failure history of one relay.
@@ -149,6 +145,32 @@ static GIT_CONFLICTS: OnceLock<Vec<String>> = OnceLock::new();
 /// Records what the start-up git check found.
 pub fn set_git_conflicts(found: Vec<String>) {
     let _ = GIT_CONFLICTS.set(found);
+}
+
+/// What the trust installers did, as they finish (some run in the
+/// background after start-up): what was installed where, and the reason
+/// codes of those that failed.
+struct Trust {
+    installed: Vec<(String, String)>,
+    failure_codes: Vec<String>,
+}
+
+static TRUST: Mutex<Trust> = Mutex::new(Trust {
+    installed: Vec::new(),
+    failure_codes: Vec::new(),
+});
+
+/// Adds an installer report to what the status page shows.
+pub fn note_trust(report: &crate::install::Report) {
+    let mut trust = lock(&TRUST);
+    for (what, path) in &report.installed {
+        trust
+            .installed
+            .push((what.clone(), path.display().to_string()));
+    }
+    for failure in &report.failures {
+        trust.failure_codes.push(failure.code.to_string());
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -403,12 +425,19 @@ fn write_text_field(out: &mut String, key: &str, value: &Json, depth: usize) {
             out.push_str(&format!("{pad}{key}:\n"));
             for item in items {
                 match item {
+                    // `a b c: last` (a failure: `ts kind host: detail`).
                     Json::Obj(fields) => {
-                        let parts: Vec<String> = fields
+                        let mut parts: Vec<String> = fields
                             .iter()
-                            .map(|(k, v)| format!("{k}={}", v.scalar_text().unwrap_or_default()))
+                            .filter_map(|(_, v)| v.scalar_text())
+                            .filter(|s| !s.is_empty())
                             .collect();
-                        out.push_str(&format!("{pad}  - {}\n", parts.join(" ")));
+                        let last = parts.pop().unwrap_or_default();
+                        let lead = match parts.is_empty() {
+                            true => String::new(),
+                            false => format!("{}: ", parts.join(" ")),
+                        };
+                        out.push_str(&format!("{pad}  - {lead}{last}\n"));
                     }
                     other => out.push_str(&format!(
                         "{pad}  - {}\n",
@@ -483,8 +512,9 @@ pub fn snapshot(gateway: &Gateway) -> Json {
         Generation::AgentProxy => "unknown",
     };
     let i = info.clone().unwrap_or_default();
-    let installed = i
-        .trust_installed
+    let trust = lock(&TRUST);
+    let installed = trust
+        .installed
         .iter()
         .map(|(what, path)| Json::Obj(vec![("what", Json::str(what)), ("path", Json::str(path))]))
         .collect();
@@ -496,8 +526,8 @@ pub fn snapshot(gateway: &Gateway) -> Json {
             Json::Obj(vec![
                 ("ts", Json::str(rfc3339(f.ts))),
                 ("kind", Json::str(f.kind.name())),
-                ("detail", Json::Str(f.detail)),
                 ("host", Json::Str(f.host)),
+                ("detail", Json::Str(f.detail)),
             ])
         })
         .collect();
@@ -532,10 +562,7 @@ pub fn snapshot(gateway: &Gateway) -> Json {
         ("bytesUp", load(&m.bytes_up)),
         ("bytesDown", load(&m.bytes_down)),
         ("trustInstalled", Json::Arr(installed)),
-        (
-            "toolTrustFailureCodes",
-            Json::strings(&i.tool_trust_failure_codes),
-        ),
+        ("toolTrustFailureCodes", Json::strings(&trust.failure_codes)),
         (
             "gitConfigConflicts",
             Json::strings(GIT_CONFLICTS.get().map_or(&[][..], Vec::as_slice)),
@@ -898,16 +925,24 @@ mod tests {
             ("startupError", Json::Null),
             (
                 "recentRelayFailures",
-                Json::Arr(vec![Json::Obj(vec![
-                    ("kind", Json::str("ws_error")),
-                    ("host", Json::str("a:1")),
-                ])]),
+                Json::Arr(vec![
+                    Json::Obj(vec![
+                        ("kind", Json::str("ws_error")),
+                        ("host", Json::str("a:1")),
+                        ("detail", Json::str("it broke")),
+                    ]),
+                    Json::Obj(vec![
+                        ("kind", Json::str("tls_to_relay")),
+                        ("host", Json::str("")),
+                        ("detail", Json::str("use http://")),
+                    ]),
+                ]),
             ),
             ("gitConfigConflicts", Json::Arr(vec![])),
         ]);
         assert_eq!(
             v.text(),
-            "relay: ccr-relay\nstartupError: none\nrecentRelayFailures:\n  - kind=ws_error host=a:1\ngitConfigConflicts: none\n"
+            "relay: ccr-relay\nstartupError: none\nrecentRelayFailures:\n  - ws_error a:1: it broke\n  - tls_to_relay: use http://\ngitConfigConflicts: none\n"
         );
     }
 }
