@@ -869,6 +869,93 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_ends_count_and_record_only_failures() {
+        let m = Monitor::default();
+        let guard = m.tunnel_opened();
+        assert_eq!(m.open_tunnels.load(Ordering::Relaxed), 1);
+        drop(guard);
+        assert_eq!(m.open_tunnels.load(Ordering::Relaxed), 0);
+        m.tunnel_ended(&End::ServerFin, true, 10, 20, "a:443");
+        m.tunnel_ended(&End::WsClosed, false, 1, 2, "v1:443");
+        m.tunnel_ended(&End::SocketClosed, true, 1, 2, "b:443");
+        m.tunnel_ended(&End::WsClosed, true, 300, 4000, "c:443");
+        m.tunnel_ended(
+            &End::UploadStalled(Duration::from_secs(180)),
+            true,
+            5,
+            6,
+            "d:443",
+        );
+        assert_eq!(m.tunnels_served.load(Ordering::Relaxed), 5);
+        assert_eq!(m.bytes_up.load(Ordering::Relaxed), 317);
+        assert_eq!(m.bytes_down.load(Ordering::Relaxed), 4030);
+        let got: Vec<(&str, String, String)> = m
+            .failures()
+            .into_iter()
+            .map(|f| (f.kind.name(), f.host, f.detail))
+            .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            (got[0].0, got[0].1.as_str()),
+            ("ws_closed_mid_exchange", "c:443")
+        );
+        assert!(got[0].2.contains("up 300 B, down 4000 B"), "{got:?}");
+        assert_eq!((got[1].0, got[1].1.as_str()), ("upload_stalled", "d:443"));
+    }
+
+    #[test]
+    fn head_failures_get_their_kinds() {
+        let m = Monitor::default();
+        let connect =
+            crate::request_head::parse_head(b"CONNECT a..b:443 HTTP/1.1\r\n\r\n").unwrap();
+        let get = crate::request_head::parse_head(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+        m.head_failed(&HeadError::TlsHandshake, None);
+        m.head_failed(&HeadError::TooLarge, None);
+        m.head_failed(&HeadError::Timeout, None);
+        m.head_failed(&HeadError::Malformed("x"), None);
+        m.head_failed(&HeadError::Malformed("x"), Some(&get));
+        m.head_failed(&HeadError::MethodNotAllowed("TRACE".into()), None);
+        m.head_failed(&HeadError::Closed(None), None);
+        m.head_failed(&HeadError::Malformed("bad host name"), Some(&connect));
+        let kinds: Vec<&str> = m.failures().iter().map(|f| f.kind.name()).collect();
+        let want = [
+            "tls_to_relay",
+            "header_too_long",
+            "head_timeout",
+            "bad_request",
+            "not_connect",
+            "not_connect",
+            "bad_request",
+        ];
+        assert_eq!(kinds, want);
+        assert_eq!(m.failures()[4].host, "/x");
+    }
+
+    #[test]
+    fn a_tls_client_hello_is_told_apart_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        // The start of a ClientHello record: no blank line ever comes.
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .unwrap();
+        let started = Instant::now();
+        let got = crate::request_head::read_head(&server, 8192, Duration::from_secs(10));
+        assert!(matches!(got, Err(HeadError::TlsHandshake)), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // An ordinary request still reads.
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client
+            .write_all(b"CONNECT a.test:443 HTTP/1.1\r\n\r\n")
+            .unwrap();
+        let (head, _) =
+            crate::request_head::read_head(&server, 8192, Duration::from_secs(10)).unwrap();
+        assert_eq!(head.target, "a.test:443");
+    }
+
+    #[test]
     fn status_requests_are_recognised() {
         let head = |line: &str| crate::request_head::parse_head(line.as_bytes()).unwrap();
         assert!(is_status_request(&head(

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ccr_integration::relay::{BlindPki, RelayOptions, RelayProcess, curl_via};
-use ccr_integration::{DevGateway, GatewayOptions, Generation, ServerKind, bin_path};
+use ccr_integration::{DevGateway, Generation, ServerKind, bin_path};
 use data_encoding::BASE64;
 
 /// A token that appears nowhere else: its absence means it was not printed.
