@@ -65,6 +65,26 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Run { config, command } => run(&config, command),
         Command::Serve { config, env_file } => serve(&config, env_file.as_deref()),
         Command::Doctor { config } => crate::doctor::run(&config),
+        Command::Status { proxy } => status(proxy),
+    }
+}
+
+/// `ccr-relay status`: prints the relay's state as text; 1 when there is
+/// no relay to ask or it does not answer as one.
+fn status(proxy: Option<String>) -> i32 {
+    let proxy = proxy.or_else(|| std::env::var("HTTPS_PROXY").ok().filter(|v| !v.is_empty()));
+    match proxy
+        .ok_or(crate::status::StatusError::NoProxy)
+        .and_then(|p| crate::status::fetch_text(&p))
+    {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("ccr-relay: {e}");
+            1
+        }
     }
 }
 

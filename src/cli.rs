@@ -16,6 +16,8 @@ USAGE
   ccr-relay run   [OPTIONS] -- COMMAND [ARG...]   run COMMAND with the proxy set up
   ccr-relay serve [OPTIONS] [--env-file PATH]     serve until SIGTERM or SIGINT
   ccr-relay doctor [OPTIONS]                      explain what start-up would do
+  ccr-relay status [--proxy URL]                  a running relay's state and recent failures
+                                                  [default URL: $HTTPS_PROXY]
   ccr-relay --help | --version
 
 OPTIONS
@@ -62,6 +64,10 @@ pub enum Command {
     Doctor {
         config: Config,
     },
+    /// `status`: ask the relay at `proxy` (else `HTTPS_PROXY`) for its state.
+    Status {
+        proxy: Option<String>,
+    },
     Help,
     Version,
 }
@@ -86,6 +92,7 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
     let sub = match first.to_str() {
         Some("--help" | "-h" | "help") => return Ok(Command::Help),
         Some("--version" | "-V" | "version") => return Ok(Command::Version),
+        Some("status") => return parse_status(args),
         Some(s @ ("run" | "serve" | "doctor")) => s.to_string(),
         _ => {
             return Err(UsageError(format!(
@@ -191,6 +198,24 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
     }
 }
 
+/// `status [--proxy URL]`.
+fn parse_status(mut args: impl Iterator<Item = OsString>) -> Result<Command, UsageError> {
+    let mut proxy = None;
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy().into_owned();
+        match text.split_once('=') {
+            _ if text == "--help" || text == "-h" => return Ok(Command::Help),
+            Some(("--proxy", v)) => proxy = Some(v.to_string()),
+            None if text == "--proxy" => {
+                let v = args.next().and_then(|v| v.into_string().ok());
+                proxy = Some(v.ok_or_else(|| UsageError("--proxy needs a value".into()))?);
+            }
+            _ => return Err(UsageError(format!("unknown option {text} for `status`"))),
+        }
+    }
+    Ok(Command::Status { proxy })
+}
+
 fn seconds(flag: &str, text: &str) -> Result<Duration, UsageError> {
     text.parse::<f64>()
         .ok()
@@ -208,6 +233,28 @@ mod tests {
             args.iter().map(OsString::from).collect(),
             Config::from_env(),
         )
+    }
+
+    #[test]
+    fn status_takes_an_optional_proxy() {
+        for (args, want) in [
+            (&["status"][..], None),
+            (
+                &["status", "--proxy", "http://127.0.0.1:1"][..],
+                Some("http://127.0.0.1:1"),
+            ),
+            (
+                &["status", "--proxy=http://127.0.0.1:2"][..],
+                Some("http://127.0.0.1:2"),
+            ),
+        ] {
+            match parse_strs(args) {
+                Ok(Command::Status { proxy }) => assert_eq!(proxy.as_deref(), want, "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        assert!(parse_strs(&["status", "--proxy"]).is_err());
+        assert!(parse_strs(&["status", "--listen", "x"]).is_err());
     }
 
     #[test]

@@ -345,6 +345,7 @@ impl Attempt<'_> {
                     });
                 }
                 Incoming::HelloAck { v2: true } if matches!(hello, Hello::Awaited(_)) => {
+                    self.gateway.state.remember_v2_acknowledged();
                     hello = Hello::Acknowledged;
                 }
                 Incoming::HelloAck { v2: false } if matches!(hello, Hello::Awaited(_)) => {
@@ -368,6 +369,12 @@ impl Attempt<'_> {
             self.request.target
         );
         self.gateway.state.remember_v2_unacknowledged();
+        let target = self.request.target.to_string();
+        self.gateway.monitor.record(
+            crate::status::Kind::V2NotAcked,
+            &format!("{why}; falling back to the first generation's semantics"),
+            &target,
+        );
         Ok(Hello::FellBack)
     }
 }

@@ -411,6 +411,7 @@ pub fn serve(
         watch.set(None);
         match outcome {
             Ok(done) => {
+                gateway.monitor.http_served(done.up, done.down);
                 info!(
                     "http {} {} -> {}: up {} B, down {} B, {:.3} s",
                     head.method,
@@ -448,6 +449,7 @@ pub fn serve(
             Ok(head) => head,
             Err(HeadError::Closed(_) | HeadError::Timeout) => return,
             Err(e) => {
+                gateway.monitor.head_failed(&e, None);
                 if let Some(status) = e.status() {
                     reply::answer(client, status, &e.to_string());
                 }
@@ -626,6 +628,9 @@ fn open_upstream(
     // Each plain-HTTP tunnel is closed after use, never pooled.
     let opened = dial::open(gateway, limits, &request).map_err(|e| {
         warn!("http tunnel {authority}: {e}");
+        gateway
+            .monitor
+            .open_failed(gateway.generation, &e, &authority.to_string());
         Failure::Answer(e.status(), e.to_string())
     })?;
     let stream = ChunkStream::new(
@@ -640,6 +645,7 @@ fn open_upstream(
     let (bytes, resp) =
         read_response(&mut stream, "gateway", "gateway did not answer the CONNECT")?;
     if !(200..300).contains(&resp.status) {
+        gateway.monitor.check_answer(&bytes, &authority.to_string());
         let mut to_client = client;
         let _ = to_client.write_all(&bytes);
         let _ = io::copy(&mut stream.take(1 << 20), &mut to_client);

@@ -248,6 +248,8 @@ pub struct GatewayState {
     startup_error: Mutex<Option<String>>,
     /// A tunnel's WebSocket opened at least once.
     opened_any: AtomicBool,
+    /// The gateway acknowledged tunnel protocol v2 at least once.
+    v2_acknowledged: AtomicBool,
 }
 
 impl GatewayState {
@@ -257,6 +259,14 @@ impl GatewayState {
 
     pub fn remember_v2_unacknowledged(&self) {
         self.v2_unacknowledged.store(true, Ordering::Relaxed);
+    }
+
+    pub fn v2_acknowledged(&self) -> bool {
+        self.v2_acknowledged.load(Ordering::Relaxed)
+    }
+
+    pub fn remember_v2_acknowledged(&self) {
+        self.v2_acknowledged.store(true, Ordering::Relaxed);
     }
 
     pub fn startup_error(&self) -> Option<String> {
@@ -423,6 +433,8 @@ pub struct Gateway {
     /// `--require-v2`: tunnels of a gateway that does not acknowledge
     /// protocol v2 are refused instead of falling back.
     pub require_v2: bool,
+    /// Counters and recent failures, for the status page.
+    pub monitor: crate::status::Monitor,
 }
 
 /// WebSocket settings for a tunnel. The read buffer is what an idle tunnel
@@ -453,6 +465,7 @@ impl Gateway {
             state: GatewayState::default(),
             pool: None,
             require_v2: false,
+            monitor: crate::status::Monitor::default(),
         }
     }
 

@@ -35,6 +35,7 @@ pub mod route;
 pub mod session;
 pub mod signals;
 pub mod socket;
+pub mod status;
 pub mod token;
 pub mod trust;
 pub mod tunnel;

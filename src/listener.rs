@@ -22,6 +22,7 @@ use crate::gateway::Gateway;
 use crate::reply;
 use crate::request_head::{ProxyRequest, read_head};
 use crate::socket::{self, Mode};
+use crate::status;
 use crate::tunnel::{PumpOptions, Tunnel};
 use log::{debug, info, warn};
 
@@ -197,6 +198,7 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         Ok(read) => read,
         Err(e) => {
             debug!("client {peer}: {e}");
+            shared.gateway.monitor.head_failed(&e, None);
             if let Some(status) = e.status() {
                 reply::answer(&client, status, &e.to_string());
             }
@@ -224,9 +226,16 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
             }
         };
         if let Some(problem) = refused {
+            shared
+                .gateway
+                .monitor
+                .record(status::Kind::ClientRefused, &problem, &peer);
             reply::answer(&client, reply::FORBIDDEN, &problem);
             return;
         }
+    }
+    if status::is_status_request(&head) {
+        return status::serve(&shared.gateway, &client, &head);
     }
     let target = match ProxyRequest::from_head(&head) {
         Ok(ProxyRequest::Connect(target)) => target,
@@ -236,6 +245,7 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         }
         Err(e) => {
             debug!("client {peer}: {e}");
+            shared.gateway.monitor.head_failed(&e, Some(&head));
             if let Some(status) = e.status() {
                 reply::answer(&client, status, &e.to_string());
             }
@@ -280,6 +290,9 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         Ok(opened) => opened,
         Err(e) => {
             warn!("tunnel {target}: {e}");
+            gateway
+                .monitor
+                .open_failed(gateway.generation, &e, &target.to_string());
             reply::answer(&client, e.status(), &e.to_string());
             return;
         }
@@ -292,6 +305,9 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         return;
     }
     let answer_len = opened.answer.len() as u64;
+    let rejected = gateway
+        .monitor
+        .check_answer(&opened.answer, &target.to_string());
     let opts = PumpOptions {
         keepalive_interval: limits.keepalive_interval,
         read_size: limits.max_chunk.min(64 * 1024),
@@ -323,7 +339,9 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
     if shared.stopping.load(Ordering::SeqCst) {
         tunnel.abort();
     }
+    let open_tunnel = gateway.monitor.tunnel_opened();
     let report = tunnel.run();
+    drop(open_tunnel);
     lock(&shared.tunnels).remove(&id);
     let pooled = match (&gateway.pool, tunnel.take_websocket()) {
         (Some(pool), Some(ws)) if !shared.stopping.load(Ordering::SeqCst) => {
@@ -331,6 +349,17 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         }
         _ => false,
     };
+    let (up, down) = (
+        report.bytes_socket_to_ws,
+        report.bytes_ws_to_socket + answer_len,
+    );
+    gateway.monitor.tunnel_ended(
+        &report.end,
+        opened.v2 && !rejected,
+        up,
+        down,
+        &target.to_string(),
+    );
     let client_note = if agent {
         format!(", client {}", client_process())
     } else {

@@ -130,11 +130,16 @@ pub fn after_listen(
     now.targets = vec![Target::ProfileD];
     let report = install::install_all(&now);
     warn_failures(&report);
+    crate::status::note_trust(&report);
     let mut later = plan;
     later.targets.retain(|t| *t != Target::ProfileD);
     let spawned = thread::Builder::new()
         .name("install".into())
-        .spawn(move || warn_failures(&install::install_all(&later)));
+        .spawn(move || {
+            let report = install::install_all(&later);
+            warn_failures(&report);
+            crate::status::note_trust(&report);
+        });
     if let Err(e) = spawned {
         eprintln!("ccr-relay: warning: cannot start the trust installers: {e}");
     }
@@ -146,6 +151,7 @@ pub fn after_listen(
 fn spawn_git_check() {
     let _ = thread::Builder::new().name("git-check".into()).spawn(|| {
         let found = credentials::git_conflicts(GIT_CONFLICTS_TIMEOUT);
+        crate::status::set_git_conflicts(found.clone());
         if !found.is_empty() {
             eprintln!(
                 "ccr-relay: warning: git settings that send git around the proxy: {}",

@@ -63,13 +63,15 @@ pub fn silent_gateway() -> &'static [u8] {
 /// Answers a client the relay cannot serve, then closes without losing the
 /// answer: write side first, then a short drain so the close sends no RST.
 pub fn answer(client: &TcpStream, status: Status, problem: &str) {
+    send_and_close(client, &error_response(status, problem));
+}
+
+/// Writes a whole `response` and closes as [`answer`] does.
+pub fn send_and_close(client: &TcpStream, response: &[u8]) {
     if socket::set_mode(client, Mode::bounded(WRITE_BOUND)).is_err() {
         return;
     }
-    if (&*client)
-        .write_all(&error_response(status, problem))
-        .is_err()
-    {
+    if (&*client).write_all(response).is_err() {
         return;
     }
     let _ = client.shutdown(Shutdown::Write);

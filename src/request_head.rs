@@ -25,6 +25,9 @@ pub enum HeadError {
     /// The client closed or broke the connection before the blank line:
     /// nobody is left to answer.
     Closed(Option<io::Error>),
+    /// The client began a TLS handshake (`HTTPS_PROXY=https://…`): an
+    /// HTTP answer would not be read, so none is given.
+    TlsHandshake,
 }
 
 impl HeadError {
@@ -35,7 +38,7 @@ impl HeadError {
             HeadError::MethodNotAllowed(_) => Some((405, "Method Not Allowed")),
             HeadError::TooLarge => Some((431, "Request Header Fields Too Large")),
             HeadError::Timeout => Some((408, "Request Timeout")),
-            HeadError::Closed(_) => None,
+            HeadError::Closed(_) | HeadError::TlsHandshake => None,
         }
     }
 }
@@ -60,6 +63,9 @@ impl fmt::Display for HeadError {
             HeadError::Timeout => f.write_str("request head not complete in time"),
             HeadError::Closed(None) => f.write_str("client closed before the request was complete"),
             HeadError::Closed(Some(e)) => write!(f, "client connection failed: {e}"),
+            HeadError::TlsHandshake => f.write_str(
+                "a client sent a TLS handshake to the proxy port: HTTPS_PROXY must be an http:// URL, not https://",
+            ),
         }
     }
 }
@@ -328,6 +334,11 @@ pub fn read_head(
         deadline: Instant::now() + timeout,
     };
     let mut reader = io::BufReader::with_capacity(2048, deadline);
+    // 0x16 opens a TLS record (a ClientHello); no HTTP method starts so.
+    // A failed first read is left for `read_head_bytes` to report.
+    if let Ok([0x16, ..]) = io::BufRead::fill_buf(&mut reader) {
+        return Err(HeadError::TlsHandshake);
+    }
     let bytes = read_head_bytes(&mut reader, max_bytes)?;
     let head = parse_head(&bytes)?;
     Ok((head, reader.buffer().to_vec()))

@@ -396,6 +396,18 @@ pub fn apply(
     let child_vars = child_env::child_vars(&proxy_env, &client_files, &parent);
     let installed =
         crate::outside::after_listen(&plan.bundle, client_files.truststore.as_deref(), &parent);
+    relay.gateway().monitor.set_info(crate::status::Info {
+        port: addr.port(),
+        ca_bundle_path: config.ca_bundle.display().to_string(),
+        has_system_ca: plan.bundle.built.system_bundle.is_some(),
+        no_proxy: child_vars
+            .iter()
+            .find(|(n, _)| n == "NO_PROXY")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        standalone: plan.activation.standalone,
+        selective: false,
+    });
     Ok(Started {
         relay,
         proxy_url,
