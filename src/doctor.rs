@@ -65,6 +65,14 @@ pub fn run(config: &Config) -> i32 {
             choice.reason
         );
     }
+    if generation == Generation::AgentProxy
+        && let Some(list) = session::selective_list(env_lookup)
+    {
+        println!(
+            "  info  selective mode: {} include pattern(s) go through the gateway, other hosts are dialled directly",
+            list.len()
+        );
+    }
     if config.standalone.is_active() {
         println!("  info  standalone mode: the gateway is AGENT_PROXY_URL");
     }
@@ -184,7 +192,8 @@ pub fn run(config: &Config) -> i32 {
         mode: child_env::Mode {
             generation,
             standalone: config.standalone.is_active(),
-            selective: false,
+            selective: generation == Generation::AgentProxy
+                && session::selective_list(env_lookup).is_some(),
         },
         system_bundle: trust::system_bundle(config.system_ca.as_deref()).is_some(),
     });

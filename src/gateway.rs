@@ -435,6 +435,9 @@ pub struct Gateway {
     pub require_v2: bool,
     /// Counters and recent failures, for the status page.
     pub monitor: crate::status::Monitor,
+    /// Selective mode (agent proxy): only hosts on this list go through
+    /// the gateway; the others are dialled directly. `None`: all tunnelled.
+    pub selective: Option<crate::route::IncludeList>,
 }
 
 /// WebSocket settings for a tunnel. The read buffer is what an idle tunnel
@@ -466,6 +469,7 @@ impl Gateway {
             pool: None,
             require_v2: false,
             monitor: crate::status::Monitor::default(),
+            selective: None,
         }
     }
 

@@ -16,11 +16,13 @@ use crate::access::{Access, Decision};
 use crate::client_process;
 use crate::config::Limits;
 use crate::dial;
+use crate::direct::{self, Pipe, PipeOptions};
 use crate::forward;
 use crate::gates::Generation;
 use crate::gateway::Gateway;
 use crate::reply;
-use crate::request_head::{ProxyRequest, read_head};
+use crate::request_head::{Authority, ProxyRequest, read_head};
+use crate::route::{self, Route};
 use crate::socket::{self, Mode};
 use crate::status;
 use crate::tunnel::{PumpOptions, Tunnel};
@@ -51,7 +53,7 @@ struct Shared {
     access: Access,
     limits: Limits,
     stopping: AtomicBool,
-    tunnels: Mutex<HashMap<u64, Weak<Tunnel>>>,
+    tunnels: Mutex<HashMap<u64, Weak<dyn Abort>>>,
     next_id: AtomicU64,
     /// Connection threads alive, with a condvar to wait for them at shutdown.
     live: Mutex<usize>,
@@ -134,7 +136,7 @@ impl Relay {
 
     fn shutdown(&self) {
         let shared = &self.shared;
-        let open: Vec<Arc<Tunnel>> = lock(&shared.tunnels)
+        let open: Vec<Arc<dyn Abort>> = lock(&shared.tunnels)
             .values()
             .filter_map(Weak::upgrade)
             .collect();
@@ -254,6 +256,19 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
     };
     let started = Instant::now();
     let gateway = &shared.gateway;
+    if let Some(list) = &gateway.selective {
+        let (route, note) = route::route_host(&target.host, list);
+        if let Some(kind) = note {
+            gateway.monitor.record(
+                status::Kind::Selective(kind),
+                "a host with control characters goes through the gateway",
+                &target.to_string(),
+            );
+        }
+        if route == Route::Direct {
+            return serve_direct(shared, client, &target, &leftover);
+        }
+    }
     let agent = gateway.generation == Generation::AgentProxy;
     // Who asks (agent proxy: sent in the preamble and logged): looked up
     // on a helper thread while the WebSocket is dialled, within its budget.
@@ -334,7 +349,9 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         }
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    lock(&shared.tunnels).insert(id, Arc::downgrade(&tunnel));
+    let registered: Arc<dyn Abort> = tunnel.clone();
+    lock(&shared.tunnels).insert(id, Arc::downgrade(&registered));
+    drop(registered);
     // A stop that came while the tunnel was opening has missed it: close it now.
     if shared.stopping.load(Ordering::SeqCst) {
         tunnel.abort();
@@ -374,5 +391,76 @@ fn handle_connection(shared: &Shared, client: TcpStream) {
         wire_name,
         if reused { "reused" } else { "fresh" },
         if pooled { ", pooled" } else { "" },
+    );
+}
+
+/// What the shutdown registry can end: a tunnel or a direct pipe.
+trait Abort: Send + Sync {
+    fn abort(&self);
+}
+
+impl Abort for Tunnel {
+    fn abort(&self) {
+        Tunnel::abort(self);
+    }
+}
+
+impl Abort for Pipe {
+    fn abort(&self) {
+        Pipe::abort(self);
+    }
+}
+
+/// Selective mode: a host off the include list is dialled by the relay
+/// itself (refusing local and metadata addresses, by name and by the peer
+/// it reached), answered with the relay's own `200`, and piped raw.
+fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover: &[u8]) {
+    let started = Instant::now();
+    let monitor = &shared.gateway.monitor;
+    let host = target.to_string();
+    let stream = match direct::dial(&target.host.to_string(), target.port, direct::DIAL_TIMEOUT) {
+        Ok(stream) => stream,
+        Err(e) => {
+            warn!("direct {target}: {e}");
+            monitor.record(status::Kind::Selective(e.kind()), &e.to_string(), &host);
+            reply::answer(&client, e.status(), &e.to_string());
+            return;
+        }
+    };
+    let opening = socket::set_mode(&client, Mode::bounded(shared.limits.upgrade_timeout))
+        .and_then(|()| (&client).write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n"))
+        .and_then(|()| (&stream).write_all(leftover));
+    if let Err(e) = opening {
+        debug!("direct {target}: {e}");
+        return;
+    }
+    let opts = PipeOptions {
+        stall: shared.limits.upload_stall,
+        ..PipeOptions::default()
+    };
+    let pipe = match Pipe::new(client, stream, opts) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            warn!("direct {target}: {e}");
+            return;
+        }
+    };
+    let _open = monitor.tunnel_opened();
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let registered: Arc<dyn Abort> = pipe.clone();
+    lock(&shared.tunnels).insert(id, Arc::downgrade(&registered));
+    drop(registered);
+    if shared.stopping.load(Ordering::SeqCst) {
+        pipe.abort();
+    }
+    let report = pipe.run();
+    lock(&shared.tunnels).remove(&id);
+    monitor.direct_ended(report.up, report.down);
+    info!(
+        "direct {target} closed: up {} B, down {} B, {:.3} s, {:?}",
+        report.up + leftover.len() as u64,
+        report.down,
+        started.elapsed().as_secs_f64(),
+        report.end
     );
 }

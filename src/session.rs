@@ -184,7 +184,32 @@ pub fn gateway(config: &Config, plan: &Plan) -> Gateway {
     )
     .with_generation(generation, pool);
     gateway.require_v2 = config.require_v2;
+    if generation == Generation::AgentProxy {
+        gateway.selective = selective_list(env_lookup);
+    }
     gateway
+}
+
+/// Selective mode's variable and its include list's (the contract's
+/// section 9); both are removed from children's environment.
+pub const RELAY_MODE_VAR: &str = "CCR_AGENT_PROXY_RELAY_MODE";
+pub const INCLUDE_HOSTS_VAR: &str = "CCR_AGENT_PROXY_INCLUDE_HOSTS";
+
+/// The include list when the session asks for selective mode; `None` (with
+/// a warning when the mode was asked for) when every CONNECT is tunnelled.
+pub fn selective_list(env: impl Fn(&str) -> Option<String>) -> Option<crate::route::IncludeList> {
+    let mode = env(RELAY_MODE_VAR)?;
+    if !mode.trim().eq_ignore_ascii_case("selective") {
+        return None;
+    }
+    let list = crate::route::IncludeList::parse(&env(INCLUDE_HOSTS_VAR).unwrap_or_default());
+    if list.is_empty() {
+        eprintln!(
+            "ccr-relay: warning: {RELAY_MODE_VAR}=selective without hosts in {INCLUDE_HOSTS_VAR}; every CONNECT goes through the gateway"
+        );
+        return None;
+    }
+    Some(list)
 }
 
 /// What the start-up probe found.
@@ -383,7 +408,7 @@ pub fn apply(
         mode: child_env::Mode {
             generation,
             standalone: plan.activation.standalone,
-            selective: false,
+            selective: relay.gateway().selective.is_some(),
         },
         system_bundle: plan.bundle.built.system_bundle.is_some(),
     };
@@ -406,7 +431,7 @@ pub fn apply(
             .map(|(_, v)| v.clone())
             .unwrap_or_default(),
         standalone: plan.activation.standalone,
-        selective: false,
+        selective: relay.gateway().selective.is_some(),
     });
     Ok(Started {
         relay,

@@ -314,6 +314,12 @@ impl Monitor {
         self.record(kind, &detail, host);
     }
 
+    /// A direct connection (selective mode) ended: its bytes count.
+    pub fn direct_ended(&self, up: u64, down: u64) {
+        self.tunnels_served.fetch_add(1, Ordering::Relaxed);
+        self.add_bytes(up, down);
+    }
+
     /// One plain-HTTP request forwarded.
     pub fn http_served(&self, up: u64, down: u64) {
         self.http_requests.fetch_add(1, Ordering::Relaxed);

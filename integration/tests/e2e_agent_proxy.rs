@@ -765,3 +765,78 @@ fn serve_brings_the_proxy_up_when_the_ca_can_be_fetched_at_last() {
         gw.events().join("\n")
     );
 }
+
+/// A raw CONNECT to `target` through `relay`: the status line and body.
+fn connect_raw(relay: &RelayProcess, target: &str) -> (String, String) {
+    let mut s = relay.connect();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .unwrap();
+    let (head, body) = read_response(&mut s).unwrap();
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[test]
+fn selective_mode_tunnels_included_hosts_and_dials_the_rest_with_refusals() {
+    let (pki, _origin, gw) = setup(ServerKind::Late, &[]);
+    let relay = serve_v2(
+        &gw,
+        RelayOptions::default()
+            .env("CCR_AGENT_PROXY_RELAY_MODE", "selective")
+            .env("CCR_AGENT_PROXY_INCLUDE_HOSTS", "*.test"),
+    );
+    // Neither variable reaches children.
+    for name in [
+        "CCR_AGENT_PROXY_RELAY_MODE",
+        "CCR_AGENT_PROXY_INCLUDE_HOSTS",
+    ] {
+        assert!(relay.var(name).is_none(), "{name} in the env file");
+    }
+    // An included host goes through the gateway.
+    curl_hello(&relay, &pki, &gw);
+    assert_eq!(gw.count_events("connect origin.test:443"), 1);
+    // Hosts off the list are dialled by the relay, which refuses local and
+    // metadata destinations by name, by literal and by non-canonical form.
+    for target in [
+        "localhost:80",
+        "metadata.google.internal:80",
+        "127.0.0.1:80",
+        "169.254.169.254:80",
+        "0x7f.1:80",
+        "2130706433:80",
+        "0177.0.0.1:80",
+    ] {
+        let (status, body) = connect_raw(&relay, target);
+        assert_eq!(status, "HTTP/1.1 403 Forbidden", "{target}: {body}");
+        assert!(
+            body.starts_with("ccr-relay: direct connection to "),
+            "{body}"
+        );
+    }
+    // A name that does not resolve: the relay's own 502, not the gateway's.
+    let (status, body) = connect_raw(&relay, "nowhere.invalid:443");
+    assert_eq!(status, "HTTP/1.1 502 Bad Gateway", "{body}");
+    assert_eq!(
+        gw.count_events("connect "),
+        1,
+        "nothing off the list reached the gateway"
+    );
+    // The status page says so.
+    let page = curl_via(
+        &relay.proxy_url,
+        &pki.served_ca_pem(),
+        &format!("{}/__agentproxy/status", relay.proxy_url),
+        &["--noproxy", "*"],
+    );
+    let json = page.stdout_text();
+    assert!(json.contains("\"selective\": true"), "{json}");
+    for kind in [
+        "direct_blocked",
+        "direct_peer_blocked",
+        "direct_dial_failed",
+    ] {
+        assert!(json.contains(kind), "{kind} in the failure history: {json}");
+    }
+}
