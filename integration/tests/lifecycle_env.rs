@@ -10,10 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use ccr_integration::pki::TestCa;
+use ccr_integration::relay::BlindPki;
 use ccr_integration::session_env::{
     ENABLED, Reply, SYSTEM_CA, Session, TinyServer, http_answer, relay_var_names, relay_vars_in,
 };
-use ccr_integration::{DevGateway, GatewayOptions, bin_path, temp_dir};
+use ccr_integration::{DevGateway, GatewayOptions, ServerKind, bin_path, temp_dir};
 use openssl::x509::X509;
 
 /// PROTOCOL.md section 6, copied here rather than taken from the relay, so
@@ -472,5 +473,82 @@ fn missing_system_bundle_warns_and_the_bundle_holds_the_gateway_ca_alone() {
     assert_eq!(
         ders(&bundle),
         ders(&std::fs::read(&gw.ca_pem_path).unwrap())
+    );
+}
+
+/// The agent proxy's `NO_PROXY` list (normal mode), written out from the
+/// contract rather than read from the code it checks.
+const AGENT_NO_PROXY: &str = "localhost,127.0.0.1,::1,127.0.0.0/8,0.0.0.0/8,::,169.254.0.0/16,\
+api.anthropic.com,api-staging.anthropic.com,api-pr-preview.anthropic.com,mcp-proxy.anthropic.com,\
+mcp-proxy-staging.anthropic.com,registry.npmjs.org,jsr.io,npm.jsr.io,pypi.org,files.pythonhosted.org,\
+index.crates.io,proxy.golang.org,host.docker.internal,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,\
+100.64.0.0/10,.svc.cluster.local,*.svc.cluster.local";
+
+#[test]
+fn agent_proxy_child_gets_its_generations_variables() {
+    let pki = BlindPki::new();
+    let gw = DevGateway::start(pki.gateway_options(false).agent_proxy(ServerKind::Late));
+    // An ingress token file that is not there (yet): the token file's
+    // token is used, and the variable naming the file still never reaches
+    // the child.
+    let ingress = temp_dir("env-agent");
+    let ingress_file = ingress.join("ingress");
+    let s = Session::for_gateway("env-agent", &gw)
+        .agent_proxy()
+        .env(
+            "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
+            ingress_file.to_str().unwrap(),
+        )
+        .env("CLAUDE_CODE_SESSION_ACCESS_TOKEN", "must-not-pass-either")
+        .env("DENO_TLS_CA_STORE", "mozilla");
+    let out = s.run(&["sh", "-c", "env"]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let env = out.env();
+    let get = |n: &str| env.get(n).map(String::as_str);
+    assert!(
+        get("HTTPS_PROXY").is_some_and(|v| v.starts_with("http://127.0.0.1:")),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(get("NO_PROXY"), Some(AGENT_NO_PROXY));
+    assert_eq!(get("no_proxy"), Some(AGENT_NO_PROXY));
+    let bundle = s.bundle.to_str().unwrap();
+    for name in [
+        "SSL_CERT_FILE",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+        "HTTPLIB2_CA_CERTS",
+        "AWS_CA_BUNDLE",
+        "DENO_CERT",
+        "CARGO_HTTP_CAINFO",
+        "PIP_CERT",
+        "GIT_SSL_CAINFO",
+        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+        "NIX_SSL_CERT_FILE",
+        "HEX_CACERTS_PATH",
+        "BUNDLE_SSL_CA_CERT",
+    ] {
+        assert_eq!(get(name), Some(bundle), "{name}");
+    }
+    assert_eq!(get("UV_NATIVE_TLS"), Some("true"));
+    assert_eq!(
+        get("DENO_TLS_CA_STORE"),
+        Some("mozilla"),
+        "the parent's own value is kept"
+    );
+    assert_eq!(get("GITHUB_TOKEN"), Some("proxy-injected"));
+    for name in [
+        "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
+        "CLAUDE_CODE_SESSION_ACCESS_TOKEN",
+        "CLAUDE_CODE_WEBSOCKET_AUTH_FILE_DESCRIPTOR",
+        "CLAUDE_CODE_REMOTE_SESSION_ID",
+    ] {
+        assert_eq!(get(name), None, "{name} reached the child");
+    }
+    assert!(
+        !out.stdout.contains("must-not-pass-either") && !out.stdout.contains(&gw.token),
+        "a token reached the child"
     );
 }
