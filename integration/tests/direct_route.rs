@@ -65,7 +65,7 @@ fn direct_dials_in_a_network_namespace() {
         \"$IP\" link set d1 up\n\
         \"$IP\" neigh replace 10.77.0.99 lladdr 02:00:00:00:00:99 dev d0 nud permanent\n\
         mount --bind \"$HOSTS\" /etc/hosts\n\
-        exec \"$SELF\" --exact inner_direct_dials --ignored --nocapture --test-threads=1\n";
+        exec \"$SELF\" inner_ --ignored --nocapture --test-threads=1\n";
     let mut cmd = Command::new("unshare");
     if !is_root() {
         cmd.arg("-r");
@@ -95,10 +95,93 @@ fn direct_dials_in_a_network_namespace() {
         "the namespaced run failed: {:?}",
         out.status
     );
-    assert!(
-        stdout.contains("inner_direct_dials: all checks passed"),
-        "the helper did not run its checks"
+    for helper in [
+        "inner_direct_dials",
+        "inner_relay_routes_off_list_hosts_directly",
+    ] {
+        assert!(
+            stdout.contains(&format!("{helper}: all checks passed")),
+            "{helper} did not run its checks"
+        );
+    }
+}
+
+/// The relay binary in selective mode, inside the namespace: a host on
+/// the include list goes through the development gateway, one off it is
+/// dialled by the relay on its private address, byte-exact both ways, and
+/// the gateway never hears of it.
+#[test]
+#[ignore = "run inside a network namespace by direct_dials_in_a_network_namespace"]
+fn inner_relay_routes_off_list_hosts_directly() {
+    use ccr_integration::relay::{BlindPki, RelayOptions, RelayProcess, read_head};
+    use ccr_integration::{DevGateway, ServerKind};
+    use std::io::{Read, Write};
+    if std::env::var_os(INNER).is_none() {
+        return;
+    }
+    let pki = BlindPki::new();
+    let origin = pki.https_origin(&["origin.test"]);
+    let gw = DevGateway::start(
+        pki.gateway_options(false)
+            .agent_proxy(ServerKind::Late)
+            .map("origin.test:443", origin.addr),
     );
+    let relay = RelayProcess::serve(
+        &gw,
+        RelayOptions::default()
+            .agent_proxy()
+            .env("CCR_AGENT_PROXY_RELAY_MODE", "selective")
+            .env("CCR_AGENT_PROXY_INCLUDE_HOSTS", "origin.test"),
+    );
+    // An echo server on the private address.
+    let listener = TcpListener::bind((PRIVATE, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    for target in [format!("direct.test:{port}"), format!("10.77.0.1:{port}")] {
+        let mut c = relay.connect();
+        write!(c, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+        let head = read_head(&mut c).unwrap();
+        if target.starts_with("10.") {
+            // The echo server serves one connection: the second dial is
+            // refused by the kernel, and the relay says so itself.
+            assert!(
+                head.starts_with(b"HTTP/1.1 502"),
+                "{}",
+                String::from_utf8_lossy(&head)
+            );
+            continue;
+        }
+        assert_eq!(head, b"HTTP/1.1 200 Connection Established\r\n\r\n");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let writer = {
+            let mut c = c.try_clone().unwrap();
+            let data = data.clone();
+            thread::spawn(move || {
+                c.write_all(&data).unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+            })
+        };
+        let mut back = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.read_to_end(&mut back).unwrap();
+        writer.join().unwrap();
+        assert!(back == data, "echo through the direct path differs");
+    }
+    assert_eq!(
+        gw.count_events("connect "),
+        0,
+        "the gateway heard of a direct host"
+    );
+    println!("inner_relay_routes_off_list_hosts_directly: all checks passed");
 }
 
 /// A TCP pair on loopback: (far end the test drives, end the pipe gets).
