@@ -28,8 +28,11 @@ pub struct Config {
     pub gateway_ca: Option<PathBuf>,
     /// Address the local proxy listens on.
     pub listen: SocketAddr,
-    /// Entries appended to the reference `NO_PROXY` list.
+    /// `--no-proxy` entries appended to the default `NO_PROXY` list;
+    /// `-HOST` removes `HOST` from it instead.
     pub no_proxy_extra: Vec<String>,
+    /// `--no-proxy-default`: the list starts as the reference list, or empty.
+    pub no_proxy_default: crate::child_env::NoProxyDefault,
     /// `--require-v2`: an agent-proxy gateway that does not acknowledge
     /// tunnel protocol v2 gets its tunnels refused (`502`) instead of the
     /// first-generation fallback.
@@ -70,6 +73,7 @@ impl Config {
             gateway_ca: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             no_proxy_extra: Vec::new(),
+            no_proxy_default: crate::child_env::NoProxyDefault::Reference,
             require_v2: false,
             standalone: crate::gates::Standalone::default(),
             limits: Limits::default(),

@@ -177,6 +177,7 @@ pub fn run(config: &Config) -> i32 {
         proxy_url: format!("http://{}:{port}", config.listen.ip()),
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
+        no_proxy_default: config.no_proxy_default,
         mode: child_env::Mode {
             generation,
             standalone: config.standalone.is_active(),

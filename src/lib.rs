@@ -8,6 +8,7 @@
 //! `http://` requests go through [`forward`], which reads and rebuilds them
 //! with [`http1`]; the relay's own error answers come from [`reply`].
 
+pub mod agent_readme;
 pub mod app;
 pub mod atomic_file;
 pub mod child_env;

@@ -25,7 +25,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::child_env::{self, ClientFiles, ProxyEnv};
 use crate::config::Config;
@@ -322,6 +322,11 @@ pub fn apply(
         }
     })?;
     let addr = relay.local_addr().map_err(SessionError::Listener)?;
+    if !addr.ip().is_loopback() {
+        warn!(
+            "listening on {addr}, not a loopback address: any host that can reach it can use this session's credentials"
+        );
+    }
     // The probe: its verdict within the wait decides; a later one is
     // recorded by the probe's thread.
     match start_probe(relay.gateway()).recv_timeout(PROBE_VERDICT_WAIT) {
@@ -340,17 +345,12 @@ pub fn apply(
             config.token_file.display()
         );
     }
-    info!(
-        "{} on {addr}: bundle {} ({} certificates)",
-        generation.name(),
-        config.ca_bundle.display(),
-        plan.bundle.certificates().len()
-    );
     let proxy_url = format!("http://{addr}");
     let proxy_env = ProxyEnv {
         proxy_url: proxy_url.clone(),
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
+        no_proxy_default: config.no_proxy_default,
         mode: child_env::Mode {
             generation,
             standalone: plan.activation.standalone,
@@ -367,6 +367,23 @@ pub fn apply(
     let child_vars = child_env::child_vars(&proxy_env, &client_files, &parent);
     let installed =
         crate::outside::after_listen(&plan.bundle, client_files.truststore.as_deref(), &parent);
+    let readme = crate::agent_readme::write(&crate::agent_readme::Facts {
+        generation,
+        bundle: &config.ca_bundle,
+        files: &client_files,
+        truststore_password: crate::trust::jks::PASSWORD,
+        child_vars: &child_vars,
+    });
+    if let Err(e) = &readme {
+        eprintln!("ccr-relay: warning: cannot write the README next to the CA bundle: {e}");
+    }
+    info!(
+        "{} on {addr}: bundle {} ({} certificates), installed: {}",
+        generation.name(),
+        config.ca_bundle.display(),
+        plan.bundle.certificates().len(),
+        installed_summary(&installed)
+    );
     Ok(Started {
         relay,
         proxy_url,
@@ -382,7 +399,10 @@ pub fn start(config: &Config) -> Startup {
     // 1. gates, token into memory.
     let activation = match activate(config, env_lookup) {
         Ok(activation) => activation,
-        Err(closed) if closed.is_silent() => return Startup::Disabled,
+        Err(closed) if closed.is_silent() => {
+            debug!("{closed}");
+            return Startup::Disabled;
+        }
         // A relay higher up already serves this process tree (it unlinked the
         // token file): its variables pass through, and there is nothing to say.
         Err(_) if child_env::parent_has_relay(env_lookup) => return Startup::Disabled,
@@ -415,6 +435,20 @@ pub fn start(config: &Config) -> Startup {
         Ok(started) => Startup::Enabled(started),
         Err(e) => fail_open(e),
     }
+}
+
+/// What start-up installed outside the relay's directory, for the start-up
+/// log line: each target and where, or `nothing`.
+fn installed_summary(report: &crate::install::Report) -> String {
+    if report.installed.is_empty() {
+        return "nothing".into();
+    }
+    report
+        .installed
+        .iter()
+        .map(|(what, path)| format!("{what} ({})", path.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Prints the one warning line of a failed step; the proxy stays off.
