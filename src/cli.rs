@@ -133,7 +133,10 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
             }
         };
         match flag.as_str() {
-            "--base-url" => config.base_url = value()?,
+            "--base-url" => {
+                config.base_url = value()?;
+                config.base_url_from = crate::config::BaseUrlFrom::Flag;
+            }
             "--token-file" => config.token_file = PathBuf::from(value()?),
             "--ca-bundle" => config.ca_bundle = PathBuf::from(value()?),
             "--system-ca" => config.system_ca = Some(PathBuf::from(value()?)),
@@ -258,6 +261,8 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(config.base_url, "http://127.0.0.1:1");
+        assert_eq!(config.base_url_from, crate::config::BaseUrlFrom::Flag);
+        assert_eq!(config.base_url_name(), "--base-url");
         assert_eq!(env_file, Some(PathBuf::from("/tmp/x.env")));
         assert_eq!(config.no_proxy_extra, vec!["a.test", "b.test", "-pypi.org"]);
         assert_eq!(

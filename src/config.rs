@@ -18,6 +18,8 @@ pub const DEFAULT_TOKEN_FILE: &str = "/run/ccr/session_token";
 pub struct Config {
     /// Gateway base URL (`http://` or `https://`).
     pub base_url: String,
+    /// What set `base_url`, for hints that name it.
+    pub base_url_from: BaseUrlFrom,
     /// File holding the session token.
     pub token_file: PathBuf,
     /// Where the merged CA bundle is written.
@@ -53,20 +55,38 @@ impl Config {
         self
     }
 
+    /// What set the gateway's base URL, as a hint names it: `AGENT_PROXY_URL`
+    /// (standalone mode), `--base-url`, `ANTHROPIC_BASE_URL`, or neither.
+    pub fn base_url_name(&self) -> &'static str {
+        if self.standalone.is_active() {
+            return "AGENT_PROXY_URL";
+        }
+        match self.base_url_from {
+            BaseUrlFrom::Flag => "--base-url",
+            BaseUrlFrom::Env => "ANTHROPIC_BASE_URL",
+            BaseUrlFrom::Default => "--base-url or ANTHROPIC_BASE_URL (neither is set)",
+        }
+    }
+
     /// The defaults, with `ANTHROPIC_BASE_URL` and `HOME` read from the
     /// environment as PROTOCOL.md says.
     pub fn from_env() -> Config {
-        let base_url = std::env::var("ANTHROPIC_BASE_URL")
+        let from_env = std::env::var("ANTHROPIC_BASE_URL")
             .ok()
             .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+            .filter(|s| !s.is_empty());
+        let base_url_from = match from_env {
+            Some(_) => BaseUrlFrom::Env,
+            None => BaseUrlFrom::Default,
+        };
+        let base_url = from_env.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         let home = std::env::var_os("HOME")
             .filter(|h| !h.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         Config {
             base_url,
+            base_url_from,
             token_file: PathBuf::from(DEFAULT_TOKEN_FILE),
             ca_bundle: home.join(".ccr").join("ca-bundle.crt"),
             system_ca: None,
@@ -79,6 +99,17 @@ impl Config {
             limits: Limits::default(),
         }
     }
+}
+
+/// What set [`Config::base_url`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseUrlFrom {
+    /// Neither `--base-url` nor `ANTHROPIC_BASE_URL`: [`DEFAULT_BASE_URL`].
+    Default,
+    /// `ANTHROPIC_BASE_URL`.
+    Env,
+    /// `--base-url`.
+    Flag,
 }
 
 /// Bounds on time and size. The defaults are the contract's; tests shorten them.

@@ -34,21 +34,21 @@ pub fn run(config: &Config) -> i32 {
     println!();
     println!("activation gates");
     let activation = session::activate(config, env_lookup);
-    let token_label = format!(
-        "gate 4  session token (file {} first)",
-        config.token_file.display()
-    );
+    // Gate 4's detail names the token file (and any other source tried).
     let labels: Vec<&str> = GATES
         .iter()
         .copied()
-        .chain([token_label.as_str()])
+        .chain(["gate 4  session token"])
         .collect();
     let closed_at = activation.as_ref().err().map(|c| c.gate());
     for (i, label) in labels.iter().enumerate() {
         let gate = i as u8 + 1;
         match (closed_at, &activation) {
             (Some(at), Err(closed)) if gate == at => {
-                report.line(label, false, &closed.to_string());
+                // The label already names the gate.
+                let text = closed.to_string();
+                let prefix = format!("gate {at}: ");
+                report.line(label, false, text.strip_prefix(&prefix).unwrap_or(&text));
             }
             (Some(at), _) if gate > at => println!("  skip  {label}: needs gate {at} to pass"),
             _ => report.line(label, true, ""),
@@ -81,8 +81,8 @@ pub fn run(config: &Config) -> i32 {
     report.line(
         &format!("gateway URL {}", session::base_url(config)),
         endpoint.is_ok(),
-        &endpoint
-            .as_ref()
+        // The label names the URL; the detail says only what is wrong.
+        &crate::gateway::Endpoint::from_url(session::base_url(config))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default(),
@@ -107,8 +107,12 @@ pub fn run(config: &Config) -> i32 {
                 Err(e) => (Err(e.to_string()), None),
             },
             Err(_) => (
-                session::prepare_trust(config, endpoint, tls, generation, env_lookup)
-                    .map_err(|e| e.to_string()),
+                session::prepare_trust(config, endpoint, tls, generation, env_lookup).map_err(
+                    |e| {
+                        e.to_string()
+                            .replace(trust::BASE_URL_HINT, config.base_url_name())
+                    },
+                ),
                 None,
             ),
         };

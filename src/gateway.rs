@@ -75,14 +75,13 @@ pub enum EndpointError {
 impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EndpointError::NotAUrl(e) => write!(f, "gateway URL is not a URL ({e})"),
-            EndpointError::Scheme => f.write_str("gateway URL must start with http:// or https://"),
-            EndpointError::Host => f.write_str("gateway URL has a bad host"),
-            EndpointError::Port => f.write_str("gateway URL has a bad port"),
-            EndpointError::Credentials => f.write_str("gateway URL must not carry credentials"),
-            EndpointError::QueryOrFragment => {
-                f.write_str("gateway URL must not carry a query or fragment")
-            }
+            // The callers name the URL first ("gateway URL \"x\" ...").
+            EndpointError::NotAUrl(e) => write!(f, "is not a URL ({e})"),
+            EndpointError::Scheme => f.write_str("must start with http:// or https://"),
+            EndpointError::Host => f.write_str("has a bad host"),
+            EndpointError::Port => f.write_str("has a bad port"),
+            EndpointError::Credentials => f.write_str("must not carry credentials"),
+            EndpointError::QueryOrFragment => f.write_str("must not carry a query or fragment"),
         }
     }
 }
@@ -93,7 +92,7 @@ impl Endpoint {
     /// Parses `http[s]://host[:port][/prefix]`; errors as text (the URL
     /// included). [`Endpoint::from_url`] gives the typed error.
     pub fn parse(base_url: &str) -> Result<Endpoint, String> {
-        Endpoint::from_url(base_url).map_err(|e| format!("{e}: {:?}", base_url.trim()))
+        Endpoint::from_url(base_url).map_err(|e| format!("gateway URL {:?} {e}", base_url.trim()))
     }
 
     /// Parses `http[s]://host[:port][/prefix]`.

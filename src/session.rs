@@ -77,8 +77,9 @@ pub enum SessionError {
     GatewayUrl(String),
     /// The TLS settings for the gateway cannot be made.
     Tls(String),
-    /// The gateway's CA could not be fetched.
-    CaFetch(CaFetchFailure),
+    /// The gateway's CA could not be fetched; the second field names what
+    /// set the base URL ([`Config::base_url_name`]).
+    CaFetch(CaFetchFailure, &'static str),
     /// The bundle could not be written.
     Trust(TrustError),
     /// The listener cannot be bound.
@@ -93,9 +94,13 @@ impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SessionError::Gates(e) => write!(f, "not starting the proxy: {e}"),
-            SessionError::GatewayUrl(e) => write!(f, "gateway URL: {e}"),
+            SessionError::GatewayUrl(e) => write!(f, "{e}"),
             SessionError::Tls(e) => write!(f, "TLS set-up: {e}"),
-            SessionError::CaFetch(e) => write!(f, "CA bundle: {e}"),
+            SessionError::CaFetch(e, from) => write!(
+                f,
+                "CA bundle: {}",
+                e.to_string().replace(trust::BASE_URL_HINT, from)
+            ),
             SessionError::Trust(e) => write!(f, "CA bundle: {e}"),
             SessionError::Listen { addr, error } => write!(
                 f,
@@ -285,7 +290,7 @@ pub fn plan(
     let endpoint = endpoint(config)?;
     let tls = tls_connector(config.gateway_ca.as_deref()).map_err(SessionError::Tls)?;
     let bundle = prepare_trust(config, &endpoint, &tls, activation.generation(), parent)
-        .map_err(SessionError::CaFetch)?;
+        .map_err(|e| SessionError::CaFetch(e, config.base_url_name()))?;
     Ok(Plan {
         activation,
         endpoint,
@@ -418,11 +423,11 @@ pub fn start(config: &Config) -> Startup {
     let generation = activation.generation();
     let plan = match plan(config, activation, env_lookup) {
         Ok(plan) => plan,
-        Err(SessionError::CaFetch(failure))
+        Err(SessionError::CaFetch(failure, from))
             if generation == Generation::AgentProxy && failure.last.is_retryable() =>
         {
             let retry_after = failure.retry_after;
-            fail_open(SessionError::CaFetch(failure));
+            fail_open(SessionError::CaFetch(failure, from));
             return Startup::CaUnavailable { retry_after };
         }
         Err(e) => return fail_open(e),
@@ -492,4 +497,50 @@ fn start_probe(gateway: Arc<Gateway>) -> mpsc::Receiver<ProbeVerdict> {
         warn!("cannot start the gateway probe: {e}");
     }
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BaseUrlFrom;
+
+    fn unreachable() -> CaFetchFailure {
+        CaFetchFailure {
+            last: TrustError::Unreachable(io::Error::from(io::ErrorKind::ConnectionRefused)),
+            attempts: 1,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn hints_name_what_set_the_base_url() {
+        let mut config = Config::from_env();
+        for (from, name) in [
+            (BaseUrlFrom::Flag, "check --base-url and the network"),
+            (BaseUrlFrom::Env, "check ANTHROPIC_BASE_URL and the network"),
+            (
+                BaseUrlFrom::Default,
+                "check --base-url or ANTHROPIC_BASE_URL (neither is set)",
+            ),
+        ] {
+            config.base_url_from = from;
+            let text = SessionError::CaFetch(unreachable(), config.base_url_name()).to_string();
+            assert!(text.contains(name), "{from:?}: {text}");
+            assert_eq!(text.matches("check").count(), 1, "{text}");
+        }
+    }
+
+    #[test]
+    fn no_word_said_twice_about_a_bad_url() {
+        let mut config = Config::from_env();
+        config.base_url = "ftp://gw.test".into();
+        let text = endpoint(&config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            text,
+            "gateway URL \"ftp://gw.test\" must start with http:// or https://"
+        );
+    }
 }
