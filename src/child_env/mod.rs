@@ -260,7 +260,8 @@ pub const AGENT_TLS_SWITCHES: &[(&str, &str)] = &[
 pub(crate) const REFERENCE_PROXY: usize = 2;
 pub(crate) const REFERENCE_CA: usize = 4;
 
-/// Makes Node 24+'s built-in `fetch` and `http` honour the proxy variables.
+/// Makes the built-in `fetch` and `http` of Node 22.21 or later honour the
+/// proxy variables.
 pub const NODE_USE_ENV_PROXY: &str = "NODE_USE_ENV_PROXY";
 /// Names the wgetrc made by [`write_wgetrc`].
 pub const WGETRC: &str = "WGETRC";
