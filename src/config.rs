@@ -1,5 +1,5 @@
 //! Every setting of the relay in one place: plain structs with the defaults
-//! of PROTOCOL.md, filled in by the command line (`cli`) and read by the
+//! of docs/PROTOCOL.md, filled in by the command line (`cli`) and read by the
 //! rest of the crate.
 
 use std::net::SocketAddr;
@@ -69,7 +69,7 @@ impl Config {
     }
 
     /// The defaults, with `ANTHROPIC_BASE_URL` and `HOME` read from the
-    /// environment as PROTOCOL.md says.
+    /// environment as docs/PROTOCOL.md says.
     pub fn from_env() -> Config {
         let from_env = std::env::var("ANTHROPIC_BASE_URL")
             .ok()

@@ -304,7 +304,7 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// Whether dialling again may help (the contract's section 4): network,
+    /// Whether dialling again may help (docs/PROTOCOL.md section A4): network,
     /// TLS and handshake failures, time-outs and 5xx answers; never a
     /// refusal of the credentials or another 4xx.
     pub fn is_retryable(&self) -> bool {
@@ -540,7 +540,7 @@ impl Gateway {
 
     /// The first chunk's data: the CONNECT line rebuilt from the parsed
     /// authority, the tunnel credentials, for the agent proxy the client
-    /// process (section 7), and a blank line.
+    /// process (section A7), and a blank line.
     pub fn connect_head(&self, target: &Authority, client_process: &str) -> Vec<u8> {
         let mut head = format!(
             "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n",

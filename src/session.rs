@@ -7,8 +7,8 @@
 //! file, writes the wgetrc and computes the children's environment.
 //! [`start`] runs gates, ptrace guard, plan and apply for `run` and `serve`.
 //!
-//! Both generations end start-up with the probe (the contract's section
-//! 11): one WebSocket opened and closed right after the listener is bound.
+//! Both generations end start-up with the probe (docs/PROTOCOL.md section
+//! 2a): one WebSocket opened and closed right after the listener is bound.
 //! A gateway that refuses the session's credentials (401 or 403) turns the
 //! proxy off; one that cannot be reached leaves it on with a start-up
 //! error that makes tunnels dial once and say why. `run` waits for the
@@ -253,7 +253,7 @@ pub fn tls_connector(gateway_ca: Option<&Path>) -> Result<native_tls::TlsConnect
 /// read, the bundle built in memory.
 ///
 /// The first generation fetches once; the agent proxy makes up to three
-/// tries within the same bound (the contract's section 11) and reports the
+/// tries within the same bound (docs/PROTOCOL.md section A11) and reports the
 /// gateway's `Retry-After` for `serve`'s background retry.
 pub fn prepare_trust(
     config: &Config,

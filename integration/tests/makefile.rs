@@ -33,7 +33,10 @@ fn make_static_honours_cargo_target_dir() {
     assert!(recipe.matches(&bin).count() >= 3, "{recipe}");
     assert!(!recipe.contains(" target/x86_64"), "{recipe}");
     let recipe = dry_run("static", None);
-    assert!(recipe.contains(" target/x86_64-unknown-linux-musl/release/ccr-relay"), "{recipe}");
+    assert!(
+        recipe.contains(" target/x86_64-unknown-linux-musl/release/ccr-relay"),
+        "{recipe}"
+    );
 }
 
 #[test]

@@ -238,7 +238,7 @@ pub const CA_VARS: &[&str] = &[
 ];
 
 /// The agent proxy's CA variables set whether or not a system bundle was
-/// found (the contract's section 10; each of these adds to, or is only
+/// found (docs/PROTOCOL.md section A10; each of these adds to, or is only
 /// consulted for, what the client trusts anyway).
 pub const AGENT_CA_ALWAYS: &[&str] = &[
     "SSL_CERT_FILE",
