@@ -34,7 +34,6 @@ pub fn run(config: &Config) -> i32 {
     println!();
     println!("activation gates");
     let activation = session::activate(config, env_lookup);
-    // Gate 4's detail names the token file (and any other source tried).
     let labels: Vec<&str> = GATES
         .iter()
         .copied()
@@ -45,10 +44,17 @@ pub fn run(config: &Config) -> i32 {
         let gate = i as u8 + 1;
         match (closed_at, &activation) {
             (Some(at), Err(closed)) if gate == at => {
-                // The label already names the gate.
+                // The label already names the gate; the token file is
+                // named once, by the detail if it does.
                 let text = closed.to_string();
                 let prefix = format!("gate {at}: ");
-                report.line(label, false, text.strip_prefix(&prefix).unwrap_or(&text));
+                let text = text.strip_prefix(&prefix).unwrap_or(&text);
+                let path = config.token_file.display().to_string();
+                let label = match gate {
+                    4 if !text.contains(&path) => format!("{label} (file {path})"),
+                    _ => label.to_string(),
+                };
+                report.line(&label, false, text);
             }
             (Some(at), _) if gate > at => println!("  skip  {label}: needs gate {at} to pass"),
             _ => report.line(label, true, ""),

@@ -222,3 +222,27 @@ fn start_up_logs_say_what_was_set_up() {
     let out = s.run(&["true"]);
     assert!(!out.stderr.contains("any host"), "{}", out.describe());
 }
+
+#[test]
+fn doctor_says_each_thing_once() {
+    let s = Session::new("doctor-once", "ftp://gw.test");
+    std::fs::remove_file(&s.token_file).expect("remove the token file");
+    let out = s.doctor();
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let token_path = s.token_file.display().to_string();
+    let gate4 = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("gate 4"))
+        .unwrap_or_else(|| panic!("no gate 4 line: {}", out.describe()));
+    assert_eq!(gate4.matches("gate 4").count(), 1, "{gate4}");
+    assert_eq!(gate4.matches(token_path.as_str()).count(), 1, "{gate4}");
+    let url = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("gateway URL"))
+        .unwrap_or_else(|| panic!("no gateway URL line: {}", out.describe()));
+    assert_eq!(url.matches("gateway URL").count(), 1, "{url}");
+    assert_eq!(url.matches("ftp://gw.test").count(), 1, "{url}");
+    assert!(url.contains("must start with http:// or https://"), "{url}");
+}
