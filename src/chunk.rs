@@ -17,7 +17,7 @@ const TAG: u8 = 0x0A;
 /// A protobuf varint for a 32-bit length never needs more than 5 bytes.
 const MAX_VARINT_BYTES: usize = 5;
 
-/// Largest data payload the relay puts in one chunk (PROTOCOL.md section 4).
+/// Largest data payload the relay puts in one chunk (docs/PROTOCOL.md section 4).
 pub const MAX_CHUNK_DATA: usize = 512 * 1024;
 
 /// Bytes a chunk adds around its data: the tag and at most 5 varint bytes.

@@ -27,7 +27,10 @@ OPTIONS
   --system-ca PATH    system CA bundle to merge [default: the one openssl-probe finds]
   --gateway-ca PATH   extra roots for the relay's own TLS to the gateway
   --listen ADDR       local proxy address [default: 127.0.0.1:0, an ephemeral port]
-  --no-proxy LIST     comma-separated hosts appended to NO_PROXY
+  --no-proxy LIST     comma-separated hosts appended to NO_PROXY; -HOST removes
+                      HOST from the default list (--no-proxy=-pypi.org)
+  --no-proxy-default reference|none
+                      the NO_PROXY list to start from [default: reference]
   --env-file PATH     (serve) write the children's environment here, as sh exports
   --allow-uid LIST    uids (comma-separated) that may use the proxy besides the
                       relay's own and root
@@ -142,7 +145,10 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
             }
         };
         match flag.as_str() {
-            "--base-url" => config.base_url = value()?,
+            "--base-url" => {
+                config.base_url = value()?;
+                config.base_url_from = crate::config::BaseUrlFrom::Flag;
+            }
             "--token-file" => config.token_file = PathBuf::from(value()?),
             "--ca-bundle" => config.ca_bundle = PathBuf::from(value()?),
             "--system-ca" => config.system_ca = Some(PathBuf::from(value()?)),
@@ -162,6 +168,15 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
                     .filter(|s| !s.is_empty())
                     .map(str::to_string),
             ),
+            "--no-proxy-default" => {
+                let v = value()?;
+                config.no_proxy_default =
+                    crate::child_env::NoProxyDefault::parse(&v).ok_or_else(|| {
+                        UsageError(format!(
+                            "--no-proxy-default {v:?}: expected reference or none"
+                        ))
+                    })?;
+            }
             "--env-file" if sub == "serve" => env_file = Some(PathBuf::from(value()?)),
             "--require-v2" if inline.is_none() => config.require_v2 = true,
             "--allow-uid" => config.allow_uids.extend(
@@ -297,13 +312,21 @@ mod tests {
             "/tmp/x.env",
             "--no-proxy",
             "a.test, b.test",
+            "--no-proxy=-pypi.org",
+            "--no-proxy-default=none",
         ])
         .unwrap() else {
             panic!("not serve")
         };
         assert_eq!(config.base_url, "http://127.0.0.1:1");
+        assert_eq!(config.base_url_from, crate::config::BaseUrlFrom::Flag);
+        assert_eq!(config.base_url_name(), "--base-url");
         assert_eq!(env_file, Some(PathBuf::from("/tmp/x.env")));
-        assert_eq!(config.no_proxy_extra, vec!["a.test", "b.test"]);
+        assert_eq!(config.no_proxy_extra, vec!["a.test", "b.test", "-pypi.org"]);
+        assert_eq!(
+            config.no_proxy_default,
+            crate::child_env::NoProxyDefault::Empty
+        );
     }
 
     #[test]
@@ -315,6 +338,10 @@ mod tests {
             (&["serve", "--listen", "nope"][..], "--listen"),
             (&["serve", "--keepalive", "-1"][..], "--keepalive"),
             (&["serve", "--bogus"][..], "unknown option --bogus"),
+            (
+                &["serve", "--no-proxy-default", "all"][..],
+                "expected reference or none",
+            ),
             (&["serve", "--token-file"][..], "needs a value"),
             (
                 &["doctor", "--env-file", "x"][..],

@@ -1,5 +1,5 @@
 //! Every setting of the relay in one place: plain structs with the defaults
-//! of PROTOCOL.md, filled in by the command line (`cli`) and read by the
+//! of docs/PROTOCOL.md, filled in by the command line (`cli`) and read by the
 //! rest of the crate.
 
 use std::net::SocketAddr;
@@ -18,6 +18,8 @@ pub const DEFAULT_TOKEN_FILE: &str = "/run/ccr/session_token";
 pub struct Config {
     /// Gateway base URL (`http://` or `https://`).
     pub base_url: String,
+    /// What set `base_url`, for hints that name it.
+    pub base_url_from: BaseUrlFrom,
     /// File holding the session token.
     pub token_file: PathBuf,
     /// Where the merged CA bundle is written.
@@ -28,7 +30,8 @@ pub struct Config {
     pub gateway_ca: Option<PathBuf>,
     /// Address the local proxy listens on.
     pub listen: SocketAddr,
-    /// Entries appended to the reference `NO_PROXY` list.
+    /// `--no-proxy` entries appended to the default `NO_PROXY` list;
+    /// `-HOST` removes `HOST` from it instead.
     pub no_proxy_extra: Vec<String>,
     /// `--allow-uid`: uids besides the relay's own and root that may use
     /// the proxy.
@@ -38,6 +41,8 @@ pub struct Config {
     /// `--require-uid-check`: where connection owners cannot be told
     /// apart, the proxy stays off instead of opening to every process.
     pub require_uid_check: bool,
+    /// `--no-proxy-default`: the list starts as the reference list, or empty.
+    pub no_proxy_default: crate::child_env::NoProxyDefault,
     /// `--require-v2`: an agent-proxy gateway that does not acknowledge
     /// tunnel protocol v2 gets its tunnels refused (`502`) instead of the
     /// first-generation fallback.
@@ -58,20 +63,38 @@ impl Config {
         self
     }
 
+    /// What set the gateway's base URL, as a hint names it: `AGENT_PROXY_URL`
+    /// (standalone mode), `--base-url`, `ANTHROPIC_BASE_URL`, or neither.
+    pub fn base_url_name(&self) -> &'static str {
+        if self.standalone.is_active() {
+            return "AGENT_PROXY_URL";
+        }
+        match self.base_url_from {
+            BaseUrlFrom::Flag => "--base-url",
+            BaseUrlFrom::Env => "ANTHROPIC_BASE_URL",
+            BaseUrlFrom::Default => "--base-url or ANTHROPIC_BASE_URL (neither is set)",
+        }
+    }
+
     /// The defaults, with `ANTHROPIC_BASE_URL` and `HOME` read from the
-    /// environment as PROTOCOL.md says.
+    /// environment as docs/PROTOCOL.md says.
     pub fn from_env() -> Config {
-        let base_url = std::env::var("ANTHROPIC_BASE_URL")
+        let from_env = std::env::var("ANTHROPIC_BASE_URL")
             .ok()
             .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+            .filter(|s| !s.is_empty());
+        let base_url_from = match from_env {
+            Some(_) => BaseUrlFrom::Env,
+            None => BaseUrlFrom::Default,
+        };
+        let base_url = from_env.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         let home = std::env::var_os("HOME")
             .filter(|h| !h.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         Config {
             base_url,
+            base_url_from,
             token_file: PathBuf::from(DEFAULT_TOKEN_FILE),
             ca_bundle: home.join(".ccr").join("ca-bundle.crt"),
             system_ca: None,
@@ -81,11 +104,23 @@ impl Config {
             allow_uids: Vec::new(),
             allow_any_uid: false,
             require_uid_check: false,
+            no_proxy_default: crate::child_env::NoProxyDefault::Reference,
             require_v2: false,
             standalone: crate::gates::Standalone::default(),
             limits: Limits::default(),
         }
     }
+}
+
+/// What set [`Config::base_url`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseUrlFrom {
+    /// Neither `--base-url` nor `ANTHROPIC_BASE_URL`: [`DEFAULT_BASE_URL`].
+    Default,
+    /// `ANTHROPIC_BASE_URL`.
+    Env,
+    /// `--base-url`.
+    Flag,
 }
 
 /// Bounds on time and size. The defaults are the contract's; tests shorten them.

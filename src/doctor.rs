@@ -34,21 +34,27 @@ pub fn run(config: &Config) -> i32 {
     println!();
     println!("activation gates");
     let activation = session::activate(config, env_lookup);
-    let token_label = format!(
-        "gate 4  session token (file {} first)",
-        config.token_file.display()
-    );
     let labels: Vec<&str> = GATES
         .iter()
         .copied()
-        .chain([token_label.as_str()])
+        .chain(["gate 4  session token"])
         .collect();
     let closed_at = activation.as_ref().err().map(|c| c.gate());
     for (i, label) in labels.iter().enumerate() {
         let gate = i as u8 + 1;
         match (closed_at, &activation) {
             (Some(at), Err(closed)) if gate == at => {
-                report.line(label, false, &closed.to_string());
+                // The label already names the gate; the token file is
+                // named once, by the detail if it does.
+                let text = closed.to_string();
+                let prefix = format!("gate {at}: ");
+                let text = text.strip_prefix(&prefix).unwrap_or(&text);
+                let path = config.token_file.display().to_string();
+                let label = match gate {
+                    4 if !text.contains(&path) => format!("{label} (file {path})"),
+                    _ => label.to_string(),
+                };
+                report.line(&label, false, text);
             }
             (Some(at), _) if gate > at => println!("  skip  {label}: needs gate {at} to pass"),
             _ => report.line(label, true, ""),
@@ -89,8 +95,8 @@ pub fn run(config: &Config) -> i32 {
     report.line(
         &format!("gateway URL {}", session::base_url(config)),
         endpoint.is_ok(),
-        &endpoint
-            .as_ref()
+        // The label names the URL; the detail says only what is wrong.
+        &crate::gateway::Endpoint::from_url(session::base_url(config))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default(),
@@ -119,8 +125,12 @@ pub fn run(config: &Config) -> i32 {
                 Err(e) => (Err(e.to_string()), None),
             },
             Err(_) => (
-                session::prepare_trust(config, endpoint, tls, generation, env_lookup)
-                    .map_err(|e| e.to_string()),
+                session::prepare_trust(config, endpoint, tls, generation, env_lookup).map_err(
+                    |e| {
+                        e.to_string()
+                            .replace(trust::BASE_URL_HINT, config.base_url_name())
+                    },
+                ),
                 None,
             ),
         };
@@ -189,6 +199,7 @@ pub fn run(config: &Config) -> i32 {
         proxy_url: format!("http://{}:{port}", config.listen.ip()),
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
+        no_proxy_default: config.no_proxy_default,
         mode: child_env::Mode {
             generation,
             standalone: config.standalone.is_active(),

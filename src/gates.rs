@@ -1,4 +1,4 @@
-//! The activation gates of PROTOCOL.md section 1, checked in order:
+//! The activation gates of docs/PROTOCOL.md section 1, checked in order:
 //! a remote session (`CLAUDE_CODE_REMOTE`), a proxy the server enabled
 //! (gate 2), a session id (`CLAUDE_CODE_REMOTE_SESSION_ID`) and a session
 //! token. The environment comes in as a lookup function so tests never touch
@@ -293,7 +293,7 @@ impl GateClosed {
         matches!(self, GateClosed::NotRemote)
     }
 
-    /// The gate's number in PROTOCOL.md section 1 (1 to 4).
+    /// The gate's number in docs/PROTOCOL.md section 1 (1 to 4).
     pub fn gate(&self) -> u8 {
         match self {
             GateClosed::NotRemote => 1,

@@ -75,14 +75,13 @@ pub enum EndpointError {
 impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EndpointError::NotAUrl(e) => write!(f, "gateway URL is not a URL ({e})"),
-            EndpointError::Scheme => f.write_str("gateway URL must start with http:// or https://"),
-            EndpointError::Host => f.write_str("gateway URL has a bad host"),
-            EndpointError::Port => f.write_str("gateway URL has a bad port"),
-            EndpointError::Credentials => f.write_str("gateway URL must not carry credentials"),
-            EndpointError::QueryOrFragment => {
-                f.write_str("gateway URL must not carry a query or fragment")
-            }
+            // The callers name the URL first ("gateway URL \"x\" ...").
+            EndpointError::NotAUrl(e) => write!(f, "is not a URL ({e})"),
+            EndpointError::Scheme => f.write_str("must start with http:// or https://"),
+            EndpointError::Host => f.write_str("has a bad host"),
+            EndpointError::Port => f.write_str("has a bad port"),
+            EndpointError::Credentials => f.write_str("must not carry credentials"),
+            EndpointError::QueryOrFragment => f.write_str("must not carry a query or fragment"),
         }
     }
 }
@@ -93,7 +92,7 @@ impl Endpoint {
     /// Parses `http[s]://host[:port][/prefix]`; errors as text (the URL
     /// included). [`Endpoint::from_url`] gives the typed error.
     pub fn parse(base_url: &str) -> Result<Endpoint, String> {
-        Endpoint::from_url(base_url).map_err(|e| format!("{e}: {:?}", base_url.trim()))
+        Endpoint::from_url(base_url).map_err(|e| format!("gateway URL {:?} {e}", base_url.trim()))
     }
 
     /// Parses `http[s]://host[:port][/prefix]`.
@@ -315,7 +314,7 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// Whether dialling again may help (the contract's section 4): network,
+    /// Whether dialling again may help (docs/PROTOCOL.md section A4): network,
     /// TLS and handshake failures, time-outs and 5xx answers; never a
     /// refusal of the credentials or another 4xx.
     pub fn is_retryable(&self) -> bool {
@@ -558,7 +557,7 @@ impl Gateway {
 
     /// The first chunk's data: the CONNECT line rebuilt from the parsed
     /// authority, the tunnel credentials, for the agent proxy the client
-    /// process (section 7), and a blank line.
+    /// process (section A7), and a blank line.
     pub fn connect_head(&self, target: &Authority, client_process: &str) -> Vec<u8> {
         let mut head = format!(
             "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n",

@@ -9,6 +9,7 @@
 //! with [`http1`]; the relay's own error answers come from [`reply`].
 
 pub mod access;
+pub mod agent_readme;
 pub mod app;
 pub mod atomic_file;
 pub mod child_env;

@@ -7,8 +7,8 @@
 //! file, writes the wgetrc and computes the children's environment.
 //! [`start`] runs gates, ptrace guard, plan and apply for `run` and `serve`.
 //!
-//! Both generations end start-up with the probe (the contract's section
-//! 11): one WebSocket opened and closed right after the listener is bound.
+//! Both generations end start-up with the probe (docs/PROTOCOL.md section
+//! 2a): one WebSocket opened and closed right after the listener is bound.
 //! A gateway that refuses the session's credentials (401 or 403) turns the
 //! proxy off; one that cannot be reached leaves it on with a start-up
 //! error that makes tunnels dial once and say why. `run` waits for the
@@ -25,7 +25,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::access::Access;
 use crate::child_env::{self, ClientFiles, ProxyEnv};
@@ -78,8 +78,9 @@ pub enum SessionError {
     GatewayUrl(String),
     /// The TLS settings for the gateway cannot be made.
     Tls(String),
-    /// The gateway's CA could not be fetched.
-    CaFetch(CaFetchFailure),
+    /// The gateway's CA could not be fetched; the second field names what
+    /// set the base URL ([`Config::base_url_name`]).
+    CaFetch(CaFetchFailure, &'static str),
     /// The bundle could not be written.
     Trust(TrustError),
     /// The listener cannot be bound.
@@ -96,9 +97,13 @@ impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SessionError::Gates(e) => write!(f, "not starting the proxy: {e}"),
-            SessionError::GatewayUrl(e) => write!(f, "gateway URL: {e}"),
+            SessionError::GatewayUrl(e) => write!(f, "{e}"),
             SessionError::Tls(e) => write!(f, "TLS set-up: {e}"),
-            SessionError::CaFetch(e) => write!(f, "CA bundle: {e}"),
+            SessionError::CaFetch(e, from) => write!(
+                f,
+                "CA bundle: {}",
+                e.to_string().replace(trust::BASE_URL_HINT, from)
+            ),
             SessionError::Trust(e) => write!(f, "CA bundle: {e}"),
             SessionError::Listen { addr, error } => write!(
                 f,
@@ -281,7 +286,7 @@ pub fn tls_connector(gateway_ca: Option<&Path>) -> Result<native_tls::TlsConnect
 /// read, the bundle built in memory.
 ///
 /// The first generation fetches once; the agent proxy makes up to three
-/// tries within the same bound (the contract's section 11) and reports the
+/// tries within the same bound (docs/PROTOCOL.md section A11) and reports the
 /// gateway's `Retry-After` for `serve`'s background retry.
 pub fn prepare_trust(
     config: &Config,
@@ -338,7 +343,7 @@ pub fn plan(
     let tls = tls_connector(config.gateway_ca.as_deref()).map_err(SessionError::Tls)?;
     let access = access_rule(config)?;
     let bundle = prepare_trust(config, &endpoint, &tls, activation.generation(), parent)
-        .map_err(SessionError::CaFetch)?;
+        .map_err(|e| SessionError::CaFetch(e, config.base_url_name()))?;
     Ok(Plan {
         activation,
         access,
@@ -376,6 +381,11 @@ pub fn apply(
         },
     )?;
     let addr = relay.local_addr().map_err(SessionError::Listener)?;
+    if !addr.ip().is_loopback() {
+        warn!(
+            "listening on {addr}, not a loopback address: any host that can reach it can use this session's credentials"
+        );
+    }
     // The probe: its verdict within the wait decides; a later one is
     // recorded by the probe's thread.
     match start_probe(relay.gateway()).recv_timeout(PROBE_VERDICT_WAIT) {
@@ -394,17 +404,12 @@ pub fn apply(
             config.token_file.display()
         );
     }
-    info!(
-        "{} on {addr}: bundle {} ({} certificates)",
-        generation.name(),
-        config.ca_bundle.display(),
-        plan.bundle.certificates().len()
-    );
     let proxy_url = format!("http://{addr}");
     let proxy_env = ProxyEnv {
         proxy_url: proxy_url.clone(),
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
+        no_proxy_default: config.no_proxy_default,
         mode: child_env::Mode {
             generation,
             standalone: plan.activation.standalone,
@@ -433,6 +438,23 @@ pub fn apply(
         standalone: plan.activation.standalone,
         selective: relay.gateway().selective.is_some(),
     });
+    let readme = crate::agent_readme::write(&crate::agent_readme::Facts {
+        generation,
+        bundle: &config.ca_bundle,
+        files: &client_files,
+        truststore_password: crate::trust::jks::PASSWORD,
+        child_vars: &child_vars,
+    });
+    if let Err(e) = &readme {
+        eprintln!("ccr-relay: warning: cannot write the README next to the CA bundle: {e}");
+    }
+    info!(
+        "{} on {addr}: bundle {} ({} certificates), installed: {}",
+        generation.name(),
+        config.ca_bundle.display(),
+        plan.bundle.certificates().len(),
+        installed_summary(&installed)
+    );
     Ok(Started {
         relay,
         proxy_url,
@@ -448,7 +470,10 @@ pub fn start(config: &Config) -> Startup {
     // 1. gates, token into memory.
     let activation = match activate(config, env_lookup) {
         Ok(activation) => activation,
-        Err(closed) if closed.is_silent() => return Startup::Disabled,
+        Err(closed) if closed.is_silent() => {
+            debug!("{closed}");
+            return Startup::Disabled;
+        }
         // A relay higher up already serves this process tree (it unlinked the
         // token file): its variables pass through, and there is nothing to say.
         Err(_) if child_env::parent_has_relay(env_lookup) => return Startup::Disabled,
@@ -464,11 +489,11 @@ pub fn start(config: &Config) -> Startup {
     let generation = activation.generation();
     let plan = match plan(config, activation, env_lookup) {
         Ok(plan) => plan,
-        Err(SessionError::CaFetch(failure))
+        Err(SessionError::CaFetch(failure, from))
             if generation == Generation::AgentProxy && failure.last.is_retryable() =>
         {
             let retry_after = failure.retry_after;
-            fail_open(SessionError::CaFetch(failure));
+            fail_open(SessionError::CaFetch(failure, from));
             return Startup::CaUnavailable { retry_after };
         }
         Err(e) => return fail_open(e),
@@ -481,6 +506,20 @@ pub fn start(config: &Config) -> Startup {
         Ok(started) => Startup::Enabled(started),
         Err(e) => fail_open(e),
     }
+}
+
+/// What start-up installed outside the relay's directory, for the start-up
+/// log line: each target and where, or `nothing`.
+fn installed_summary(report: &crate::install::Report) -> String {
+    if report.installed.is_empty() {
+        return "nothing".into();
+    }
+    report
+        .installed
+        .iter()
+        .map(|(what, path)| format!("{what} ({})", path.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Prints the one warning line of a failed step; the proxy stays off.
@@ -524,4 +563,50 @@ fn start_probe(gateway: Arc<Gateway>) -> mpsc::Receiver<ProbeVerdict> {
         warn!("cannot start the gateway probe: {e}");
     }
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BaseUrlFrom;
+
+    fn unreachable() -> CaFetchFailure {
+        CaFetchFailure {
+            last: TrustError::Unreachable(io::Error::from(io::ErrorKind::ConnectionRefused)),
+            attempts: 1,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn hints_name_what_set_the_base_url() {
+        let mut config = Config::from_env();
+        for (from, name) in [
+            (BaseUrlFrom::Flag, "check --base-url and the network"),
+            (BaseUrlFrom::Env, "check ANTHROPIC_BASE_URL and the network"),
+            (
+                BaseUrlFrom::Default,
+                "check --base-url or ANTHROPIC_BASE_URL (neither is set)",
+            ),
+        ] {
+            config.base_url_from = from;
+            let text = SessionError::CaFetch(unreachable(), config.base_url_name()).to_string();
+            assert!(text.contains(name), "{from:?}: {text}");
+            assert_eq!(text.matches("check").count(), 1, "{text}");
+        }
+    }
+
+    #[test]
+    fn no_word_said_twice_about_a_bad_url() {
+        let mut config = Config::from_env();
+        config.base_url = "ftp://gw.test".into();
+        let text = endpoint(&config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            text,
+            "gateway URL \"ftp://gw.test\" must start with http:// or https://"
+        );
+    }
 }

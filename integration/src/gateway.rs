@@ -1,5 +1,5 @@
 //! The development gateway: the far end of the relay's wire contract
-//! (PROTOCOL.md), for tests and demos on one machine.
+//! (docs/PROTOCOL.md), for tests and demos on one machine.
 //!
 //! One listener serves both what the real gateway serves: the CA endpoint
 //! (`GET /v1/code/upstreamproxy/ca-cert`) and the tunnel WebSocket

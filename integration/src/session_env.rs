@@ -608,7 +608,7 @@ pub fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Every variable name the relay may give a child (PROTOCOL.md section 6
+/// Every variable name the relay may give a child (docs/PROTOCOL.md section 6
 /// and the clients CLIENTS.md adds).
 pub fn relay_var_names() -> Vec<&'static str> {
     use ccr_relay::child_env::*;

@@ -1,4 +1,4 @@
-//! The answers the relay gives itself (PROTOCOL.md section 5's error
+//! The answers the relay gives itself (docs/PROTOCOL.md section 5's error
 //! table), each through the real binary with the exact status line; and
 //! the other half of the rule: once a gateway byte reached the client, the
 //! relay never writes bytes of its own, it only closes.

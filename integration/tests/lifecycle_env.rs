@@ -1,4 +1,4 @@
-//! What a child of `ccr-relay run` gets (PROTOCOL.md section 6) and what
+//! What a child of `ccr-relay run` gets (docs/PROTOCOL.md section 6) and what
 //! the merged CA bundle holds (section 2, step 3): the proxy and CA
 //! variables with the reference values, the `NO_PROXY` list in order, the
 //! token nowhere; a parent's proxy passed through untouched when the relay
@@ -17,7 +17,7 @@ use ccr_integration::session_env::{
 use ccr_integration::{DevGateway, GatewayOptions, ServerKind, bin_path, temp_dir};
 use openssl::x509::X509;
 
-/// PROTOCOL.md section 6, copied here rather than taken from the relay, so
+/// docs/PROTOCOL.md section 6, copied here rather than taken from the relay, so
 /// a change on either side shows.
 const REFERENCE_NO_PROXY: &[&str] = &[
     "localhost",

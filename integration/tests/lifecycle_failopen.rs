@@ -1,4 +1,4 @@
-//! Each start-up step that can fail (PROTOCOL.md section 2) fails open:
+//! Each start-up step that can fail (docs/PROTOCOL.md section 2) fails open:
 //! one warning line on stderr, the command runs anyway with its own exit
 //! status and without a single proxy variable, and the token file stays
 //! where it was (the relay unlinks it only once listening) so a supervisor

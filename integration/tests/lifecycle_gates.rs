@@ -1,4 +1,4 @@
-//! The four activation gates (PROTOCOL.md section 1) seen from outside:
+//! The four activation gates (docs/PROTOCOL.md section 1) seen from outside:
 //! `ccr-relay run -- sh -c env` under each closed gate. Gate 1 closed is
 //! the developer's laptop: not a byte on stderr, nothing written, no
 //! network. Gates 2 to 4 closed: exactly one warning line naming the gate,

@@ -348,6 +348,7 @@ fn env_file_survives_sh() {
         proxy_url: "http://127.0.0.1:4321".into(),
         ca_bundle: PathBuf::from("/home/u/.ccr/ca-bundle.crt"),
         no_proxy_extra: vec!["x.example".to_string()],
+        no_proxy_default: Default::default(),
         mode: Mode::default(),
         system_bundle: true,
     };

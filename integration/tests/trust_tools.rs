@@ -155,6 +155,7 @@ fn real_wget_reads_the_generated_wgetrc() {
         proxy_url: format!("http://127.0.0.1:{port}"),
         ca_bundle: home.join(".ccr").join("ca-bundle.crt"),
         no_proxy_extra: vec![],
+        no_proxy_default: Default::default(),
         mode: Default::default(),
         system_bundle: true,
     };
@@ -295,6 +296,7 @@ fn a_real_jvm_takes_the_proxy_and_trusts_the_generated_store() {
         proxy_url: "http://127.0.0.1:4321".into(),
         ca_bundle: bundle.clone(),
         no_proxy_extra: vec![],
+        no_proxy_default: Default::default(),
         mode: Default::default(),
         system_bundle: true,
     };

@@ -48,7 +48,7 @@ pub mod wget;
 
 pub use env_file::{env_file_contents, env_file_text, write_env_file};
 pub use java::{java_non_proxy_hosts, java_options};
-pub use no_proxy::{no_proxy_entries, no_proxy_value};
+pub use no_proxy::{NoProxyDefault, no_proxy_entries, no_proxy_value};
 pub use vars::{child_vars, parent_has_relay, proxy_vars};
 pub use wget::{user_wgetrc, wgetrc_text, write_wgetrc};
 
@@ -238,7 +238,7 @@ pub const CA_VARS: &[&str] = &[
 ];
 
 /// The agent proxy's CA variables set whether or not a system bundle was
-/// found (the contract's section 10; each of these adds to, or is only
+/// found (docs/PROTOCOL.md section A10; each of these adds to, or is only
 /// consulted for, what the client trusts anyway).
 pub const AGENT_CA_ALWAYS: &[&str] = &[
     "SSL_CERT_FILE",
@@ -260,7 +260,8 @@ pub const AGENT_TLS_SWITCHES: &[(&str, &str)] = &[
 pub(crate) const REFERENCE_PROXY: usize = 2;
 pub(crate) const REFERENCE_CA: usize = 4;
 
-/// Makes Node 24+'s built-in `fetch` and `http` honour the proxy variables.
+/// Makes the built-in `fetch` and `http` of Node 22.21 or later honour the
+/// proxy variables.
 pub const NODE_USE_ENV_PROXY: &str = "NODE_USE_ENV_PROXY";
 /// Names the wgetrc made by [`write_wgetrc`].
 pub const WGETRC: &str = "WGETRC";
@@ -282,8 +283,11 @@ pub struct ProxyEnv {
     pub proxy_url: String,
     /// The merged CA bundle.
     pub ca_bundle: PathBuf,
-    /// Entries appended, in order, after the mode's list.
+    /// `--no-proxy` entries: appended, in order, after the mode's list;
+    /// `-HOST` removes `HOST` instead ([`no_proxy_entries`]).
     pub no_proxy_extra: Vec<String>,
+    /// Where the list starts: the mode's list, or empty.
+    pub no_proxy_default: NoProxyDefault,
     /// Generation and mode.
     pub mode: Mode,
     /// Whether the bundle holds a system bundle (not the gateway's
@@ -299,6 +303,7 @@ impl ProxyEnv {
             proxy_url,
             ca_bundle,
             no_proxy_extra,
+            no_proxy_default: NoProxyDefault::Reference,
             mode: Mode::default(),
             system_bundle: true,
         }
@@ -395,6 +400,7 @@ pub(crate) mod test_util {
             proxy_url: "http://127.0.0.1:4321".into(),
             ca_bundle: PathBuf::from("/home/u/.ccr/ca-bundle.crt"),
             no_proxy_extra: extra.iter().map(|s| s.to_string()).collect(),
+            no_proxy_default: super::NoProxyDefault::Reference,
             mode: super::Mode::default(),
             system_bundle: true,
         }

@@ -29,7 +29,7 @@ pub fn child_vars(
     files: &ClientFiles,
     parent: impl Fn(&str) -> Option<String>,
 ) -> Vec<(String, String)> {
-    let no_proxy = no_proxy_entries(env.mode, &env.no_proxy_extra, &parent);
+    let no_proxy = no_proxy_entries(env.mode, env.no_proxy_default, &env.no_proxy_extra, &parent);
     let no_proxy_text = no_proxy.join(",");
     let bundle = env.ca_bundle.to_string_lossy().into_owned();
     let agent = env.mode.generation == Generation::AgentProxy;
@@ -432,6 +432,7 @@ mod tests {
             proxy_url: "http://127.0.0.1:4321".into(),
             ca_bundle: PathBuf::from("/home/a user/.ccr/ca-bundle.crt"),
             no_proxy_extra: vec![],
+            no_proxy_default: Default::default(),
             mode: crate::child_env::Mode::default(),
             system_bundle: true,
         };

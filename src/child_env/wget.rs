@@ -103,6 +103,7 @@ mod tests {
             proxy_url: "http://127.0.0.1:4321".into(),
             ca_bundle: home.join(".ccr").join("ca-bundle.crt"),
             no_proxy_extra: vec![],
+            no_proxy_default: Default::default(),
             mode: Default::default(),
             system_bundle: true,
         };

@@ -62,6 +62,10 @@ pub enum TrustError {
     Write { path: PathBuf, error: io::Error },
 }
 
+/// What the CA fetch's hints ask to check; the session's messages replace
+/// it with what set the base URL ([`crate::config::Config::base_url_name`]).
+pub const BASE_URL_HINT: &str = "the gateway base URL";
+
 impl fmt::Display for TrustError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const FETCH: &str = "fetching the gateway's CA certificate";
@@ -69,7 +73,7 @@ impl fmt::Display for TrustError {
             TrustError::BadUrl(why) => write!(f, "{FETCH}: {why}; fix the gateway base URL"),
             TrustError::Unreachable(e) => write!(
                 f,
-                "{FETCH}: gateway unreachable ({e}); check ANTHROPIC_BASE_URL and the network"
+                "{FETCH}: gateway unreachable ({e}); check {BASE_URL_HINT} and the network"
             ),
             TrustError::Tls(e) => write!(
                 f,
@@ -86,21 +90,21 @@ impl fmt::Display for TrustError {
             }
             TrustError::Status { code, reason, .. } => write!(
                 f,
-                "{FETCH}: the gateway answered HTTP {code}{}{} instead of 200; check ANTHROPIC_BASE_URL",
+                "{FETCH}: the gateway answered HTTP {code}{}{} instead of 200; check {BASE_URL_HINT}",
                 if reason.is_empty() { "" } else { " " },
                 reason
             ),
             TrustError::TooLarge { max } => write!(
                 f,
-                "{FETCH}: the answer is larger than {max} bytes and was refused; check ANTHROPIC_BASE_URL"
+                "{FETCH}: the answer is larger than {max} bytes and was refused; check {BASE_URL_HINT}"
             ),
             TrustError::NoCertificate { len: 0, .. } => write!(
                 f,
-                "{FETCH}: the answer is empty and holds no PEM certificate; check ANTHROPIC_BASE_URL"
+                "{FETCH}: the answer is empty and holds no PEM certificate; check {BASE_URL_HINT}"
             ),
             TrustError::NoCertificate { len, start } => write!(
                 f,
-                "{FETCH}: answer of {len} bytes holds no PEM certificate (starts with '{start}'); check ANTHROPIC_BASE_URL"
+                "{FETCH}: answer of {len} bytes holds no PEM certificate (starts with '{start}'); check {BASE_URL_HINT}"
             ),
             TrustError::Write { path, error } => write!(
                 f,
