@@ -46,7 +46,7 @@ pub const MAX_NAME_CHARS: usize = 64;
 /// lookup while it dials the gateway, so a fresh tunnel does not wait for
 /// it; the scan of `/proc/*/fd` takes a few milliseconds on an idle
 /// machine and more on a loaded one.
-pub const DEFAULT_BUDGET: Duration = Duration::from_millis(20);
+pub const DEFAULT_BUDGET: Duration = Duration::from_millis(50);
 
 /// What is known about the process at the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
