@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test run bench lint static clean
+.PHONY: all build test fuzz run bench lint static clean
 
 all: build
 
@@ -15,6 +15,12 @@ build:
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# The parsers' property tests (tests/fuzz.rs) with many more cases than
+# `make test` runs; FUZZ_SEED=N replays another sequence.
+FUZZ_CASES ?= 2000000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p ccr-relay --test fuzz
 
 # A development gateway, an HTTPS origin, the relay and a real curl, locally.
 run:
