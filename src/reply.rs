@@ -21,6 +21,7 @@ pub const REQUEST_TIMEOUT: Status = (408, "Request Timeout");
 pub const HEAD_TOO_LARGE: Status = (431, "Request Header Fields Too Large");
 pub const BAD_GATEWAY: Status = (502, "Bad Gateway");
 pub const GATEWAY_TIMEOUT: Status = (504, "Gateway Timeout");
+pub const SERVICE_UNAVAILABLE: Status = (503, "Service Unavailable");
 
 /// The second line of every error body.
 const SEE_STATUS: &str =
@@ -84,6 +85,25 @@ pub fn answer(client: &TcpStream, status: Status, problem: &str) {
     while drained < DRAIN_MAX {
         match (&*client).read(&mut sink) {
             Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
+
+/// Answers a client the relay will not serve at all (over a connection
+/// limit) without blocking: the answer goes into the socket's empty send
+/// buffer or not at all, whatever the client sent is dropped unread (so
+/// the close is a FIN, not a reset), and the socket closes when dropped.
+pub fn refuse_now(client: &TcpStream, status: Status, problem: &str) {
+    if client.set_nonblocking(true).is_err() {
+        return;
+    }
+    let _ = (&*client).write(&error_response(status, problem));
+    let _ = client.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match (&*client).read(&mut sink) {
+            Ok(n) if n > 0 => {}
             _ => break,
         }
     }
