@@ -6,7 +6,6 @@
 //! tunnels, at once or one after another, leave no thread or descriptor
 //! behind.
 
-use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -513,7 +512,7 @@ impl DeafGateway {
                 let mut answer = vec![0x0A, ESTABLISHED.len() as u8];
                 answer.extend_from_slice(ESTABLISHED);
                 if ws.send(tungstenite::Message::Binary(answer.into())).is_ok() {
-                    *count.lock().unwrap() += 1;
+                    *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
                     held.push(ws);
                 }
             }
@@ -523,6 +522,13 @@ impl DeafGateway {
             answered,
             _dir: dir,
         }
+    }
+}
+
+impl DeafGateway {
+    /// Tunnels answered so far.
+    fn answered(&self) -> usize {
+        *self.answered.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -608,7 +614,11 @@ fn a_deaf_gateway_never_pins_a_tunnel_whose_client_reset() {
     );
     // The relay keeps serving.
     let _other = relay.connect_tunnel("deaf.test:443");
-    assert_eq!(*deaf.answered.lock().unwrap(), 2);
+    assert!(
+        eventually(WAIT, || deaf.answered() == 2),
+        "{} answered",
+        deaf.answered()
+    );
 }
 
 #[test]
@@ -674,7 +684,6 @@ fn concurrent_and_sequential_tunnels_leave_nothing_behind() {
         .count();
     assert_eq!(failures, 0, "tunnels failed under load");
 
-    let mut seen = HashSet::new();
     for i in 0..SEQUENTIAL {
         let mut s = open(proxy).unwrap_or_else(|e| panic!("tunnel {i}: {e}"));
         write!(
@@ -685,9 +694,7 @@ fn concurrent_and_sequential_tunnels_leave_nothing_behind() {
         let mut answer = Vec::new();
         s.read_to_end(&mut answer).unwrap();
         assert!(answer.ends_with(b"hello from origin\n"), "tunnel {i}");
-        seen.insert(answer.len());
     }
-    assert!(!seen.is_empty());
     // Back to the baseline once the lingers are over.
     let settled = eventually(Duration::from_secs(15), || {
         let (threads, fds) = relay.threads_and_fds();
@@ -698,8 +705,11 @@ fn concurrent_and_sequential_tunnels_leave_nothing_behind() {
         "threads and descriptors now {:?}, before ({threads_before}, {fds_before})",
         relay.threads_and_fds()
     );
-    assert_eq!(
-        gw.count_events("tunnel-end origin.test:80 "),
-        CONCURRENT + SEQUENTIAL
+    // Every tunnel reached the origin and ended there cleanly.
+    let ends = || gw.count_events("tunnel-end origin.test:80 ");
+    assert!(
+        eventually(WAIT, || ends() == CONCURRENT + SEQUENTIAL),
+        "{} tunnel ends at the gateway",
+        ends()
     );
 }
