@@ -30,6 +30,7 @@ run:
 bench:
 	$(CARGO) build --workspace --release --bins --quiet
 	$(CARGO) run --quiet --release -p ccr-integration --bin ccr-bench
+	$(CARGO) run --quiet --release -p ccr-integration --bin ccr-load
 
 lint:
 	$(CARGO) fmt --all -- --check
