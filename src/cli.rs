@@ -237,6 +237,33 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_and_the_upload_stall_are_flags() {
+        let Command::Serve { config, .. } = parse_strs(&[
+            "serve",
+            "--max-pending-heads",
+            "16",
+            "--max-connections=64",
+            "--upload-stall",
+            "1.5",
+        ])
+        .unwrap() else {
+            panic!("not serve")
+        };
+        assert_eq!(config.limits.max_pending_heads, 16);
+        assert_eq!(config.limits.max_connections, 64);
+        assert_eq!(config.limits.upload_stall, Duration::from_millis(1500));
+        let defaults = crate::config::Limits::default();
+        assert_eq!(
+            (defaults.max_pending_heads, defaults.max_connections),
+            (1024, 4096)
+        );
+        for bad in ["0", "-1", "many", "2000000"] {
+            let err = parse_strs(&["serve", "--max-connections", bad]).unwrap_err();
+            assert!(err.0.contains("--max-connections"), "{bad}: {}", err.0);
+        }
+    }
+
+    #[test]
     fn run_takes_the_command_without_double_dash() {
         let Command::Run { command, .. } = parse_strs(&["run", "env", "-i"]).unwrap() else {
             panic!("not run")

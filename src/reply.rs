@@ -108,3 +108,33 @@ pub fn refuse_now(client: &TcpStream, status: Status, problem: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn refuse_now_answers_and_closes_without_waiting() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"CONNECT a:1 HTTP/1.1\r\n").unwrap();
+        let (server, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        refuse_now(&server, SERVICE_UNAVAILABLE, "too many");
+        drop(server);
+        assert!(started.elapsed() < Duration::from_millis(200));
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        let got = String::from_utf8(got).unwrap();
+        assert!(
+            got.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{got}"
+        );
+        assert!(got.contains("\r\n\r\nccr-relay: too many\n"), "{got}");
+    }
+}
