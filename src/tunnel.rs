@@ -1151,6 +1151,44 @@ mod tests {
     }
 
     #[test]
+    fn a_client_reset_ends_a_tunnel_whose_gateway_stopped_reading() {
+        // The stall bound is far away: only the reset may end the tunnel
+        // (after the FIN grace, on v2).
+        let opts = PumpOptions {
+            upload_stall: Duration::from_secs(600),
+            fin_grace: Duration::from_millis(300),
+            ..PumpOptions::default()
+        };
+        let (mut near, _server, _tunnel, runner) = v2_tunnel(opts);
+        near.set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let block = vec![7u8; 64 * 1024];
+        while near.write_all(&block).is_ok() {}
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a linger struct of the size given.
+        unsafe {
+            libc::setsockopt(
+                near.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        drop(near);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !runner.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(runner.is_finished(), "the tunnel outlived its client");
+        let report = runner.join().unwrap();
+        assert!(matches!(report.end, End::SocketError(_)), "{}", report.end);
+    }
+
+    #[test]
     fn a_client_that_resets_still_lets_the_fin_keep_the_websocket() {
         let (near, mut server, tunnel, runner) = v2_tunnel(PumpOptions::default());
         server
