@@ -18,7 +18,7 @@ test:
 
 # The parsers' property tests (tests/fuzz.rs) with many more cases than
 # `make test` runs; FUZZ_SEED=N replays another sequence.
-FUZZ_CASES ?= 2000000
+FUZZ_CASES ?= 20000000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p ccr-relay --test fuzz
 
