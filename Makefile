@@ -5,7 +5,7 @@ CARGO ?= cargo
 # Where cargo builds: CARGO_TARGET_DIR when set (as cargo itself reads it).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all build test run bench lint static clean
+.PHONY: all build test fuzz run bench lint static clean
 
 all: build
 
@@ -17,6 +17,12 @@ build:
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# The parsers' property tests (tests/fuzz.rs) with many more cases than
+# `make test` runs; FUZZ_SEED=N replays another sequence.
+FUZZ_CASES ?= 20000000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p ccr-relay --test fuzz
 
 # A development gateway, an HTTPS origin, the relay and a real curl, locally.
 run:
@@ -31,6 +37,7 @@ bench:
 	$(CARGO) build --workspace --release --bins --quiet
 	mkdir -p $(dir $(BENCH_REPORT))
 	$(CARGO) run --quiet --release -p ccr-integration --bin ccr-bench -- --out $(BENCH_REPORT)
+	$(CARGO) run --quiet --release -p ccr-integration --bin ccr-load
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -47,6 +47,9 @@ TUNING (mostly for tests)
   --max-head BYTES        largest request head [default: 8192]
   --fin-grace SECS        (v2) wait for the server's FIN after the client closed [default: 10]
   --hello-timeout SECS    (v2) wait for HELLO_ACK on a fresh WebSocket [default: 10]
+  --upload-stall SECS     end a tunnel whose gateway takes no byte this long [default: 180]
+  --max-pending-heads N   connections still sending their request head; more get 503 [default: 1024]
+  --max-connections N     connections in all; more get 503 [default: 4096]
 
 The relay turns itself on only inside a remote session (CLAUDE_CODE_REMOTE,
 CCR_UPSTREAM_PROXY_ENABLED or CCR_AGENT_PROXY_ENABLED, CLAUDE_CODE_REMOTE_SESSION_ID,
@@ -190,6 +193,11 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
             "--keepalive" => config.limits.keepalive_interval = seconds(&flag, &value()?)?,
             "--head-timeout" => config.limits.head_timeout = seconds(&flag, &value()?)?,
             "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(&flag, &value()?)?,
+            "--upload-stall" => config.limits.upload_stall = seconds(&flag, &value()?)?,
+            "--max-pending-heads" => {
+                config.limits.max_pending_heads = count(&flag, &value()?)?;
+            }
+            "--max-connections" => config.limits.max_connections = count(&flag, &value()?)?,
             "--max-head" => {
                 let v = value()?;
                 config.limits.max_head_bytes = v
@@ -237,6 +245,13 @@ fn seconds(flag: &str, text: &str) -> Result<Duration, UsageError> {
         .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| UsageError(format!("{flag} {text:?}: expected seconds, e.g. 0.5 or 30")))
+}
+
+fn count(flag: &str, text: &str) -> Result<usize, UsageError> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=1 << 20).contains(n))
+        .ok_or_else(|| UsageError(format!("{flag} {text:?}: expected a number, 1 to 1048576")))
 }
 
 #[cfg(test)]
@@ -292,6 +307,33 @@ mod tests {
         );
         assert_eq!(config.listen.port(), 9999);
         assert_eq!(config.limits.keepalive_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn connection_limits_and_the_upload_stall_are_flags() {
+        let Command::Serve { config, .. } = parse_strs(&[
+            "serve",
+            "--max-pending-heads",
+            "16",
+            "--max-connections=64",
+            "--upload-stall",
+            "1.5",
+        ])
+        .unwrap() else {
+            panic!("not serve")
+        };
+        assert_eq!(config.limits.max_pending_heads, 16);
+        assert_eq!(config.limits.max_connections, 64);
+        assert_eq!(config.limits.upload_stall, Duration::from_millis(1500));
+        let defaults = crate::config::Limits::default();
+        assert_eq!(
+            (defaults.max_pending_heads, defaults.max_connections),
+            (1024, 4096)
+        );
+        for bad in ["0", "-1", "many", "2000000"] {
+            let err = parse_strs(&["serve", "--max-connections", bad]).unwrap_err();
+            assert!(err.0.contains("--max-connections"), "{bad}: {}", err.0);
+        }
     }
 
     #[test]

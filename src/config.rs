@@ -154,6 +154,11 @@ pub struct Limits {
     /// No client byte taken by the WebSocket for this long while the client
     /// has more: the tunnel is ended (`upload_stalled`).
     pub upload_stall: Duration,
+    /// Connections whose request head has not arrived yet; more are
+    /// answered `503` at once (each costs a thread until its head timeout).
+    pub max_pending_heads: usize,
+    /// Connections in all, tunnels included; more are answered `503` at once.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -171,6 +176,8 @@ impl Default for Limits {
             hello_ack_timeout: Duration::from_secs(10),
             reuse_answer_timeout: Duration::from_secs(10),
             upload_stall: Duration::from_secs(180),
+            max_pending_heads: 1024,
+            max_connections: 4096,
         }
     }
 }

@@ -3,9 +3,9 @@
 //! [`Tunnel`] through the gateway. Tracks open tunnels so that stopping the
 //! relay closes them all.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
@@ -58,6 +58,18 @@ struct Shared {
     /// Connection threads alive, with a condvar to wait for them at shutdown.
     live: Mutex<usize>,
     all_done: Condvar,
+    /// Connections whose request head has not arrived yet, oldest first
+    /// (by accept order), with a handle to evict them.
+    pending_heads: Mutex<BTreeMap<u64, Pending>>,
+    next_conn: AtomicU64,
+}
+
+/// A connection still waiting for its head, as the accept loop sees it.
+struct Pending {
+    /// A second handle on the client's socket, to wake its thread.
+    socket: TcpStream,
+    /// Set when it is evicted: its thread answers 503.
+    evicted: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -80,6 +92,8 @@ impl Relay {
                 next_id: AtomicU64::new(0),
                 live: Mutex::new(0),
                 all_done: Condvar::new(),
+                pending_heads: Mutex::new(BTreeMap::new()),
+                next_conn: AtomicU64::new(0),
             }),
         })
     }
@@ -117,6 +131,24 @@ impl Relay {
                     continue;
                 }
             };
+            // Over the limit of connections in all: answered at once,
+            // without a thread.
+            if *lock(&shared.live) >= shared.limits.max_connections {
+                debug!("refused a connection: too many connections");
+                reply::refuse_now(&client, reply::SERVICE_UNAVAILABLE, TOO_MANY_CONNECTIONS);
+                continue;
+            }
+            // Room for one more connection without its head: the oldest
+            // such connection gives way (503). A flood of idle connections
+            // thus evicts itself, while a real client, which sends its
+            // head at once, is never the oldest and gets served.
+            let pending = match track_pending(shared, &client) {
+                Ok(pending) => pending,
+                Err(e) => {
+                    warn!("cannot track a new connection: {e}");
+                    continue;
+                }
+            };
             let conn_shared = Arc::clone(shared);
             *lock(&shared.live) += 1;
             let spawned = thread::Builder::new()
@@ -124,7 +156,12 @@ impl Relay {
                 .stack_size(CONNECTION_STACK)
                 .spawn(move || {
                     let _done = LiveGuard(&conn_shared);
-                    handle_connection(&conn_shared, client);
+                    let pending = PendingHead {
+                        shared: &conn_shared,
+                        id: pending.0,
+                        evicted: pending.1,
+                    };
+                    handle_connection(&conn_shared, client, pending);
                 });
             if let Err(e) = spawned {
                 *lock(&shared.live) -= 1;
@@ -185,18 +222,81 @@ impl Drop for LiveGuard<'_> {
     }
 }
 
+/// The answer to a connection over `--max-connections`.
+const TOO_MANY_CONNECTIONS: &str = "too many connections (--max-connections), try again later";
+
+/// The answer to the oldest connection without its head when a new one
+/// needs its place (`--max-pending-heads`).
+const EVICTED: &str =
+    "too many connections still sending their request (--max-pending-heads), try again later";
+
+/// Records a new connection as waiting for its head, evicting the oldest
+/// such connection if there are already `max_pending_heads`. Returns its
+/// number and eviction flag.
+fn track_pending(shared: &Shared, client: &TcpStream) -> io::Result<(u64, Arc<AtomicBool>)> {
+    let socket = client.try_clone()?;
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let evicted = Arc::new(AtomicBool::new(false));
+    let mut pending = lock(&shared.pending_heads);
+    while pending.len() >= shared.limits.max_pending_heads {
+        let Some((_, oldest)) = pending.pop_first() else {
+            break;
+        };
+        oldest.evicted.store(true, Ordering::SeqCst);
+        // Ends its head read (EOF) so its thread answers and goes.
+        let _ = oldest.socket.shutdown(Shutdown::Read);
+    }
+    pending.insert(
+        id,
+        Pending {
+            socket,
+            evicted: Arc::clone(&evicted),
+        },
+    );
+    Ok((id, evicted))
+}
+
+/// Counts a connection as waiting for its head until dropped (the head
+/// arrived, or the connection ended without one).
+struct PendingHead<'a> {
+    shared: &'a Shared,
+    id: u64,
+    evicted: Arc<AtomicBool>,
+}
+
+impl PendingHead<'_> {
+    /// Whether the connection was evicted to make room for a newer one.
+    fn evicted(&self) -> bool {
+        self.evicted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for PendingHead<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.pending_heads).remove(&self.id);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One client, start to end: read its request, open the tunnel, pump.
-fn handle_connection(shared: &Shared, client: TcpStream) {
+fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_>) {
     let peer = client
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let limits = &shared.limits;
-    let (head, leftover) = match read_head(&client, limits.max_head_bytes, limits.head_timeout) {
+    let read = read_head(&client, limits.max_head_bytes, limits.head_timeout);
+    let evicted = pending.evicted();
+    drop(pending);
+    if evicted {
+        debug!("client {peer}: evicted while sending its head");
+        reply::answer(&client, reply::SERVICE_UNAVAILABLE, EVICTED);
+        return;
+    }
+    let (head, leftover) = match read {
         Ok(read) => read,
         Err(e) => {
             debug!("client {peer}: {e}");

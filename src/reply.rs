@@ -22,6 +22,7 @@ pub const REQUEST_TIMEOUT: Status = (408, "Request Timeout");
 pub const HEAD_TOO_LARGE: Status = (431, "Request Header Fields Too Large");
 pub const BAD_GATEWAY: Status = (502, "Bad Gateway");
 pub const GATEWAY_TIMEOUT: Status = (504, "Gateway Timeout");
+pub const SERVICE_UNAVAILABLE: Status = (503, "Service Unavailable");
 
 /// The second line of every error body.
 const SEE_STATUS: &str =
@@ -89,5 +90,54 @@ pub fn send_and_close(client: &TcpStream, response: &[u8]) {
             Ok(n) if n > 0 => drained += n,
             _ => break,
         }
+    }
+}
+
+/// Answers a client the relay will not serve at all (over a connection
+/// limit) without blocking: the answer goes into the socket's empty send
+/// buffer or not at all, whatever the client sent is dropped unread (so
+/// the close is a FIN, not a reset), and the socket closes when dropped.
+pub fn refuse_now(client: &TcpStream, status: Status, problem: &str) {
+    if client.set_nonblocking(true).is_err() {
+        return;
+    }
+    let _ = (&*client).write(&error_response(status, problem));
+    let _ = client.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match (&*client).read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn refuse_now_answers_and_closes_without_waiting() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"CONNECT a:1 HTTP/1.1\r\n").unwrap();
+        let (server, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        refuse_now(&server, SERVICE_UNAVAILABLE, "too many");
+        drop(server);
+        assert!(started.elapsed() < Duration::from_millis(200));
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        let got = String::from_utf8(got).unwrap();
+        assert!(
+            got.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{got}"
+        );
+        assert!(got.contains("\r\n\r\nccr-relay: too many\n"), "{got}");
     }
 }

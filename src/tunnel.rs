@@ -58,6 +58,9 @@ const HEADROOM: usize = chunk::MAX_OVERHEAD;
 /// How long the far side has to finish closing once the socket side is done.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// How long the close frame that ends a WebSocket may take to go out.
+const CLOSE_BOUND: Duration = Duration::from_secs(1);
+
 /// How long FIN_ACK may take to go out before the WebSocket is given up.
 const FIN_ACK_BOUND: Duration = Duration::from_secs(2);
 
@@ -269,15 +272,7 @@ impl Tunnel {
                     self.finish(End::Internal(Internal::Panicked), Side::Abort);
                 }
                 if !self.keep_after_fin() {
-                    // Tell the far side politely before cutting; never wait for it.
-                    if let Ok(mut guard) = self.ws.try_lock()
-                        && let Some(ws) = guard.as_mut()
-                    {
-                        let _ = ws.close(Some(CloseFrame {
-                            code: CloseCode::Normal,
-                            reason: "".into(),
-                        }));
-                    }
+                    self.send_close();
                     self.shut_down_both();
                 }
             }
@@ -312,6 +307,42 @@ impl Tunnel {
         let ok = sent.is_ok();
         self.reusable.store(ok, Ordering::SeqCst);
         ok
+    }
+
+    /// Tells the far side politely before cutting: a close frame, pushed
+    /// out within [`CLOSE_BOUND`] (never longer: a gateway that stopped
+    /// reading does not hold the tunnel). Both pumps have stopped, so the
+    /// lock is free but for a moment; a WebSocket already shut down (abort,
+    /// error, stall) fails at once.
+    fn send_close(&self) {
+        let deadline = Instant::now() + CLOSE_BOUND;
+        let mut guard = self.lock_ws();
+        let Some(ws) = guard.as_mut() else {
+            return;
+        };
+        let mut result = ws.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        loop {
+            match result {
+                Err(tungstenite::Error::Io(e)) if is_transient(&e) => {
+                    drop(guard);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero()
+                        || !matches!(wait_ready(self.ws_fd, libc::POLLOUT, Some(left)), Ok(true))
+                    {
+                        return;
+                    }
+                    guard = self.lock_ws();
+                    let Some(ws) = guard.as_mut() else {
+                        return;
+                    };
+                    result = ws.flush();
+                }
+                _ => return,
+            }
+        }
     }
 
     /// The WebSocket, for reuse, once [`Tunnel::run`] reported it reusable.
@@ -408,9 +439,15 @@ impl Tunnel {
                         return Err(End::Aborted);
                     }
                     let wait = deadline.saturating_duration_since(Instant::now());
-                    let ready = wait_ready(self.ws_fd, libc::POLLOUT, Some(wait))
+                    // Client data waits for the gateway, but never for a
+                    // client that is gone (reset): that ends the tunnel now.
+                    let watch = stall.then(|| self.socket.as_raw_fd());
+                    let ready = wait_writable(self.ws_fd, watch, wait)
                         .map_err(|e| End::WsError(tungstenite::Error::Io(e)))?;
-                    if !ready {
+                    if ready == Writable::SocketGone {
+                        return Err(End::SocketError(io::ErrorKind::ConnectionReset.into()));
+                    }
+                    if ready == Writable::TimedOut {
                         return Err(if stall {
                             End::UploadStalled(self.opts.upload_stall)
                         } else {
@@ -477,7 +514,11 @@ impl Tunnel {
                         let linger = *self.linger_until.lock().unwrap_or_else(|p| p.into_inner());
                         match linger.map(|t| t.saturating_duration_since(Instant::now())) {
                             Some(left) if !left.is_zero() => wait = left,
-                            _ => return End::Aborted,
+                            // The linger is over: the socket side's own end
+                            // stands, and `run` closes the WebSocket with a
+                            // close frame (an abort would cut it first).
+                            Some(_) => return End::SocketClosed,
+                            None => return End::Aborted,
                         }
                     }
                     if self.closing.load(Ordering::SeqCst) {
@@ -664,6 +705,56 @@ fn is_transient(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
     )
+}
+
+/// What [`wait_writable`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writable {
+    Ready,
+    TimedOut,
+    /// The watched socket was reset or closed both ways.
+    SocketGone,
+}
+
+/// Waits until `ws_fd` takes bytes, or, if `socket_fd` is given, that
+/// socket hangs up or fails (`POLLHUP`/`POLLERR`: a reset, not a
+/// half-close, which only ends the client's sending).
+fn wait_writable(
+    ws_fd: RawFd,
+    socket_fd: Option<RawFd>,
+    timeout: Duration,
+) -> io::Result<Writable> {
+    let mut fds = [
+        libc::pollfd {
+            fd: ws_fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        },
+        libc::pollfd {
+            // A negative fd is skipped by poll(2).
+            fd: socket_fd.unwrap_or(-1),
+            events: 0,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: two pollfds, the second ignored when its fd is negative.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if rc >= 0 {
+            return Ok(if fds[1].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                Writable::SocketGone
+            } else if rc == 0 {
+                Writable::TimedOut
+            } else {
+                Writable::Ready
+            });
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 /// Waits until `ws_fd` is readable or the peer of `socket_fd` shut down
@@ -1057,6 +1148,44 @@ mod tests {
         drop(tunnel);
         drop(near);
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_client_reset_ends_a_tunnel_whose_gateway_stopped_reading() {
+        // The stall bound is far away: only the reset may end the tunnel
+        // (after the FIN grace, on v2).
+        let opts = PumpOptions {
+            upload_stall: Duration::from_secs(600),
+            fin_grace: Duration::from_millis(300),
+            ..PumpOptions::default()
+        };
+        let (mut near, _server, _tunnel, runner) = v2_tunnel(opts);
+        near.set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let block = vec![7u8; 64 * 1024];
+        while near.write_all(&block).is_ok() {}
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a linger struct of the size given.
+        unsafe {
+            libc::setsockopt(
+                near.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        drop(near);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !runner.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(runner.is_finished(), "the tunnel outlived its client");
+        let report = runner.join().unwrap();
+        assert!(matches!(report.end, End::SocketError(_)), "{}", report.end);
     }
 
     #[test]
