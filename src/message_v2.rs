@@ -22,9 +22,6 @@
 
 use std::fmt;
 
-/// Field 1 (`data`), wire type 2: the tag byte of every data message.
-const DATA_TAG: u8 = 0x0A;
-
 /// The longest protobuf varint: 64 bits in 7-bit groups.
 pub const MAX_VARINT_BYTES: usize = 10;
 
@@ -251,57 +248,12 @@ pub fn decode(message: &[u8]) -> Result<ServerMessage<'_>, MessageError> {
     })
 }
 
-/// Bytes of tag and length varint in front of `data_len` data bytes.
-///
-/// ```
-/// assert_eq!(ccr_relay::message_v2::data_header_len(127), 2);
-/// assert_eq!(ccr_relay::message_v2::data_header_len(128), 3);
-/// ```
-pub fn data_header_len(data_len: usize) -> usize {
-    let mut len = data_len as u64;
-    let mut n = 2;
-    while len >= 0x80 {
-        len >>= 7;
-        n += 1;
-    }
-    n
-}
-
-/// Writes the tag and length varint for `data_len` data bytes into `out`,
-/// which must be exactly [`data_header_len`]`(data_len)` long, so a caller
-/// can build a data message around data already in its buffer.
-pub fn write_data_header(out: &mut [u8], data_len: usize) {
-    debug_assert_eq!(out.len(), data_header_len(data_len));
-    out[0] = DATA_TAG;
-    let mut len = data_len as u64;
-    for byte in &mut out[1..] {
-        *byte = (len & 0x7F) as u8 | 0x80;
-        len >>= 7;
-    }
-    if let Some(last) = out.last_mut() {
-        *last &= 0x7F;
-    }
-}
-
-/// Appends the data message carrying `data` to `out`.
-pub fn encode_data_into(out: &mut Vec<u8>, data: &[u8]) {
-    let start = out.len();
-    let header = data_header_len(data.len());
-    out.resize(start + header, 0);
-    write_data_header(&mut out[start..], data.len());
-    out.extend_from_slice(data);
-}
-
-/// The data message carrying `data`.
-///
-/// ```
-/// assert_eq!(ccr_relay::message_v2::encode_data(b"hi"), [0x0A, 2, b'h', b'i']);
-/// ```
-pub fn encode_data(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data_header_len(data.len()) + data.len());
-    encode_data_into(&mut out, data);
-    out
-}
+// A data message is byte for byte a first-generation chunk (`0A varint(len)
+// data`): one encoder serves both generations.
+pub use crate::chunk::{
+    encode as encode_data, encode_into as encode_data_into, header_len as data_header_len,
+    write_header as write_data_header,
+};
 
 #[cfg(test)]
 mod tests {
