@@ -113,7 +113,9 @@ fn start_download(s: &mut TcpStream, len: u64, rate: u64) -> io::Result<()> {
     )?;
     let head = read_head(s)?;
     if !head.starts_with(b"HTTP/1.1 200 OK\r\n") {
-        return Err(io::Error::other(String::from_utf8_lossy(&head).into_owned()));
+        return Err(io::Error::other(
+            String::from_utf8_lossy(&head).into_owned(),
+        ));
     }
     Ok(())
 }
@@ -496,11 +498,7 @@ fn a_deaf_gateway_keeps_relay_memory_flat_while_the_client_pushes_200_mib() {
             }
         })
     };
-    let pushed = push(
-        client.try_clone().unwrap(),
-        TOTAL,
-        Duration::from_secs(4),
-    );
+    let pushed = push(client.try_clone().unwrap(), TOTAL, Duration::from_secs(4));
     sampling.store(0, Ordering::Relaxed);
     sampler.join().unwrap();
     let peak = *peak.lock().unwrap();
@@ -517,7 +515,11 @@ fn a_deaf_gateway_keeps_relay_memory_flat_while_the_client_pushes_200_mib() {
     );
     // Socket buffers on the way hold a few MiB at most; a relay that
     // queued the client's bytes would take (and hold) all 200 MiB.
-    assert!(pushed.sent < TOTAL / 4, "the relay took {} bytes", pushed.sent);
+    assert!(
+        pushed.sent < TOTAL / 4,
+        "the relay took {} bytes",
+        pushed.sent
+    );
     assert!(
         growth < 4 * 1024,
         "relay memory grew by {growth} KiB while the client pushed {} bytes",
@@ -534,9 +536,15 @@ fn a_deaf_gateway_ends_the_tunnel_at_the_upload_stall_bound_and_says_so() {
     let client = relay.connect_tunnel("deaf.test:443");
     let started = Instant::now();
     let pushed = push(client, 200 << 20, Duration::from_secs(15));
-    let ended = pushed
-        .ended
-        .unwrap_or_else(|| panic!("the tunnel did not end within 15 s ({} bytes)", pushed.sent));
+    let ended = pushed.ended.unwrap_or_else(|| {
+        let ss = std::process::Command::new("ss").args(["-tnpi"]).output().unwrap();
+        panic!(
+            "the tunnel did not end within 15 s ({} bytes), relay {:?}, threads before {threads_before}\n{}",
+            pushed.sent,
+            relay.threads_and_fds(),
+            String::from_utf8_lossy(&ss.stdout)
+        )
+    });
     let after_progress = ended.duration_since(pushed.last_progress);
     eprintln!(
         "tunnel ended {after_progress:?} after the relay last took bytes ({:?} after the start)",
@@ -635,7 +643,9 @@ fn a_client_that_never_reads_pins_only_its_own_tunnel_which_ends_when_it_goes() 
     assert!(growth < 8 * 1024, "relay memory grew by {growth} KiB");
     // The client goes, unread bytes and all (its kernel answers with a
     // reset): the tunnel ends at once and its threads are gone.
-    assert!(eventually(WAIT, || gw.count_events("tunnel-end origin.test:80") == 2));
+    assert!(eventually(WAIT, || gw
+        .count_events("tunnel-end origin.test:80")
+        == 2));
     drop(client);
     let took = threads_back(&relay, threads_before, END_BOUND);
     eprintln!("the unread tunnel's threads gone {took:?} after its client went");
