@@ -64,6 +64,24 @@ const CLOSE_BOUND: Duration = Duration::from_secs(1);
 /// How long FIN_ACK may take to go out before the WebSocket is given up.
 const FIN_ACK_BOUND: Duration = Duration::from_secs(2);
 
+/// Makes the socket's close send RST (SO_LINGER 0), whatever it still holds.
+fn reset_on_close(socket: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: an open socket and a linger struct of the size given.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
 /// How a tunnel is pumped.
 #[derive(Debug, Clone)]
 pub struct PumpOptions {
@@ -612,6 +630,15 @@ impl Tunnel {
                 }
             }
             _ => {}
+        }
+        if matches!(
+            self.end.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
+            Some(End::UploadStalled(_))
+        ) {
+            // The client's bytes were not delivered: it gets a reset, not a
+            // FIN. A client blocked writing into the full connection never
+            // notices a FIN (it waits on a zero window for many minutes).
+            reset_on_close(&self.socket);
         }
         self.shut_down_both();
     }
