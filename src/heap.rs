@@ -1,18 +1,20 @@
 //! Keeps the relay's resident memory near its idle size after a burst of
 //! connections. With glibc's allocator, each thread may get its own arena
 //! (up to eight per core); after a burst of a thousand tunnels those arenas
-//! keep their freed memory resident, and `malloc_trim` cannot return the
-//! free top of any arena but the main one. So the relay runs on the main
-//! arena alone and trims it whenever the last connection ends. Measured
-//! with `ccr-load` (README, "Load"). The static (musl) build's allocator
-//! has one heap and gives freed memory back on its own: nothing to do.
+//! keep their freed memory resident (17 MiB in `ccr-load`), and
+//! `malloc_trim` cannot return the free top of any arena but the main one
+//! (it gave back 4 of those 17 MiB). Capping the arenas alone does not
+//! help either: the one heap stays fragmented. Both together bring the
+//! relay back within about 3 MiB of its idle size (README, "Load"). The
+//! static (musl) build's allocator has no per-thread arenas, no `mallopt`
+//! and no `malloc_trim`, and unmaps freed memory itself: nothing to do.
 
 /// Puts every thread on glibc's main arena. Call before any thread starts
 /// (arenas are attached on a thread's first allocation).
 pub fn single_arena() {
-    // Throughput: the tunnels' buffers come from one locked arena, and
-    // small allocations from each thread's lock-free cache; `make bench`
-    // rows a/b measured no loss on two cores.
+    // Throughput: the tunnels' buffers come from one locked arena, small
+    // allocations from each thread's own cache; `make bench` rows a/b and
+    // `ccr-load`'s burst showed no loss on two cores.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter.
     unsafe {
