@@ -31,6 +31,8 @@ pub const EXIT_USAGE: i32 = 2;
 /// Runs the program with `args` (without the program name); returns the
 /// process's exit status.
 pub fn main(args: Vec<OsString>) -> i32 {
+    // Before any thread exists: one allocator arena, trimmed when idle.
+    crate::heap::single_arena();
     // Before anything else, and before any thread exists: the standalone
     // variables leave the environment, so no child ever sees them.
     // SAFETY: nothing else runs yet; `main.rs` calls this first.

@@ -24,6 +24,7 @@ pub mod doctor;
 pub mod forward;
 pub mod gates;
 pub mod gateway;
+pub mod heap;
 pub mod http1;
 pub mod install;
 pub mod listener;

@@ -217,8 +217,16 @@ struct LiveGuard<'a>(&'a Shared);
 
 impl Drop for LiveGuard<'_> {
     fn drop(&mut self) {
-        *lock(&self.0.live) -= 1;
+        let idle = {
+            let mut live = lock(&self.0.live);
+            *live -= 1;
+            *live == 0
+        };
         self.0.all_done.notify_all();
+        if idle {
+            // The last connection's memory is free now: give it back.
+            crate::heap::release_free();
+        }
     }
 }
 

@@ -609,4 +609,50 @@ mod tests {
             "gateway URL \"ftp://gw.test\" must start with http:// or https://"
         );
     }
+
+    /// A lookup over fixed pairs, standing in for the environment.
+    fn env_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_string())
+        }
+    }
+
+    #[test]
+    fn selective_list_only_in_selective_mode_with_hosts() {
+        // Selective mode without usable hosts tunnels everything.
+        assert_eq!(
+            selective_list(env_of(&[(RELAY_MODE_VAR, "selective")])),
+            None
+        );
+        for blank in ["", "   ", " , ,"] {
+            let pairs = [(RELAY_MODE_VAR, "selective"), (INCLUDE_HOSTS_VAR, blank)];
+            assert_eq!(selective_list(env_of(&pairs)), None, "hosts {blank:?}");
+        }
+        // With hosts (mode in any case, padded): the list, as parsed.
+        let list = selective_list(env_of(&[
+            (RELAY_MODE_VAR, " Selective "),
+            (INCLUDE_HOSTS_VAR, "api.example.com, *.corp.test"),
+        ]));
+        let Some(list) = list else {
+            panic!("selective mode with hosts gave no list");
+        };
+        assert_eq!(list.len(), 2);
+        assert!(list.matches("api.example.com") && list.matches("a.corp.test"));
+        assert!(!list.matches("example.com"));
+        // Any other mode, or none, tunnels everything, hosts or not.
+        for mode in ["", "all", "tunnel", "selectivee"] {
+            let pairs = [
+                (RELAY_MODE_VAR, mode),
+                (INCLUDE_HOSTS_VAR, "api.example.com"),
+            ];
+            assert_eq!(selective_list(env_of(&pairs)), None, "mode {mode:?}");
+        }
+        assert_eq!(
+            selective_list(env_of(&[(INCLUDE_HOSTS_VAR, "api.example.com")])),
+            None
+        );
+    }
 }
