@@ -22,6 +22,7 @@ pub mod bench;
 pub mod delay;
 pub mod demo;
 pub mod events;
+pub mod faults;
 pub mod gateway;
 pub mod head;
 pub mod http;

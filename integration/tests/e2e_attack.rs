@@ -8,16 +8,15 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ccr_integration::pki::TestCa;
+use ccr_integration::faults::{baseline, deaf_setup, eventually, reset};
 use ccr_integration::relay::{
     ESTABLISHED, RelayOptions, RelayProcess, curl_via, duplex_echo, read_head,
 };
-use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, temp_dir};
+use ccr_integration::{DevGateway, DevOrigin, GatewayOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -57,36 +56,6 @@ fn answer(relay: &RelayProcess, request: &[u8]) -> Vec<u8> {
         let _ = s.read_to_end(&mut got);
     }
     got
-}
-
-/// The relay's threads and descriptors once start-up is over (the
-/// probe's and the CA fetch's threads gone): two equal readings 300 ms
-/// apart.
-fn baseline(relay: &RelayProcess) -> (usize, usize) {
-    let mut last = relay.threads_and_fds();
-    for _ in 0..20 {
-        thread::sleep(Duration::from_millis(300));
-        let now = relay.threads_and_fds();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
-/// Waits until `probe` is true, up to `timeout`; whether it became true.
-fn eventually(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if probe() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -468,89 +437,6 @@ fn a_tunnel_whose_client_closed_ends_with_a_close_frame() {
 // A gateway that stops reading
 // ---------------------------------------------------------------------------
 
-/// A first-generation "gateway" that serves its CA, answers every tunnel's
-/// CONNECT with `200`, then never reads again (its WebSockets are held
-/// open). Counts the tunnels it answered.
-struct DeafGateway {
-    addr: SocketAddr,
-    answered: Arc<Mutex<usize>>,
-    _dir: ccr_integration::TempDir,
-}
-
-impl DeafGateway {
-    fn start() -> DeafGateway {
-        let dir = temp_dir("deaf-gateway");
-        let ca = TestCa::new(dir.path()).expect("a test CA");
-        let pem = ca.cert_pem();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let answered = Arc::new(Mutex::new(0));
-        let count = Arc::clone(&answered);
-        thread::spawn(move || {
-            let mut held = Vec::new();
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let mut peek = [0u8; 64];
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let Ok(n) = conn.peek(&mut peek) else {
-                    continue;
-                };
-                if peek[..n].windows(7).any(|w| w == b"ca-cert") {
-                    let _ = read_head(&mut conn);
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        pem.len()
-                    );
-                    let _ = conn.write_all(&pem);
-                    continue;
-                }
-                let Ok(mut ws) = tungstenite::accept(conn) else {
-                    continue;
-                };
-                // The preamble (the start-up probe closes instead).
-                if !matches!(ws.read(), Ok(tungstenite::Message::Binary(_))) {
-                    continue;
-                }
-                let mut answer = vec![0x0A, ESTABLISHED.len() as u8];
-                answer.extend_from_slice(ESTABLISHED);
-                if ws.send(tungstenite::Message::Binary(answer.into())).is_ok() {
-                    *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-                    held.push(ws);
-                }
-            }
-        });
-        DeafGateway {
-            addr,
-            answered,
-            _dir: dir,
-        }
-    }
-}
-
-impl DeafGateway {
-    /// Tunnels answered so far.
-    fn answered(&self) -> usize {
-        *self.answered.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A relay in front of a [`DeafGateway`] (credentials from a development
-/// gateway that is never dialled).
-fn deaf_setup(extra: &[&str]) -> (DevGateway, DeafGateway, RelayProcess) {
-    let gw = DevGateway::start(GatewayOptions::default());
-    let deaf = DeafGateway::start();
-    let mut opts = RelayOptions {
-        base_url: Some(format!("http://{}", deaf.addr)),
-        ..RelayOptions::default()
-    };
-    for a in extra {
-        opts = opts.arg(*a);
-    }
-    let relay = RelayProcess::serve(&gw, opts);
-    (gw, deaf, relay)
-}
-
 /// Writes to `s` until the relay stops taking bytes (everything between
 /// here and the deaf gateway full); the bytes written.
 fn fill(s: &mut TcpStream) -> usize {
@@ -566,25 +452,6 @@ fn fill(s: &mut TcpStream) -> usize {
         }
     }
     sent
-}
-
-/// Closes with a reset (SO_LINGER 0).
-fn reset(s: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a linger struct of the size given.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    drop(s);
 }
 
 #[test]

@@ -6,18 +6,18 @@
 //! no thread is left behind.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ccr_integration::pki::TestCa;
+use ccr_integration::faults::{self, DeafGateway, baseline, eventually, reset};
 use ccr_integration::relay::{
     ESTABLISHED, RelayOptions, RelayProcess, duplex_echo, read_head, read_response,
 };
-use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, temp_dir};
+use ccr_integration::{DevGateway, DevOrigin, GatewayOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -36,35 +36,6 @@ fn setup(relay_opts: RelayOptions) -> (DevOrigin, DevGateway, RelayProcess) {
     let gw = DevGateway::start(GatewayOptions::default().map("origin.test:80", origin.addr));
     let relay = RelayProcess::serve(&gw, relay_opts);
     (origin, gw, relay)
-}
-
-/// The relay's threads and descriptors once start-up is over (the probe's
-/// and the CA fetch's threads gone): two equal readings 300 ms apart.
-fn baseline(relay: &RelayProcess) -> (usize, usize) {
-    let mut last = relay.threads_and_fds();
-    for _ in 0..20 {
-        thread::sleep(Duration::from_millis(300));
-        let now = relay.threads_and_fds();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
-/// Waits until `probe` is true, up to `timeout`; whether it became true.
-fn eventually(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if probe() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// Waits until the relay is back to `threads` threads (at most `bound`);
@@ -144,25 +115,6 @@ fn read_until_end(s: &mut TcpStream, moved: &AtomicU64) -> Option<Instant> {
             Err(_) => return None,
         }
     }
-}
-
-/// Closes with a reset (SO_LINGER 0).
-fn reset(s: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a linger struct of the size given.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    drop(s);
 }
 
 /// Bytes waiting unread in `s`'s receive queue.
@@ -371,71 +323,9 @@ fn gateway_killed_during_50_downloads_ends_them_all_and_a_new_gateway_is_served(
 // A gateway that stops reading
 // ---------------------------------------------------------------------------
 
-/// A first-generation "gateway" that serves its CA, answers every tunnel's
-/// CONNECT with `200`, then never reads again (its WebSockets are held
-/// open).
-struct DeafGateway {
-    addr: SocketAddr,
-    _dir: ccr_integration::TempDir,
-}
-
-impl DeafGateway {
-    fn start() -> DeafGateway {
-        let dir = temp_dir("deaf-gateway");
-        let ca = TestCa::new(dir.path()).expect("a test CA");
-        let pem = ca.cert_pem();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        thread::spawn(move || {
-            let mut held = Vec::new();
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let mut peek = [0u8; 64];
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let Ok(n) = conn.peek(&mut peek) else {
-                    continue;
-                };
-                if peek[..n].windows(7).any(|w| w == b"ca-cert") {
-                    let _ = read_head(&mut conn);
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        pem.len()
-                    );
-                    let _ = conn.write_all(&pem);
-                    continue;
-                }
-                let Ok(mut ws) = tungstenite::accept(conn) else {
-                    continue;
-                };
-                // The preamble (the start-up probe closes instead).
-                if !matches!(ws.read(), Ok(tungstenite::Message::Binary(_))) {
-                    continue;
-                }
-                let mut answer = vec![0x0A, ESTABLISHED.len() as u8];
-                answer.extend_from_slice(ESTABLISHED);
-                if ws.send(tungstenite::Message::Binary(answer.into())).is_ok() {
-                    held.push(ws);
-                }
-            }
-        });
-        DeafGateway { addr, _dir: dir }
-    }
-}
-
-/// A relay in front of a [`DeafGateway`] (credentials from a development
-/// gateway that is never dialled for tunnels).
+/// A relay in front of a [`DeafGateway`] with the given upload stall.
 fn deaf_setup(upload_stall: &str) -> (DevGateway, DeafGateway, RelayProcess) {
-    let gw = DevGateway::start(GatewayOptions::default());
-    let deaf = DeafGateway::start();
-    let opts = RelayOptions {
-        base_url: Some(format!("http://{}", deaf.addr)),
-        ..RelayOptions::default()
-    }
-    .arg("--upload-stall")
-    .arg(upload_stall);
-    let relay = RelayProcess::serve(&gw, opts);
-    (gw, deaf, relay)
+    faults::deaf_setup(&["--upload-stall", upload_stall])
 }
 
 /// What a client pushing into a deaf gateway saw.
