@@ -24,6 +24,17 @@ pub struct DeafGateway {
 
 impl DeafGateway {
     pub fn start() -> DeafGateway {
+        DeafGateway::start_with(None)
+    }
+
+    /// The same gateway, but after answering a tunnel it sends `bytes` of
+    /// data and then resets the connection (TCP RST, no close frame): a
+    /// gateway that dies mid-stream.
+    pub fn start_resetting(bytes: usize) -> DeafGateway {
+        DeafGateway::start_with(Some(bytes))
+    }
+
+    fn start_with(reset_after: Option<usize>) -> DeafGateway {
         let dir = temp_dir("deaf-gateway");
         let ca = TestCa::new(dir.path()).expect("a test CA");
         let pem = ca.cert_pem();
@@ -61,6 +72,18 @@ impl DeafGateway {
                 answer.extend_from_slice(ESTABLISHED);
                 if ws.send(tungstenite::Message::Binary(answer.into())).is_ok() {
                     *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    if let Some(bytes) = reset_after {
+                        let mut chunk = vec![0x0A, 0x80, 0x80, 0x01];
+                        chunk.extend(std::iter::repeat_n(b'x', 16384));
+                        for _ in 0..bytes.div_ceil(16384) {
+                            let _ = ws.send(tungstenite::Message::Binary(chunk.clone().into()));
+                        }
+                        thread::sleep(Duration::from_millis(200));
+                        let tcp = ws.get_ref();
+                        set_reset_on_close(tcp);
+                        drop(ws);
+                        continue;
+                    }
                     held.push(ws);
                 }
             }
@@ -125,6 +148,12 @@ pub fn eventually(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
 
 /// Closes with a reset (SO_LINGER 0).
 pub fn reset(s: TcpStream) {
+    set_reset_on_close(&s);
+    drop(s);
+}
+
+/// Makes the socket's close send RST (SO_LINGER 0).
+fn set_reset_on_close(s: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -139,5 +168,4 @@ pub fn reset(s: TcpStream) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         )
     };
-    drop(s);
 }

@@ -544,3 +544,41 @@ fn a_client_that_never_reads_pins_only_its_own_tunnel_which_ends_when_it_goes() 
     );
     hello(&relay);
 }
+
+#[test]
+fn a_gateway_that_resets_mid_stream_ends_the_tunnel_and_the_relay_serves_on() {
+    let gw = DevGateway::start(GatewayOptions::default());
+    let resetting = DeafGateway::start_resetting(256 * 1024);
+    let relay = RelayProcess::serve(
+        &gw,
+        RelayOptions {
+            base_url: Some(format!("http://{}", resetting.addr)),
+            ..RelayOptions::default()
+        },
+    );
+    let (threads_before, _) = baseline(&relay);
+    for round in 0..2 {
+        // Each tunnel is answered, gets its data, then the gateway's RST.
+        let mut s = open(relay.proxy_addr).expect("the tunnel is answered");
+        let started = Instant::now();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 65536];
+        let ended = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got += n,
+                Err(e) if is_end(&e) => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(ended, "round {round}: the client's connection did not end");
+        assert!(
+            started.elapsed() < END_BOUND,
+            "round {round}: ended after {:?}",
+            started.elapsed()
+        );
+        assert!(got > 0, "round {round}: some data came before the reset");
+    }
+    assert_eq!(resetting.answered(), 2, "the relay served a second tunnel");
+    threads_back(&relay, threads_before, END_BOUND);
+}
