@@ -126,8 +126,6 @@ impl std::error::Error for SessionError {}
 /// What [`plan`] decided: everything [`apply`] needs, nothing yet written.
 pub struct Plan {
     activation: Activated,
-    /// Who may use the proxy.
-    pub access: Access,
     endpoint: Endpoint,
     tls: native_tls::TlsConnector,
     /// The CA bundle, built in memory.
@@ -341,12 +339,10 @@ pub fn plan(
 ) -> Result<Plan, SessionError> {
     let endpoint = endpoint(config)?;
     let tls = tls_connector(config.gateway_ca.as_deref()).map_err(SessionError::Tls)?;
-    let access = access_rule(config)?;
     let bundle = prepare_trust(config, &endpoint, &tls, activation.generation(), parent)
         .map_err(|e| SessionError::CaFetch(e, config.base_url_name()))?;
     Ok(Plan {
         activation,
-        access,
         endpoint,
         tls,
         bundle,
@@ -363,6 +359,9 @@ pub fn apply(
     plan: Plan,
     parent: impl Fn(&str) -> Option<String>,
 ) -> Result<Started, SessionError> {
+    // Decided before anything is written: with --require-uid-check on a
+    // machine that cannot tell owners apart, nothing happens at all.
+    let access = access_rule(config)?;
     plan.bundle.write().map_err(SessionError::Trust)?;
     let mut client_files = ClientFiles::default();
     match plan
@@ -374,12 +373,12 @@ pub fn apply(
     }
     let generation = plan.activation.generation();
     let gateway = gateway(config, &plan);
-    let relay = Relay::bind(config.listen, gateway, config.limits, plan.access.clone()).map_err(
-        |error| SessionError::Listen {
+    let relay = Relay::bind(config.listen, gateway, config.limits, access).map_err(|error| {
+        SessionError::Listen {
             addr: config.listen,
             error,
-        },
-    )?;
+        }
+    })?;
     let addr = relay.local_addr().map_err(SessionError::Listener)?;
     if !addr.ip().is_loopback() {
         warn!(

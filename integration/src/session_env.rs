@@ -180,6 +180,13 @@ impl Session {
         self
     }
 
+    /// Runs the relay through `wrapper` (a program and its arguments, the
+    /// relay's path and arguments appended), e.g. to start it in a sandbox.
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Session {
+        self.wrapper = wrapper.iter().map(OsString::from).collect();
+        self
+    }
+
     /// Whether the token file is still there holding what was written.
     pub fn token_file_intact(&self) -> bool {
         fs::read_to_string(&self.token_file).is_ok_and(|t| t == format!("{}\n", self.token))

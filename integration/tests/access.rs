@@ -93,3 +93,107 @@ fn allow_uid_and_allow_any_uid_open_the_door() {
     let (code, body) = curl_status(&relay, true);
     assert_eq!(code, "200", "{body}");
 }
+
+/// Starts a program (its path and arguments follow) in a sandbox where the
+/// relay cannot find who owns a connection: a seccomp filter makes
+/// `socket(AF_NETLINK, …)` fail with EPERM (no socket diagnostics), and
+/// the caller mounts an empty tmpfs over `/proc` (no `/proc/net/tcp`).
+/// x86-64 only; other machines fail the filter's arch check and run
+/// unfiltered, which the test notices (the relay would then pass its
+/// self-test).
+const NO_NETLINK: &str = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def insn(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+prog = b"".join([
+    insn(0x20, 0, 0, 4),            # load arch
+    insn(0x15, 0, 5, 0xC000003E),   # x86-64, else allow
+    insn(0x20, 0, 0, 0),            # load syscall number
+    insn(0x15, 0, 3, 41),           # socket, else allow
+    insn(0x20, 0, 0, 16),           # load args[0] (low half)
+    insn(0x15, 0, 1, 16),           # AF_NETLINK, else allow
+    insn(0x06, 0, 0, 0x00050001),   # SECCOMP_RET_ERRNO | EPERM
+    insn(0x06, 0, 0, 0x7FFF0000),   # SECCOMP_RET_ALLOW
+])
+buf = ctypes.create_string_buffer(prog)
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+if libc.prctl(38, 1, 0, 0, 0) != 0:          # PR_SET_NO_NEW_PRIVS
+    sys.exit("prctl(PR_SET_NO_NEW_PRIVS) failed")
+if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:   # PR_SET_SECCOMP, FILTER
+    sys.exit("prctl(PR_SET_SECCOMP) failed: errno %d" % ctypes.get_errno())
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+/// A session whose relay runs where connection owners cannot be found.
+fn blind_session(name: &str, gw: &DevGateway) -> ccr_integration::session_env::Session {
+    let dir = ccr_integration::temp_dir(name);
+    let script = dir.join("no-netlink.py");
+    std::fs::write(&script, NO_NETLINK).unwrap();
+    let wrapper = format!(
+        "mount -t tmpfs none /proc && exec python3 {} \"$0\" \"$@\"",
+        script.display()
+    );
+    // The directory must outlive the session's runs: leak it with the test.
+    std::mem::forget(dir);
+    ccr_integration::session_env::Session::for_gateway(name, gw).wrapped(&[
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        &wrapper,
+    ])
+}
+
+// The seccomp filter of this test is written for x86-64.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn where_owners_cannot_be_found_the_relay_says_so_and_decides() {
+    let origin = DevOrigin::start(None);
+    let gw = DevGateway::start(GatewayOptions::default().map("origin.test:80", origin.addr));
+    // Default: one warning, then every local process may use the proxy.
+    let out = blind_session("access-blind", &gw).run(&["sh", "-c", "env"]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.var("HTTPS_PROXY").is_some(),
+        "the proxy is on: {}",
+        out.describe()
+    );
+    let warnings: Vec<&str> = out
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("cannot find who owns a connection"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", out.describe());
+    // --require-uid-check: the proxy stays off, the command still runs.
+    let out = blind_session("access-blind-required", &gw)
+        .arg("--require-uid-check")
+        .run(&["sh", "-c", "echo ran; env"]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(out.stdout.starts_with("ran\n"), "{}", out.describe());
+    assert!(
+        out.var("HTTPS_PROXY").is_none(),
+        "the proxy stays off: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("--require-uid-check"),
+        "{}",
+        out.describe()
+    );
+    // doctor predicts the same.
+    let out = blind_session("access-blind-doctor", &gw)
+        .arg("--require-uid-check")
+        .doctor();
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(
+        out.stdout.contains("FAIL  who may use the proxy"),
+        "{}",
+        out.describe()
+    );
+}
