@@ -57,11 +57,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
     init_logging();
     match command {
         Command::Help => {
-            print!("{USAGE}");
+            let _ = std::io::stdout().write_all(USAGE.as_bytes());
             0
         }
         Command::Version => {
-            println!("{}", crate::version::version_text());
+            let _ = writeln!(std::io::stdout(), "{}", crate::version::version_text());
             0
         }
         Command::Run { config, command } => run(&config, command),
@@ -80,7 +80,7 @@ fn status(proxy: Option<String>) -> i32 {
         .and_then(|p| crate::status::fetch_text(&p))
     {
         Ok(text) => {
-            print!("{text}");
+            let _ = std::io::stdout().write_all(text.as_bytes());
             0
         }
         Err(e) => {

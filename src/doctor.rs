@@ -30,9 +30,9 @@ fn env_lookup(name: &str) -> Option<String> {
 /// Runs the checks, prints the report on stdout, returns the exit status.
 pub fn run(config: &Config) -> i32 {
     let mut report = Report::default();
-    println!("ccr-relay doctor ({})", version_text());
-    println!();
-    println!("activation gates");
+    out!("ccr-relay doctor ({})", version_text());
+    out!();
+    out!("activation gates");
     let activation = session::activate(config, env_lookup);
     let labels: Vec<&str> = GATES
         .iter()
@@ -56,7 +56,7 @@ pub fn run(config: &Config) -> i32 {
                 };
                 report.line(&label, false, text);
             }
-            (Some(at), _) if gate > at => println!("  skip  {label}: needs gate {at} to pass"),
+            (Some(at), _) if gate > at => out!("  skip  {label}: needs gate {at} to pass"),
             _ => report.line(label, true, ""),
         }
     }
@@ -65,7 +65,7 @@ pub fn run(config: &Config) -> i32 {
         .as_ref()
         .map_or(Generation::UpstreamProxy, |c| c.generation);
     if let Some(choice) = &choice {
-        println!(
+        out!(
             "  info  generation: {} ({})",
             choice.generation.name(),
             choice.reason
@@ -74,23 +74,23 @@ pub fn run(config: &Config) -> i32 {
     if generation == Generation::AgentProxy
         && let Some(list) = session::selective_list(env_lookup)
     {
-        println!(
+        out!(
             "  info  selective mode: {} include pattern(s) go through the gateway, other hosts are dialled directly",
             list.len()
         );
     }
     if config.standalone.is_active() {
-        println!("  info  standalone mode: the gateway is AGENT_PROXY_URL");
+        out!("  info  standalone mode: the gateway is AGENT_PROXY_URL");
     }
     if config.standalone.token_ignored() {
-        println!("  warn  AGENT_PROXY_AUTH_TOKEN is set without AGENT_PROXY_URL and is ignored");
+        out!("  warn  AGENT_PROXY_AUTH_TOKEN is set without AGENT_PROXY_URL and is ignored");
     }
     if let Ok(activated) = &activation {
-        println!("  info  token from {}", activated.token.origin().describe());
+        out!("  info  token from {}", activated.token.origin().describe());
     }
 
-    println!();
-    println!("start-up steps");
+    out!();
+    out!("start-up steps");
     let endpoint = session::endpoint(config);
     report.line(
         &format!("gateway URL {}", session::base_url(config)),
@@ -107,9 +107,9 @@ pub fn run(config: &Config) -> i32 {
         tls.is_ok(),
         tls.as_ref().err().map(String::as_str).unwrap_or(""),
     );
-    println!("  info  system CA bundle: {}", system_text(config));
+    out!("  info  system CA bundle: {}", system_text(config));
     match session::access_rule(config) {
-        Ok(access) => println!("  info  who may use the proxy: {access}"),
+        Ok(access) => out!("  info  who may use the proxy: {access}"),
         Err(e) => report.line("who may use the proxy", false, &e.to_string()),
     }
     if let (Ok(endpoint), Ok(tls)) = (&endpoint, &tls) {
@@ -141,13 +141,13 @@ pub fn run(config: &Config) -> i32 {
         report.line_with(&ca_label, bundle.is_ok(), &detail);
         if let Ok(bundle) = &bundle {
             for (path, added) in &bundle.built.user_files {
-                println!(
+                out!(
                     "  info  your CA file {}: {added} certificate(s) added",
                     path.display()
                 );
             }
             for warning in &bundle.built.warnings {
-                println!("  warn  {warning}");
+                out!("  warn  {warning}");
             }
         }
         match plan {
@@ -161,14 +161,14 @@ pub fn run(config: &Config) -> i32 {
                         false,
                         &format!("{e}: the gateway refuses the session's credentials"),
                     ),
-                    ProbeVerdict::Unreachable(e) => println!(
+                    ProbeVerdict::Unreachable(e) => out!(
                         "  warn  {label}: {e}; the proxy would start, each tunnel would dial once \
                          and its 502 would end with \"{}\"",
                         session::startup_error_text(&e)
                     ),
                 }
             }
-            None => println!("  skip  gateway WebSocket: needs the gates and the CA to pass"),
+            None => out!("  skip  gateway WebSocket: needs the gates and the CA to pass"),
         }
     }
     let bundle_dir = config.ca_bundle.parent().unwrap_or(Path::new("/"));
@@ -190,8 +190,8 @@ pub fn run(config: &Config) -> i32 {
             .unwrap_or_default(),
     );
 
-    println!();
-    println!("children would get");
+    out!();
+    out!("children would get");
     let port = bound
         .map(|a| a.port().to_string())
         .unwrap_or_else(|_| "PORT".into());
@@ -209,15 +209,15 @@ pub fn run(config: &Config) -> i32 {
         system_bundle: trust::system_bundle(config.system_ca.as_deref()).is_some(),
     });
     for (name, value) in &vars {
-        println!("  {name}={value}");
+        out!("  {name}={value}");
     }
     crate::outside::print_doctor(&config.ca_bundle, env_lookup);
-    println!();
+    out!();
     if report.failed == 0 {
-        println!("verdict: the proxy would start");
+        out!("verdict: the proxy would start");
         0
     } else {
-        println!(
+        out!(
             "verdict: the proxy would stay off ({} check(s) failed); commands run without it",
             report.failed
         );
@@ -249,19 +249,19 @@ struct Report {
 impl Report {
     fn line(&mut self, what: &str, ok: bool, why: &str) {
         if ok {
-            println!("  ok    {what}");
+            out!("  ok    {what}");
         } else {
             self.failed += 1;
-            println!("  FAIL  {what}: {why}");
+            out!("  FAIL  {what}: {why}");
         }
     }
 
     fn line_with(&mut self, what: &str, ok: bool, detail: &str) {
         if ok {
-            println!("  ok    {what}: {detail}");
+            out!("  ok    {what}: {detail}");
         } else {
             self.failed += 1;
-            println!("  FAIL  {what}: {detail}");
+            out!("  FAIL  {what}: {detail}");
         }
     }
 }

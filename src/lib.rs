@@ -8,6 +8,17 @@
 //! `http://` requests go through [`forward`], which reads and rebuilds them
 //! with [`http1`]; the relay's own error answers come from [`reply`].
 
+/// `println!` for reports on standard output (`doctor`): a reader that
+/// went away (`ccr-relay doctor | head`) ends the output quietly instead
+/// of panicking; the work goes on and the exit status still says what it
+/// found.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod access;
 pub mod agent_readme;
 pub mod app;

@@ -272,19 +272,19 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
 /// `doctor`'s sections for this module: what start-up would write outside
 /// the relay's directory, and the git settings that defeat the proxy.
 pub fn print_doctor(bundle: &Path, parent: impl Fn(&str) -> Option<String>) {
-    println!();
-    println!("outside the relay's directory");
+    out!();
+    out!("outside the relay's directory");
     for line in would_write(bundle, &parent) {
-        println!("  {line}");
+        out!("  {line}");
     }
-    println!();
-    println!("git settings that defeat the proxy");
+    out!();
+    out!("git settings that defeat the proxy");
     let found = credentials::git_conflicts(GIT_CONFLICTS_TIMEOUT);
     if found.is_empty() {
-        println!("  ok    none found (git config --global and --system)");
+        out!("  ok    none found (git config --global and --system)");
     }
     for line in found {
-        println!("  warn  {line}");
+        out!("  warn  {line}");
     }
 }
 

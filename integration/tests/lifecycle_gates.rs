@@ -200,3 +200,22 @@ fn gate_4_empty_or_blank_token_file_warns_once_and_is_not_unlinked() {
         );
     }
 }
+
+#[test]
+fn doctor_into_a_closed_pipe_ends_quietly() {
+    // `head -c 1` reads one byte and goes away: the report's next lines
+    // meet a closed pipe.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(
+            "\"$0\" doctor | head -c 1 >/dev/null; sleep 0.2; \"$0\" --help | head -c 1 >/dev/null",
+        )
+        .arg(ccr_integration::bin_path("ccr-relay"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("run sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
