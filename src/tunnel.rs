@@ -64,24 +64,6 @@ const CLOSE_BOUND: Duration = Duration::from_secs(1);
 /// How long FIN_ACK may take to go out before the WebSocket is given up.
 const FIN_ACK_BOUND: Duration = Duration::from_secs(2);
 
-/// Makes the socket's close send RST (SO_LINGER 0), whatever it still holds.
-fn reset_on_close(socket: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: an open socket and a linger struct of the size given.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-}
-
 /// How a tunnel is pumped.
 #[derive(Debug, Clone)]
 pub struct PumpOptions {
@@ -638,7 +620,7 @@ impl Tunnel {
             // The client's bytes were not delivered: it gets a reset, not a
             // FIN. A client blocked writing into the full connection never
             // notices a FIN (it waits on a zero window for many minutes).
-            reset_on_close(&self.socket);
+            let _ = socket::reset_on_close(&self.socket);
         }
         self.shut_down_both();
     }
@@ -1191,20 +1173,7 @@ mod tests {
             .unwrap();
         let block = vec![7u8; 64 * 1024];
         while near.write_all(&block).is_ok() {}
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a valid socket and a linger struct of the size given.
-        unsafe {
-            libc::setsockopt(
-                near.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
+        socket::reset_on_close(&near).unwrap();
         drop(near);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !runner.is_finished() && Instant::now() < deadline {
@@ -1230,21 +1199,7 @@ mod tests {
             .send(Message::Binary(message_v2::encode_data(b"unread").into()))
             .unwrap();
         thread::sleep(Duration::from_millis(100));
-        let off = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a valid socket and a linger struct of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                near.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&off as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        socket::reset_on_close(&near).unwrap();
         drop(near);
         thread::sleep(Duration::from_millis(200));
         server
