@@ -9,6 +9,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -337,22 +338,30 @@ fn idle_flood_is_answered_503_at_once_while_a_real_connect_succeeds() {
     );
 
     // During the flood (the newest LIMIT idle connections still held, and
-    // more coming), a real client is served.
-    let flooding = Arc::new(Mutex::new(true));
+    // more coming), a real client is served. The client starts only once
+    // the flood has made twice the limit of new connections, and the flood
+    // goes on until the client is done, however fast this machine is.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let opened = Arc::new(AtomicUsize::new(0));
     let flood = {
-        let flooding = Arc::clone(&flooding);
+        let (flooding, opened) = (Arc::clone(&flooding), Arc::clone(&opened));
         let addr = relay.proxy_addr;
         thread::spawn(move || {
             let mut held = Vec::new();
-            while *flooding.lock().unwrap() {
+            while flooding.load(Ordering::SeqCst) {
                 if let Ok(s) = TcpStream::connect(addr) {
                     held.push(s);
+                    opened.store(held.len(), Ordering::SeqCst);
                 }
                 thread::sleep(Duration::from_millis(2));
             }
-            held.len()
         })
     };
+    assert!(
+        eventually(WAIT, || opened.load(Ordering::SeqCst) >= 2 * LIMIT),
+        "the flood made only {} connections",
+        opened.load(Ordering::SeqCst)
+    );
     let out = curl_via(
         &relay.proxy_url,
         &relay.dir.join("ca-bundle.crt"),
@@ -361,14 +370,12 @@ fn idle_flood_is_answered_503_at_once_while_a_real_connect_succeeds() {
     );
     let tunnel = relay.connect_tunnel("origin.test:80");
     duplex_echo(tunnel, 64 * 1024);
-    *flooding.lock().unwrap() = false;
-    let opened = flood.join().unwrap();
+    let during = opened.load(Ordering::SeqCst);
+    flooding.store(false, Ordering::SeqCst);
+    flood.join().expect("the flood thread");
     out.assert_success();
     assert_eq!(out.stdout_text(), "hello from origin\n");
-    assert!(
-        opened > LIMIT,
-        "the flood kept going ({opened} connections)"
-    );
+    assert!(during >= 2 * LIMIT, "{during} flood connections");
     assert!(gw.count_events("connect origin.test:80") >= 2);
 }
 
