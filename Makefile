@@ -16,7 +16,7 @@ build:
 # integration/ (they drive the real binaries that this builds).
 test:
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 # The parsers' property tests (tests/fuzz.rs) with many more cases than
 # `make test` runs; FUZZ_SEED=N replays another sequence.
