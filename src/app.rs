@@ -119,8 +119,14 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
     let startup = session::start(config);
     let Startup::Enabled(started) = startup else {
         // Disabled, or the CA is not to be had now: `run` fails open at once.
-        // Fail open: become the command, as if the relay were not there.
-        let err = child_command(&command, &[]).exec();
+        // Fail open: become the command, as if the relay were not there,
+        // except that a token, or a variable naming where one is, never
+        // reaches a child.
+        let mut cmd = child_command(&command, &[]);
+        for name in crate::gates::child_removed_vars() {
+            cmd.env_remove(name);
+        }
+        let err = cmd.exec();
         return cannot_run(&command, &err);
     };
     let mut cmd = child_command(&command, &started.child_vars);

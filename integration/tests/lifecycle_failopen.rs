@@ -232,3 +232,48 @@ fn listen_port_already_taken() {
     assert_failed_open(&s, &out, &["listen", &addr.to_string()]);
     drop(held);
 }
+
+/// Failing open keeps the command's environment, but for the token and the
+/// variables naming where a token is: those never reach a child, in either
+/// generation.
+#[test]
+fn failing_open_still_keeps_every_token_source_from_the_child() {
+    const SECRET: &str = "env-token-that-must-stay-in-the-relay";
+    for agent_proxy in [false, true] {
+        let server = TinyServer::start(Reply::Bytes(http_answer(
+            "404 Not Found",
+            "text/plain",
+            b"no",
+        )));
+        let mut s = Session::new("failopen-token-vars", &server.base_url())
+            .env("CLAUDE_CODE_SESSION_ACCESS_TOKEN", SECRET)
+            .env("CLAUDE_SESSION_INGRESS_TOKEN_FILE", "/nonexistent/ingress")
+            .env("CLAUDE_CODE_WEBSOCKET_AUTH_FILE_DESCRIPTOR", "99")
+            .env("KEPT_BY_THE_COMMAND", "yes");
+        if agent_proxy {
+            s = s.agent_proxy();
+        }
+        let out = s.run(&["sh", "-c", SCRIPT]);
+        assert_failed_open(&s, &out, &["ca"]);
+        let env = out.env();
+        for name in [
+            "CLAUDE_CODE_SESSION_ACCESS_TOKEN",
+            "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
+            "CLAUDE_CODE_WEBSOCKET_AUTH_FILE_DESCRIPTOR",
+        ] {
+            assert!(
+                !env.contains_key(name),
+                "{name} reached the child (agent proxy: {agent_proxy})"
+            );
+        }
+        assert!(!out.stdout.contains(SECRET), "the token reached the child");
+        assert!(
+            !out.stdout.contains(&s.token),
+            "the token reached the child"
+        );
+        assert_eq!(
+            env.get("KEPT_BY_THE_COMMAND").map(String::as_str),
+            Some("yes")
+        );
+    }
+}
