@@ -21,6 +21,23 @@ use crate::temp::{TempDir, temp_dir};
 /// How long a child has to print its `listening on` line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Starts `cmd` with the default disposition of the signals the relay
+/// forwards or stops on, whatever the test runner inherited (`nohup make
+/// test` ignores SIGHUP; a background job ignores SIGINT and SIGQUIT, and an
+/// ignored signal never reaches the relay's `sigwait`).
+pub fn default_signals(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Path of a binary built by this workspace, e.g. `bin_path("ccr-relay")`.
 ///
 /// Tests run from `target/<profile>/deps/`; binaries live in

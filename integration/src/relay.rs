@@ -172,6 +172,7 @@ pub fn relay_command(
         cmd.env("RUST_LOG", spec);
     }
     cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+    crate::procs::default_signals(&mut cmd);
     (cmd, token_file)
 }
 

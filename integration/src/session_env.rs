@@ -224,18 +224,7 @@ impl Session {
             .env("CCR_RELAY_INSTALL_ROOT", self.dir.join("root"))
             .envs(&self.env)
             .process_group(0);
-        // The relay starts with the default disposition of the signals it
-        // forwards, whatever the test runner inherited (`nohup make test`
-        // ignores SIGHUP; a background job ignores SIGINT and SIGQUIT).
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-                Ok(())
-            });
-        }
+        crate::procs::default_signals(&mut cmd);
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
         }
