@@ -690,7 +690,13 @@ mod tests {
     #[test]
     fn finds_this_process_over_ipv4() {
         if !tables_readable() {
-            eprintln!("skipped: /proc/net/tcp is not readable here");
+            // A skip only when asked for, never counted as a pass silently.
+            assert_eq!(
+                std::env::var("CCR_TEST_ALLOW_SKIP").as_deref(),
+                Ok("1"),
+                "/proc/net/tcp is not readable here; CCR_TEST_ALLOW_SKIP=1 skips this knowingly"
+            );
+            eprintln!("SKIPPED, NOT PASSED: /proc/net/tcp is not readable here");
             return;
         }
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

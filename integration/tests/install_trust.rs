@@ -45,11 +45,11 @@ fn require_tool(name: &str, package: &str) -> PathBuf {
 }
 
 fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("SKIP {test}: needs root for a private mount namespace (unshare -m, mount --bind)");
-    true
+    !is_root()
+        && ccr_integration::procs::skip_or_fail(
+            test,
+            "needs root for a private mount namespace (unshare -m, mount --bind)",
+        )
 }
 
 /// `cp -a SRC DST`: a copy keeping symlinks (the system store is mostly
