@@ -21,9 +21,10 @@ use ccr_integration::{DevGateway, DevOrigin, GatewayOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The shutdown grace (1.5 s, `Limits::shutdown_grace`) plus room for a
-/// loaded 2-core machine.
-const SHUTDOWN_BOUND: Duration = Duration::from_secs(4);
+/// What the relay promises after SIGTERM however busy it is: exit within
+/// 2 s (its shutdown grace, `Limits::shutdown_grace`, is 1.5 s; an exit
+/// typically takes 0.2 s with 200 busy tunnels).
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 
 /// How long a tunnel whose far side is gone may take to end (the 2 s
 /// linger at most, plus room for a loaded machine).
