@@ -207,6 +207,16 @@ pub fn note_trust(report: &crate::install::Report) {
     }
 }
 
+/// Adds the reason code of a trust step that failed outside the
+/// installers (the JDK's `cacerts` unreadable, say) to what the status page
+/// shows, once.
+pub fn note_trust_failure(code: &str) {
+    let mut trust = lock(&TRUST);
+    if !trust.failure_codes.iter().any(|c| c == code) {
+        trust.failure_codes.push(code.to_string());
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
