@@ -1,7 +1,8 @@
 //! Which local process opened a connection to the relay.
 //!
 //! The agent-proxy generation tells the gateway the client's process name
-//! (`X-Agent-Proxy-Client-Process`) and logs it with the tunnel. Linux keeps
+//! (`X-Agent-Proxy-Client-Process`); both generations log it with the
+//! tunnel. Linux keeps
 //! the answer in `/proc`: the client's own socket is the row of
 //! `/proc/net/tcp` (or `tcp6`) whose local port is the client's port and
 //! whose remote port is the relay's; that row holds the socket's owner uid
@@ -25,6 +26,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 /// The tables could not be read (no `/proc`, or not permitted).
@@ -47,6 +50,14 @@ pub const MAX_NAME_CHARS: usize = 64;
 /// it; the scan of `/proc/*/fd` takes a few milliseconds on an idle
 /// machine and more on a loaded one.
 pub const DEFAULT_BUDGET: Duration = Duration::from_millis(50);
+
+/// Longest wait for the name when no dial hides the lookup's time (a
+/// reused WebSocket): the contract allows the lookup to delay a tunnel by
+/// a few milliseconds at most. After it, [`TIMED_OUT`] is sent.
+pub const REUSE_WAIT: Duration = Duration::from_millis(5);
+
+/// Stack of the thread that runs a [`Background`] lookup.
+const LOOKUP_STACK: usize = 64 * 1024;
 
 /// What is known about the process at the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -527,6 +538,62 @@ pub fn lookup(peer: SocketAddr, local: SocketAddr, budget: Duration) -> ClientPr
     }
 }
 
+/// A [`lookup`] running on its own thread while the connection goes on
+/// (the relay dials the gateway meanwhile); [`Background::name_within`]
+/// waits for its answer, bounded.
+pub struct Background {
+    answer: mpsc::Receiver<String>,
+    /// The answer once it came (later calls return it at once).
+    name: Option<String>,
+}
+
+impl Background {
+    /// Starts the lookup of the process at the other end of an accepted
+    /// connection (`peer`, `local`: its addresses), within `budget`.
+    pub fn start(
+        peer: io::Result<SocketAddr>,
+        local: io::Result<SocketAddr>,
+        budget: Duration,
+    ) -> Background {
+        Background::start_with(move || match (peer, local) {
+            (Ok(peer), Ok(local)) => lookup(peer, local, budget).name,
+            _ => LOOKUP_FAILED.to_string(),
+        })
+    }
+
+    /// Runs `work` on the lookup thread (the tests give it a slow one).
+    pub fn start_with(work: impl FnOnce() -> String + Send + 'static) -> Background {
+        let (tx, answer) = mpsc::sync_channel(1);
+        let spawned = thread::Builder::new()
+            .name("client-lookup".into())
+            .stack_size(LOOKUP_STACK)
+            .spawn(move || {
+                let _ = tx.send(work());
+            });
+        Background {
+            answer,
+            // No thread, no answer ever: say so rather than wait.
+            name: spawned.is_err().then(|| LOOKUP_FAILED.to_string()),
+        }
+    }
+
+    /// The name, waiting at most `bound` for it: [`TIMED_OUT`] if it has
+    /// not come by then (a later call may still get it), [`LOOKUP_FAILED`]
+    /// if the lookup thread died.
+    pub fn name_within(&mut self, bound: Duration) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        match self.answer.recv_timeout(bound) {
+            Ok(name) => self.name.insert(name).clone(),
+            Err(mpsc::RecvTimeoutError::Timeout) => TIMED_OUT.to_string(),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.name.insert(LOOKUP_FAILED.to_string()).clone()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,6 +831,56 @@ mod tests {
             [TIMED_OUT, PID_NOT_FOUND].contains(&found.name.as_str()),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn background_waits_are_bounded_and_the_answer_still_comes() {
+        // A lookup slower than the wait: the wait ends at its bound with
+        // the timed-out marker, and a later, longer wait gets the name.
+        let mut slow = Background::start_with(|| {
+            std::thread::sleep(Duration::from_millis(400));
+            "slowpoke".to_string()
+        });
+        let started = Instant::now();
+        assert_eq!(slow.name_within(REUSE_WAIT), TIMED_OUT);
+        let waited = started.elapsed();
+        assert!(waited >= REUSE_WAIT, "{waited:?}");
+        assert!(waited < Duration::from_millis(300), "{waited:?}");
+        assert_eq!(slow.name_within(Duration::from_secs(10)), "slowpoke");
+        // Kept: no second wait.
+        let started = Instant::now();
+        assert_eq!(slow.name_within(Duration::from_secs(10)), "slowpoke");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // A quick lookup is waited for, well within the bound.
+        let mut quick = Background::start_with(|| "curl".to_string());
+        assert_eq!(quick.name_within(Duration::from_secs(10)), "curl");
+        // A lookup thread that dies says so instead of waiting.
+        let mut dead = Background::start_with(|| panic!("lookup thread dies"));
+        let started = Instant::now();
+        assert_eq!(dead.name_within(Duration::from_secs(10)), LOOKUP_FAILED);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn background_lookup_of_a_real_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let mut bg = Background::start(
+            accepted.peer_addr(),
+            accepted.local_addr(),
+            Duration::from_secs(5),
+        );
+        let name = bg.name_within(Duration::from_secs(10));
+        let direct = lookup(
+            accepted.peer_addr().unwrap(),
+            accepted.local_addr().unwrap(),
+            Duration::from_secs(5),
+        );
+        assert_eq!(name, direct.name);
+        let no_addr = || Err(io::Error::other("no address"));
+        let mut bad = Background::start(no_addr(), no_addr(), Duration::from_secs(5));
+        assert_eq!(bad.name_within(Duration::from_secs(10)), LOOKUP_FAILED);
     }
 
     #[test]

@@ -48,8 +48,10 @@ pub struct Request<'a> {
     pub target: &'a Authority,
     /// The client process's name (agent proxy: sent in the preamble),
     /// asked for only once the WebSocket is there, so that a lookup running
-    /// meanwhile does not add to a fresh dial's time.
-    pub client_process: &'a dyn Fn() -> String,
+    /// meanwhile does not add to a fresh dial's time. The argument says
+    /// whether the WebSocket is a reused one: no dial hid the lookup's
+    /// time then, so the wait for it must be short.
+    pub client_process: &'a dyn Fn(bool) -> String,
     /// Client bytes that came after the request head.
     pub leftover: &'a [u8],
 }
@@ -251,7 +253,10 @@ impl Attempt<'_> {
         if matches!(hello, Hello::Awaited(_)) {
             opening.push(message_v2::HELLO.to_vec());
         }
-        let preamble = gateway.connect_head(self.request.target, &(self.request.client_process)());
+        let preamble = gateway.connect_head(
+            self.request.target,
+            &(self.request.client_process)(self.reused),
+        );
         opening.push(chunk::encode(&preamble));
         opening.extend(
             self.request

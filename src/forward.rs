@@ -622,7 +622,7 @@ fn open_upstream(
 ) -> Result<Upstream, Failure> {
     let request = dial::Request {
         target: authority,
-        client_process: &|| "<plain-http>".to_string(),
+        client_process: &|_| "<plain-http>".to_string(),
         leftover: &[],
     };
     // Each plain-HTTP tunnel is closed after use, never pooled.

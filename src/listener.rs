@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,6 @@ use crate::socket::{self, Mode};
 use crate::status;
 use crate::tunnel::{PumpOptions, Tunnel};
 use log::{debug, info, warn};
-
-/// Stack of the thread that looks up a client's process.
-const LOOKUP_STACK: usize = 64 * 1024;
 
 /// Stack of a connection thread. It runs the TLS handshake to the gateway,
 /// the deepest call it makes; untouched pages cost nothing.
@@ -378,31 +375,28 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
         }
     }
     let agent = gateway.generation == Generation::AgentProxy;
-    // Who asks (agent proxy: sent in the preamble and logged): looked up
-    // on a helper thread while the WebSocket is dialled, within its budget.
-    let lookup = agent.then(|| {
-        let (peer, local) = (client.peer_addr(), client.local_addr());
-        thread::Builder::new()
-            .name("client-lookup".into())
-            .stack_size(LOOKUP_STACK)
-            .spawn(move || match (peer, local) {
-                (Ok(peer), Ok(local)) => {
-                    client_process::lookup(peer, local, client_process::DEFAULT_BUDGET).name
-                }
-                _ => client_process::LOOKUP_FAILED.to_string(),
-            })
-    });
-    let lookup = Mutex::new(lookup);
-    let client_name: OnceLock<String> = OnceLock::new();
-    let client_process = || {
-        client_name
-            .get_or_init(|| match lock(&lookup).take() {
-                Some(Ok(handle)) => handle
-                    .join()
-                    .unwrap_or_else(|_| client_process::LOOKUP_FAILED.to_string()),
-                _ => client_process::LOOKUP_FAILED.to_string(),
-            })
-            .clone()
+    // Who asks (both generations log it; the agent proxy also sends it in
+    // the preamble): looked up on a helper thread while the WebSocket is
+    // dialled, within its budget.
+    let lookup = Mutex::new(client_process::Background::start(
+        client.peer_addr(),
+        client.local_addr(),
+        client_process::DEFAULT_BUDGET,
+    ));
+    // For the preamble: a fresh WebSocket's dial has hidden the lookup's
+    // time, so what is left of its budget is waited for; a reused one had
+    // no dial, and the contract allows only a few milliseconds then.
+    let client_process = |reused: bool| {
+        if !agent {
+            // Not sent in the first generation: never waited for here.
+            return String::new();
+        }
+        let bound = if reused {
+            client_process::REUSE_WAIT
+        } else {
+            client_process::DEFAULT_BUDGET
+        };
+        lock(&lookup).name_within(bound)
     };
     let request = dial::Request {
         target: &target,
@@ -428,9 +422,10 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
         return;
     }
     let answer_len = opened.answer.len() as u64;
-    let rejected = gateway
+    let rejection = gateway
         .monitor
         .check_answer(&opened.answer, &target.to_string());
+    let rejected = rejection.is_some();
     let opts = PumpOptions {
         keepalive_interval: limits.keepalive_interval,
         read_size: limits.max_chunk.min(64 * 1024),
@@ -485,13 +480,14 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
         down,
         &target.to_string(),
     );
-    let client_note = if agent {
-        format!(", client {}", client_process())
-    } else {
-        String::new()
-    };
-    info!(
-        "tunnel {target} closed: up {} B, down {} B, {:.3} s, {}{client_note}, {} {} WebSocket{}",
+    // The lookup ended long ago (its budget is far shorter than a tunnel).
+    let client_name = lock(&lookup).name_within(client_process::DEFAULT_BUDGET);
+    let line = format!(
+        "tunnel {target} closed{}: up {} B, down {} B, {:.3} s, {}, client {client_name}, {} {} WebSocket{}",
+        rejection
+            .as_ref()
+            .map(|r| format!(" (the gateway answered {r})"))
+            .unwrap_or_default(),
         report.bytes_socket_to_ws,
         report.bytes_ws_to_socket + answer_len,
         started.elapsed().as_secs_f64(),
@@ -500,6 +496,12 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
         if reused { "reused" } else { "fresh" },
         if pooled { ", pooled" } else { "" },
     );
+    // A refusal with a known cause (wrong credentials) is the relay's
+    // configuration, not one target: it must be seen at the default level.
+    match &rejection {
+        Some(r) if !r.hint.is_empty() => warn!("{line}"),
+        _ => info!("{line}"),
+    }
 }
 
 /// What the shutdown registry can end: a tunnel or a direct pipe.
@@ -563,10 +565,11 @@ fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover
     }
     let report = pipe.run();
     lock(&shared.tunnels).remove(&id);
-    monitor.direct_ended(report.up, report.down);
+    // The bytes that came with the head went up before the pipe started.
+    let up = report.up + leftover.len() as u64;
+    monitor.direct_ended(&report.end, up, report.down, &host);
     info!(
-        "direct {target} closed: up {} B, down {} B, {:.3} s, {:?}",
-        report.up + leftover.len() as u64,
+        "direct {target} closed: up {up} B, down {} B, {:.3} s, {}",
         report.down,
         started.elapsed().as_secs_f64(),
         report.end

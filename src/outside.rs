@@ -78,7 +78,7 @@ pub fn plan(
 
 /// The JDK's own trusted certificates for our Java truststore (none when
 /// there is no JDK; a warning line with `java_cacerts_unreadable` when its
-/// `cacerts` cannot be read).
+/// `cacerts` cannot be read, a code the status page lists too).
 pub fn jdk_certificates(parent: impl Fn(&str) -> Option<String>) -> Vec<String> {
     let Some(path) = jdk::find_cacerts(parent) else {
         return Vec::new();
@@ -87,6 +87,7 @@ pub fn jdk_certificates(parent: impl Fn(&str) -> Option<String>) -> Vec<String> 
         eprintln!(
             "ccr-relay: warning: {why}; the Java truststore holds the bundle's certificates only"
         );
+        crate::status::note_trust_failure(jdk::JAVA_CACERTS_UNREADABLE);
         Vec::new()
     })
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::warn;
 
 use crate::dial::OpenError;
+use crate::direct::{Direction, PipeEnd, PipeSide};
 use crate::gates::Generation;
 use crate::gateway::{Gateway, GatewayError};
 use crate::request_head::{HeadError, RequestHead};
@@ -68,6 +69,9 @@ pub enum Kind {
     NoAnswer,
     /// A local process the access rule does not allow.
     ClientRefused,
+    /// Selective mode: a direct connection cut short by the target, a
+    /// client that took nothing for the stall bound, or an internal error.
+    DirectFailed,
     /// Selective mode: a routing or direct-dial failure.
     Selective(crate::route::FailureKind),
 }
@@ -91,8 +95,32 @@ impl Kind {
             Kind::UpgradeRefused => "upgrade_refused",
             Kind::NoAnswer => "no_answer",
             Kind::ClientRefused => "client_refused",
+            Kind::DirectFailed => "direct_failed",
             Kind::Selective(kind) => kind.as_str(),
         }
+    }
+}
+
+/// A CONNECT the gateway answered with 4xx or 5xx, for the tunnel's log
+/// line: `HTTP/1.1 407 Proxy Authentication Required: wrong session id or
+/// token` (the status line, control characters replaced, and a hint when
+/// the status has a usual cause).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    /// The gateway's status line.
+    pub line: String,
+    /// What the status usually means here; empty when nothing is known.
+    pub hint: &'static str,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line)?;
+        if !self.hint.is_empty() {
+            write!(f, ": {}", self.hint)?;
+        }
+        Ok(())
     }
 }
 
@@ -176,6 +204,16 @@ pub fn note_trust(report: &crate::install::Report) {
     }
     for failure in &report.failures {
         trust.failure_codes.push(failure.code.to_string());
+    }
+}
+
+/// Adds the reason code of a trust step that failed outside the
+/// installers (the JDK's `cacerts` unreadable, say) to what the status page
+/// shows, once.
+pub fn note_trust_failure(code: &str) {
+    let mut trust = lock(&TRUST);
+    if !trust.failure_codes.iter().any(|c| c == code) {
+        trust.failure_codes.push(code.to_string());
     }
 }
 
@@ -265,27 +303,31 @@ impl Monitor {
     }
 
     /// The gateway's first answer bytes: a 4xx or 5xx status line is a
-    /// rejected CONNECT (recorded; returns whether it was one).
-    pub fn check_answer(&self, answer: &[u8], host: &str) -> bool {
+    /// rejected CONNECT (recorded, and returned for the tunnel's log line).
+    pub fn check_answer(&self, answer: &[u8], host: &str) -> Option<Rejection> {
         let line_end = answer
             .iter()
             .position(|&b| b == b'\r' || b == b'\n')
             .unwrap_or(answer.len());
-        let line = String::from_utf8_lossy(&answer[..line_end.min(200)]);
+        let line = sanitize(&String::from_utf8_lossy(&answer[..line_end.min(200)]), 200);
         let status = line
             .strip_prefix("HTTP/1.")
             .and_then(|rest| rest.get(2..5))
-            .and_then(|code| code.parse::<u16>().ok());
-        if let Some(status @ 400..=599) = status {
-            let hint = match status {
-                407 => ": wrong session id or token",
-                _ => "",
-            };
-            let detail = format!("the gateway answered the CONNECT with {line}{hint}");
-            self.record(Kind::ConnectRejected, &detail, host);
-            return true;
+            .and_then(|code| code.parse::<u16>().ok())?;
+        if !(400..=599).contains(&status) {
+            return None;
         }
-        false
+        let rejection = Rejection {
+            status,
+            hint: match status {
+                407 => "wrong session id or token",
+                _ => "",
+            },
+            line,
+        };
+        let detail = format!("the gateway answered the CONNECT with {rejection}");
+        self.record(Kind::ConnectRejected, &detail, host);
+        Some(rejection)
     }
 
     /// A tunnel starts: counted open until the guard drops.
@@ -314,10 +356,24 @@ impl Monitor {
         self.record(kind, &detail, host);
     }
 
-    /// A direct connection (selective mode) ended: its bytes count.
-    pub fn direct_ended(&self, up: u64, down: u64) {
+    /// A direct connection (selective mode) ended: its bytes count (`up`
+    /// includes what came with the request head), and an end that cut it
+    /// short is a failure: a stall toward the target is `upload_stalled`,
+    /// as for a tunnel; the target failing, a stall toward the client or
+    /// an internal error is `direct_failed`. A client that goes away or
+    /// resets is the client's choice, not recorded.
+    pub fn direct_ended(&self, end: &PipeEnd, up: u64, down: u64, host: &str) {
         self.tunnels_served.fetch_add(1, Ordering::Relaxed);
         self.add_bytes(up, down);
+        let kind = match end {
+            PipeEnd::Stalled(Direction::Up, _) => Kind::UploadStalled,
+            PipeEnd::Stalled(Direction::Down, _)
+            | PipeEnd::Error(PipeSide::Target, _)
+            | PipeEnd::Internal(_) => Kind::DirectFailed,
+            PipeEnd::Closed | PipeEnd::Aborted | PipeEnd::Error(PipeSide::Client, _) => return,
+        };
+        let detail = format!("direct connection: {end} (after up {up} B, down {down} B)");
+        self.record(kind, &detail, host);
     }
 
     /// One plain-HTTP request forwarded.
@@ -784,13 +840,29 @@ mod tests {
     #[test]
     fn rejected_connect_answers_are_recorded_and_200_is_not() {
         let m = Monitor::default();
-        m.check_answer(b"HTTP/1.1 200 Connection Established\r\n\r\n", "a:443");
-        m.check_answer(
-            b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
-            "b:443",
+        assert_eq!(
+            m.check_answer(b"HTTP/1.1 200 Connection Established\r\n\r\n", "a:443"),
+            None
         );
-        m.check_answer(b"HTTP/1.0 502 Bad Gateway\r\n", "c:443");
-        m.check_answer(b"junk", "d:443");
+        let auth = m
+            .check_answer(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+                "b:443",
+            )
+            .unwrap();
+        assert_eq!(
+            auth.to_string(),
+            "HTTP/1.1 407 Proxy Authentication Required: wrong session id or token"
+        );
+        let bad = m
+            .check_answer(b"HTTP/1.0 502 Bad\x1bGateway\r\n", "c:443")
+            .unwrap();
+        assert_eq!(
+            (bad.status, bad.to_string()),
+            (502, "HTTP/1.0 502 Bad?Gateway".into())
+        );
+        assert_eq!(m.check_answer(b"junk", "d:443"), None);
+        assert_eq!(m.check_answer(b"HTTP/1.1 3", "e:443"), None);
         let all = m.failures();
         let got: Vec<(&str, &str)> = all
             .iter()
@@ -913,6 +985,41 @@ mod tests {
         );
         assert!(got[0].2.contains("up 300 B, down 4000 B"), "{got:?}");
         assert_eq!((got[1].0, got[1].1.as_str()), ("upload_stalled", "d:443"));
+    }
+
+    #[test]
+    fn direct_ends_count_and_record_what_cut_them_short() {
+        use std::io::ErrorKind;
+        let m = Monitor::default();
+        let stall = Duration::from_secs(3);
+        m.direct_ended(&PipeEnd::Closed, 10, 20, "a:443");
+        m.direct_ended(&PipeEnd::Aborted, 1, 1, "b:443");
+        let reset = io::Error::from(ErrorKind::ConnectionReset);
+        m.direct_ended(&PipeEnd::Error(PipeSide::Client, reset), 1, 1, "c:443");
+        m.direct_ended(&PipeEnd::Stalled(Direction::Up, stall), 500, 0, "d:443");
+        let reset = io::Error::from(ErrorKind::ConnectionReset);
+        m.direct_ended(&PipeEnd::Error(PipeSide::Target, reset), 7, 8, "e:443");
+        m.direct_ended(&PipeEnd::Stalled(Direction::Down, stall), 0, 9, "f:443");
+        m.direct_ended(&PipeEnd::Internal("x"), 0, 0, "g:443");
+        assert_eq!(m.tunnels_served.load(Ordering::Relaxed), 7);
+        assert_eq!(m.bytes_up.load(Ordering::Relaxed), 519);
+        assert_eq!(m.bytes_down.load(Ordering::Relaxed), 39);
+        let got: Vec<(&str, String)> = m
+            .failures()
+            .into_iter()
+            .map(|f| (f.kind.name(), f.host))
+            .collect();
+        let want = [
+            ("upload_stalled", "d:443"),
+            ("direct_failed", "e:443"),
+            ("direct_failed", "f:443"),
+            ("direct_failed", "g:443"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((k, h), (wk, wh)) in got.iter().zip(want) {
+            assert_eq!((*k, h.as_str()), (wk, wh));
+        }
+        assert!(m.failures()[1].detail.contains("after up 7 B, down 8 B"));
     }
 
     #[test]

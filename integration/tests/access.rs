@@ -82,6 +82,22 @@ fn only_the_session_and_root_may_use_the_proxy() {
         log[0].contains("(curl)"),
         "the warning names the process: {log:?}"
     );
+    // The status page, asked by the relay's own uid, lists the refusal.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--noproxy", "*"])
+        .arg(format!("http://{}/__agentproxy/status", relay.proxy_addr))
+        .output()
+        .expect("run curl");
+    let page = String::from_utf8_lossy(&out.stdout);
+    let at = page
+        .find("\"kind\": \"client_refused\"")
+        .unwrap_or_else(|| panic!("no client_refused on the status page:\n{page}"));
+    let entry = &page[at..page[at..].find('}').map_or(page.len(), |e| at + e)];
+    assert!(
+        entry.contains("\"detail\": \"the proxy serves only the session's own processes; uid 65534 is not allowed"),
+        "{entry}"
+    );
+    assert!(entry.contains("\"host\": \"127.0.0.1:"), "{entry}");
 }
 
 #[test]

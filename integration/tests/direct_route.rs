@@ -131,7 +131,11 @@ fn inner_relay_routes_off_list_hosts_directly() {
         RelayOptions::default()
             .agent_proxy()
             .env("CCR_AGENT_PROXY_RELAY_MODE", "selective")
-            .env("CCR_AGENT_PROXY_INCLUDE_HOSTS", "origin.test"),
+            .env("CCR_AGENT_PROXY_INCLUDE_HOSTS", "origin.test")
+            // Short, for the stalled direct connection below; the echo
+            // above moves its bytes long before it.
+            .arg("--upload-stall")
+            .arg("3"),
     );
     // An echo server on the private address.
     let listener = TcpListener::bind((PRIVATE, 0)).unwrap();
@@ -181,7 +185,177 @@ fn inner_relay_routes_off_list_hosts_directly() {
         0,
         "the gateway heard of a direct host"
     );
+    direct_accounting(&relay);
     println!("inner_relay_routes_off_list_hosts_directly: all checks passed");
+}
+
+/// The relay's status page (JSON), fetched directly.
+fn status_json(relay: &ccr_integration::relay::RelayProcess) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(relay.proxy_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /__agentproxy/status HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    got.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// A number field of the pretty-printed status JSON.
+fn json_num(body: &str, key: &str) -> u64 {
+    let tag = format!("\"{key}\": ");
+    let at = body
+        .find(&tag)
+        .unwrap_or_else(|| panic!("no {key} in {body}"));
+    let rest = &body[at + tag.len()..];
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap();
+    rest[..end].parse().unwrap()
+}
+
+/// Waits (bounded) for the status page to satisfy `pred`; returns it.
+fn wait_status(
+    relay: &ccr_integration::relay::RelayProcess,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = status_json(relay);
+        if pred(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not on the page:\n{body}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Direct connections count every byte the client sent, those that came
+/// with its CONNECT head included, and one cut short by a stalled or
+/// resetting target is a recorded failure.
+fn direct_accounting(relay: &ccr_integration::relay::RelayProcess) {
+    use ccr_integration::relay::read_head;
+    use std::io::{Read, Write};
+
+    // Bytes in the same write as the head: the relay reads them with it.
+    let listener = TcpListener::bind((PRIVATE, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let echo = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let before = json_num(&status_json(relay), "bytesUp");
+    let mut c = relay.connect();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let early = b"sent-with-the-head";
+    let mut opening = format!("CONNECT direct.test:{port} HTTP/1.1\r\n\r\n").into_bytes();
+    opening.extend_from_slice(early);
+    c.write_all(&opening).unwrap();
+    assert_eq!(
+        read_head(&mut c).unwrap(),
+        b"HTTP/1.1 200 Connection Established\r\n\r\n"
+    );
+    let late = vec![b'x'; 1000];
+    c.write_all(&late).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), early.len() + late.len(), "echoed back");
+    echo.join().unwrap();
+    let sent = (early.len() + late.len()) as u64;
+    let line = relay.wait_for_log(Duration::from_secs(10), |l| {
+        l.contains(&format!("direct direct.test:{port} closed: "))
+    });
+    assert!(
+        line[0].contains(&format!("closed: up {sent} B, down {sent} B")),
+        "{line:?}"
+    );
+    let body = wait_status(relay, "bytesUp", |b| {
+        json_num(b, "bytesUp") >= before + sent
+    });
+    assert_eq!(json_num(&body, "bytesUp"), before + sent, "{body}");
+    println!("direct bytes up counted with those sent with the head: ok");
+
+    // A target that accepts and never reads: the stall bound (3 s) ends
+    // the connection, recorded as upload_stalled.
+    let listener = TcpListener::bind((PRIVATE, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let deaf = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let _ = hold_rx.recv_timeout(Duration::from_secs(60));
+        drop(s);
+    });
+    let mut c = relay.connect();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(c, "CONNECT direct.test:{port} HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(
+        read_head(&mut c).unwrap(),
+        b"HTTP/1.1 200 Connection Established\r\n\r\n"
+    );
+    let writer = {
+        let mut c = c.try_clone().unwrap();
+        thread::spawn(move || {
+            c.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+            let chunk = vec![7u8; 64 * 1024];
+            let mut total = 0u64;
+            // Until the relay gives up on the connection (bounded anyway).
+            while total < 512 << 20 && c.write_all(&chunk).is_ok() {
+                total += chunk.len() as u64;
+            }
+            total
+        })
+    };
+    let host = format!("direct.test:{port}");
+    let body = wait_status(relay, "upload_stalled", |b| {
+        b.contains(&format!(
+            "\"kind\": \"upload_stalled\",\n      \"host\": \"{host}\""
+        ))
+    });
+    assert!(body.contains("target took no byte for 3s"), "{body}");
+    let total = writer.join().unwrap();
+    assert!(total < 512 << 20, "the relay kept taking bytes");
+    let _ = hold_tx.send(());
+    deaf.join().unwrap();
+    println!("stalled direct connection recorded: ok");
+
+    // A target that resets: recorded as direct_failed.
+    let listener = TcpListener::bind((PRIVATE, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let resetter = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 5];
+        let _ = s.read_exact(&mut buf);
+        ccr_relay::socket::reset_on_close(&s).unwrap();
+        drop(s);
+    });
+    let mut c = relay.connect();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(c, "CONNECT direct.test:{port} HTTP/1.1\r\n\r\nhello").unwrap();
+    assert_eq!(
+        read_head(&mut c).unwrap(),
+        b"HTTP/1.1 200 Connection Established\r\n\r\n"
+    );
+    resetter.join().unwrap();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    let host = format!("direct.test:{port}");
+    let body = wait_status(relay, "direct_failed", |b| {
+        b.contains(&format!(
+            "\"kind\": \"direct_failed\",\n      \"host\": \"{host}\""
+        ))
+    });
+    assert!(body.contains("target connection failed"), "{body}");
+    println!("reset direct connection recorded: ok");
 }
 
 /// A TCP pair on loopback: (far end the test drives, end the pipe gets).

@@ -54,7 +54,7 @@ fn open_tunnel(
     let target = Authority::parse(target, None).unwrap();
     let request = dial::Request {
         target: &target,
-        client_process: &|| "relay_interop".to_string(),
+        client_process: &|_| "relay_interop".to_string(),
         leftover: &[],
     };
     let opened = dial::open(gateway, &Limits::default(), &request).expect("open");

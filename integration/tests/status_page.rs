@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ccr_integration::relay::{BlindPki, RelayOptions, RelayProcess, curl_via};
-use ccr_integration::{DevGateway, Generation, ServerKind, bin_path};
+use ccr_integration::relay::{BlindPki, RelayOptions, RelayProcess, curl_via, relay_command};
+use ccr_integration::{DevGateway, Generation, ServerKind, bin_path, temp_dir};
 use data_encoding::BASE64;
 
 /// A token that appears nowhere else: its absence means it was not printed.
@@ -155,6 +155,10 @@ fn provoke_and_check(generation: Generation) {
     // A tunnel that works: counted, bytes both ways.
     let ok = curl_via(&relay.proxy_url, &pki.served_ca_pem(), URL, &[]);
     assert!(ok.status.success(), "{:?}\n{}", ok.stderr, relay.stderr());
+    // Its log line names the client's process, in both generations.
+    relay.wait_for_log(Duration::from_secs(10), |l| {
+        l.contains("tunnel origin.test:443 closed: up ") && l.contains(", client curl, ")
+    });
 
     // Failures of the client's request.
     let bad = exchange(&relay, b"NOT A REQUEST\r\n\r\n");
@@ -215,6 +219,16 @@ fn provoke_and_check(generation: Generation) {
                 && d.contains("407")),
         "{fields}"
     );
+    // The tunnel's log line says what the gateway answered, and why,
+    // at the default level (a warning), without the token.
+    let line = wrong_relay.wait_for_log(Duration::from_secs(10), |l| {
+        l.contains("tunnel origin.test:443 closed (the gateway answered HTTP/1.1 407 ")
+    });
+    assert!(
+        line[0].contains(": wrong session id or token): up ") && line[0].contains(" warn "),
+        "{line:?}"
+    );
+    assert_no_secret(&wrong_relay.stderr());
     drop(wrong_relay);
 
     // Then the gateway goes away and something that closes at once takes its port.
@@ -394,4 +408,73 @@ fn status_command_fails_clearly_without_a_relay() {
     let (code, err) = run(Some(&format!("http://{addr}")), None);
     assert_eq!(code, Some(1));
     assert!(err.contains("not a ccr-relay"), "{err}");
+}
+
+/// A user whose git settings send git around the proxy (`http.proxy`
+/// pointing elsewhere) and whose JDK `cacerts` cannot be read: start-up
+/// warns about both, the status page lists them (`gitConfigConflicts`,
+/// `toolTrustFailureCodes`), and `doctor` names the git setting.
+#[test]
+fn git_settings_that_defeat_the_proxy_and_an_unreadable_jdk_store_are_reported() {
+    let dir = temp_dir("status-conflicts");
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join(".gitconfig"),
+        "[http]\n\tproxy = http://elsewhere.test:3128\n",
+    )
+    .unwrap();
+    let jdk = dir.join("jdk");
+    std::fs::create_dir_all(jdk.join("lib/security")).unwrap();
+    std::fs::write(jdk.join("lib/security/cacerts"), b"not a keystore").unwrap();
+    let (home_s, jdk_s) = (home.to_string_lossy(), jdk.to_string_lossy());
+    let gw = DevGateway::start(ccr_integration::GatewayOptions::default());
+    let opts = RelayOptions::default()
+        .env("HOME", &home_s)
+        .env("JAVA_HOME", &jdk_s);
+    let relay = RelayProcess::serve(&gw, opts.clone());
+
+    let warned = relay.wait_for_log(Duration::from_secs(20), |l| {
+        l.contains("warning: git settings that send git around the proxy: ")
+    });
+    assert!(
+        warned[0].contains("http.proxy=http://elsewhere.test:3128"),
+        "{warned:?}"
+    );
+    relay.wait_for_log(Duration::from_secs(10), |l| {
+        l.contains("warning: java_cacerts_unreadable: ")
+    });
+    let (_, fields) = wait_for_status(&relay, |f| {
+        field(f, "gitConfigConflicts").contains("http.proxy")
+            && field(f, "toolTrustFailureCodes").contains("java_cacerts_unreadable")
+    });
+    let conflicts = field(&fields, "gitConfigConflicts");
+    assert!(
+        conflicts.contains("http.proxy=http://elsewhere.test:3128"),
+        "{fields}"
+    );
+    assert!(
+        field(&fields, "toolTrustFailureCodes").contains("\"java_cacerts_unreadable\""),
+        "{fields}"
+    );
+
+    // doctor, with the same HOME, names the setting.
+    let doctor_dir = temp_dir("status-conflicts-doctor");
+    let (mut cmd, _) = relay_command("doctor", &gw, &opts, doctor_dir.path());
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ccr-relay doctor");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let section = printed
+        .split_once("git settings that defeat the proxy\n")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no git section in:\n{printed}"));
+    assert!(
+        section
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("  warn  http.proxy=http://elsewhere.test:3128")),
+        "{printed}"
+    );
 }

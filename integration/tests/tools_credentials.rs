@@ -29,7 +29,7 @@ use std::time::Duration;
 use ccr_integration::pki::TestCa;
 use ccr_integration::relay::{RelayOptions, relay_command};
 use ccr_integration::session_env::{Outcome, Running};
-use ccr_integration::{DevGateway, GatewayOptions, TempDir, temp_dir};
+use ccr_integration::{DevGateway, GatewayOptions, ServerKind, TempDir, temp_dir};
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 
 const GH_USER: &str = "{\"login\":\"octo-relay\",\"id\":4242}";
@@ -139,6 +139,7 @@ struct Scene {
     dir: TempDir,
     origin: Recorder,
     gw: DevGateway,
+    relay: RelayOptions,
 }
 
 impl Scene {
@@ -157,14 +158,41 @@ impl Scene {
                 .inject("sts.test", "Authorization", REAL_AWS);
         }
         let gw = DevGateway::start(opts);
-        Scene { dir, origin, gw }
+        Scene {
+            dir,
+            origin,
+            gw,
+            relay: RelayOptions::default(),
+        }
+    }
+
+    /// The agent-proxy generation: a blind gateway (the development
+    /// gateway has no MITM there, so nothing is injected) serving the
+    /// origin's CA as its own, so the relay's bundle trusts the origin.
+    fn start_agent_proxy(name: &str) -> Scene {
+        let dir = temp_dir(name);
+        let ca_dir = dir.join("origin-ca");
+        let ca = TestCa::new(&ca_dir).unwrap();
+        let (cert, key) = ca.issue_leaf(&["api.github.com", "sts.test"]);
+        let origin = Recorder::start(&cert, &key);
+        let opts = GatewayOptions::default()
+            .args(&["--ca-dir", &ca_dir.to_string_lossy()])
+            .agent_proxy(ServerKind::Late)
+            .map("api.github.com:443", origin.addr)
+            .map("sts.test:443", origin.addr);
+        let gw = DevGateway::start(opts);
+        Scene {
+            dir,
+            origin,
+            gw,
+            relay: RelayOptions::default().agent_proxy(),
+        }
     }
 
     /// `ccr-relay run -- COMMAND` with `vars` in the relay's (the
     /// parent's) environment.
     fn run(&self, command: &[&str], vars: &[(&str, &str)]) -> Outcome {
-        let (mut cmd, token) =
-            relay_command("run", &self.gw, &RelayOptions::default(), self.dir.path());
+        let (mut cmd, token) = relay_command("run", &self.gw, &self.relay, self.dir.path());
         cmd.envs(vars.iter().copied()).arg("--").args(command);
         let out = Running::spawn(cmd).finish(Duration::from_secs(90));
         assert!(
@@ -223,6 +251,28 @@ fn gh_api_user_sends_the_placeholder_and_the_origin_sees_the_injected_token() {
     assert_eq!(
         scene.origin.header_values("Authorization"),
         ["token proxy-injected"]
+    );
+}
+
+/// The agent-proxy generation gives gh the same placeholder; the gateway
+/// hears which process asked (`X-Agent-Proxy-Client-Process`).
+#[test]
+fn gh_gets_the_placeholder_in_the_agent_proxy_generation() {
+    require("gh", "gh");
+    let scene = Scene::start_agent_proxy("tools-gh-agent");
+    let out = scene.run(GH, GH_ENV);
+    let printed = success(&out, "gh api /user (agent proxy)");
+    assert!(printed.contains("\"octo-relay\""), "{printed}");
+    assert_eq!(
+        scene.origin.header_values("Authorization"),
+        ["token proxy-injected"]
+    );
+    let events = scene.gw.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("v2 client-process ") && e.ends_with(" gh")),
+        "the gateway was not told the client is gh: {events:?}"
     );
 }
 
@@ -338,6 +388,7 @@ fn git_clone_of_a_github_ssh_remote_goes_to_the_gateway_over_https() {
         dir,
         origin: Recorder::start(&cert, &key),
         gw,
+        relay: RelayOptions::default(),
     };
     let clone = scene.dir.join("clone");
     let clone_s = clone.to_string_lossy().into_owned();
