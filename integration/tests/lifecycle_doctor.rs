@@ -219,9 +219,10 @@ fn a_401_after_the_wait_is_judged_as_run_judges_it() {
 
 #[test]
 fn stalled_upgrade_prediction_is_what_tunnels_then_say() {
-    let mut opts = GatewayOptions::default();
-    opts.stall_upgrade = true;
-    let gw = DevGateway::start(opts);
+    let gw = DevGateway::start(GatewayOptions {
+        stall_upgrade: true,
+        ..GatewayOptions::default()
+    });
     let s = Session::for_gateway("doctor-stall", &gw)
         .arg("--upgrade-timeout")
         .arg("1");
