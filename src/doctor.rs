@@ -9,7 +9,8 @@
 //! `serve` judge it: what arrives within [`session::PROBE_VERDICT_WAIT`]
 //! decides, a later one is reported as what happens after start-up. Where
 //! `run` and `serve` part ways (a CA that `serve` asks for again), both
-//! are said. Exits 0 when the proxy would start, 1 when it would stay off.
+//! are said. Exits 0 when the proxy would start (or would if an unread
+//! token descriptor holds a token), 1 when it would stay off.
 
 use std::io;
 use std::path::Path;
