@@ -31,8 +31,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::token::{
-    SessionToken, TOKEN_SOURCE_VARS, TokenError, TokenOrigin, TokenSource, read_token_file,
-    resolve_agent_proxy_token,
+    AUTH_FD_VAR, SessionToken, TOKEN_SOURCE_VARS, TokenError, TokenOrigin, TokenSource,
+    read_token_file, resolve_agent_proxy_token,
 };
 
 /// Gate 1: set (truthy) in a cloud container.
@@ -414,6 +414,130 @@ pub fn activate(
         standalone: standalone.is_active(),
         session_id,
         token,
+    })
+}
+
+/// The token descriptor `doctor` found but did not read: a descriptor is
+/// read only once, so reading it would leave `run` and `serve` without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadDescriptor {
+    /// The number `CLAUDE_CODE_WEBSOCKET_AUTH_FILE_DESCRIPTOR` names.
+    pub fd: i32,
+    /// What `fstat` and `FIONREAD` tell about it without reading, or why
+    /// it is not usable (then `run` would skip it).
+    pub state: Result<String, String>,
+}
+
+/// What `doctor` learns from the gates without side effects.
+#[derive(Debug)]
+pub struct DryActivation {
+    /// The gates as [`activate`] would find them, except that the token
+    /// descriptor is not read: when `run` would read it, this is what it
+    /// would find if the descriptor held no token.
+    pub result: Result<Activated, GateClosed>,
+    /// Set when `run` would read the token descriptor: it comes before the
+    /// source `result` used (or every source failed).
+    pub descriptor: Option<UnreadDescriptor>,
+}
+
+impl DryActivation {
+    /// `run` would read an open descriptor whose content decides gate 4
+    /// (every other source failed): `doctor` cannot tell the outcome.
+    pub fn undecided(&self) -> Option<&UnreadDescriptor> {
+        self.descriptor
+            .as_ref()
+            .filter(|d| d.state.is_ok() && self.result.is_err())
+    }
+}
+
+/// [`activate`] for `doctor`: the same gates and sources in the same
+/// order, but the token descriptor is neither read nor marked
+/// close-on-exec. When `run` would get to the descriptor, its state is
+/// told from `fstat` and the bytes waiting in it, which read nothing.
+pub fn activate_leaving_fd(
+    env: impl Fn(&str) -> Option<String>,
+    token_file: &Path,
+    standalone: &Standalone,
+) -> DryActivation {
+    let hidden = |name: &str| {
+        if name == AUTH_FD_VAR { None } else { env(name) }
+    };
+    let mut result = activate(hidden, token_file, standalone, Duration::ZERO);
+    let fd = env(AUTH_FD_VAR).map(|v| v.trim().parse::<i32>().ok());
+    // The descriptor comes after the token file and the access-token
+    // variable and before the session-ingress file.
+    let reached = match &result {
+        Ok(a) => a.token.origin() == TokenOrigin::IngressFile,
+        Err(GateClosed::Token(_)) => choose_generation(&env, standalone.is_active())
+            .is_some_and(|c| c.generation == Generation::AgentProxy),
+        Err(_) => false,
+    };
+    let descriptor = match fd {
+        Some(Some(fd)) if reached => Some(UnreadDescriptor {
+            fd,
+            state: inspect_descriptor(fd),
+        }),
+        _ => None,
+    };
+    // The list of sources tried says what the descriptor is, as `run`'s
+    // would, not "unset".
+    let entry_text = match (&descriptor, fd) {
+        (Some(d), _) => Some(match &d.state {
+            Ok(state) => format!("{AUTH_FD_VAR} ({}): not read by doctor ({state})", d.fd),
+            Err(why) => format!("{AUTH_FD_VAR} ({}): {why}", d.fd),
+        }),
+        (None, Some(None)) => Some(format!("{AUTH_FD_VAR}: not a descriptor number")),
+        _ => None,
+    };
+    if let (Some(text), Err(GateClosed::Token(TokenError::NoSource(tried)))) =
+        (entry_text, &mut result)
+    {
+        for entry in tried.iter_mut() {
+            if entry.starts_with(AUTH_FD_VAR) {
+                *entry = text.clone();
+            }
+        }
+    }
+    DryActivation { result, descriptor }
+}
+
+/// What a descriptor is, without reading it: its kind and how many bytes
+/// wait in it; an error when `run` could not read a token from it.
+fn inspect_descriptor(fd: i32) -> Result<String, String> {
+    if fd <= 2 {
+        return Err(format!(
+            "descriptor {fd} is standard input, output or error"
+        ));
+    }
+    // SAFETY: fstat fills a stat buffer we own; an invalid descriptor
+    // fails with EBADF.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(format!("not open: {}", std::io::Error::last_os_error()));
+    }
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO => "a pipe",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFREG => "a regular file",
+        libc::S_IFCHR => "a character device",
+        _ => "open",
+    };
+    let waiting = match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO | libc::S_IFSOCK => {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int; it reads no data.
+            (unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } == 0).then_some(n as i64)
+        }
+        libc::S_IFREG => {
+            // SAFETY: SEEK_CUR with offset 0 only reports the offset.
+            let at = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+            (at >= 0).then_some(st.st_size - at)
+        }
+        _ => None,
+    };
+    Ok(match waiting {
+        Some(n) => format!("{kind}, {n} byte(s) waiting"),
+        None => kind.to_string(),
     })
 }
 
@@ -856,5 +980,94 @@ mod tests {
             check(env, Path::new("/nonexistent/token")),
             Err(GateClosed::ProxyDisabled)
         ));
+    }
+
+    /// A pipe whose read end the test owns, holding `bytes`.
+    fn pipe_holding(bytes: &[u8]) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors that we then own.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // The read end inheritable, as a token descriptor is.
+        // SAFETY: F_SETFD on a descriptor we own.
+        assert_eq!(unsafe { libc::fcntl(fds[0], libc::F_SETFD, 0) }, 0);
+        // SAFETY: as above; writes from a buffer of that length.
+        let n = unsafe { libc::write(fds[1], bytes.as_ptr().cast(), bytes.len()) };
+        assert_eq!(n, bytes.len() as isize);
+        // SAFETY: both are ours and open.
+        unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    #[test]
+    fn doctor_leaves_the_token_descriptor_unread() {
+        use std::os::fd::AsRawFd;
+        let dir = TempDir::new("dry-fd");
+        let missing = dir.0.join("no-token-file");
+        let (r, _w) = pipe_holding(b"fd-secret-42\n");
+        let fd = r.as_raw_fd().to_string();
+        let ingress = dir.0.join("no-ingress").display().to_string();
+        let pairs = [
+            (REMOTE_VAR, "1"),
+            (AGENT_PROXY_ENABLED_VAR, "1"),
+            (SESSION_ID_VAR, "sess"),
+            (AUTH_FD_VAR, fd.as_str()),
+            (crate::token::INGRESS_FILE_VAR, ingress.as_str()),
+        ];
+        let dry = activate_leaving_fd(env_of(&pairs), &missing, &Standalone::default());
+        let Some(d) = dry.undecided() else {
+            panic!("the descriptor decides gate 4: {dry:?}");
+        };
+        assert_eq!(d.fd, r.as_raw_fd());
+        assert_eq!(d.state.as_deref(), Ok("a pipe, 13 byte(s) waiting"));
+        let text = dry
+            .result
+            .as_ref()
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(
+            text.contains(&format!("{AUTH_FD_VAR} ({fd}): not read by doctor")),
+            "{text}"
+        );
+        // Not consumed, and not marked close-on-exec: run would read it all.
+        // SAFETY: F_GETFD on a descriptor we own.
+        assert_eq!(
+            unsafe { libc::fcntl(r.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
+        let token = crate::token::read_token_fd(r.as_raw_fd(), Duration::from_secs(5));
+        assert_eq!(
+            token.ok().map(|t| t.expose().to_string()).as_deref(),
+            Some("fd-secret-42")
+        );
+
+        // A token file comes first: the descriptor plays no part.
+        let file = dir.0.join("token");
+        std::fs::write(&file, "from-file").unwrap();
+        let (r2, _w2) = pipe_holding(b"x");
+        let fd2 = r2.as_raw_fd().to_string();
+        let mut pairs2 = pairs;
+        pairs2[3] = (AUTH_FD_VAR, fd2.as_str());
+        let dry = activate_leaving_fd(env_of(&pairs2), &file, &Standalone::default());
+        assert!(dry.descriptor.is_none() && dry.result.is_ok(), "{dry:?}");
+
+        // A number that is no open descriptor: run would skip it, and
+        // doctor says so instead of "unset".
+        drop(r2);
+        let dry = activate_leaving_fd(env_of(&pairs2), &missing, &Standalone::default());
+        assert!(dry.undecided().is_none());
+        let text = dry
+            .result
+            .as_ref()
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(
+            text.contains(&format!("{AUTH_FD_VAR} ({fd2}): not open")),
+            "{text}"
+        );
     }
 }

@@ -160,6 +160,12 @@ pub fn activate(
     )
 }
 
+/// Step 1 for `doctor`: the same gates and token sources as [`activate`],
+/// but the token descriptor is left unread (it can be read only once).
+pub fn activate_dry(config: &Config, env: impl Fn(&str) -> Option<String>) -> gates::DryActivation {
+    gates::activate_leaving_fd(env, &config.token_file, &config.standalone)
+}
+
 /// The gateway client `apply` serves with (and `doctor` probes with).
 pub fn gateway(config: &Config, plan: &Plan) -> Gateway {
     let generation = plan.activation.generation();
@@ -330,6 +336,24 @@ pub fn access_rule(config: &Config) -> Result<Access, SessionError> {
     Ok(Access::Anyone)
 }
 
+/// The warning for a listener that is not on loopback, saying what the
+/// access rule makes of other hosts: let in with `Anyone`; refused (403) by
+/// the uid check otherwise, since their connections have no socket row on
+/// this machine to find an owner in.
+pub fn listen_warning(addr: SocketAddr, access: &Access) -> Option<String> {
+    if addr.ip().is_loopback() {
+        return None;
+    }
+    Some(match access {
+        Access::Anyone => format!(
+            "listening on {addr}, not a loopback address: any host that can reach it can use this session's credentials"
+        ),
+        Access::Uids(_) => format!(
+            "listening on {addr}, not a loopback address: other hosts that reach it will be refused (403), since the uid check finds no owner for their connections on this machine (--allow-any-uid would let them use this session's credentials)"
+        ),
+    })
+}
+
 /// Decides what start-up would do once the gates passed (`activation`):
 /// gateway URL, TLS settings, the bundle built. Changes nothing.
 pub fn plan(
@@ -373,6 +397,7 @@ pub fn apply(
     }
     let generation = plan.activation.generation();
     let gateway = gateway(config, &plan);
+    let rule = access.clone();
     let relay = Relay::bind(config.listen, gateway, config.limits, access).map_err(|error| {
         SessionError::Listen {
             addr: config.listen,
@@ -380,10 +405,8 @@ pub fn apply(
         }
     })?;
     let addr = relay.local_addr().map_err(SessionError::Listener)?;
-    if !addr.ip().is_loopback() {
-        warn!(
-            "listening on {addr}, not a loopback address: any host that can reach it can use this session's credentials"
-        );
+    if let Some(warning) = listen_warning(addr, &rule) {
+        warn!("{warning}");
     }
     // The probe: its verdict within the wait decides; a later one is
     // recorded by the probe's thread.
@@ -593,6 +616,23 @@ mod tests {
             assert!(text.contains(name), "{from:?}: {text}");
             assert_eq!(text.matches("check").count(), 1, "{text}");
         }
+    }
+
+    #[test]
+    fn listen_warning_says_what_the_access_rule_does_with_other_hosts() {
+        let lo: SocketAddr = "127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!());
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(listen_warning(lo, &Access::Anyone), None);
+        assert_eq!(listen_warning(lo, &Access::session(&[])), None);
+        let open = listen_warning(any, &Access::Anyone).unwrap_or_default();
+        assert!(
+            open.contains("any host that can reach it can use this session's credentials"),
+            "{open}"
+        );
+        let checked = listen_warning(any, &Access::session(&[])).unwrap_or_default();
+        assert!(checked.contains("will be refused (403)"), "{checked}");
+        assert!(checked.contains("uid check"), "{checked}");
+        assert!(!checked.contains("any host that can reach it"), "{checked}");
     }
 
     #[test]
