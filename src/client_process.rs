@@ -296,8 +296,8 @@ fn diag_find(peer: SocketAddr, local: SocketAddr, timeout: Duration) -> io::Resu
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let micros = timeout.as_micros().clamp(1000, 10_000_000) as i64;
     let tv = libc::timeval {
-        tv_sec: (micros / 1_000_000) as libc::time_t,
-        tv_usec: (micros % 1_000_000) as libc::suseconds_t,
+        tv_sec: (micros / 1_000_000) as _,
+        tv_usec: (micros % 1_000_000) as _,
     };
     // SAFETY: a valid timeval and its size.
     let rc = unsafe {
