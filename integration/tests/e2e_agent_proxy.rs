@@ -172,12 +172,41 @@ fn expected_preamble(session: &str, token: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Waits until the relay answered the gateway's FIN for `ws`/`tunnel`
-/// (the WebSocket goes back to the pool), then a little more for the
-/// relay to put it there.
-fn wait_pooled(gw: &DevGateway, ws: u64, tunnel: u64) {
+/// Waits until the relay answered the gateway's FIN for `ws`/`tunnel`,
+/// then until its status page shows a WebSocket in the pool (a loaded
+/// machine may take a while between FIN_ACK and putting it there).
+fn wait_pooled(gw: &DevGateway, relay: &RelayProcess, ws: u64, tunnel: u64) {
     gw.wait_for_event_prefix(&format!("v2 fin-ack ws={ws} tunnel={tunnel}"), FIN_WAIT);
-    thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let idle = pool_idle(relay);
+        if idle.is_some_and(|n| n > 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pooled WebSocket after FIN_ACK (pool: {idle:?}); relay log:\n{}",
+            relay.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The relay's pool size from its status page (`"pool": {"idle": N}`).
+fn pool_idle(relay: &RelayProcess) -> Option<u64> {
+    let mut s = relay.connect();
+    s.write_all(b"GET /__agentproxy/status HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .ok()?;
+    let mut page = String::new();
+    s.read_to_string(&mut page).ok()?;
+    let after = &page[page.find("\"pool\"")?..];
+    let after = &after[after.find("\"idle\":")? + "\"idle\":".len()..];
+    let digits: String = after
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 #[test]
@@ -232,7 +261,7 @@ fn sequential_curls_share_one_websocket_and_idle_over_10s_opens_a_new_one() {
     let relay = serve_v2(&gw, RelayOptions::default());
     curl_hello(&relay, &pki, &gw);
     let ws = preambles(&gw)[0].0;
-    wait_pooled(&gw, ws, 1);
+    wait_pooled(&gw, &relay, ws, 1);
     curl_hello(&relay, &pki, &gw);
     assert_eq!(
         preambles(&gw),
@@ -257,7 +286,7 @@ fn sequential_curls_share_one_websocket_and_idle_over_10s_opens_a_new_one() {
         escape(&expected_preamble(&gw.session_id, &gw.token))
     );
     assert!(events.contains(&second), "{second}: {}", events.join("\n"));
-    wait_pooled(&gw, ws, 2);
+    wait_pooled(&gw, &relay, ws, 2);
 
     // Idle for more than 10 s: the pooled WebSocket is discarded.
     thread::sleep(Duration::from_secs(11));
@@ -278,7 +307,9 @@ fn pooled_websocket_closed_by_the_gateway_is_redialled() {
     let relay = serve_v2(&gw, RelayOptions::default());
     curl_hello(&relay, &pki, &gw);
     let ws = preambles(&gw)[0].0;
-    wait_pooled(&gw, ws, 1);
+    // (The pool may be empty again by the time it is looked at: the
+    // gateway closes the WebSocket after 500 ms.)
+    gw.wait_for_event_prefix(&format!("v2 fin-ack ws={ws} tunnel=1"), FIN_WAIT);
     gw.wait_for_event_prefix(&format!("v2 idle-close ws={ws} "), WAIT);
     gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} tunnels=1 "), WAIT);
     let out = curl_hello(&relay, &pki, &gw);
@@ -529,7 +560,7 @@ fn rotated_ingress_token_is_used_for_the_next_websocket_and_preamble() {
         escape(&expected_preamble(&gw.session_id, "token-a"))
     );
     assert!(events.contains(&with_a), "{}", events.join("\n"));
-    wait_pooled(&gw, ws, 1);
+    gw.wait_for_event_prefix(&format!("v2 fin-ack ws={ws} tunnel=1"), FIN_WAIT);
     gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} "), WAIT);
 
     // The platform rotates the token; the gateway accepts only the new one.
@@ -1061,7 +1092,7 @@ fn pooled_then(
     let relay = serve_v2(&gw, RelayOptions::default());
     curl_hello(&relay, &pki, &gw);
     let ws = preambles(&gw)[0].0;
-    wait_pooled(&gw, ws, 1);
+    wait_pooled(&gw, &relay, ws, 1);
     (pki, origin, gw, plain, relay, ws)
 }
 
@@ -1214,7 +1245,7 @@ fn rotated_ingress_token_goes_into_the_preamble_on_a_reused_websocket() {
     );
     curl_hello(&relay, &pki, &gw);
     let ws = preambles(&gw)[0].0;
-    wait_pooled(&gw, ws, 1);
+    wait_pooled(&gw, &relay, ws, 1);
 
     // Rotated while the WebSocket (opened with `Bearer token-a`) is pooled;
     // the gateway accepts only token-b in a CONNECT from now on.
