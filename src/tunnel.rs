@@ -580,14 +580,16 @@ impl Tunnel {
         // started only once the answer had begun, so the client holds part
         // of a response: a graceful FIN would make it look complete, a
         // reset says it is not (the contract, section 5).
-        if side == Side::Ws
+        // (The reset wakes the other pump, so it comes once this end is
+        // recorded.)
+        let broken = side == Side::Ws
             && self.opts.v2
             && !self.fin.load(Ordering::SeqCst)
-            && !self.aborted.load(Ordering::SeqCst)
-        {
-            self.reset_client();
-        }
+            && !self.aborted.load(Ordering::SeqCst);
         if self.closing.swap(true, Ordering::SeqCst) {
+            if broken {
+                self.reset_client();
+            }
             match side {
                 Side::Socket => {}
                 Side::Fin => self.shut_down_socket(),
@@ -596,6 +598,9 @@ impl Tunnel {
             return;
         }
         *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        if broken {
+            self.reset_client();
+        }
         let silent = self.bytes_ws_to_socket.load(Ordering::Relaxed) == 0;
         match side {
             Side::Socket if !thread::panicking() => {

@@ -372,7 +372,7 @@ fn swallow(
                 Ok(m) if m.control == 0 && m.data.is_empty() => shared.events.record("keepalive"),
                 Ok(m) if m.control == 0 => shared
                     .events
-                    .record(&format!("v2 swallowed{tag} {}", escape(&m.data))),
+                    .record(&format!("v2 swallowed{tag} {}", escape(m.data))),
                 Ok(m) => shared
                     .events
                     .record(&format!("control-ignored {}{tag}", m.control)),
