@@ -18,8 +18,10 @@
 //! the requests; plain-HTTP tunnels get the headers too.
 //!
 //! What it saw goes to an event file ([`crate::events`]) that tests read.
-//! Misbehaviour on demand: `--stall-upgrade` (never answers the upgrade) and
-//! `--refuse-upgrade STATUS`.
+//! Misbehaviour on demand: `--stall-upgrade` (never answers the upgrade),
+//! `--refuse-upgrade STATUS`, `--refuse-first N`, `--answer-delay MS`, and
+//! for the agent proxy `--close-idle-after MS` and `--on-reuse` (a reused
+//! WebSocket that fails, [`ReuseFault`]).
 
 use std::collections::HashMap;
 use std::ffi::OsString;

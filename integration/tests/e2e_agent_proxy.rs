@@ -4,10 +4,16 @@
 //! which generation the gates choose (and the paths it uses), the HELLO
 //! and the CONNECT preamble byte for byte, reuse of a WebSocket for
 //! sequential tunnels and a fresh one after the idle limit, a redial when
-//! the gateway closed a pooled WebSocket, the fallback for servers that do
-//! not acknowledge v2 (and `--require-v2` refusing it), retried upgrades, a
-//! rotated session-ingress token, the start-up probe failing open (401) or
-//! never answering, and the client process in the relay's log.
+//! the gateway closed a pooled WebSocket, the safe redial of a reused
+//! WebSocket that fails before answering (cut, or silent for the reuse
+//! answer timeout: same preamble and bytes on a fresh one, the origin asked
+//! once), no replay and a reset client once the answer began, the fallback
+//! for servers that do not acknowledge v2 (remembered: no HELLO on later
+//! WebSockets; on data before HELLO_ACK or on the HELLO_ACK timeout; and
+//! `--require-v2` refusing it), retried upgrades (client bytes written
+//! meanwhile arrive intact), a rotated session-ingress token (on fresh and
+//! reused WebSockets), the start-up probe failing open (401) or never
+//! answering, and the client process in the relay's log.
 //!
 //! The relay may open one WebSocket at start-up that carries no tunnel
 //! (the contract's start-up probe); WebSocket counts below are of the
