@@ -88,6 +88,32 @@ pub fn wait_ready(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Resu
     }
 }
 
+/// Resets the connection now: RST to the peer, whatever is queued either
+/// way dropped, and any thread blocked on the socket woken with an error.
+/// For a connection broken mid-stream, where a FIN would tell the peer that
+/// what it got was complete. Done with `connect(2)` to `AF_UNSPEC`, which
+/// disconnects a TCP socket; should the kernel refuse that, the socket is
+/// shut down both ways with a reset on close (a FIN may then come first).
+pub fn reset_now(socket: &TcpStream) -> io::Result<()> {
+    reset_on_close(socket)?;
+    // SAFETY: a zeroed sockaddr with only the family set, and its size.
+    let rc = unsafe {
+        let mut unspec: libc::sockaddr = std::mem::zeroed();
+        unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            socket.as_raw_fd(),
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    log::debug!("cannot reset a connection at once ({err}); closing it with a reset");
+    socket.shutdown(std::net::Shutdown::Both)
+}
+
 /// Makes the socket's close send RST (SO_LINGER 0), whatever it still holds.
 pub fn reset_on_close(socket: &TcpStream) -> io::Result<()> {
     let linger = libc::linger {
@@ -108,5 +134,60 @@ pub fn reset_on_close(socket: &TcpStream) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::thread;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn reset_now_is_a_reset_for_the_peer_not_an_end_of_stream() {
+        let (near, far) = pair();
+        (&near).write_all(b"part of an answer").unwrap();
+        thread::sleep(Duration::from_millis(100));
+        reset_now(&near).unwrap();
+        far.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let err = (&far)
+            .read_to_end(&mut got)
+            .expect_err("the peer saw a clean end of stream");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    }
+
+    #[test]
+    fn reset_now_wakes_a_thread_blocked_writing_to_a_peer_that_does_not_read() {
+        let (near, _far) = pair();
+        let writer = {
+            let near = near.try_clone().unwrap();
+            thread::spawn(move || {
+                let block = vec![0u8; 64 * 1024];
+                // Blocks once the peer's window and both buffers are full.
+                loop {
+                    if let Err(e) = (&near).write_all(&block) {
+                        return e;
+                    }
+                }
+            })
+        };
+        thread::sleep(Duration::from_millis(300));
+        assert!(!writer.is_finished(), "the writer should be blocked");
+        reset_now(&near).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !writer.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(writer.is_finished(), "the blocked writer was not woken");
+        assert!(writer.join().is_ok());
     }
 }

@@ -24,7 +24,9 @@
 //! every byte received) and, once both pumps stopped, the relay answers
 //! FIN_ACK and the WebSocket may go back to the pool
 //! ([`Tunnel::take_websocket`]). When the client closes first, the relay
-//! sends nothing and waits up to the FIN grace for the server's FIN.
+//! sends nothing and waits up to the FIN grace for the server's FIN. A v2
+//! WebSocket that closes or fails without FIN resets the client's
+//! connection: the answer was cut, and a FIN would make it look complete.
 //! Opening a tunnel (HELLO, preamble, the wait for the answer) is not done
 //! here but in [`crate::dial`], before the pumps start.
 
@@ -574,7 +576,20 @@ impl Tunnel {
             }
             _ => side,
         };
+        // v2: the WebSocket broke without the server's FIN. The tunnel
+        // started only once the answer had begun, so the client holds part
+        // of a response: a graceful FIN would make it look complete, a
+        // reset says it is not (the contract, section 5).
+        // (The reset wakes the other pump, so it comes once this end is
+        // recorded.)
+        let broken = side == Side::Ws
+            && self.opts.v2
+            && !self.fin.load(Ordering::SeqCst)
+            && !self.aborted.load(Ordering::SeqCst);
         if self.closing.swap(true, Ordering::SeqCst) {
+            if broken {
+                self.reset_client();
+            }
             match side {
                 Side::Socket => {}
                 Side::Fin => self.shut_down_socket(),
@@ -583,6 +598,9 @@ impl Tunnel {
             return;
         }
         *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        if broken {
+            self.reset_client();
+        }
         let silent = self.bytes_ws_to_socket.load(Ordering::Relaxed) == 0;
         match side {
             Side::Socket if !thread::panicking() => {
@@ -620,9 +638,17 @@ impl Tunnel {
             // The client's bytes were not delivered: it gets a reset, not a
             // FIN. A client blocked writing into the full connection never
             // notices a FIN (it waits on a zero window for many minutes).
-            let _ = socket::reset_on_close(&self.socket);
+            self.reset_client();
         }
         self.shut_down_both();
+    }
+
+    /// Resets the client's connection at once (no FIN first); wakes a
+    /// pump blocked on it.
+    fn reset_client(&self) {
+        if let Err(e) = socket::reset_now(&self.socket) {
+            log::debug!("cannot reset the client's connection: {e}");
+        }
     }
 
     fn shut_down_both(&self) {
@@ -1067,6 +1093,90 @@ mod tests {
         ws.send(Message::Binary(message_v2::encode_data(b"next").into()))
             .unwrap();
         assert_eq!(next_message(&mut server), message_v2::encode_data(b"next"));
+    }
+
+    /// Reads everything `near` gets: the bytes, and the error that ended
+    /// the stream (`None`: a clean end of stream).
+    fn read_until_end(near: &TcpStream) -> (Vec<u8>, Option<io::Error>) {
+        near.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match (&*near).read(&mut buf) {
+                Ok(0) => return (got, None),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Some(e)),
+            }
+        }
+    }
+
+    /// A v2 WebSocket that ends without FIN once the answer began: the
+    /// client's connection is reset, never ended with a FIN that would make
+    /// the cut answer look complete.
+    fn broken_without_fin(how: fn(WebSocket<TcpStream>)) -> TunnelReport {
+        let (near, mut server, _tunnel, runner) = v2_tunnel(PumpOptions::default());
+        server
+            .send(Message::Binary(
+                message_v2::encode_data(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
+                    .into(),
+            ))
+            .unwrap();
+        let mut head = [0u8; 44];
+        near.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (&near).read_exact(&mut head).unwrap();
+        how(server);
+        let (_, err) = read_until_end(&near);
+        let err = err.expect("a clean end of stream after a broken v2 WebSocket");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        runner.join().unwrap()
+    }
+
+    #[test]
+    fn a_v2_websocket_closed_without_fin_resets_the_client() {
+        let report = broken_without_fin(|mut server| {
+            server.close(None).unwrap();
+            let _ = server.flush();
+            thread::sleep(Duration::from_millis(200));
+        });
+        assert!(matches!(report.end, End::WsClosed), "{}", report.end);
+        assert!(!report.reusable);
+    }
+
+    #[test]
+    fn a_v2_websocket_cut_without_a_close_frame_resets_the_client() {
+        let report = broken_without_fin(|server| {
+            server.get_ref().shutdown(Shutdown::Both).unwrap();
+        });
+        assert!(matches!(report.end, End::WsError(_)), "{}", report.end);
+    }
+
+    #[test]
+    fn a_first_generation_websocket_closing_ends_the_client_gracefully() {
+        let (ws_client, ws_server) = socket_pair();
+        let (near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let mut server = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        let opts = PumpOptions {
+            wire: Wire::V2,
+            v2: false,
+            ..PumpOptions::default()
+        };
+        let tunnel = Tunnel::new(near_inner, client_ws, opts).unwrap();
+        let runner = thread::spawn(move || tunnel.run());
+        server
+            .send(Message::Binary(
+                message_v2::encode_data(b"whole answer").into(),
+            ))
+            .unwrap();
+        server.close(None).unwrap();
+        let _ = server.flush();
+        let (got, err) = read_until_end(&near);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(got, b"whole answer");
+        runner.join().unwrap();
     }
 
     #[test]

@@ -42,6 +42,10 @@
 //! v2 fin-ack<tag>                      (FIN_ACK came: the WebSocket is reused)
 //! v2 fin-ack-missing<tag>
 //! v2 idle-close ws=<n> after_ms=<ms>   (--close-idle-after)
+//! v2 reuse-fault <fault><tag>          (--on-reuse: a tunnel after the first
+//!                                       on a WebSocket fails; cut, silent or
+//!                                       answer-then-cut, whose `connect` follows)
+//! v2 swallowed<tag> "<data, escaped>"  (--on-reuse: data read and dropped)
 //! v2 ws-end ws=<n> tunnels=<k> why=<why, spaces as _>
 //! ```
 //!

@@ -18,8 +18,10 @@
 //! the requests; plain-HTTP tunnels get the headers too.
 //!
 //! What it saw goes to an event file ([`crate::events`]) that tests read.
-//! Misbehaviour on demand: `--stall-upgrade` (never answers the upgrade) and
-//! `--refuse-upgrade STATUS`.
+//! Misbehaviour on demand: `--stall-upgrade` (never answers the upgrade),
+//! `--refuse-upgrade STATUS`, `--refuse-first N`, `--answer-delay MS`, and
+//! for the agent proxy `--close-idle-after MS` and `--on-reuse` (a reused
+//! WebSocket that fails, [`ReuseFault`]).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -106,6 +108,15 @@ A development stand-in for the CCR upstream-proxy gateway.
                          message unread (one tunnel per WebSocket, no FIN)
   --refuse-first N       answer the first N upgrades with 503
   --close-idle-after MS  close a WebSocket idle this long between tunnels
+  --on-reuse cut|silent|answer-then-cut
+                         agent-proxy: every tunnel after the first on one
+                         WebSocket fails: cut swallows the CONNECT (and what
+                         follows it for 300 ms) and closes the TCP connection
+                         without FIN or close frame; silent swallows
+                         everything until the relay closes; answer-then-cut
+                         answers the CONNECT with 200 and a partial response,
+                         then closes the TCP connection without FIN
+  --answer-delay MS      wait this long before answering a CONNECT
   --token-file PATH      re-read on every upgrade and CONNECT: a non-empty
                          token in it is the one accepted (else --token)
   -h, --help             this text
@@ -212,6 +223,35 @@ pub struct GatewayConfig {
     /// `--token-file`: read on every upgrade and CONNECT; when it holds a
     /// non-empty token that is the one accepted, else `token`.
     pub token_file: Option<PathBuf>,
+    /// `--on-reuse`: how a reused WebSocket fails its next tunnels.
+    pub on_reuse: Option<ReuseFault>,
+    /// `--answer-delay MS`: a pause before each CONNECT's answer.
+    pub answer_delay: Option<Duration>,
+}
+
+/// How a reused agent-proxy WebSocket fails (`--on-reuse`): faults the
+/// relay's safe redial must survive, or must not replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReuseFault {
+    /// Swallow the CONNECT (and the client bytes right after it), then
+    /// close the TCP connection: no answer, no FIN, no close frame.
+    Cut,
+    /// Swallow everything, answer nothing, until the relay gives up.
+    Silent,
+    /// Answer the CONNECT (`200` and part of a response), then close the
+    /// TCP connection without FIN: a tunnel broken after its answer began.
+    AnswerThenCut,
+}
+
+impl ReuseFault {
+    /// The `--on-reuse` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReuseFault::Cut => "cut",
+            ReuseFault::Silent => "silent",
+            ReuseFault::AnswerThenCut => "answer-then-cut",
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -231,6 +271,7 @@ impl GatewayConfig {
         let (mut upstream_ca, mut inject) = (None, Vec::new());
         let (mut generation, mut server) = (Generation::UpstreamProxy, None);
         let (mut refuse_first, mut close_idle_after, mut token_file) = (0, None, None);
+        let (mut on_reuse, mut answer_delay) = (None, None);
         while let Some(flag) = args.next_flag()? {
             match flag.as_str() {
                 "--help" | "-h" => return Ok(None),
@@ -303,6 +344,22 @@ impl GatewayConfig {
                     close_idle_after = Some(Duration::from_millis(ms));
                 }
                 "--token-file" => token_file = Some(PathBuf::from(args.value()?)),
+                "--on-reuse" => {
+                    on_reuse = Some(match args.value()?.as_str() {
+                        "cut" => ReuseFault::Cut,
+                        "silent" => ReuseFault::Silent,
+                        "answer-then-cut" => ReuseFault::AnswerThenCut,
+                        other => {
+                            return Err(UsageError(format!(
+                                "--on-reuse: {other:?} is not cut, silent or answer-then-cut"
+                            )));
+                        }
+                    })
+                }
+                "--answer-delay" => {
+                    let ms: u64 = args.parsed("a number of milliseconds")?;
+                    answer_delay = Some(Duration::from_millis(ms));
+                }
                 "--upstream-ca" => upstream_ca = Some(PathBuf::from(args.value()?)),
                 "--inject" => {
                     let text = args.value()?;
@@ -321,6 +378,11 @@ impl GatewayConfig {
         if mode != Mode::Mitm && (upstream_ca.is_some() || !inject.is_empty()) {
             return Err(UsageError(
                 "--upstream-ca and --inject need --mode mitm".into(),
+            ));
+        }
+        if on_reuse.is_some() && generation != Generation::AgentProxy {
+            return Err(UsageError(
+                "--on-reuse needs --generation agent-proxy".into(),
             ));
         }
         if server.is_some() && generation != Generation::AgentProxy {
@@ -362,6 +424,8 @@ impl GatewayConfig {
             refuse_first,
             close_idle_after,
             token_file,
+            on_reuse,
+            answer_delay,
         }))
     }
 }
@@ -704,6 +768,9 @@ fn run_tunnel(
         Err(refusal) => return Ok(After::Refused(refusal, ws)),
     };
     log::info!("#{id}: tunnel to {name} ({})", socket.peer_addr()?);
+    if let Some(delay) = shared.cfg.answer_delay {
+        thread::sleep(delay);
+    }
     ws.send(Message::Binary(Bytes::from(chunk::encode(
         b"HTTP/1.1 200 Connection Established\r\n\r\n",
     ))))
@@ -985,6 +1052,22 @@ mod tests {
         assert!(with_err(&["--mode", "mitm", "--inject", "o.test"]).contains("--inject"));
         assert!(with_err(&["--mode", "sideways"]).contains("not a mode"));
         assert!(err(&["--bogus"]).contains("unknown option --bogus"));
+        let v2 = with(&[
+            "--generation",
+            "agent-proxy",
+            "--on-reuse",
+            "answer-then-cut",
+            "--answer-delay=1500",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(v2.on_reuse, Some(ReuseFault::AnswerThenCut));
+        assert_eq!(v2.answer_delay, Some(Duration::from_millis(1500)));
+        assert!(with_err(&["--on-reuse", "cut"]).contains("needs --generation agent-proxy"));
+        assert!(
+            with_err(&["--generation", "agent-proxy", "--on-reuse", "later"])
+                .contains("not cut, silent or answer-then-cut")
+        );
     }
 
     #[test]

@@ -4,10 +4,16 @@
 //! which generation the gates choose (and the paths it uses), the HELLO
 //! and the CONNECT preamble byte for byte, reuse of a WebSocket for
 //! sequential tunnels and a fresh one after the idle limit, a redial when
-//! the gateway closed a pooled WebSocket, the fallback for servers that do
-//! not acknowledge v2 (and `--require-v2` refusing it), retried upgrades, a
-//! rotated session-ingress token, the start-up probe failing open (401) or
-//! never answering, and the client process in the relay's log.
+//! the gateway closed a pooled WebSocket, the safe redial of a reused
+//! WebSocket that fails before answering (cut, or silent for the reuse
+//! answer timeout: same preamble and bytes on a fresh one, the origin asked
+//! once), no replay and a reset client once the answer began, the fallback
+//! for servers that do not acknowledge v2 (remembered: no HELLO on later
+//! WebSockets; on data before HELLO_ACK or on the HELLO_ACK timeout; and
+//! `--require-v2` refusing it), retried upgrades (client bytes written
+//! meanwhile arrive intact), a rotated session-ingress token (on fresh and
+//! reused WebSockets), the start-up probe failing open (401) or never
+//! answering, and the client process in the relay's log.
 //!
 //! The relay may open one WebSocket at start-up that carries no tunnel
 //! (the contract's start-up probe); WebSocket counts below are of the
@@ -16,8 +22,9 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
-use std::net::SocketAddr;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,7 +32,7 @@ use ccr_integration::events::escape;
 use ccr_integration::relay::{BlindPki, RelayOptions, RelayProcess, RunOutput, curl_via};
 use ccr_integration::relay::{read_response, run_relay};
 use ccr_integration::session_env::{Outcome, Session, relay_vars_in};
-use ccr_integration::wire::base64;
+use ccr_integration::wire::{self, base64};
 use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, ServerKind, temp_dir};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -171,12 +178,41 @@ fn expected_preamble(session: &str, token: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Waits until the relay answered the gateway's FIN for `ws`/`tunnel`
-/// (the WebSocket goes back to the pool), then a little more for the
-/// relay to put it there.
-fn wait_pooled(gw: &DevGateway, ws: u64, tunnel: u64) {
+/// Waits until the relay answered the gateway's FIN for `ws`/`tunnel`,
+/// then until its status page shows a WebSocket in the pool (a loaded
+/// machine may take a while between FIN_ACK and putting it there).
+fn wait_pooled(gw: &DevGateway, relay: &RelayProcess, ws: u64, tunnel: u64) {
     gw.wait_for_event_prefix(&format!("v2 fin-ack ws={ws} tunnel={tunnel}"), FIN_WAIT);
-    thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let idle = pool_idle(relay);
+        if idle.is_some_and(|n| n > 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pooled WebSocket after FIN_ACK (pool: {idle:?}); relay log:\n{}",
+            relay.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The relay's pool size from its status page (`"pool": {"idle": N}`).
+fn pool_idle(relay: &RelayProcess) -> Option<u64> {
+    let mut s = relay.connect();
+    s.write_all(b"GET /__agentproxy/status HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .ok()?;
+    let mut page = String::new();
+    s.read_to_string(&mut page).ok()?;
+    let after = &page[page.find("\"pool\"")?..];
+    let after = &after[after.find("\"idle\":")? + "\"idle\":".len()..];
+    let digits: String = after
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 #[test]
@@ -231,7 +267,7 @@ fn sequential_curls_share_one_websocket_and_idle_over_10s_opens_a_new_one() {
     let relay = serve_v2(&gw, RelayOptions::default());
     curl_hello(&relay, &pki, &gw);
     let ws = preambles(&gw)[0].0;
-    wait_pooled(&gw, ws, 1);
+    wait_pooled(&gw, &relay, ws, 1);
     curl_hello(&relay, &pki, &gw);
     assert_eq!(
         preambles(&gw),
@@ -256,7 +292,7 @@ fn sequential_curls_share_one_websocket_and_idle_over_10s_opens_a_new_one() {
         escape(&expected_preamble(&gw.session_id, &gw.token))
     );
     assert!(events.contains(&second), "{second}: {}", events.join("\n"));
-    wait_pooled(&gw, ws, 2);
+    wait_pooled(&gw, &relay, ws, 2);
 
     // Idle for more than 10 s: the pooled WebSocket is discarded.
     thread::sleep(Duration::from_secs(11));
@@ -277,7 +313,9 @@ fn pooled_websocket_closed_by_the_gateway_is_redialled() {
     let relay = serve_v2(&gw, RelayOptions::default());
     curl_hello(&relay, &pki, &gw);
     let ws = preambles(&gw)[0].0;
-    wait_pooled(&gw, ws, 1);
+    // (The pool may be empty again by the time it is looked at: the
+    // gateway closes the WebSocket after 500 ms.)
+    gw.wait_for_event_prefix(&format!("v2 fin-ack ws={ws} tunnel=1"), FIN_WAIT);
     gw.wait_for_event_prefix(&format!("v2 idle-close ws={ws} "), WAIT);
     gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} tunnels=1 "), WAIT);
     let out = curl_hello(&relay, &pki, &gw);
@@ -323,6 +361,88 @@ fn without_v2_acknowledgement(server: ServerKind) {
     assert_eq!(gw.count_events("v2 hello-ack"), 0);
     assert_eq!(gw.count_events("connect origin.test:443"), 2);
     assert_eq!(preambles(&gw).len(), 2);
+    // The fallback is remembered: the second WebSocket opens with the
+    // preamble itself, no HELLO first.
+    let second_ws = *c.with_tunnels.last().unwrap();
+    assert_ne!(second_ws, ws);
+    assert_opens_with_the_preamble(&gw, second_ws);
+}
+
+/// Asserts that the first message on WebSocket `ws` was the CONNECT
+/// preamble as a data message (`0A len …`), not HELLO (`10 01 18 02`).
+fn assert_opens_with_the_preamble(gw: &DevGateway, ws: u64) {
+    let events = gw.events();
+    let want = format!(
+        "v2 first-message ws={ws} hex={}",
+        wire::hex(&wire::encode(&expected_preamble(&gw.session_id, &gw.token)))
+    );
+    assert!(
+        events.contains(&want),
+        "WebSocket {ws} did not open with the preamble; want\n{want}\nin:\n{}",
+        events.join("\n")
+    );
+    assert!(events.contains(&format!("v2 no-hello ws={ws}")));
+    assert_eq!(
+        gw.count_events(&format!("v2 first-message ws={ws} hex=10011802")),
+        0
+    );
+}
+
+#[test]
+fn hello_ack_timeout_falls_back_and_later_websockets_send_no_hello() {
+    // An early server that answers each CONNECT only after 2.5 s: the
+    // relay's 0.5 s HELLO_ACK wait ends first, so it falls back on the
+    // timeout, not on data before a HELLO_ACK.
+    let (pki, _origin, gw) = setup(ServerKind::Early, &["--answer-delay", "2500"]);
+    let relay = serve_v2(
+        &gw,
+        RelayOptions::default().arg("--hello-timeout").arg("0.5"),
+    );
+    curl_hello(&relay, &pki, &gw);
+    let ws = preambles(&gw)[0].0;
+    gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} tunnels=1 "), FIN_WAIT);
+    let page = curl_via(
+        &relay.proxy_url,
+        &pki.served_ca_pem(),
+        &format!("{}/__agentproxy/status", relay.proxy_url),
+        &["--noproxy", "*"],
+    );
+    let json = page.stdout_text();
+    assert!(
+        json.contains("v2_not_acked") && json.contains("no HELLO_ACK within the wait"),
+        "the fallback was not the HELLO_ACK timeout: {json}"
+    );
+    assert!(json.contains("v1-fallback"), "{json}");
+    curl_hello(&relay, &pki, &gw);
+    let c = assert_websockets(&gw, 2);
+    assert!(
+        gw.events()
+            .contains(&format!("v2 first-message ws={ws} hex=10011802"))
+    );
+    assert_opens_with_the_preamble(&gw, *c.with_tunnels.last().unwrap());
+    assert_eq!(gw.count_events("v2 hello-ignored "), 1);
+    assert_eq!(gw.count_events("connect origin.test:443"), 2);
+
+    // With --require-v2 the same timeout is a 502 that says so, long
+    // before the gateway's late answer.
+    let strict = serve_v2(
+        &gw,
+        RelayOptions::default()
+            .arg("--hello-timeout")
+            .arg("0.5")
+            .arg("--require-v2"),
+    );
+    let started = Instant::now();
+    let (status, body) = connect_raw(&strict, "origin.test:443");
+    assert_eq!(status, "HTTP/1.1 502 Bad Gateway", "{body}");
+    assert!(
+        body.lines().next().unwrap_or_default().contains(
+            "gateway did not acknowledge tunnel protocol v2 (no HELLO_ACK within the wait)"
+        ),
+        "{body:?}"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2400), "the 502 took {took:?}");
 }
 
 #[test]
@@ -446,7 +566,7 @@ fn rotated_ingress_token_is_used_for_the_next_websocket_and_preamble() {
         escape(&expected_preamble(&gw.session_id, "token-a"))
     );
     assert!(events.contains(&with_a), "{}", events.join("\n"));
-    wait_pooled(&gw, ws, 1);
+    gw.wait_for_event_prefix(&format!("v2 fin-ack ws={ws} tunnel=1"), FIN_WAIT);
     gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} "), WAIT);
 
     // The platform rotates the token; the gateway accepts only the new one.
@@ -839,4 +959,377 @@ fn selective_mode_tunnels_included_hosts_and_dials_the_rest_with_refusals() {
     ] {
         assert!(json.contains(kind), "{kind} in the failure history: {json}");
     }
+}
+
+/// A plain-HTTP origin of the test's own: it records every request it
+/// gets, byte for byte (head and `Content-Length` body), answers
+/// `got <n> bytes`, and closes.
+struct RecordingOrigin {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl RecordingOrigin {
+    fn start() -> RecordingOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&requests);
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let seen = Arc::clone(&seen);
+                thread::spawn(move || serve_recorded(conn, &seen));
+            }
+        });
+        RecordingOrigin { addr, requests }
+    }
+
+    fn requests(&self) -> Vec<Vec<u8>> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The `--map` argument sending `plain.test:80` here.
+    fn map_arg(&self) -> String {
+        format!("plain.test:80={}", self.addr)
+    }
+}
+
+fn serve_recorded(mut conn: TcpStream, seen: &Mutex<Vec<Vec<u8>>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut want = None;
+    while want.is_none_or(|w| got.len() < w) && got.len() < 8 << 20 {
+        if want.is_none()
+            && let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+        {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            want = Some(end + 4 + len);
+            continue;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answer = format!("got {} bytes\n", got.len());
+    seen.lock().unwrap_or_else(|p| p.into_inner()).push(got);
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    let _ = conn.shutdown(Shutdown::Write);
+    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+const PLAIN_CONNECT: &[u8] = b"CONNECT plain.test:80 HTTP/1.1\r\nHost: plain.test:80\r\n\r\n";
+
+/// A small POST for the recording origin, `body` its body.
+fn post(body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /upload HTTP/1.1\r\nHost: plain.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// The gateway's answer to a CONNECT, then the recording origin's.
+fn recorded_answer(request: &[u8]) -> Vec<u8> {
+    let answer = format!("got {} bytes\n", request.len());
+    format!(
+        "HTTP/1.1 200 Connection Established\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    )
+    .into_bytes()
+}
+
+/// Reads what `s` gets until the stream ends: the bytes, and the error
+/// that ended it (`None`: a clean end of stream, the peer's FIN).
+fn read_until_end(mut s: &TcpStream, timeout: Duration) -> (Vec<u8>, Option<io::Error>) {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, None),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return (got, Some(e)),
+        }
+    }
+}
+
+/// The escaped data of the `v2 preamble ws=<ws> tunnel=<tunnel>` event.
+fn preamble_of(gw: &DevGateway, ws: u64, tunnel: u64) -> Option<String> {
+    let prefix = format!("v2 preamble ws={ws} tunnel={tunnel} ");
+    gw.events()
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+}
+
+/// A late gateway with `--on-reuse fault` and a recording origin behind
+/// `plain.test:80`, a relay, and one curl whose WebSocket is back in the
+/// pool: the next tunnel reuses it and meets the fault. Returns the
+/// pooled WebSocket's number too.
+fn pooled_then(
+    fault: &str,
+) -> (
+    BlindPki,
+    DevOrigin,
+    DevGateway,
+    RecordingOrigin,
+    RelayProcess,
+    u64,
+) {
+    let plain = RecordingOrigin::start();
+    let map = plain.map_arg();
+    let (pki, origin, gw) = setup(ServerKind::Late, &["--map", &map, "--on-reuse", fault]);
+    let relay = serve_v2(&gw, RelayOptions::default());
+    curl_hello(&relay, &pki, &gw);
+    let ws = preambles(&gw)[0].0;
+    wait_pooled(&gw, &relay, ws, 1);
+    (pki, origin, gw, plain, relay, ws)
+}
+
+/// A reused WebSocket fails before any answer (`fault`: cut or silent):
+/// the tunnel is redialled on a fresh WebSocket with the same preamble and
+/// the same client bytes, the client gets its whole answer with a clean
+/// end, and the origin sees the request once. Returns how long the client
+/// waited.
+fn reused_websocket_failing_before_the_answer(fault: &str) -> Duration {
+    let (_pki, _origin, gw, plain, relay, ws) = pooled_then(fault);
+    let request = post(b"hello through a redial");
+    // The request comes with the CONNECT: the relay holds it when it
+    // opens, sends it on the reused WebSocket, and must replay it.
+    let client = relay.connect();
+    let started = Instant::now();
+    (&client)
+        .write_all(&[PLAIN_CONNECT, &request[..]].concat())
+        .unwrap();
+    let (got, err) = read_until_end(&client, Duration::from_secs(40));
+    let waited = started.elapsed();
+    let context = || {
+        format!(
+            "relay log:\n{}\ngateway events:\n{}",
+            relay.stderr(),
+            gw.events().join("\n")
+        )
+    };
+    assert!(err.is_none(), "{err:?}; {}", context());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&recorded_answer(&request)),
+        "{}",
+        context()
+    );
+    // The fault met the reused WebSocket's second tunnel ...
+    let events = gw.events();
+    assert!(
+        events.contains(&format!("v2 reuse-fault {fault} ws={ws} tunnel=2")),
+        "{}",
+        context()
+    );
+    // ... which had the preamble and the client bytes ...
+    let reused = preamble_of(&gw, ws, 2).expect("a preamble on the reused WebSocket");
+    assert!(
+        reused.starts_with(
+            &escape(b"CONNECT plain.test:80 HTTP/1.1\r\nProxy-Authorization: Basic ")
+                .trim_end_matches('"')
+                .to_string()
+        ),
+        "{reused}"
+    );
+    assert!(
+        events.contains(&format!(
+            "v2 swallowed ws={ws} tunnel=2 {}",
+            escape(&request)
+        )),
+        "the client bytes did not follow the preamble on the reused WebSocket; {}",
+        context()
+    );
+    // ... and a fresh WebSocket got the same preamble, then the same bytes
+    // (the origin got exactly them, once).
+    let c = assert_websockets(&gw, 2);
+    let fresh = *c.with_tunnels.last().unwrap();
+    assert!(fresh > ws, "{c:?}");
+    assert_eq!(preamble_of(&gw, fresh, 1), Some(reused), "{}", context());
+    assert_eq!(preambles(&gw), vec![(ws, 1), (ws, 2), (fresh, 1)]);
+    assert_eq!(plain.requests(), vec![request.clone()], "{}", context());
+    assert_eq!(gw.count_events("connect plain.test:80"), 1);
+    let end = gw.wait_for_event_prefix("tunnel-end plain.test:80 ", WAIT);
+    assert!(
+        end.starts_with(&format!("tunnel-end plain.test:80 in={} ", request.len()))
+            && end.ends_with(&format!(" ws={fresh} tunnel=1")),
+        "{end}"
+    );
+    waited
+}
+
+#[test]
+fn reused_websocket_cut_before_the_answer_is_redialled_with_the_same_bytes() {
+    let waited = reused_websocket_failing_before_the_answer("cut");
+    assert!(waited < Duration::from_secs(8), "took {waited:?}");
+}
+
+#[test]
+fn reused_websocket_silent_for_the_reuse_answer_timeout_is_redialled() {
+    // The relay's reuse answer timeout is the contract's 10 s (it has no
+    // command-line flag), so the client waits that long, then a little.
+    let waited = reused_websocket_failing_before_the_answer("silent");
+    assert!(
+        waited >= Duration::from_millis(9500) && waited < Duration::from_secs(30),
+        "the redial came after {waited:?}, not after the 10 s reuse answer timeout"
+    );
+}
+
+#[test]
+fn reused_websocket_cut_after_the_answer_began_is_not_replayed_and_resets_the_client() {
+    let (_pki, _origin, gw, plain, relay, ws) = pooled_then("answer-then-cut");
+    let request = post(b"asked once");
+    let client = relay.connect();
+    (&client)
+        .write_all(&[PLAIN_CONNECT, &request[..]].concat())
+        .unwrap();
+    let (got, err) = read_until_end(&client, Duration::from_secs(30));
+    let context = format!(
+        "got {:?}; relay log:\n{}\ngateway events:\n{}",
+        String::from_utf8_lossy(&got),
+        relay.stderr(),
+        gw.events().join("\n")
+    );
+    // The answer began, then the connection was reset: no clean end that
+    // would make the partial answer look complete.
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 Connection Established\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{context}"
+    );
+    let err = err.unwrap_or_else(|| panic!("a clean end of stream after a cut tunnel; {context}"));
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset,
+        "{err}; {context}"
+    );
+    // One CONNECT for the request, on the reused WebSocket, and no replay
+    // on another (nor a new WebSocket for it).
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        gw.events()
+            .contains(&format!("v2 reuse-fault answer-then-cut ws={ws} tunnel=2"))
+    );
+    assert_eq!(gw.count_events("connect plain.test:80"), 1, "{context}");
+    assert_eq!(preambles(&gw), vec![(ws, 1), (ws, 2)], "{context}");
+    assert_websockets(&gw, 1);
+    assert!(plain.requests().is_empty());
+}
+
+#[test]
+fn rotated_ingress_token_goes_into_the_preamble_on_a_reused_websocket() {
+    let dir = temp_dir("e2e-v2-rotation-reuse");
+    let gw_tokens = dir.join("gateway-token");
+    let ingress = dir.join("session_ingress_token");
+    fs::write(&gw_tokens, "token-a\n").unwrap();
+    fs::write(&ingress, "token-a\n").unwrap();
+    let gw_tokens_arg = gw_tokens.to_string_lossy().into_owned();
+    let (pki, _origin, gw) = setup(ServerKind::Late, &["--token-file", &gw_tokens_arg]);
+    let relay = serve_v2(
+        &gw,
+        RelayOptions::default().token("token-a").env(
+            "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
+            &ingress.to_string_lossy(),
+        ),
+    );
+    curl_hello(&relay, &pki, &gw);
+    let ws = preambles(&gw)[0].0;
+    wait_pooled(&gw, &relay, ws, 1);
+
+    // Rotated while the WebSocket (opened with `Bearer token-a`) is pooled;
+    // the gateway accepts only token-b in a CONNECT from now on.
+    fs::write(&ingress, "token-b\n").unwrap();
+    fs::write(&gw_tokens, "token-b\n").unwrap();
+    curl_hello(&relay, &pki, &gw);
+    assert_eq!(
+        preambles(&gw),
+        vec![(ws, 1), (ws, 2)],
+        "the second tunnel reuses the WebSocket; events:\n{}",
+        gw.events().join("\n")
+    );
+    assert_websockets(&gw, 1);
+    assert_eq!(
+        preamble_of(&gw, ws, 2),
+        Some(escape(&expected_preamble(&gw.session_id, "token-b"))),
+        "events:\n{}",
+        gw.events().join("\n")
+    );
+    assert_eq!(gw.count_events("tunnel refused"), 0);
+    let log = relay.stderr();
+    assert!(
+        !log.contains("token-a") && !log.contains("token-b"),
+        "a token in the relay's log:\n{log}"
+    );
+}
+
+#[test]
+fn bytes_written_while_the_dial_is_retried_reach_the_origin_intact() {
+    let plain = RecordingOrigin::start();
+    let map = plain.map_arg();
+    let (pki, origin, first_gw) = setup(ServerKind::Late, &["--map", &map]);
+    let relay = serve_v2(&first_gw, RelayOptions::default());
+    // As in the retry test: the probe meets a first gateway, the tunnel a
+    // second one on the same address that refuses two upgrades (100 ms and
+    // 200 ms pauses: the dial takes 300 ms at least).
+    let_the_probe_pass(&first_gw);
+    let addr = first_gw.addr;
+    drop(first_gw);
+    let gw = gateway_at(&pki, &origin, addr, &["--refuse-first", "2", "--map", &map]);
+    let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let request = post(&body);
+    let client = relay.connect();
+    // Part of the request comes with the CONNECT; the rest in pieces while
+    // the relay is still dialling (from a thread: the writes may block).
+    let split = 100;
+    (&client)
+        .write_all(&[PLAIN_CONNECT, &request[..split]].concat())
+        .unwrap();
+    let writer = {
+        let client = client.try_clone().unwrap();
+        let rest = request[split..].to_vec();
+        thread::spawn(move || {
+            for piece in rest.chunks(64 * 1024) {
+                thread::sleep(Duration::from_millis(40));
+                (&client).write_all(piece).unwrap();
+            }
+        })
+    };
+    let (got, err) = read_until_end(&client, Duration::from_secs(30));
+    writer.join().unwrap();
+    let context = || {
+        format!(
+            "relay log:\n{}\ngateway events:\n{}",
+            relay.stderr(),
+            gw.events().join("\n")
+        )
+    };
+    assert!(err.is_none(), "{err:?}; {}", context());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&recorded_answer(&request)),
+        "{}",
+        context()
+    );
+    let upgrades = gw.count_events("upgrade refused 503 --refuse-first");
+    assert_eq!(upgrades, 2, "{}", context());
+    let requests = plain.requests();
+    assert_eq!(requests.len(), 1, "{}", context());
+    assert!(requests[0] == request, "the request arrived altered");
 }

@@ -4,15 +4,20 @@
 //! else one tunnel in the first generation's manner on v2 messages.
 //!
 //! `--server late` acknowledges a HELLO with version 2; `early` never
-//! acknowledges; `v1-only` drops every control message unread. The event
-//! lines are listed in [`crate::events`].
+//! acknowledges; `v1-only` drops every control message unread.
+//! `--on-reuse` makes every tunnel after the first on a WebSocket fail in
+//! one of the ways the relay's safe redial is about ([`ReuseFault`]). The
+//! event lines are listed in [`crate::events`].
 
 use std::io;
 use std::time::{Duration, Instant};
 
 use tungstenite::{Bytes, Message, WebSocket};
 
-use super::{After, FIRST_CHUNK_TIMEOUT, Refusal, ServerKind, Shared, refuse_tunnel, run_tunnel};
+use super::{
+    After, FIRST_CHUNK_TIMEOUT, Refusal, ReuseFault, ServerKind, Shared, check_connect,
+    refuse_tunnel, run_tunnel,
+};
 use crate::events::escape;
 use crate::http::reason;
 use crate::pump::{FIN_ACK_WAIT, Framing};
@@ -21,6 +26,16 @@ use crate::wire::{self, CONTROL_FIN_ACK, CONTROL_HELLO, V2, decode_v2, hex};
 
 /// Longest a WebSocket may sit between tunnels without `--close-idle-after`.
 const IDLE_MAX: Duration = Duration::from_secs(3600);
+
+/// `--on-reuse cut`: how long client bytes after the CONNECT are swallowed
+/// (and recorded) before the cut.
+const SWALLOW_FOR: Duration = Duration::from_millis(300);
+
+/// `--on-reuse silent`: the longest the gateway stays silent.
+const SILENT_MAX: Duration = Duration::from_secs(60);
+
+/// `--on-reuse answer-then-cut`: what the cut tunnel answers.
+const PARTIAL_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial";
 
 /// What a bounded read got.
 enum Got {
@@ -181,6 +196,11 @@ pub(super) fn session(
             })
             .unwrap_or_else(|| "-".into());
         events.record(&format!("v2 client-process{tag} {process}"));
+        if let (Some(fault), true) = (shared.cfg.on_reuse, tunnels > 1) {
+            let why = reuse_fault(shared, &mut ws, fault, &data, &tag);
+            end(&why, tunnels);
+            return Ok(());
+        }
         let framing = Framing::V2 { fin: acked };
         ws = match run_tunnel(shared, id, ws, &data, framing, &tag)? {
             After::Gone => {
@@ -285,5 +305,87 @@ fn close(ws: &mut WebSocket<GatewayStream>) {
     let _ = ws.close(None);
     let deadline = Instant::now() + Duration::from_secs(2);
     while let Got::Message(_) = read_binary(ws, deadline) {}
+    let _ = ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
+}
+
+/// `--on-reuse`: fails the tunnel whose CONNECT `preamble` just came on a
+/// reused WebSocket; the WebSocket is done afterwards. Returns why it ended.
+fn reuse_fault(
+    shared: &Shared,
+    ws: &mut WebSocket<GatewayStream>,
+    fault: ReuseFault,
+    preamble: &[u8],
+    tag: &str,
+) -> String {
+    let events = &shared.events;
+    events.record(&format!("v2 reuse-fault {}{tag}", fault.as_str()));
+    match fault {
+        ReuseFault::Cut => {
+            swallow(shared, ws, Instant::now() + SWALLOW_FOR, tag);
+            cut(ws);
+            "cut after the CONNECT".into()
+        }
+        ReuseFault::Silent => {
+            let why = swallow(shared, ws, Instant::now() + SILENT_MAX, tag)
+                .unwrap_or_else(|| "silent for the longest wait".into());
+            cut(ws);
+            why
+        }
+        ReuseFault::AnswerThenCut => {
+            let target = match check_connect(shared, preamble) {
+                Ok((target, _)) => target,
+                Err(Refusal { status, why }) => {
+                    events.record(&format!("tunnel refused {status} {why}"));
+                    cut(ws);
+                    return format!("CONNECT refused: {why}");
+                }
+            };
+            events.record(&format!("connect {target}"));
+            let answer = [
+                &b"HTTP/1.1 200 Connection Established\r\n\r\n"[..],
+                PARTIAL_ANSWER,
+            ];
+            for part in answer {
+                if let Err(e) = send(ws, wire::encode(part)) {
+                    return format!("cannot answer: {e}");
+                }
+            }
+            // Time for the relay to pass the answer on before the cut.
+            std::thread::sleep(Duration::from_millis(300));
+            cut(ws);
+            "cut after a partial answer".into()
+        }
+    }
+}
+
+/// Reads and records what the relay sends until `deadline`: data as
+/// `v2 swallowed<tag> "<data>"`. `Some(why)` when the relay closed first.
+fn swallow(
+    shared: &Shared,
+    ws: &mut WebSocket<GatewayStream>,
+    deadline: Instant,
+    tag: &str,
+) -> Option<String> {
+    loop {
+        match read_binary(ws, deadline) {
+            Got::Message(b) => match decode_v2(&b) {
+                Ok(m) if m.control == 0 && m.data.is_empty() => shared.events.record("keepalive"),
+                Ok(m) if m.control == 0 => shared
+                    .events
+                    .record(&format!("v2 swallowed{tag} {}", escape(m.data))),
+                Ok(m) => shared
+                    .events
+                    .record(&format!("control-ignored {}{tag}", m.control)),
+                Err(e) => return Some(format!("malformed message: {e}")),
+            },
+            Got::Timeout => return None,
+            Got::Closed(why) => return Some(why),
+        }
+    }
+}
+
+/// Ends the WebSocket's TCP connection as a crash would: no v2 FIN, no
+/// close frame.
+fn cut(ws: &mut WebSocket<GatewayStream>) {
     let _ = ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
 }
