@@ -86,7 +86,8 @@ static:
 	fi; \
 	echo "static: building $(STATIC_BIN) (OpenSSL from source: several minutes the first time)"; \
 	start=$$(date +%s); \
-	CARGO_PROFILE_RELEASE_LTO=fat CFLAGS_x86_64_unknown_linux_musl=-Os \
+	CARGO_PROFILE_RELEASE_LTO=fat \
+	CFLAGS_x86_64_unknown_linux_musl='-Os -fno-asynchronous-unwind-tables -fno-unwind-tables' \
 	  $(CARGO) build --release --target $(STATIC_TARGET) -p ccr-relay --bin ccr-relay; \
 	secs=$$(( $$(date +%s) - start )); \
 	if command -v readelf >/dev/null 2>&1 && readelf -l $(STATIC_BIN) | grep -q 'program interpreter'; then \

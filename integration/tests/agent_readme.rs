@@ -206,7 +206,8 @@ fn start_up_logs_say_what_was_set_up() {
         .finish(std::time::Duration::from_secs(20));
     assert_eq!(out.stderr, "", "silent without RUST_LOG");
 
-    // --listen on a non-loopback address: a warning, and the proxy still on.
+    // --listen on a non-loopback address: a warning saying what the uid
+    // check does with other hosts, and the proxy still on.
     let s = Session::for_gateway("log-listen", &gw).arg("--listen=0.0.0.0:0");
     let out = s.run(&["sh", "-c", "echo HTTPS_PROXY=$HTTPS_PROXY"]);
     assert_eq!(out.code(), Some(0), "{}", out.describe());
@@ -214,7 +215,7 @@ fn start_up_logs_say_what_was_set_up() {
         out.stderr.contains("warn listening on 0.0.0.0:")
             && out
                 .stderr
-                .contains("any host that can reach it can use this session's credentials"),
+                .contains("other hosts that reach it will be refused (403)"),
         "{}",
         out.describe()
     );

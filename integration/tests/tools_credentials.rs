@@ -267,11 +267,12 @@ fn gh_gets_the_placeholder_in_the_agent_proxy_generation() {
         scene.origin.header_values("Authorization"),
         ["token proxy-injected"]
     );
+    // The client process, unless a loaded machine could not find it within
+    // the lookup's few milliseconds (the contract's timed-out marker).
     let events = scene.gw.events();
     assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("v2 client-process ") && e.ends_with(" gh")),
+        events.iter().any(|e| e.starts_with("v2 client-process ")
+            && (e.ends_with(" gh") || e.ends_with(" <lookup-timed-out>"))),
         "the gateway was not told the client is gh: {events:?}"
     );
 }
