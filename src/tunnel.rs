@@ -574,6 +574,14 @@ impl Tunnel {
             {
                 Side::Socket
             }
+            // A pump that stopped because the server's FIN is closing the
+            // tunnel closes as that FIN does: the WebSocket stays open for
+            // FIN_ACK and reuse.
+            (End::Aborted, Side::Abort)
+                if self.fin.load(Ordering::SeqCst) && !self.aborted.load(Ordering::SeqCst) =>
+            {
+                Side::Fin
+            }
             _ => side,
         };
         // v2: the WebSocket broke without the server's FIN. The tunnel
@@ -1177,6 +1185,47 @@ mod tests {
         assert!(err.is_none(), "{err:?}");
         assert_eq!(got, b"whole answer");
         runner.join().unwrap();
+    }
+
+    #[test]
+    fn a_fin_while_the_client_is_still_sending_keeps_the_websocket() {
+        // The client never stops writing, so its pump is mid-send or about
+        // to loop when the FIN lands: however it stops, the WebSocket must
+        // stay open for FIN_ACK (a pump that stops because the tunnel is
+        // closing once cut it, and the WebSocket was lost to the pool).
+        for round in 0..20 {
+            let (near, mut server, tunnel, runner) = v2_tunnel(PumpOptions::default());
+            let writer = {
+                let near = near.try_clone().unwrap();
+                thread::spawn(move || {
+                    let block = [7u8; 1024];
+                    while (&near).write_all(&block).is_ok() {}
+                })
+            };
+            // Let the upload flow, then finish the tunnel from the server.
+            let mut seen = 0;
+            while seen < 64 {
+                if let Message::Binary(_) = server.read().unwrap() {
+                    seen += 1;
+                }
+            }
+            server
+                .send(Message::Binary(vec![0x10, 0x03].into()))
+                .unwrap();
+            loop {
+                match server.read().unwrap() {
+                    Message::Binary(b) if b[..] == message_v2::FIN_ACK[..] => break,
+                    Message::Binary(_) => {}
+                    other => panic!("round {round}: {other:?} instead of FIN_ACK"),
+                }
+            }
+            let report = runner.join().unwrap();
+            assert!(report.reusable, "round {round}: {}", report.end);
+            assert!(tunnel.take_websocket().is_some(), "round {round}");
+            // The writer may be blocked on a full connection: wake it.
+            let _ = near.shutdown(Shutdown::Both);
+            writer.join().unwrap();
+        }
     }
 
     #[test]
