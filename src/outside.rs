@@ -274,7 +274,9 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
 /// the relay's directory, and the git settings that defeat the proxy.
 pub fn print_doctor(bundle: &Path, parent: impl Fn(&str) -> Option<String>) {
     out!();
-    out!("outside the relay's directory");
+    out!(
+        "outside the relay's directory: what start-up would write (a running relay's status page lists what it did write)"
+    );
     for line in would_write(bundle, &parent) {
         out!("  {line}");
     }
