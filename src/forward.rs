@@ -6,7 +6,21 @@
 //! host reuse the tunnel; another host gets a new one.
 //!
 //! Unlike a CONNECT tunnel this is one request, then one response, so a
-//! single thread drives it over a blocking [`ChunkStream`].
+//! single thread drives it over a blocking [`ChunkStream`]. An origin may
+//! answer before the request body has ended: the answer is heard at once,
+//! and while its body is passed on the rest of the request body still is
+//! (each side's reads stop when the other side has data); the client
+//! connection closes after such an exchange.
+//!
+//! Hostile origins: the response head, informational ones included, must
+//! be complete within `Limits::response_head_timeout` (504 past it); a
+//! response framed by both `Content-Length` and `Transfer-Encoding`, or by
+//! differing lengths, is a 502 and nothing more goes over that client
+//! connection. The rule for bytes an origin sends beyond its response
+//! (which nothing asked for: a smuggled "next response"): a tunnel is used
+//! again only if nothing at all arrived on it between the end of one
+//! response and the next request; otherwise it is closed and the next
+//! request opens a fresh one, so such bytes never answer a request.
 
 use std::cell::Cell;
 use std::fmt;
