@@ -48,6 +48,7 @@ TUNING (mostly for tests)
   --fin-grace SECS        (v2) wait for the server's FIN after the client closed [default: 10]
   --hello-timeout SECS    (v2) wait for HELLO_ACK on a fresh WebSocket [default: 10]
   --upload-stall SECS     end a tunnel whose gateway takes no byte this long [default: 180]
+  --response-timeout SECS plain http://: time an origin has to send its response head [default: 60]
   --max-pending-heads N   connections still sending their request head; more get 503 [default: 1024]
   --max-connections N     connections in all; more get 503 [default: 4096]
 
@@ -194,6 +195,9 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
             "--head-timeout" => config.limits.head_timeout = seconds(&flag, &value()?)?,
             "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(&flag, &value()?)?,
             "--upload-stall" => config.limits.upload_stall = seconds(&flag, &value()?)?,
+            "--response-timeout" => {
+                config.limits.response_head_timeout = seconds(&flag, &value()?)?;
+            }
             "--max-pending-heads" => {
                 config.limits.max_pending_heads = count(&flag, &value()?)?;
             }
@@ -318,6 +322,8 @@ mod tests {
             "--max-connections=64",
             "--upload-stall",
             "1.5",
+            "--response-timeout",
+            "2",
         ])
         .unwrap() else {
             panic!("not serve")
@@ -325,6 +331,7 @@ mod tests {
         assert_eq!(config.limits.max_pending_heads, 16);
         assert_eq!(config.limits.max_connections, 64);
         assert_eq!(config.limits.upload_stall, Duration::from_millis(1500));
+        assert_eq!(config.limits.response_head_timeout, Duration::from_secs(2));
         let defaults = crate::config::Limits::default();
         assert_eq!(
             (defaults.max_pending_heads, defaults.max_connections),

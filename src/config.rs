@@ -159,6 +159,10 @@ pub struct Limits {
     pub max_pending_heads: usize,
     /// Connections in all, tunnels included; more are answered `503` at once.
     pub max_connections: usize,
+    /// Plain HTTP: time an origin has, once the request is passed on, to
+    /// send its whole response head (`504` past it); the same 60 s a fresh
+    /// tunnel waits for the gateway's answer.
+    pub response_head_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -178,6 +182,7 @@ impl Default for Limits {
             upload_stall: Duration::from_secs(180),
             max_pending_heads: 1024,
             max_connections: 4096,
+            response_head_timeout: crate::dial::ANSWER_TIMEOUT,
         }
     }
 }

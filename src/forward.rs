@@ -6,7 +6,21 @@
 //! host reuse the tunnel; another host gets a new one.
 //!
 //! Unlike a CONNECT tunnel this is one request, then one response, so a
-//! single thread drives it over a blocking [`ChunkStream`].
+//! single thread drives it over a blocking [`ChunkStream`]. An origin may
+//! answer before the request body has ended: the answer is heard at once,
+//! and while its body is passed on the rest of the request body still is
+//! (each side's reads stop when the other side has data); the client
+//! connection closes after such an exchange.
+//!
+//! Hostile origins: the response head, informational ones included, must
+//! be complete within `Limits::response_head_timeout` (504 past it); a
+//! response framed by both `Content-Length` and `Transfer-Encoding`, or by
+//! differing lengths, is a 502 and nothing more goes over that client
+//! connection. The rule for bytes an origin sends beyond its response
+//! (which nothing asked for: a smuggled "next response"): a tunnel is used
+//! again only if nothing at all arrived on it between the end of one
+//! response and the next request; otherwise it is closed and the next
+//! request opens a fresh one, so such bytes never answer a request.
 
 use std::cell::Cell;
 use std::fmt;
@@ -23,8 +37,8 @@ use crate::config::Limits;
 use crate::dial;
 use crate::gateway::{Gateway, GatewayStream};
 use crate::http1::{
-    BodyCopier, BodyError, BodyFraming, Framing, ResponseHead, has_token, header_values,
-    is_framing_header, parse_response_head, request_framing, response_framing,
+    BodyCopier, BodyError, BodyFraming, Framing, ResponseHead, forwarded_response_framing,
+    has_token, header_values, is_framing_header, parse_response_head, request_framing,
 };
 use crate::reply::{self, Status};
 use crate::request_head::{
@@ -66,6 +80,11 @@ pub struct ChunkStream {
     max_chunk: usize,
     keepalive: Duration,
     eof: bool,
+    /// While set, a read that would wait returns [`OtherSideReady`] as soon
+    /// as this socket (the client's) is readable and the tunnel is not.
+    watch: Option<RawFd>,
+    /// While set, a read still waiting at this instant fails with `TimedOut`.
+    deadline: Option<Instant>,
 }
 
 impl ChunkStream {
@@ -86,6 +105,8 @@ impl ChunkStream {
             max_chunk: max_chunk.max(1),
             keepalive,
             eof: false,
+            watch: None,
+            deadline: None,
         })
     }
 
@@ -132,6 +153,72 @@ impl ChunkStream {
             Ok(_) => Ok(()),
             Err(e) => Err(ws_to_io(e)),
         }
+    }
+
+    /// Takes whatever messages can be had without waiting, the ones the
+    /// WebSocket already holds (those leave the socket unreadable) included:
+    /// whether data or the end came.
+    fn receive_ready(&mut self) -> io::Result<bool> {
+        socket::set_mode(self.ws.get_ref().tcp(), Mode::NonBlocking)?;
+        let got = loop {
+            match self.receive() {
+                Ok(()) if self.pending.is_empty() && !self.eof => continue,
+                Ok(()) => break Ok(true),
+                Err(e) if is_timeout(&e) => break Ok(false),
+                Err(e) => break Err(e),
+            }
+        };
+        socket::set_mode(self.ws.get_ref().tcp(), read_wait(self.keepalive))?;
+        got
+    }
+
+    /// Whether received data is waiting to be read.
+    fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// How long the next wait may last: the keepalive interval, shortened
+    /// by the deadline; `None` once the deadline has passed.
+    fn next_wait(&self) -> Option<Duration> {
+        match self.deadline {
+            None => Some(self.keepalive),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(self.keepalive))
+            }
+        }
+    }
+
+    /// Waits for the tunnel or the watched client socket, at most `wait`:
+    /// whether the tunnel is readable (`Ok(false)` on timeout), or
+    /// [`OtherSideReady`] when only the client is.
+    fn wait_either(&self, client: RawFd, wait: Duration) -> io::Result<bool> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: client,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: two valid pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::Interrupted => Ok(false),
+                _ => Err(e),
+            };
+        }
+        if fds[0].revents == 0 && fds[1].revents != 0 {
+            return Err(io::Error::other(OtherSideReady));
+        }
+        Ok(fds[0].revents != 0)
     }
 
     /// Whether data or the end came from the far side, waiting at most a
@@ -196,12 +283,35 @@ impl Read for ChunkStream {
             if self.eof {
                 return Ok(0);
             }
-            match self.receive() {
+            let Some(wait) = self.next_wait() else {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
+            };
+            let readable = match self.watch {
+                Some(client) => {
+                    if self.receive_ready()? {
+                        continue;
+                    }
+                    self.wait_either(client, wait)?
+                }
+                None => true,
+            };
+            let got = if readable {
+                if self.deadline.is_some() {
+                    socket::set_mode(self.ws.get_ref().tcp(), read_wait(wait))?;
+                }
+                self.receive()
+            } else {
+                Err(io::ErrorKind::TimedOut.into())
+            };
+            match got {
                 Ok(()) => {}
                 Err(e) if is_timeout(&e) => {
+                    if self.next_wait().is_none() {
+                        continue;
+                    }
                     // Waiting on a slow origin: keep the gateway's sidecar from
                     // dropping the tunnel.
-                    debug!("keepalive after {:?} of silence", self.keepalive);
+                    debug!("keepalive after {wait:?} of silence");
                     self.send(chunk::keepalive())?;
                 }
                 Err(e) => return Err(e),
@@ -291,6 +401,18 @@ struct Upstream {
     stream: BufReader<ChunkStream>,
 }
 
+impl Upstream {
+    /// Whether the tunnel can carry another request: nothing arrived since
+    /// the last response ended (no unrequested bytes, no close).
+    fn is_clean(&mut self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return false;
+        }
+        let chunks = self.stream.get_mut();
+        !chunks.has_pending() && matches!(chunks.receive_ready(), Ok(false))
+    }
+}
+
 /// Why a forwarded request failed, and whether the client can still be told.
 #[derive(Debug)]
 enum Failure {
@@ -332,20 +454,23 @@ struct WatchedClient<'a> {
     watch: &'a Cell<Option<RawFd>>,
 }
 
-/// The origin started answering while the request body was being read.
+/// A read of one side stopped because the other side has something: the
+/// origin answering while the request body is read, or the client sending
+/// more of its body while an early answer is passed on.
 #[derive(Debug)]
-struct OriginSpoke;
+struct OtherSideReady;
 
-impl fmt::Display for OriginSpoke {
+impl fmt::Display for OtherSideReady {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the origin answered before the request body ended")
+        f.write_str("the other side of the exchange has data")
     }
 }
 
-impl std::error::Error for OriginSpoke {}
+impl std::error::Error for OtherSideReady {}
 
-fn is_origin_spoke(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<OriginSpoke>())
+fn is_other_side(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<OtherSideReady>())
 }
 
 impl Read for WatchedClient<'_> {
@@ -373,7 +498,7 @@ impl Read for WatchedClient<'_> {
                 return Err(io::ErrorKind::TimedOut.into());
             }
             if fds[0].revents == 0 && fds[1].revents != 0 {
-                return Err(io::Error::other(OriginSpoke));
+                return Err(io::Error::other(OtherSideReady));
             }
         }
         self.socket.read(buf)
@@ -489,7 +614,10 @@ fn forward_one<R: BufRead>(
     let client_closes = has_token(&head.headers, "connection", "close")
         || (head.minor_version == 0 && !has_token(&head.headers, "connection", "keep-alive"));
 
-    if upstream.as_ref().is_none_or(|u| u.authority != authority) {
+    if upstream
+        .as_mut()
+        .is_none_or(|u| u.authority != authority || !u.is_clean())
+    {
         *upstream = None;
         *upstream = Some(open_upstream(gateway, limits, client, &authority)?);
     }
@@ -523,7 +651,7 @@ fn forward_one<R: BufRead>(
     let body_complete = loop {
         match body.copy(reader, up.stream.get_mut()) {
             Ok(_) => break true,
-            Err(BodyError::Read(e)) if is_origin_spoke(&e) => {
+            Err(BodyError::Read(e)) if is_other_side(&e) => {
                 // Readable may be a ping or a keepalive: go on unless data came.
                 if !up.stream.buffer().is_empty()
                     || up.stream.get_mut().has_data().map_err(|e| lost(&e))?
@@ -560,16 +688,20 @@ fn forward_one<R: BufRead>(
         }
     };
     watch.set(None);
-    let up_bytes = body.copied();
     up.stream.get_mut().flush().map_err(|e| lost(&e))?;
 
     // The response; informational ones (but 101) are passed on as they come.
+    // The whole head, informational ones included, has one deadline.
+    up.stream.get_mut().deadline = Some(Instant::now() + limits.response_head_timeout);
     let response = loop {
-        let (bytes, resp) = read_response(
-            &mut up.stream,
-            &authority.to_string(),
-            &format!("no response from {authority}"),
-        )?;
+        let read = read_response(&mut up.stream, &format!("the origin {authority}"));
+        let (bytes, resp) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                *upstream = None;
+                return Err(e);
+            }
+        };
         if (100..200).contains(&resp.status) && resp.status != 101 {
             if !expects_continue || resp.status != 100 {
                 (&*client)
@@ -580,8 +712,18 @@ fn forward_one<R: BufRead>(
         }
         break resp;
     };
-    let framing = response_framing(&response.headers)
-        .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, format!("{authority}: {e}")))?;
+    up.stream.get_mut().deadline = None;
+    let framing = match forwarded_response_framing(&response.headers) {
+        Ok(framing) => framing,
+        Err(e) => {
+            // What follows cannot be told apart from a next response.
+            *upstream = None;
+            return Err(Failure::Answer(
+                reply::BAD_GATEWAY,
+                format!("{authority}: {e}"),
+            ));
+        }
+    };
     let no_body = head.method == "HEAD" || matches!(response.status, 101 | 204 | 304);
     let body_framing = if no_body {
         BodyFraming::None
@@ -597,15 +739,55 @@ fn forward_one<R: BufRead>(
     to_client
         .write_all(&client_response(&response, &framing, close))
         .map_err(|e| Failure::Close(e.to_string()))?;
-    let down_bytes = BodyCopier::new(body_framing)
-        .copy(&mut up.stream, &mut to_client)
-        .map_err(|e| Failure::Close(format!("response body cut off: {e}")))?;
-    if origin_closes {
+    // After an early answer the rest of the request body is still passed
+    // on (an origin may stream its answer while it reads): the response
+    // body's reads stop whenever the client has more to send.
+    let mut response_body = BodyCopier::new(body_framing);
+    let mut request_done = body_complete;
+    let client_fd = client.as_raw_fd();
+    let down_bytes = loop {
+        up.stream.get_mut().watch = (!request_done).then_some(client_fd);
+        let got = response_body.copy(&mut up.stream, &mut to_client);
+        up.stream.get_mut().watch = None;
+        match got {
+            Ok(n) => break n,
+            Err(BodyError::Read(e)) if is_other_side(&e) => {
+                watch.set(Some(up.stream.get_ref().raw_fd()));
+                let sent = body.copy(reader, up.stream.get_mut());
+                watch.set(None);
+                match sent {
+                    Ok(_) => {
+                        request_done = true;
+                        up.stream.get_mut().flush().map_err(|e| {
+                            Failure::Close(format!("tunnel to {authority} failed: {e}"))
+                        })?;
+                    }
+                    Err(BodyError::Read(e)) if is_other_side(&e) => {}
+                    Err(e) => {
+                        *upstream = None;
+                        return Err(Failure::Close(format!(
+                            "request body after an early answer: {e}"
+                        )));
+                    }
+                }
+            }
+            Err(e) => {
+                *upstream = None;
+                return Err(Failure::Close(format!("response body cut off: {e}")));
+            }
+        }
+    };
+    // Bytes the origin sent beyond its response answer nothing asked: the
+    // tunnel is not used again.
+    if origin_closes || !up.stream.buffer().is_empty() || up.stream.get_ref().has_pending() {
+        if !origin_closes {
+            warn!("http {authority}: bytes after the response; the tunnel is closed");
+        }
         *upstream = None;
     }
     Ok(Exchange {
         status: response.status,
-        up: up_bytes,
+        up: body.copied(),
         down: down_bytes,
         keep_open: !close,
     })
@@ -642,8 +824,9 @@ fn open_upstream(
     )
     .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, e.to_string()))?;
     let mut stream = BufReader::with_capacity(64 * 1024, stream);
-    let (bytes, resp) =
-        read_response(&mut stream, "gateway", "gateway did not answer the CONNECT")?;
+    stream.get_mut().deadline = Some(Instant::now() + limits.response_head_timeout);
+    // The deadline stays on while a refusal's body is passed on.
+    let (bytes, resp) = read_response(&mut stream, "the gateway (answering the CONNECT)")?;
     if !(200..300).contains(&resp.status) {
         gateway.monitor.check_answer(&bytes, &authority.to_string());
         let mut to_client = client;
@@ -654,6 +837,7 @@ fn open_upstream(
             resp.status_line()
         )));
     }
+    stream.get_mut().deadline = None;
     Ok(Upstream {
         authority: authority.clone(),
         stream,
@@ -661,21 +845,46 @@ fn open_upstream(
 }
 
 /// Reads and parses one response head from `stream` (`who` names the
-/// sender in errors, `silent` says what it means when no head comes): the
-/// head's bytes, to pass on verbatim, and its parse. Any failure is a 502.
+/// sender in errors): the head's bytes, to pass on verbatim, and its parse.
+/// A deadline passing is a 504, anything else a 502.
 fn read_response<R: BufRead>(
     stream: &mut R,
     who: &str,
-    silent: &str,
 ) -> Result<(Vec<u8>, ResponseHead), Failure> {
-    let bad = |msg: String| Failure::Answer(reply::BAD_GATEWAY, msg);
-    let bytes =
-        read_head_bytes(stream, MAX_RESPONSE_HEAD).map_err(|e| bad(format!("{silent}: {e}")))?;
+    let bytes = read_head_bytes(stream, MAX_RESPONSE_HEAD).map_err(|e| head_failure(who, &e))?;
     match parse_response_head(&bytes) {
         Ok(Some((resp, _))) => Ok((bytes, resp)),
-        Ok(None) => Err(bad(format!("{who}: response head cut off"))),
-        Err(e) => Err(bad(format!("{who}: {e}"))),
+        Ok(None) => Err(Failure::Answer(
+            reply::BAD_GATEWAY,
+            format!("{who} sent a bad response head: it is cut off"),
+        )),
+        Err(e) => Err(Failure::Answer(
+            reply::BAD_GATEWAY,
+            format!("{who} sent a bad response head: {e}"),
+        )),
     }
+}
+
+/// What a failed read of a response head means, naming the party at fault
+/// (the request-head wording of [`HeadError`] would blame the client).
+fn head_failure(who: &str, e: &HeadError) -> Failure {
+    let why = match e {
+        HeadError::Timeout => {
+            return Failure::Answer(
+                reply::GATEWAY_TIMEOUT,
+                format!("{who} sent no complete response head in time"),
+            );
+        }
+        HeadError::TooLarge => {
+            format!("{who} sent a response head over {MAX_RESPONSE_HEAD} bytes")
+        }
+        HeadError::Closed(None) => {
+            format!("{who} closed before its response head was complete")
+        }
+        HeadError::Closed(Some(e)) => format!("reading the response head from {who} failed: {e}"),
+        other => format!("{who} sent a bad response head: {other}"),
+    };
+    Failure::Answer(reply::BAD_GATEWAY, why)
 }
 
 #[cfg(test)]
@@ -733,7 +942,7 @@ Proxy-Authorization: Basic eA==\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\n
             .unwrap()
             .unwrap();
         assert_eq!(resp.status, 200);
-        let framing = response_framing(&resp.headers).unwrap();
+        let framing = forwarded_response_framing(&resp.headers).unwrap();
         assert_eq!(
             String::from_utf8(client_response(&resp, &framing, true)).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
@@ -741,17 +950,65 @@ Proxy-Authorization: Basic eA==\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\n
         assert!(parse_response_head(b"SSH-2.0\r\n\r\n").is_err());
     }
 
+    fn response_failure(input: &[u8]) -> (u16, String) {
+        match read_response(&mut io::BufReader::new(input), "the origin o.test:80") {
+            Err(Failure::Answer((code, _), why)) => (code, why),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn responses_with_both_framings_go_out_chunked_only() {
+    fn response_head_failures_name_the_origin() {
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while big.len() < 200 * 1024 {
+            big.extend_from_slice(b"X-Filler: 0123456789abcdef0123456789abcdef\r\n");
+        }
+        big.extend_from_slice(b"\r\n");
+        let (code, why) = response_failure(&big);
+        assert_eq!(code, 502);
+        assert!(why.contains("response head over 65536 bytes"), "{why}");
+        assert!(!why.contains("request"), "{why}");
+
+        let (code, why) = response_failure(b"HTTP/1.1 200 OK\r\nContent-Le");
+        assert_eq!(code, 502);
+        assert_eq!(
+            why,
+            "the origin o.test:80 closed before its response head was complete"
+        );
+        let (code, why) = response_failure(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n");
+        assert_eq!(code, 502);
+        assert!(
+            why.starts_with("the origin o.test:80 sent a bad response head: "),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_silent_origin_is_a_504() {
+        /// Times out on every read, as a socket past its deadline does.
+        struct Silent;
+        impl Read for Silent {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))
+            }
+        }
+        let got = read_response(&mut io::BufReader::new(Silent), "the origin o.test:80");
+        match got {
+            Err(Failure::Answer((504, _), why)) => assert_eq!(
+                why,
+                "the origin o.test:80 sent no complete response head in time"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn responses_with_both_framings_are_refused() {
         let (resp, _) = parse_response_head(
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n",
         )
         .unwrap()
         .unwrap();
-        let framing = response_framing(&resp.headers).unwrap();
-        assert_eq!(
-            String::from_utf8(client_response(&resp, &framing, false)).unwrap(),
-            "HTTP/1.1 200 OK\r\nX: y\r\nTransfer-Encoding: chunked\r\n\r\n"
-        );
+        assert!(forwarded_response_framing(&resp.headers).is_err());
     }
 }

@@ -336,6 +336,22 @@ pub fn response_framing(headers: &[(String, String)]) -> Result<Framing, Http1Er
     ))
 }
 
+/// A response's framing as a proxy that keeps connections open must read
+/// it: as [`response_framing`], but `Transfer-Encoding` with
+/// `Content-Length` is refused. RFC 9112 lets `Transfer-Encoding` win, yet
+/// such a response is the usual vehicle of response smuggling: a peer
+/// reading the length would see another message after it.
+pub fn forwarded_response_framing(headers: &[(String, String)]) -> Result<Framing, Http1Error> {
+    if header_values(headers, "transfer-encoding").next().is_some()
+        && header_values(headers, "content-length").next().is_some()
+    {
+        return Err(Http1Error::Ambiguous(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    response_framing(headers)
+}
+
 /// A `tchar` of RFC 9110.
 pub fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -767,6 +783,31 @@ mod tests {
         ] {
             assert!(f(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn forwarded_responses_refuse_both_framings_and_differing_lengths() {
+        let f = |list: &[(&str, &str)]| forwarded_response_framing(&headers(list));
+        let both = [("Transfer-Encoding", "chunked"), ("Content-Length", "5")];
+        assert!(response_framing(&headers(&both)).is_ok(), "RFC reading");
+        assert_eq!(
+            f(&both),
+            Err(Http1Error::Ambiguous(
+                "both Content-Length and Transfer-Encoding"
+            ))
+        );
+        assert_eq!(
+            f(&[("Content-Length", "5"), ("Content-Length", "6")]),
+            Err(Http1Error::Ambiguous("conflicting Content-Length values"))
+        );
+        assert_eq!(
+            f(&[("Transfer-Encoding", "gzip, chunked")]).map(|f| f.body),
+            Ok(BodyFraming::Chunked)
+        );
+        assert_eq!(
+            f(&[("Content-Length", "5, 5")]).map(|f| f.body),
+            Ok(BodyFraming::Length(5))
+        );
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Plain `http://` through the real relay: absolute-form requests are
 //! forwarded through a tunnel to the origin, kept-alive connections reuse
 //! their tunnel, chunked bodies arrive intact, and `HEAD` answers end where
-//! they should.
+//! they should. The hostile-framing section sends raw bytes both ways:
+//! ambiguous framings are refused, an origin's bytes beyond its response
+//! never answer a later request, a stalled or cut-off response head gets a
+//! bounded answer naming the origin, and `Expect: 100-continue` bodies
+//! always reach an origin that answers before reading them.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -467,6 +471,7 @@ fn ambiguous_response_framing_is_502() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ] {
         let (addr, _seen) = raw_origin(answer, true);
         let (_gw, relay) = relay_to(addr);
@@ -484,7 +489,7 @@ fn ambiguous_response_framing_is_502() {
 fn loose_response_framing_reaches_the_client_normalised() {
     let cases: [(&'static [u8], &str, &str); 3] = [
         (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5 \r\nhello\r\n0\r\nContent-Length: 7\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5 \r\nhello\r\n0\r\nContent-Length: 7\r\n\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
             "5\r\nhello\r\n0\r\n\r\n",
         ),
@@ -543,4 +548,229 @@ fn an_early_answer_to_an_unsent_body_reaches_the_client() {
         started.elapsed()
     );
     assert!(seen.recv_timeout(Duration::from_secs(1)).is_ok());
+}
+
+/// A gateway mapping `origin.test:80` to `origin` and a relay with `args`.
+fn relay_with(origin: std::net::SocketAddr, args: &[&str]) -> (DevGateway, RelayProcess) {
+    let gw = DevGateway::start(GatewayOptions::default().map("origin.test:80", origin));
+    let mut opts = RelayOptions::default();
+    for a in args {
+        opts = opts.arg(*a);
+    }
+    let relay = RelayProcess::serve(&gw, opts);
+    (gw, relay)
+}
+
+/// Reads until the relay closes, failing (rather than hanging) past `limit`.
+fn read_all_within(c: &mut std::net::TcpStream, limit: Duration) -> String {
+    c.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let r = c.read_to_end(&mut got);
+    assert!(
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "no close from the relay within {limit:?} ({r:?}); got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn expect_continue_post_always_gets_its_body_echoed() {
+    // The development origin's /echo writes its head before it reads the
+    // body: the relay sees the answer begin while the client, told
+    // 100 Continue, is about to send. The body must still go on.
+    let origin = DevOrigin::start(None);
+    let (_gw, relay) = relay_with(origin.addr, &[]);
+    for i in 0..50 {
+        let mut c = relay.connect();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(
+            b"POST http://origin.test/echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let interim = String::from_utf8(read_head(&mut c).unwrap()).unwrap();
+        assert!(
+            interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+            "{i}: {interim:?}"
+        );
+        c.write_all(b"hello").unwrap();
+        let got = read_all_within(&mut c, Duration::from_secs(20));
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{i}: {got:?}");
+        assert!(
+            got.to_ascii_lowercase()
+                .contains("\r\ncontent-length: 5\r\n"),
+            "{i}: {got:?}"
+        );
+        assert!(got.ends_with("\r\n\r\nhello"), "iteration {i}: {got:?}");
+    }
+}
+
+/// An origin that answers each connection's first request head with
+/// `partial` and then holds the connection open, silent, for `hold`.
+fn stalling_origin(partial: &'static [u8], hold: Duration) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                if read_head(&mut conn).is_ok() && conn.write_all(partial).is_ok() {
+                    std::thread::sleep(hold);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_stalled_response_head_gets_504_within_the_bound() {
+    let origin = stalling_origin(b"HTTP/1.1 200 OK\r\nContent-Le", Duration::from_secs(60));
+    let (_gw, relay) = relay_with(origin, &["--response-timeout", "2"]);
+    let mut c = relay.connect();
+    c.write_all(b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = read_all_within(&mut c, Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(
+        got.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+        "{got:?}"
+    );
+    assert!(
+        got.contains("the origin origin.test:80 sent no complete response head in time"),
+        "{got:?}"
+    );
+    assert!(
+        !got.contains("Content-Le\r\n"),
+        "the partial head leaked: {got:?}"
+    );
+    // 2 s bound; generous margins either way for a loaded machine.
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+#[test]
+fn a_response_head_cut_off_by_the_origin_is_502_naming_the_origin() {
+    let (addr, _seen) = raw_origin(b"HTTP/1.1 200 OK\r\nContent-Le", false);
+    let (_gw, relay) = relay_to(addr);
+    let mut c = relay.connect();
+    c.write_all(b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        .unwrap();
+    let got = read_all_within(&mut c, Duration::from_secs(30));
+    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got:?}");
+    assert!(
+        got.contains("the origin origin.test:80 closed before its response head was complete"),
+        "{got:?}"
+    );
+    assert!(!got.contains("client closed"), "{got:?}");
+}
+
+/// An origin answering every request head on a connection with `answer`,
+/// keeping the connection open; counts connections.
+fn answering_origin(
+    answer: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = conns.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                while read_head(&mut conn).is_ok() {
+                    if conn.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+const TWO_REQUESTS: &[u8] = b"GET http://origin.test/a HTTP/1.1\r\nHost: origin.test\r\n\r\n\
+GET http://origin.test/b HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn a_response_with_both_framings_is_502_and_smuggles_nothing() {
+    let (addr, _conns) = answering_origin(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSMUGGL",
+    );
+    let (_gw, relay) = relay_to(addr);
+    let mut c = relay.connect();
+    c.write_all(TWO_REQUESTS).unwrap();
+    let got = read_all_within(&mut c, Duration::from_secs(30));
+    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got:?}");
+    assert!(
+        got.contains("both Content-Length and Transfer-Encoding"),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer, then close: {got:?}"
+    );
+    assert!(!got.contains("SMUGGL"), "{got:?}");
+}
+
+#[test]
+fn bytes_beyond_a_response_never_answer_the_next_request() {
+    let (addr, conns) = answering_origin(
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSMUGGL",
+    );
+    let (gw, relay) = relay_to(addr);
+    let mut c = relay.connect();
+    c.write_all(TWO_REQUESTS).unwrap();
+    let got = read_all_within(&mut c, Duration::from_secs(30));
+    assert_eq!(
+        got.matches("HTTP/1.1 204 No Content\r\n").count(),
+        2,
+        "each request answered by its own 204: {got:?}"
+    );
+    assert!(
+        !got.contains("200 OK") && !got.contains("SMUGGL"),
+        "{got:?}"
+    );
+    // The second request went through a fresh tunnel to a fresh connection.
+    assert_eq!(
+        gw.count_events("connect origin.test:80"),
+        2,
+        "{:?}",
+        gw.events()
+    );
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_fragment_in_the_target_is_400_naming_it() {
+    let (addr, seen) = raw_origin(OK_CLOSE, false);
+    let (_gw, relay) = relay_to(addr);
+    for target in ["http://127.0.0.1:18999#f", "http://origin.test/a#f"] {
+        let mut c = relay.connect();
+        c.write_all(format!("GET {target} HTTP/1.1\r\nHost: origin.test\r\n\r\n").as_bytes())
+            .unwrap();
+        let got = read_all_within(&mut c, Duration::from_secs(30));
+        assert!(
+            got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{target}: {got:?}"
+        );
+        assert!(got.contains("fragment"), "{target}: {got:?}");
+        assert!(!got.contains("bad port"), "{target}: {got:?}");
+    }
+    assert!(seen.recv_timeout(Duration::from_millis(300)).is_err());
 }
