@@ -149,7 +149,10 @@ pub fn run(config: &Config) -> i32 {
     report.line(
         "TLS settings for the gateway",
         tls.is_ok(),
-        tls.as_ref().err().map(String::as_str).unwrap_or(""),
+        &tls.as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
     );
     out!("  info  system CA bundle: {}", system_text(config));
     match session::access_rule(config) {
