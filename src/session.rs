@@ -648,7 +648,7 @@ mod tests {
     fn gateway_ca_problems_are_named_with_the_file() {
         let dir = crate::test_support::TempDir::new("tls-setup");
         let missing = dir.0.join("missing.pem");
-        let err = tls_connector(Some(&missing)).err().expect("a missing file");
+        let err = tls_connector(Some(&missing)).expect_err("a missing file");
         assert!(
             matches!(err, TlsSetupError::ReadGatewayCa { .. }),
             "{err:?}"
@@ -661,7 +661,7 @@ mod tests {
 
         let empty = dir.0.join("empty.pem");
         fs::write(&empty, "not a certificate\n").unwrap();
-        let err = tls_connector(Some(&empty)).err().expect("no certificate");
+        let err = tls_connector(Some(&empty)).expect_err("no certificate");
         assert_eq!(
             err.to_string(),
             format!("--gateway-ca {} holds no PEM certificate", empty.display())
