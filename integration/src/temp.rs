@@ -58,10 +58,10 @@ impl AsRef<Path> for TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if std::env::var_os("CCR_KEEP_TEMP").is_some_and(|v| v == "1") {
-            if let Some(dir) = self.dir.take() {
-                eprintln!("keeping {}", dir.keep().display());
-            }
+        if std::env::var_os("CCR_KEEP_TEMP").is_some_and(|v| v == "1")
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("keeping {}", dir.keep().display());
         }
         // Otherwise `tempfile` removes the directory as `dir` drops.
     }
