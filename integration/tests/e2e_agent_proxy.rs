@@ -208,6 +208,32 @@ fn without_client_process(preamble: &str) -> String {
     }
 }
 
+/// The relay's log and the gateway's events, for a failing assertion.
+fn failure_context(relay: &RelayProcess, gw: &DevGateway) -> String {
+    format!(
+        "relay log:\n{}\ngateway events:\n{}",
+        relay.stderr(),
+        events_of(gw).join("\n")
+    )
+}
+
+/// The client read the recording origin's whole answer to `request`, and
+/// a clean end after it.
+fn assert_whole_answer(
+    got: &[u8],
+    err: Option<io::Error>,
+    request: &[u8],
+    context: impl Fn() -> String,
+) {
+    assert!(err.is_none(), "{err:?}; {}", context());
+    assert_eq!(
+        String::from_utf8_lossy(got),
+        String::from_utf8_lossy(&recorded_answer(request)),
+        "{}",
+        context()
+    );
+}
+
 /// Waits until the relay answered the gateway's FIN for `ws`/`tunnel`,
 /// then until its status page shows a WebSocket in the pool (a loaded
 /// machine may take a while between FIN_ACK and putting it there).
@@ -1153,20 +1179,8 @@ fn reused_websocket_failing_before_the_answer(fault: &str) -> Duration {
         .unwrap();
     let (got, err) = read_until_end(&client, Duration::from_secs(40));
     let waited = started.elapsed();
-    let context = || {
-        format!(
-            "relay log:\n{}\ngateway events:\n{}",
-            relay.stderr(),
-            events_of(&gw).join("\n")
-        )
-    };
-    assert!(err.is_none(), "{err:?}; {}", context());
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        String::from_utf8_lossy(&recorded_answer(&request)),
-        "{}",
-        context()
-    );
+    let context = || failure_context(&relay, &gw);
+    assert_whole_answer(&got, err, &request, context);
     // The fault met the reused WebSocket's second tunnel ...
     let events = events_of(&gw);
     assert!(
@@ -1351,20 +1365,8 @@ fn bytes_written_while_the_dial_is_retried_reach_the_origin_intact() {
     };
     let (got, err) = read_until_end(&client, Duration::from_secs(30));
     writer.join().unwrap();
-    let context = || {
-        format!(
-            "relay log:\n{}\ngateway events:\n{}",
-            relay.stderr(),
-            events_of(&gw).join("\n")
-        )
-    };
-    assert!(err.is_none(), "{err:?}; {}", context());
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        String::from_utf8_lossy(&recorded_answer(&request)),
-        "{}",
-        context()
-    );
+    let context = || failure_context(&relay, &gw);
+    assert_whole_answer(&got, err, &request, context);
     let upgrades = gw.count_events("upgrade refused 503 --refuse-first");
     assert_eq!(upgrades, 2, "{}", context());
     let requests = plain.requests();
