@@ -1065,6 +1065,13 @@ mod tests {
         (near, server_ws, tunnel, runner)
     }
 
+    /// The gateway's FIN (control 3) for the tunnel on `server`.
+    fn send_fin(server: &mut WebSocket<TcpStream>) {
+        server
+            .send(Message::Binary(vec![0x10, 0x03].into()))
+            .unwrap();
+    }
+
     /// The next message the server side gets that is not a keepalive.
     fn next_message(server: &mut WebSocket<TcpStream>) -> Vec<u8> {
         loop {
@@ -1082,9 +1089,7 @@ mod tests {
         server
             .send(Message::Binary(message_v2::encode_data(b"answer").into()))
             .unwrap();
-        server
-            .send(Message::Binary(vec![0x10, 0x03].into()))
-            .unwrap();
+        send_fin(&mut server);
         // Every byte before the FIN, then the end of the stream.
         let mut got = Vec::new();
         near.set_read_timeout(Some(Duration::from_secs(10)))
@@ -1209,9 +1214,7 @@ mod tests {
                     seen += 1;
                 }
             }
-            server
-                .send(Message::Binary(vec![0x10, 0x03].into()))
-                .unwrap();
+            send_fin(&mut server);
             loop {
                 match server.read().unwrap() {
                     Message::Binary(b) if b[..] == message_v2::FIN_ACK[..] => break,
@@ -1247,9 +1250,7 @@ mod tests {
         server
             .send(Message::Binary(message_v2::encode_data(b"late").into()))
             .unwrap();
-        server
-            .send(Message::Binary(vec![0x10, 0x03].into()))
-            .unwrap();
+        send_fin(&mut server);
         assert_eq!(next_message(&mut server), message_v2::FIN_ACK);
         let report = runner.join().unwrap();
         assert!(report.reusable, "{}", report.end);
@@ -1364,9 +1365,7 @@ mod tests {
         server
             .send(Message::Binary(message_v2::encode_data(b"more").into()))
             .unwrap();
-        server
-            .send(Message::Binary(vec![0x10, 0x03].into()))
-            .unwrap();
+        send_fin(&mut server);
         assert_eq!(next_message(&mut server), message_v2::FIN_ACK);
         let report = runner.join().unwrap();
         assert!(report.reusable, "{}", report.end);
