@@ -378,11 +378,17 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
     // Who asks (both generations log it; the agent proxy also sends it in
     // the preamble): looked up on a helper thread while the WebSocket is
     // dialled, within its budget.
-    let lookup = Mutex::new(client_process::Background::start(
-        client.peer_addr(),
-        client.local_addr(),
-        client_process::DEFAULT_BUDGET,
-    ));
+    // The first generation only logs it, at info: not looked up when that
+    // line is off (a lookup scans every process's descriptors; thousands
+    // of quick connections would pay for a line nobody reads).
+    let wants_name = agent || log::log_enabled!(log::Level::Info);
+    let lookup = wants_name.then(|| {
+        Mutex::new(client_process::Background::start(
+            client.peer_addr(),
+            client.local_addr(),
+            client_process::DEFAULT_BUDGET,
+        ))
+    });
     // For the preamble: a fresh WebSocket's dial has hidden the lookup's
     // time, so what is left of its budget is waited for; a reused one had
     // no dial, and the contract allows only a few milliseconds then.
@@ -396,7 +402,10 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
         } else {
             client_process::DEFAULT_BUDGET
         };
-        lock(&lookup).name_within(bound)
+        match &lookup {
+            Some(lookup) => lock(lookup).name_within(bound),
+            None => String::new(),
+        }
     };
     let request = dial::Request {
         target: &target,
@@ -481,9 +490,15 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
         &target.to_string(),
     );
     // The lookup ended long ago (its budget is far shorter than a tunnel).
-    let client_name = lock(&lookup).name_within(client_process::DEFAULT_BUDGET);
+    let client_note = match &lookup {
+        Some(lookup) => format!(
+            ", client {}",
+            lock(lookup).name_within(client_process::DEFAULT_BUDGET)
+        ),
+        None => String::new(),
+    };
     let line = format!(
-        "tunnel {target} closed{}: up {} B, down {} B, {:.3} s, {}, client {client_name}, {} {} WebSocket{}",
+        "tunnel {target} closed{}: up {} B, down {} B, {:.3} s, {}{client_note}, {} {} WebSocket{}",
         rejection
             .as_ref()
             .map(|r| format!(" (the gateway answered {r})"))

@@ -401,3 +401,81 @@ fn child_environment_holds_neither_token_nor_session_id() {
         "the session id is in the child's environment: {leaked:?}"
     );
 }
+
+/// A helper the relay runs at start-up never outlives it: a relay killed
+/// (SIGKILL: no clean-up of its own) while `certutil` works takes
+/// `certutil` with it. An orphaned `certutil` whose database directory was
+/// then removed was seen spinning on a CPU for over an hour.
+#[test]
+fn a_helper_dies_with_a_killed_relay() {
+    let origin = DevOrigin::start(None);
+    let gw = DevGateway::start(GatewayOptions::default().map("origin.test:80", origin.addr));
+    let dir = ccr_integration::temp_dir("helper-dies");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(dir.join("home/.pki/nssdb")).unwrap();
+    let pid_file = dir.join("certutil.pid");
+    // Only the "add" call lingers (the NSS installer lists, deletes, adds).
+    let fake = bin.join("certutil");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in -A) echo $$ > '{}'; exec sleep 60;; esac\nexit 0\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (mut cmd, _token) = ccr_integration::relay::relay_command(
+        "serve",
+        &gw,
+        &RelayOptions::default().env("PATH", &path),
+        dir.path(),
+    );
+    let mut relay = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the relay");
+    let deadline = Instant::now() + WAIT;
+    let helper: libc::pid_t = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the relay never ran certutil -A");
+        thread::sleep(Duration::from_millis(20));
+    };
+    let alive = |pid: libc::pid_t| {
+        // A zombie (not yet reaped by init) counts as gone.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(alive(helper));
+    relay.kill().expect("SIGKILL the relay");
+    let _ = relay.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(helper) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let survived = alive(helper);
+    if survived {
+        // SAFETY: kill(2) on the helper this test made the relay start.
+        unsafe { libc::kill(helper, libc::SIGKILL) };
+    }
+    assert!(
+        !survived,
+        "certutil (pid {helper}) outlived the killed relay"
+    );
+}

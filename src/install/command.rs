@@ -1,7 +1,9 @@
 //! Running a helper program (`git`, `certutil`, `update-ca-certificates`)
 //! under a hard time bound: its own process group, killed whole at the
 //! deadline, output captured up to a cap, no inherited environment beyond
-//! what the caller passes. A start-up step must never hang on a helper.
+//! what the caller passes. A start-up step must never hang on a helper,
+//! and a helper never outlives the relay: it is killed when the relay
+//! dies (an orphaned `certutil` whose database vanished spins for ever).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -111,6 +113,23 @@ pub fn run_bounded(
         // Its own group, so the kill at the deadline reaches whatever it
         // started (update-ca-certificates runs hooks).
         .process_group(0);
+    // The thread that spawns it waits for it, so "the parent died" means
+    // the relay died (killed, say, while start-up ran the helper).
+    // SAFETY: getpid has no preconditions.
+    let relay = unsafe { libc::getpid() };
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The relay may have died before the line above.
+            if libc::getppid() != relay {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
             RunError::NotFound(program.to_path_buf())
