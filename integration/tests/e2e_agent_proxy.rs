@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use ccr_integration::relay::{BlindPki, RelayOptions, RelayProcess, RunOutput, cu
 use ccr_integration::relay::{read_response, run_relay};
 use ccr_integration::session_env::{Outcome, Session, relay_vars_in};
 use ccr_integration::wire::{self, base64};
-use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, ServerKind, temp_dir};
+use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, ServerKind, TempDir, temp_dir};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// Longer than the relay's FIN grace (10 s), for events that may wait on it.
@@ -599,28 +600,70 @@ fn refused_upgrades_are_retried_and_the_third_succeeds() {
     assert_eq!(gw.count_events("connect origin.test:443"), 1);
 }
 
+/// A late gateway accepting only the token in its token file, and a relay
+/// whose session-ingress token file holds `token-a` too: the platform can
+/// rotate both at once ([`Rotation::rotate_to`]).
+struct Rotation {
+    _dir: TempDir,
+    gw_tokens: PathBuf,
+    ingress: PathBuf,
+    pki: BlindPki,
+    _origin: DevOrigin,
+    gw: DevGateway,
+    relay: RelayProcess,
+}
+
+impl Rotation {
+    fn start(name: &str, more_gateway_args: &[&str]) -> Rotation {
+        let dir = temp_dir(name);
+        let gw_tokens = dir.join("gateway-token");
+        let ingress = dir.join("session_ingress_token");
+        fs::write(&gw_tokens, "token-a\n").unwrap();
+        fs::write(&ingress, "token-a\n").unwrap();
+        let gw_tokens_arg = gw_tokens.to_string_lossy().into_owned();
+        let mut args = vec!["--token-file", &gw_tokens_arg];
+        args.extend_from_slice(more_gateway_args);
+        let (pki, origin, gw) = setup(ServerKind::Late, &args);
+        let relay = serve_v2(
+            &gw,
+            RelayOptions::default().token("token-a").env(
+                "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
+                &ingress.to_string_lossy(),
+            ),
+        );
+        Rotation {
+            _dir: dir,
+            gw_tokens,
+            ingress,
+            pki,
+            _origin: origin,
+            gw,
+            relay,
+        }
+    }
+
+    /// The platform rewrites the ingress token; the gateway takes only it.
+    fn rotate_to(&self, token: &str) {
+        fs::write(&self.ingress, format!("{token}\n")).unwrap();
+        fs::write(&self.gw_tokens, format!("{token}\n")).unwrap();
+    }
+
+    fn assert_no_token_in_log(&self) {
+        let log = self.relay.stderr();
+        assert!(
+            !log.contains("token-a") && !log.contains("token-b"),
+            "a token in the relay's log:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn rotated_ingress_token_is_used_for_the_next_websocket_and_preamble() {
-    let dir = temp_dir("e2e-v2-rotation");
-    let gw_tokens = dir.join("gateway-token");
-    let ingress = dir.join("session_ingress_token");
-    fs::write(&gw_tokens, "token-a\n").unwrap();
-    fs::write(&ingress, "token-a\n").unwrap();
-    let gw_tokens_arg = gw_tokens.to_string_lossy().into_owned();
-    let (pki, _origin, gw) = setup(
-        ServerKind::Late,
-        &["--token-file", &gw_tokens_arg, "--close-idle-after", "500"],
-    );
-    let relay = serve_v2(
-        &gw,
-        RelayOptions::default().token("token-a").env(
-            "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
-            &ingress.to_string_lossy(),
-        ),
-    );
-    curl_hello(&relay, &pki, &gw);
-    let ws = preambles(&gw)[0].0;
-    let events = events_of(&gw);
+    let scene = Rotation::start("e2e-v2-rotation", &["--close-idle-after", "500"]);
+    let (pki, gw, relay) = (&scene.pki, &scene.gw, &scene.relay);
+    curl_hello(relay, pki, gw);
+    let ws = preambles(gw)[0].0;
+    let events = events_of(gw);
     let with_a = format!(
         "v2 preamble ws={ws} tunnel=1 {}",
         escape(&expected_preamble(&gw.session_id, "token-a"))
@@ -630,12 +673,11 @@ fn rotated_ingress_token_is_used_for_the_next_websocket_and_preamble() {
     gw.wait_for_event_prefix(&format!("v2 ws-end ws={ws} "), WAIT);
 
     // The platform rotates the token; the gateway accepts only the new one.
-    fs::write(&ingress, "token-b\n").unwrap();
-    fs::write(&gw_tokens, "token-b\n").unwrap();
-    curl_hello(&relay, &pki, &gw);
-    let c = assert_websockets(&gw, 2);
+    scene.rotate_to("token-b");
+    curl_hello(relay, pki, gw);
+    let c = assert_websockets(gw, 2);
     let fresh = *c.with_tunnels.last().unwrap();
-    let events = events_of(&gw);
+    let events = events_of(gw);
     // `upgrade ok` now means the upgrade carried `Bearer token-b`.
     assert!(
         events.contains(&format!("upgrade ok ws={fresh}")),
@@ -653,11 +695,7 @@ fn rotated_ingress_token_is_used_for_the_next_websocket_and_preamble() {
     );
     assert_eq!(gw.count_events("upgrade refused"), 0);
     assert_eq!(gw.count_events("tunnel refused"), 0);
-    let log = relay.stderr();
-    assert!(
-        !log.contains("token-a") && !log.contains("token-b"),
-        "a token in the relay's log:\n{log}"
-    );
+    scene.assert_no_token_in_log();
 }
 
 /// `run` fails open (one warning naming the 401, no proxy variable) and
@@ -1287,48 +1325,31 @@ fn reused_websocket_cut_after_the_answer_began_is_not_replayed_and_resets_the_cl
 
 #[test]
 fn rotated_ingress_token_goes_into_the_preamble_on_a_reused_websocket() {
-    let dir = temp_dir("e2e-v2-rotation-reuse");
-    let gw_tokens = dir.join("gateway-token");
-    let ingress = dir.join("session_ingress_token");
-    fs::write(&gw_tokens, "token-a\n").unwrap();
-    fs::write(&ingress, "token-a\n").unwrap();
-    let gw_tokens_arg = gw_tokens.to_string_lossy().into_owned();
-    let (pki, _origin, gw) = setup(ServerKind::Late, &["--token-file", &gw_tokens_arg]);
-    let relay = serve_v2(
-        &gw,
-        RelayOptions::default().token("token-a").env(
-            "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
-            &ingress.to_string_lossy(),
-        ),
-    );
-    curl_hello(&relay, &pki, &gw);
-    let ws = preambles(&gw)[0].0;
-    wait_pooled(&gw, &relay, ws, 1);
+    let scene = Rotation::start("e2e-v2-rotation-reuse", &[]);
+    let (pki, gw, relay) = (&scene.pki, &scene.gw, &scene.relay);
+    curl_hello(relay, pki, gw);
+    let ws = preambles(gw)[0].0;
+    wait_pooled(gw, relay, ws, 1);
 
     // Rotated while the WebSocket (opened with `Bearer token-a`) is pooled;
     // the gateway accepts only token-b in a CONNECT from now on.
-    fs::write(&ingress, "token-b\n").unwrap();
-    fs::write(&gw_tokens, "token-b\n").unwrap();
-    curl_hello(&relay, &pki, &gw);
+    scene.rotate_to("token-b");
+    curl_hello(relay, pki, gw);
     assert_eq!(
-        preambles(&gw),
+        preambles(gw),
         vec![(ws, 1), (ws, 2)],
         "the second tunnel reuses the WebSocket; events:\n{}",
-        events_of(&gw).join("\n")
+        events_of(gw).join("\n")
     );
-    assert_websockets(&gw, 1);
+    assert_websockets(gw, 1);
     assert_eq!(
-        preamble_of(&gw, ws, 2),
+        preamble_of(gw, ws, 2),
         Some(escape(&expected_preamble(&gw.session_id, "token-b"))),
         "events:\n{}",
-        events_of(&gw).join("\n")
+        events_of(gw).join("\n")
     );
     assert_eq!(gw.count_events("tunnel refused"), 0);
-    let log = relay.stderr();
-    assert!(
-        !log.contains("token-a") && !log.contains("token-b"),
-        "a token in the relay's log:\n{log}"
-    );
+    scene.assert_no_token_in_log();
 }
 
 #[test]
