@@ -193,32 +193,11 @@ impl ChunkStream {
     /// whether the tunnel is readable (`Ok(false)` on timeout), or
     /// [`OtherSideReady`] when only the client is.
     fn wait_either(&self, client: RawFd, wait: Duration) -> io::Result<bool> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: client,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: two valid pollfds.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::Interrupted => Ok(false),
-                _ => Err(e),
-            };
-        }
-        if fds[0].revents == 0 && fds[1].revents != 0 {
+        let (tunnel, client) = socket::wait_readable_either(self.raw_fd(), client, wait)?;
+        if !tunnel && client {
             return Err(io::Error::other(OtherSideReady));
         }
-        Ok(fds[0].revents != 0)
+        Ok(tunnel)
     }
 
     /// Whether data or the end came from the far side, waiting at most a
@@ -476,28 +455,12 @@ fn is_other_side(e: &io::Error) -> bool {
 impl Read for WatchedClient<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(ws_fd) = self.watch.get() {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.socket.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: ws_fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            let ms = BODY_TIMEOUT.as_millis().min(i32::MAX as u128) as i32;
-            // SAFETY: two valid pollfds.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if rc == 0 {
+            let (client, origin) =
+                socket::wait_readable_either(self.socket.as_raw_fd(), ws_fd, BODY_TIMEOUT)?;
+            if !client && !origin {
                 return Err(io::ErrorKind::TimedOut.into());
             }
-            if fds[0].revents == 0 && fds[1].revents != 0 {
+            if !client {
                 return Err(io::Error::other(OtherSideReady));
             }
         }

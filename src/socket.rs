@@ -88,6 +88,35 @@ pub fn wait_ready(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Resu
     }
 }
 
+/// Waits at most `timeout` (at least a millisecond) until `first` or
+/// `second` is readable or hung up: which of them are. Both `false`: the
+/// time ran out.
+pub fn wait_readable_either(
+    first: RawFd,
+    second: RawFd,
+    timeout: Duration,
+) -> io::Result<(bool, bool)> {
+    let mut fds = [first, second].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: two valid pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if rc >= 0 {
+            return Ok((fds[0].revents != 0, fds[1].revents != 0));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Resets the connection now: RST to the peer, whatever is queued either
 /// way dropped, and any thread blocked on the socket woken with an error.
 /// For a connection broken mid-stream, where a FIN would tell the peer that
@@ -149,6 +178,25 @@ mod tests {
         let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (b, _) = listener.accept().unwrap();
         (a, b)
+    }
+
+    #[test]
+    fn wait_readable_either_says_which_side_has_bytes() {
+        let (a_near, a_far) = pair();
+        let (b_near, b_far) = pair();
+        let (a, b) = (a_far.as_raw_fd(), b_far.as_raw_fd());
+        let quiet = Duration::from_millis(50);
+        assert_eq!(wait_readable_either(a, b, quiet).unwrap(), (false, false));
+        (&b_near).write_all(b"x").unwrap();
+        assert_eq!(
+            wait_readable_either(a, b, Duration::from_secs(5)).unwrap(),
+            (false, true)
+        );
+        drop(a_near); // a hang-up counts as readable (EOF to read)
+        assert_eq!(
+            wait_readable_either(a, b, Duration::from_secs(5)).unwrap(),
+            (true, true)
+        );
     }
 
     #[test]
