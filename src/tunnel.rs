@@ -574,14 +574,6 @@ impl Tunnel {
             {
                 Side::Socket
             }
-            // A pump that stopped because the server's FIN is closing the
-            // tunnel closes as that FIN does: the WebSocket stays open for
-            // FIN_ACK and reuse.
-            (End::Aborted, Side::Abort)
-                if self.fin.load(Ordering::SeqCst) && !self.aborted.load(Ordering::SeqCst) =>
-            {
-                Side::Fin
-            }
             _ => side,
         };
         // v2: the WebSocket broke without the server's FIN. The tunnel
@@ -595,6 +587,12 @@ impl Tunnel {
             && !self.fin.load(Ordering::SeqCst)
             && !self.aborted.load(Ordering::SeqCst);
         if self.closing.swap(true, Ordering::SeqCst) {
+            // A pump that stopped only because the tunnel is closing adds
+            // nothing: the first end closed what it had to (after a server
+            // FIN the WebSocket stays open for FIN_ACK and reuse).
+            if matches!(end, End::Aborted) && !self.aborted.load(Ordering::SeqCst) {
+                return;
+            }
             if broken {
                 self.reset_client();
             }
