@@ -115,12 +115,13 @@ impl Relay {
     /// tunnel and waits (at most the shutdown grace) for their threads.
     pub fn serve(self) {
         let shared = &self.shared;
-        for accepted in shared.listener.incoming() {
+        loop {
+            let accepted = shared.listener.accept();
             if shared.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            let client = match accepted {
-                Ok(client) => client,
+            let (client, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors or the like: back off, keep serving.
                     warn!("accept failed: {e}");
@@ -135,17 +136,9 @@ impl Relay {
                 reply::refuse_now(&client, reply::SERVICE_UNAVAILABLE, TOO_MANY_CONNECTIONS);
                 continue;
             }
-            // Room for one more connection without its head: the oldest
-            // such connection gives way (503). A flood of idle connections
-            // thus evicts itself, while a real client, which sends its
-            // head at once, is never the oldest and gets served.
-            let pending = match track_pending(shared, &client) {
-                Ok(pending) => pending,
-                Err(e) => {
-                    warn!("cannot track a new connection: {e}");
-                    continue;
-                }
-            };
+            // Numbered in accept order: the oldest connection without its
+            // head is the one evicted when room is needed.
+            let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
             let conn_shared = Arc::clone(shared);
             *lock(&shared.live) += 1;
             let spawned = thread::Builder::new()
@@ -153,12 +146,7 @@ impl Relay {
                 .stack_size(CONNECTION_STACK)
                 .spawn(move || {
                     let _done = LiveGuard(&conn_shared);
-                    let pending = PendingHead {
-                        shared: &conn_shared,
-                        id: pending.0,
-                        evicted: pending.1,
-                    };
-                    handle_connection(&conn_shared, client, pending);
+                    handle_connection(&conn_shared, client, peer, conn);
                 });
             if let Err(e) = spawned {
                 *lock(&shared.live) -= 1;
@@ -235,12 +223,14 @@ const TOO_MANY_CONNECTIONS: &str = "too many connections (--max-connections), tr
 const EVICTED: &str =
     "too many connections still sending their request (--max-pending-heads), try again later";
 
-/// Records a new connection as waiting for its head, evicting the oldest
-/// such connection if there are already `max_pending_heads`. Returns its
-/// number and eviction flag.
-fn track_pending(shared: &Shared, client: &TcpStream) -> io::Result<(u64, Arc<AtomicBool>)> {
+/// Records connection `id` as waiting for its head, evicting the oldest
+/// such connection if there are already `max_pending_heads`.
+fn track_pending<'a>(
+    shared: &'a Shared,
+    id: u64,
+    client: &TcpStream,
+) -> io::Result<PendingHead<'a>> {
     let socket = client.try_clone()?;
-    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let evicted = Arc::new(AtomicBool::new(false));
     let mut pending = lock(&shared.pending_heads);
     while pending.len() >= shared.limits.max_pending_heads {
@@ -258,7 +248,11 @@ fn track_pending(shared: &Shared, client: &TcpStream) -> io::Result<(u64, Arc<At
             evicted: Arc::clone(&evicted),
         },
     );
-    Ok((id, evicted))
+    Ok(PendingHead {
+        shared,
+        id,
+        evicted,
+    })
 }
 
 /// Counts a connection as waiting for its head until dropped (the head
@@ -286,12 +280,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One client, start to end: read its request, open the tunnel, pump.
-fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_>) {
-    let peer = client
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+/// One client, start to end: decide who it is, read its request, open the
+/// tunnel, pump.
+fn handle_connection(shared: &Shared, client: TcpStream, peer_addr: SocketAddr, conn: u64) {
+    let peer = peer_addr.to_string();
+    // Only the session's own processes: decided from the addresses accept()
+    // gave, before a byte of the request is read or a pending-head slot is
+    // taken, so another uid can neither reach the gateway nor evict the
+    // session's clients.
+    if let Err(refusal) = admit(shared, &client, peer_addr) {
+        refuse_client(shared, &client, peer_addr, &refusal);
+        return;
+    }
+    let pending = match track_pending(shared, conn, &client) {
+        Ok(pending) => pending,
+        Err(e) => {
+            warn!("client {peer}: cannot track the connection: {e}");
+            return;
+        }
+    };
     let limits = &shared.limits;
     let read = read_head(&client, limits.max_head_bytes, limits.head_timeout);
     let evicted = pending.evicted();
@@ -312,35 +319,6 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
             return;
         }
     };
-    // Only the session's own processes: checked before anything reaches
-    // the gateway.
-    if let (Ok(peer_addr), Ok(local)) = (client.peer_addr(), client.local_addr()) {
-        let refused = match shared.access.decide(peer_addr, local) {
-            Decision::Allowed => None,
-            Decision::Refused { uid } => {
-                let name =
-                    client_process::lookup(peer_addr, local, client_process::DEFAULT_BUDGET).name;
-                warn!("client {peer} refused: uid {uid} ({name}) may not use the proxy");
-                Some(format!(
-                    "the proxy serves only the session's own processes; uid {uid} is not allowed (see --allow-uid)"
-                ))
-            }
-            Decision::Unknown(why) => {
-                warn!("client {peer} refused: its owner cannot be found ({why})");
-                Some(format!(
-                    "the proxy serves only the session's own processes; this connection's owner cannot be found ({why})"
-                ))
-            }
-        };
-        if let Some(problem) = refused {
-            shared
-                .gateway
-                .monitor
-                .record(status::Kind::ClientRefused, &problem, &peer);
-            reply::answer(&client, reply::FORBIDDEN, &problem);
-            return;
-        }
-    }
     if status::is_status_request(&head) {
         return status::serve(&shared.gateway, &client, &head);
     }
@@ -517,6 +495,88 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
         Some(r) if !r.hint.is_empty() => warn!("{line}"),
         _ => info!("{line}"),
     }
+}
+
+/// Why a connection is not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// Its socket belongs to a uid the access rule does not allow.
+    OtherUid(u32),
+    /// Its owner could not be established: refused, never waved through.
+    OwnerUnknown(String),
+}
+
+impl Refusal {
+    /// The answer's text (also what the status page records).
+    fn problem(&self) -> String {
+        match self {
+            Refusal::OtherUid(uid) => format!(
+                "the proxy serves only the session's own processes; uid {uid} is not allowed (see --allow-uid)"
+            ),
+            Refusal::OwnerUnknown(why) => format!(
+                "the proxy serves only the session's own processes; this connection's owner cannot be found ({why})"
+            ),
+        }
+    }
+}
+
+/// Decides whether the connection from `peer` may use the proxy. The local
+/// end is the listener's own port on the address the client reached (the
+/// accepted socket's, when the listener is bound to every address): both
+/// come from accept() and the listener, never from a later look at a socket
+/// the client may already have reset.
+fn admit(shared: &Shared, client: &TcpStream, peer: SocketAddr) -> Result<(), Refusal> {
+    if shared.access == Access::Anyone {
+        return Ok(());
+    }
+    let local = local_end(&shared.listener, client)
+        .map_err(|e| Refusal::OwnerUnknown(format!("the connection's local address: {e}")))?;
+    match shared.access.decide(peer, local) {
+        Decision::Allowed => Ok(()),
+        Decision::Refused { uid } => Err(Refusal::OtherUid(uid)),
+        Decision::Unknown(why) => Err(Refusal::OwnerUnknown(why)),
+    }
+}
+
+/// The address and port a client reached: the listener's, or, when it is
+/// bound to every address, the accepted socket's address on the listener's
+/// port.
+fn local_end(listener: &TcpListener, client: &TcpStream) -> io::Result<SocketAddr> {
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    let mut local = client.local_addr()?;
+    local.set_port(bound.port());
+    Ok(local)
+}
+
+/// Answers a refused client `403` without reading its request (what it
+/// sent is drained unread, within the answer's short bounds; a client
+/// already gone is just closed), and records it.
+fn refuse_client(shared: &Shared, client: &TcpStream, peer_addr: SocketAddr, refusal: &Refusal) {
+    let peer = peer_addr.to_string();
+    let problem = refusal.problem();
+    match refusal {
+        Refusal::OtherUid(uid) => {
+            // Named while the client is still there to be found.
+            let name = match local_end(&shared.listener, client) {
+                Ok(local) => {
+                    client_process::lookup(peer_addr, local, client_process::DEFAULT_BUDGET).name
+                }
+                Err(_) => "<gone>".to_string(),
+            };
+            warn!("client {peer} refused: uid {uid} ({name}) may not use the proxy");
+        }
+        Refusal::OwnerUnknown(why) => {
+            warn!("client {peer} refused: its owner cannot be found ({why})");
+        }
+    }
+    reply::answer(client, reply::FORBIDDEN, &problem);
+    shared
+        .gateway
+        .monitor
+        .record(status::Kind::ClientRefused, &problem, &peer);
 }
 
 /// What the shutdown registry can end: a tunnel or a direct pipe.

@@ -213,3 +213,170 @@ fn where_owners_cannot_be_found_the_relay_says_so_and_decides() {
         out.describe()
     );
 }
+
+/// Run as `nobody`: connections to the proxy that a hostile local user
+/// makes. `reset ADDR N`: N rounds of connect, a CONNECT head and payload,
+/// then an immediate reset (SO_LINGER 0), which makes the relay's later
+/// `getpeername` fail. `idle ADDR N`: N connections that send nothing,
+/// held until stdin closes ("ready" once they are all open).
+const HOSTILE_CLIENT: &str = r#"
+import socket, struct, sys
+mode, host, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if mode == "reset":
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.connect((host, port))
+        s.sendall(b"CONNECT flood.test:443 HTTP/1.1\r\nHost: flood.test:443\r\n\r\npayload-from-another-uid")
+        s.close()
+    print("done", flush=True)
+else:
+    held = []
+    for _ in range(n):
+        s = socket.socket()
+        s.connect((host, port))
+        held.append(s)
+    print("ready", flush=True)
+    sys.stdin.read()
+"#;
+
+/// Starts [`HOSTILE_CLIENT`] as `nobody` against `relay`.
+fn hostile_client(relay: &RelayProcess, mode: &str, n: usize) -> std::process::Child {
+    let dir = ccr_integration::temp_dir("access-hostile");
+    let script = dir.join("hostile.py");
+    std::fs::write(&script, HOSTILE_CLIENT).unwrap();
+    // Readable by nobody: the directory is 0755, the file 0644. The
+    // interpreter too: a python3 under root's home (pyenv) is not.
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "a python3 that nobody can run: /usr/bin/python3 (Debian: apt-get install python3)",
+        );
+    let child = Command::new("setpriv")
+        .args([
+            "--reuid",
+            NOBODY,
+            "--regid",
+            NOBODY,
+            "--clear-groups",
+            python,
+        ])
+        .arg(&script)
+        .args([
+            mode,
+            &relay.proxy_addr.ip().to_string(),
+            &relay.proxy_addr.port().to_string(),
+            &n.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3 as nobody (setpriv comes with util-linux)");
+    // The script is read at start; the directory may go once it printed.
+    std::mem::forget(dir);
+    child
+}
+
+/// Reads the hostile client's first line ("done" or "ready").
+fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the hostile client's output");
+    line.trim().to_string()
+}
+
+#[test]
+fn another_uid_that_resets_at_once_never_reaches_the_gateway() {
+    let (_o, gw, relay) = scene(RelayOptions::default());
+    let mut flood = hostile_client(&relay, "reset", 300);
+    // The relay's own uid is served throughout the flood.
+    let mut served = 0;
+    while flood.try_wait().expect("poll the flood").is_none() {
+        let (code, body) = curl_status(&relay, false);
+        assert_eq!(
+            code, "200",
+            "the session's own client during the flood: {body}"
+        );
+        served += 1;
+    }
+    assert!(flood.wait().unwrap().success(), "the flood ran to its end");
+    let (code, body) = curl_status(&relay, false);
+    assert_eq!(
+        code, "200",
+        "the session's own client after the flood: {body}"
+    );
+    // Every connection is refused; poll until the relay has decided them all.
+    let refused = count_log_within(&relay, "refused:", 300, std::time::Duration::from_secs(30));
+    eprintln!("{served} requests of the session served during the flood");
+    let reached: Vec<String> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("flood.test"))
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "connections of another uid reached the gateway ({} of 300): {:?}",
+        reached.iter().filter(|e| e.starts_with("connect ")).count(),
+        reached.iter().take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(refused, 300, "every connection of another uid is refused");
+}
+
+/// Polls the relay's log until `want` lines contain `needle` or `wait`
+/// passes; returns how many there were.
+fn count_log_within(
+    relay: &RelayProcess,
+    needle: &str,
+    want: usize,
+    wait: std::time::Duration,
+) -> usize {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let seen = relay
+            .stderr()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count();
+        if seen >= want || std::time::Instant::now() >= deadline {
+            return seen;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_connections_of_another_uid_cannot_evict_the_sessions_client() {
+    let (_o, _gw, relay) = scene(RelayOptions::default().arg("--max-pending-heads").arg("4"));
+    // The session's client connects and has not sent its head yet.
+    let mut own = std::net::TcpStream::connect(relay.proxy_addr).unwrap();
+    // Another uid opens many more idle connections than there are slots.
+    let mut idle = hostile_client(&relay, "idle", 40);
+    assert_eq!(first_line(&mut idle), "ready");
+    // Refusals are decided before any slot is taken: wait for them all
+    // (without the uid check first, they never come and fill the slots).
+    count_log_within(
+        &relay,
+        "refused: uid 65534",
+        40,
+        std::time::Duration::from_secs(10),
+    );
+    use std::io::{Read, Write};
+    own.write_all(
+        b"GET http://origin.test/hello HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    own.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = own.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    drop(idle.stdin.take());
+    let _ = idle.wait();
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "the session's client was not evicted by another uid's idle connections: {got}"
+    );
+}
