@@ -42,14 +42,14 @@ pub struct Config {
     /// apart, the proxy stays off instead of opening to every process.
     pub require_uid_check: bool,
     /// `--no-proxy-default`: the list starts as the reference list, or empty.
-    pub no_proxy_default: crate::child_env::NoProxyDefault,
+    pub no_proxy_default: crate::env::NoProxyDefault,
     /// `--require-v2`: an agent-proxy gateway that does not acknowledge
     /// tunnel protocol v2 gets its tunnels refused (`502`) instead of the
     /// first-generation fallback.
     pub require_v2: bool,
     /// `AGENT_PROXY_URL` / `AGENT_PROXY_AUTH_TOKEN`, taken out of the
     /// environment before anything else ran (redacted when printed).
-    pub standalone: crate::gates::Standalone,
+    pub standalone: crate::startup::gates::Standalone,
     /// Bounds on time and size.
     pub limits: Limits,
 }
@@ -104,9 +104,9 @@ impl Config {
             allow_uids: Vec::new(),
             allow_any_uid: false,
             require_uid_check: false,
-            no_proxy_default: crate::child_env::NoProxyDefault::Reference,
+            no_proxy_default: crate::env::NoProxyDefault::Reference,
             require_v2: false,
-            standalone: crate::gates::Standalone::default(),
+            standalone: crate::startup::gates::Standalone::default(),
             limits: Limits::default(),
         }
     }
@@ -172,7 +172,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             upgrade_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
-            max_chunk: crate::chunk::MAX_CHUNK_DATA,
+            max_chunk: crate::gateway::chunk::MAX_CHUNK_DATA,
             ca_fetch_timeout: Duration::from_secs(5),
             max_ca_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_millis(1500),
@@ -182,7 +182,7 @@ impl Default for Limits {
             upload_stall: Duration::from_secs(180),
             max_pending_heads: 1024,
             max_connections: 4096,
-            response_head_timeout: crate::dial::ANSWER_TIMEOUT,
+            response_head_timeout: crate::tunnel::dial::ANSWER_TIMEOUT,
         }
     }
 }

@@ -2,11 +2,15 @@
 //! of a container over its own WebSocket to the organisation's gateway, and
 //! a launcher that gives child processes the proxy and CA settings they need.
 //!
-//! The data path, top to bottom: [`listener`] accepts a client, [`request_head`]
-//! reads what it asks for, [`gateway`] opens the tunnel's WebSocket, [`tunnel`]
-//! pumps bytes both ways as [`chunk`]s until either side closes. Plain
-//! `http://` requests go through [`forward`], which reads and rebuilds them
-//! with [`http1`]; the relay's own error answers come from [`reply`].
+//! The modules are layers, each a folder, and each uses only the ones below
+//! it (docs/ARCHITECTURE.md draws them): [`cli`] (the command line and the
+//! commands), [`startup`] (gates, token, the start-up sequence), [`env`]
+//! (what children get), [`trust`] (the CA bundle and the installers),
+//! [`proxy`] (the listener and the per-connection flow), [`tunnel`] (one
+//! tunnel's pumps and dial), [`gateway`] (the gateway client and its
+//! codecs), [`http`] (HTTP/1 heads, the relay's own answers) and [`sys`]
+//! (sockets, signals, files). [`config`] holds every setting as plain types
+//! that every layer may read.
 
 /// `println!` for reports on standard output (`doctor`): a reader that
 /// went away (`ccr-relay doctor | head`) ends the output quietly instead
@@ -19,44 +23,16 @@ macro_rules! out {
     }};
 }
 
-pub mod access;
-pub mod agent_readme;
-pub mod app;
-pub mod atomic_file;
-pub mod child_env;
-pub mod chunk;
 pub mod cli;
-pub mod client_process;
 pub mod config;
-pub mod credentials;
-pub mod dial;
-pub mod direct;
-pub mod doctor;
-pub mod forward;
-pub mod gates;
+pub mod env;
 pub mod gateway;
-pub mod heap;
-pub mod http1;
-pub mod install;
-pub mod listener;
-pub mod message_v2;
-pub mod outside;
-pub mod pool;
-pub mod reply;
-pub mod request_head;
-pub mod route;
-pub mod session;
-pub mod signals;
-pub mod socket;
-pub mod status;
-pub mod token;
+pub mod http;
+pub mod proxy;
+pub mod startup;
+pub mod sys;
 pub mod trust;
 pub mod tunnel;
-pub mod version;
-pub mod wire;
 
 #[cfg(test)]
 mod test_support;
-
-#[cfg(test)]
-mod test_cert;

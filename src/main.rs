@@ -2,6 +2,6 @@
 //! the arguments and runs the command, and its status is the exit status.
 
 fn main() {
-    let code = ccr_relay::app::main(std::env::args_os().skip(1).collect());
+    let code = ccr_relay::cli::commands::main(std::env::args_os().skip(1).collect());
     std::process::exit(code);
 }

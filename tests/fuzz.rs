@@ -14,10 +14,12 @@
 use std::io::BufReader;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use ccr_relay::chunk;
-use ccr_relay::http1::{self, BodyCopier, BodyFraming};
-use ccr_relay::message_v2;
-use ccr_relay::request_head::{Authority, ProxyRequest, head_end, parse_head, read_head_bytes};
+use ccr_relay::gateway::chunk;
+use ccr_relay::gateway::message_v2;
+use ccr_relay::http::http1::{self, BodyCopier, BodyFraming};
+use ccr_relay::http::request_head::{
+    Authority, ProxyRequest, head_end, parse_head, read_head_bytes,
+};
 
 /// Cases per target when no variable says otherwise: a few seconds in debug.
 const DEFAULT_CASES: u64 = 5000;

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use ccr_relay::gates::{STANDALONE_TOKEN_VAR, STANDALONE_URL_VAR, take_standalone_env};
+use ccr_relay::startup::gates::{STANDALONE_TOKEN_VAR, STANDALONE_URL_VAR, take_standalone_env};
 
 #[test]
 fn standalone_variables_are_read_then_removed() {

@@ -345,7 +345,7 @@ fn run_all(opts: &Options) -> Vec<Row> {
 /// connections open on the machine meanwhile (2 sockets each), in this
 /// process, with the relay library's own code.
 fn access_decision(others: usize, n: usize) -> Vec<Row> {
-    use ccr_relay::access::{Access, Decision};
+    use ccr_relay::proxy::access::{Access, Decision};
     progress(&format!(
         "g. uid check: {n} connections with {others} others open"
     ));

@@ -32,7 +32,7 @@ use openssl::x509::{X509, X509Builder, X509NameBuilder};
 
 /// The relay's unit-test certificate maker, the same source file, so the
 /// integration tests and the unit tests share one copy.
-#[path = "../../src/test_cert.rs"]
+#[path = "../../src/test_support/cert.rs"]
 mod test_cert;
 pub use test_cert::{TestCert, self_signed};
 

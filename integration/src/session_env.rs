@@ -607,7 +607,7 @@ pub fn closed_port() -> u16 {
 /// Every variable name the relay may give a child (docs/PROTOCOL.md section 6
 /// and the clients CLIENTS.md adds).
 pub fn relay_var_names() -> Vec<&'static str> {
-    use ccr_relay::child_env::*;
+    use ccr_relay::env::*;
     let mut names: Vec<&'static str> = Vec::new();
     names.extend(PROXY_VARS);
     names.extend(NO_PROXY_VARS);

@@ -1,4 +1,4 @@
-//! What `ccr_relay::credentials` gives children, checked with a real `git`:
+//! What `ccr_relay::env::credentials` gives children, checked with a real `git`:
 //! GitHub SSH remotes go out as HTTPS through the proxy (a `CONNECT
 //! github.com:443` reaches it) unless the session has SSH of its own, and a
 //! server asking for a password makes git fail at once instead of prompting.
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ccr_relay::credentials::credential_vars;
+use ccr_relay::env::credentials::credential_vars;
 
 /// A listener that records each request's first line and answers `reply`.
 struct Recorder {
@@ -58,7 +58,7 @@ impl Recorder {
 
 fn git() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    ccr_relay::install::command::find_on_path("git", &path)
+    ccr_relay::sys::command::find_on_path("git", &path)
         .unwrap_or_else(|| panic!("git is needed by this test and is not on PATH: install `git`"))
 }
 

@@ -1,5 +1,5 @@
 //! Selective mode's direct path against real sockets on private addresses:
-//! `ccr_relay::direct::dial` and `Pipe` in a network namespace the test
+//! `ccr_relay::proxy::direct::dial` and `Pipe` in a network namespace the test
 //! creates.
 //!
 //! The direct path must reach private addresses (`10.x`) and must refuse
@@ -25,9 +25,8 @@ use std::time::{Duration, Instant};
 
 use ccr_integration::pattern::{PatternSource, verify_reader};
 use ccr_integration::temp_dir;
-use ccr_relay::direct::{self, DirectError, Pipe, PipeEnd, PipeOptions};
-use ccr_relay::install;
-use ccr_relay::route::FailureKind;
+use ccr_relay::proxy::direct::{self, DirectError, Pipe, PipeEnd, PipeOptions};
+use ccr_relay::proxy::route::FailureKind;
 
 /// Set in the environment of the re-executed helper.
 const INNER: &str = "CCR_DIRECT_ROUTE_INNER";
@@ -40,7 +39,7 @@ const HOSTS: &str = "10.77.0.1 direct.test\n\
 fn require_tool(name: &str, package: &str) -> PathBuf {
     let path = std::env::var_os("PATH")
         .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    install::command::find_on_path(name, &path).unwrap_or_else(|| {
+    ccr_relay::sys::command::find_on_path(name, &path).unwrap_or_else(|| {
         panic!("{name} is needed by this test and is not on PATH: install the `{package}` package")
     })
 }
@@ -335,7 +334,7 @@ fn direct_accounting(relay: &ccr_integration::relay::RelayProcess) {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut buf = [0u8; 5];
         let _ = s.read_exact(&mut buf);
-        ccr_relay::socket::reset_on_close(&s).unwrap();
+        ccr_relay::sys::socket::reset_on_close(&s).unwrap();
         drop(s);
     });
     let mut c = relay.connect();

@@ -1,4 +1,4 @@
-//! The trust installers (`ccr_relay::install`) with the real tools: the
+//! The trust installers (`ccr_relay::trust::install`) with the real tools: the
 //! Debian system store (`update-ca-certificates`) then `curl` with no CA
 //! variable, the user's NSS database (`certutil`), the login-shell script
 //! read by a real `bash -l`, and the bazelrc block written once and
@@ -21,7 +21,7 @@ use std::process::{Command, Output};
 
 use ccr_integration::pki::TestCa;
 use ccr_integration::{DevOrigin, temp_dir};
-use ccr_relay::install::{self, Plan, Roots, Target};
+use ccr_relay::trust::install::{self, Plan, Roots, Target};
 
 /// Set in the environment of the re-executed helper: what it is to do.
 const INNER: &str = "CCR_INSTALL_TRUST_INNER";
@@ -39,7 +39,7 @@ fn path_var() -> OsString {
 
 /// The tool's path, or a failure that names the package to install.
 fn require_tool(name: &str, package: &str) -> PathBuf {
-    install::command::find_on_path(name, &path_var()).unwrap_or_else(|| {
+    ccr_relay::sys::command::find_on_path(name, &path_var()).unwrap_or_else(|| {
         panic!("{name} is needed by this test and is not on PATH: install the `{package}` package")
     })
 }

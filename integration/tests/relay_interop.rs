@@ -1,5 +1,5 @@
 //! The relay library's client end (`ccr_relay::gateway::Gateway`,
-//! `ccr_relay::dial` and `ccr_relay::tunnel::Tunnel`) against the development gateway, without
+//! `ccr_relay::tunnel::dial` and `ccr_relay::tunnel::Tunnel`) against the development gateway, without
 //! the relay binary: both ends of the wire contract agree, over `ws://` and
 //! `wss://`, both directions at once, byte for byte.
 
@@ -13,10 +13,10 @@ use ccr_integration::pattern::{PatternChecker, PatternReader};
 use ccr_integration::pki::TestCa;
 use ccr_integration::{DevGateway, DevOrigin, GatewayOptions, temp_dir};
 use ccr_relay::config::Limits;
-use ccr_relay::dial;
 use ccr_relay::gateway::{Credentials, Endpoint, Gateway};
-use ccr_relay::request_head::Authority;
-use ccr_relay::token::{SessionToken, TokenOrigin, TokenSource};
+use ccr_relay::http::request_head::Authority;
+use ccr_relay::startup::token::{SessionToken, TokenOrigin, TokenSource};
+use ccr_relay::tunnel::dial;
 use ccr_relay::tunnel::{PumpOptions, Tunnel, TunnelReport};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use ccr_integration::session_env::parent_of;
 use ccr_integration::temp_dir;
-use ccr_relay::child_env::{ClientFiles, Mode, ProxyEnv, child_vars, removed_vars, write_env_file};
-use ccr_relay::credentials::{git_conflicts_with, git_vars};
-use ccr_relay::install::command::{RunError, find_on_path, run_bounded};
-use ccr_relay::install::{
+use ccr_relay::env::credentials::{git_conflicts_with, git_vars};
+use ccr_relay::env::{ClientFiles, Mode, ProxyEnv, child_vars, removed_vars, write_env_file};
+use ccr_relay::sys::command::{RunError, find_on_path, run_bounded};
+use ccr_relay::trust::install::{
     self, NSS_ADD_FAILED, Plan, Roots, SYSTEM_TRUST_FAILED, Target, install_all, profile,
 };
 

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use super::pem::extract_certificates;
 use super::{TrustError, fetch, jks, user_cas};
-use crate::child_env;
 use crate::config::Config;
+use crate::env;
 use crate::gateway::Endpoint;
 
 /// Bound on the system bundle read (Debian's is about 200 KiB).
@@ -76,7 +76,7 @@ fn write_atomically(path: &Path, content: &[u8]) -> Result<(), TrustError> {
                 .mode(0o700)
                 .create(dir)?;
         }
-        crate::atomic_file::write(path, content, 0o644)
+        crate::sys::atomic_file::write(path, content, 0o644)
     })();
     written.map_err(|error| TrustError::Write {
         path: path.to_path_buf(),
@@ -139,7 +139,7 @@ impl Bundle {
     }
 
     /// Writes the bundle's certificates as a JKS truststore next to it
-    /// (`child_env::truststore_path`) and returns its path; `Err` is the
+    /// (`env::truststore_path`) and returns its path; `Err` is the
     /// warning line saying why not.
     pub fn write_truststore(&self) -> Result<PathBuf, String> {
         self.write_truststore_with(&[])
@@ -149,7 +149,7 @@ impl Bundle {
     /// PEM: the JDK's own `cacerts`, see [`super::jdk`]) after the bundle's;
     /// duplicates are stored once.
     pub fn write_truststore_with(&self, extra: &[String]) -> Result<PathBuf, String> {
-        let store = child_env::truststore_path(&self.built.path);
+        let store = env::truststore_path(&self.built.path);
         let mut certs = self.certs.clone();
         certs.extend(extra.iter().cloned());
         match jks::write_jks(&store, &certs) {
@@ -570,7 +570,7 @@ mod tests {
         let mut config = Config::from_env();
         config.ca_bundle = dir.path().join("ca-bundle.crt");
         config.system_ca = Some(dir.path().join("no-system.pem"));
-        let path = crate::gates::Generation::AgentProxy.ca_cert_path();
+        let path = crate::startup::gates::Generation::AgentProxy.ca_cert_path();
         let (endpoint, server) = serve_sequence(
             vec![
                 answer("HTTP/1.1 503 Busy\nContent-Length: 0\n", b""),

@@ -3,7 +3,7 @@
 //! `http://` or `https://` with a small HTTP/1.1 client whose whole exchange
 //! (connect, TLS, request, every byte of the answer) runs under one
 //! deadline, its answer capped in size and read with the crate's one HTTP/1
-//! parser ([`crate::http1`]). [`fetch_ca_with_retries`] makes up to three
+//! parser ([`crate::http::http1`]). [`fetch_ca_with_retries`] makes up to three
 //! tries within one time budget, retrying only what may pass on its own;
 //! [`backoff`] spaces out the background retries of a long-lived process.
 //! No credentials are sent: the endpoint is public.
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use super::TrustError;
 use super::pem::extract_certificates;
-use crate::gates::Generation;
 use crate::gateway::{Endpoint, GatewayError, GatewayStream};
-use crate::http1::{self, BodyCopier, BodyError, BodyFraming, Http1Error};
+use crate::http::http1::{self, BodyCopier, BodyError, BodyFraming, Http1Error};
+use crate::startup::gates::Generation;
 
 /// Default bound on the gateway's answer: 1 MiB (a CA certificate is ~1 KiB).
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use openssl::x509::X509;
 
 use super::jks;
-use crate::install::command::find_on_path;
+use crate::sys::command::find_on_path;
 
 /// Reason code: a JDK `cacerts` exists but could not be read or parsed.
 pub const JAVA_CACERTS_UNREADABLE: &str = "java_cacerts_unreadable";

@@ -1,7 +1,7 @@
 //! A Java truststore made from the merged CA bundle's certificates: Java
 //! reads neither `SSL_CERT_FILE` nor PEM, so [`write_jks`] writes them as a
 //! JKS keystore of trusted-certificate entries next to the bundle, which
-//! `-Djavax.net.ssl.trustStore` names (see `child_env::java`).
+//! `-Djavax.net.ssl.trustStore` names (see `env::java`).
 //!
 //! JKS is the one format every Java from 8 to 21+ loads without help, and it
 //! is simple:
@@ -133,7 +133,7 @@ pub fn write_jks(path: &Path, pem_certs: &[String]) -> io::Result<Written> {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let bytes = jks_bytes(&ders, PASSWORD, now_ms)?;
-    crate::atomic_file::write(path, &bytes, 0o644)?;
+    crate::sys::atomic_file::write(path, &bytes, 0o644)?;
     Ok(Written {
         certs: ders.len(),
         skipped,
@@ -294,7 +294,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.jks");
         fs::write(&path, "old").unwrap();
-        crate::atomic_file::write(&path, b"new", 0o600).unwrap();
+        crate::sys::atomic_file::write(&path, b"new", 0o600).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -302,7 +302,7 @@ mod tests {
         );
         let target = dir.path().join("a-dir");
         fs::create_dir(&target).unwrap();
-        assert!(crate::atomic_file::write(&target, b"x", 0o644).is_err());
+        assert!(crate::sys::atomic_file::write(&target, b"x", 0o644).is_err());
         let mut names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub mod bundle;
 pub mod fetch;
+pub mod install;
 pub mod jdk;
 pub mod jks;
 pub mod pem;

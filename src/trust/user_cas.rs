@@ -1,7 +1,7 @@
 //! The user's own CA files. Every CA variable the relay sets names the
 //! merged bundle, overriding whatever the parent had, so that nothing is
 //! lost start-up reads each file the parent named in one of
-//! `child_env::CA_VARS`, and the `ca_certificate` of the user's wgetrc
+//! `env::CA_VARS`, and the `ca_certificate` of the user's wgetrc
 //! ([`user_ca_files`]), and [`collect`] takes every certificate of theirs
 //! the bundle does not already hold (compared as parsed certificates, so
 //! duplicates are never added). Files that are the merged bundle itself or
@@ -14,7 +14,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::pem::extract_certificates;
-use crate::child_env::{self, CA_VARS};
+use crate::env::{self, CA_VARS};
 
 /// Bound on any user file read at start-up (CA files, wgetrc).
 pub(crate) const MAX_USER_FILE: u64 = 16 * 1024 * 1024;
@@ -85,7 +85,7 @@ pub fn user_ca_files(
             files.push((name.to_string(), PathBuf::from(value.trim())));
         }
     }
-    if let Some(wgetrc) = child_env::user_wgetrc(&parent, &child_env::wgetrc_path(bundle))
+    if let Some(wgetrc) = env::user_wgetrc(&parent, &env::wgetrc_path(bundle))
         && let Ok(text) = read_bounded(&wgetrc)
     {
         for value in wgetrc_ca_certificates(&text) {

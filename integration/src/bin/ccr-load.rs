@@ -5,7 +5,7 @@
 //! scaled-down version (200 / 2,000) runs in `make test`
 //! (`integration/tests/e2e_attack.rs`). Resident memory must be back
 //! within a small margin of its baseline afterwards (the relay returns
-//! free heap memory when its last connection ends, `src/heap.rs`), and the
+//! free heap memory when its last connection ends, `src/sys/heap.rs`), and the
 //! sequential tunnels must not grow it.
 //!
 //! `ccr-load [CONCURRENT SEQUENTIAL]`; exits 1 when a tunnel failed or

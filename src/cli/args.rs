@@ -1,0 +1,411 @@
+//! The command line: turns `argv` into a [`Command`] with its [`Config`].
+//! Hand-written (no parser crate) and strict: an unknown flag or a bad value
+//! is a usage error that says which and what is expected.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::Config;
+
+pub const USAGE: &str = "\
+ccr-relay: carries a container's outbound HTTP(S) through the session's gateway
+
+USAGE
+  ccr-relay run   [OPTIONS] -- COMMAND [ARG...]   run COMMAND with the proxy set up
+  ccr-relay serve [OPTIONS] [--env-file PATH]     serve until SIGTERM or SIGINT
+  ccr-relay doctor [OPTIONS]                      explain what start-up would do
+  ccr-relay status [--proxy URL]                  a running relay's state and recent failures
+                                                  [default URL: $HTTPS_PROXY]
+  ccr-relay --help | --version
+
+OPTIONS
+  --base-url URL      gateway base URL [default: $ANTHROPIC_BASE_URL, else https://api.anthropic.com]
+  --token-file PATH   session token file [default: /run/ccr/session_token]
+  --ca-bundle PATH    where the merged CA bundle goes [default: $HOME/.ccr/ca-bundle.crt]
+  --system-ca PATH    system CA bundle to merge [default: the one openssl-probe finds]
+  --gateway-ca PATH   extra roots for the relay's own TLS to the gateway
+  --listen ADDR       local proxy address [default: 127.0.0.1:0, an ephemeral port]
+  --no-proxy LIST     comma-separated hosts appended to NO_PROXY; -HOST removes
+                      HOST from the default list (--no-proxy=-pypi.org)
+  --no-proxy-default reference|none
+                      the NO_PROXY list to start from [default: reference]
+  --env-file PATH     (serve) write the children's environment here, as sh exports
+  --allow-uid LIST    uids (comma-separated) that may use the proxy besides the
+                      relay's own and root
+  --allow-any-uid     let every local process use the proxy (and the session's
+                      credentials that go with it)
+  --require-uid-check keep the proxy off where connection owners cannot be found
+  --require-v2        (agent proxy) refuse tunnels when the gateway does not
+                      acknowledge tunnel protocol v2, instead of falling back
+
+TUNING (mostly for tests)
+  --keepalive SECS        idle tunnel keepalive interval [default: 30]
+  --head-timeout SECS     time a client has to send its request head [default: 10]
+  --upgrade-timeout SECS  time to reach the gateway and upgrade [default: 10]
+  --max-head BYTES        largest request head [default: 8192]
+  --fin-grace SECS        (v2) wait for the server's FIN after the client closed [default: 10]
+  --hello-timeout SECS    (v2) wait for HELLO_ACK on a fresh WebSocket [default: 10]
+  --upload-stall SECS     end a tunnel whose gateway takes no byte this long [default: 180]
+  --response-timeout SECS plain http://: time an origin has to send its response head [default: 60]
+  --max-pending-heads N   connections still sending their request head; more get 503 [default: 1024]
+  --max-connections N     connections in all; more get 503 [default: 4096]
+
+The relay turns itself on only inside a remote session (CLAUDE_CODE_REMOTE,
+CCR_UPSTREAM_PROXY_ENABLED or CCR_AGENT_PROXY_ENABLED, CLAUDE_CODE_REMOTE_SESSION_ID,
+a session token); otherwise `run` just runs COMMAND. Logs: RUST_LOG=info (one line per tunnel).
+";
+
+/// What the user asked for.
+#[derive(Debug)]
+pub enum Command {
+    Run {
+        config: Config,
+        command: Vec<OsString>,
+    },
+    Serve {
+        config: Config,
+        env_file: Option<PathBuf>,
+    },
+    Doctor {
+        config: Config,
+    },
+    /// `status`: ask the relay at `proxy` (else `HTTPS_PROXY`) for its state.
+    Status {
+        proxy: Option<String>,
+    },
+    Help,
+    Version,
+}
+
+/// A usage error, printed with a pointer to `--help`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (see `ccr-relay --help`)", self.0)
+    }
+}
+
+/// Parses the arguments after the program name, starting from `base`
+/// (the defaults and the environment's settings).
+pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
+    let mut args = args.into_iter();
+    let Some(first) = args.next() else {
+        return Err(UsageError("missing command: run, serve or doctor".into()));
+    };
+    let sub = match first.to_str() {
+        Some("--help" | "-h" | "help") => return Ok(Command::Help),
+        Some("--version" | "-V" | "version") => return Ok(Command::Version),
+        Some("status") => return parse_status(args),
+        Some(s @ ("run" | "serve" | "doctor")) => s.to_string(),
+        _ => {
+            return Err(UsageError(format!(
+                "unknown command {:?}: expected run, serve or doctor",
+                first.to_string_lossy()
+            )));
+        }
+    };
+    let mut config = base;
+    let mut env_file = None;
+    let mut command = Vec::new();
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str().map(str::to_string) else {
+            if sub == "run" {
+                command.push(arg);
+                command.extend(args.by_ref());
+                break;
+            }
+            return Err(UsageError(format!("argument {arg:?} is not UTF-8")));
+        };
+        if text == "--" {
+            command.extend(args.by_ref());
+            break;
+        }
+        if !text.starts_with("--") {
+            if sub == "run" {
+                command.push(arg);
+                command.extend(args.by_ref());
+                break;
+            }
+            return Err(UsageError(format!("unexpected argument {text:?}")));
+        }
+        if text == "--help" || text == "-h" {
+            return Ok(Command::Help);
+        }
+        let (flag, inline) = match text.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (text.clone(), None),
+        };
+        let mut value = || -> Result<String, UsageError> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => args
+                    .next()
+                    .and_then(|v| v.into_string().ok())
+                    .ok_or_else(|| UsageError(format!("{flag} needs a value"))),
+            }
+        };
+        match flag.as_str() {
+            "--base-url" => {
+                config.base_url = value()?;
+                config.base_url_from = crate::config::BaseUrlFrom::Flag;
+            }
+            "--token-file" => config.token_file = PathBuf::from(value()?),
+            "--ca-bundle" => config.ca_bundle = PathBuf::from(value()?),
+            "--system-ca" => config.system_ca = Some(PathBuf::from(value()?)),
+            "--gateway-ca" => config.gateway_ca = Some(PathBuf::from(value()?)),
+            "--listen" => {
+                let v = value()?;
+                config.listen = v.parse::<SocketAddr>().map_err(|_| {
+                    UsageError(format!(
+                        "--listen {v:?} is not an address like 127.0.0.1:8080"
+                    ))
+                })?;
+            }
+            "--no-proxy" => config.no_proxy_extra.extend(
+                value()?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            ),
+            "--no-proxy-default" => {
+                let v = value()?;
+                config.no_proxy_default =
+                    crate::env::NoProxyDefault::parse(&v).ok_or_else(|| {
+                        UsageError(format!(
+                            "--no-proxy-default {v:?}: expected reference or none"
+                        ))
+                    })?;
+            }
+            "--env-file" if sub == "serve" => env_file = Some(PathBuf::from(value()?)),
+            "--require-v2" if inline.is_none() => config.require_v2 = true,
+            "--allow-uid" => config.allow_uids.extend(
+                crate::proxy::access::parse_uids(&value()?)
+                    .map_err(|e| UsageError(format!("--allow-uid: {e}")))?,
+            ),
+            "--allow-any-uid" if inline.is_none() => config.allow_any_uid = true,
+            "--require-uid-check" if inline.is_none() => config.require_uid_check = true,
+            "--fin-grace" => config.limits.fin_grace = seconds(&flag, &value()?)?,
+            "--hello-timeout" => config.limits.hello_ack_timeout = seconds(&flag, &value()?)?,
+            "--keepalive" => config.limits.keepalive_interval = seconds(&flag, &value()?)?,
+            "--head-timeout" => config.limits.head_timeout = seconds(&flag, &value()?)?,
+            "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(&flag, &value()?)?,
+            "--upload-stall" => config.limits.upload_stall = seconds(&flag, &value()?)?,
+            "--response-timeout" => {
+                config.limits.response_head_timeout = seconds(&flag, &value()?)?;
+            }
+            "--max-pending-heads" => {
+                config.limits.max_pending_heads = count(&flag, &value()?)?;
+            }
+            "--max-connections" => config.limits.max_connections = count(&flag, &value()?)?,
+            "--max-head" => {
+                let v = value()?;
+                config.limits.max_head_bytes = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (256..=1 << 20).contains(n))
+                    .ok_or_else(|| {
+                        UsageError(format!("--max-head {v:?}: expected bytes, 256 to 1048576"))
+                    })?;
+            }
+            _ => return Err(UsageError(format!("unknown option {flag} for `{sub}`"))),
+        }
+    }
+    match sub.as_str() {
+        "run" if command.is_empty() => Err(UsageError(
+            "run needs a command: ccr-relay run -- COMMAND [ARG...]".into(),
+        )),
+        "run" => Ok(Command::Run { config, command }),
+        "serve" => Ok(Command::Serve { config, env_file }),
+        _ => Ok(Command::Doctor { config }),
+    }
+}
+
+/// `status [--proxy URL]`.
+fn parse_status(mut args: impl Iterator<Item = OsString>) -> Result<Command, UsageError> {
+    let mut proxy = None;
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy().into_owned();
+        match text.split_once('=') {
+            _ if text == "--help" || text == "-h" => return Ok(Command::Help),
+            Some(("--proxy", v)) => proxy = Some(v.to_string()),
+            None if text == "--proxy" => {
+                let v = args.next().and_then(|v| v.into_string().ok());
+                proxy = Some(v.ok_or_else(|| UsageError("--proxy needs a value".into()))?);
+            }
+            _ => return Err(UsageError(format!("unknown option {text} for `status`"))),
+        }
+    }
+    Ok(Command::Status { proxy })
+}
+
+fn seconds(flag: &str, text: &str) -> Result<Duration, UsageError> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| UsageError(format!("{flag} {text:?}: expected seconds, e.g. 0.5 or 30")))
+}
+
+fn count(flag: &str, text: &str) -> Result<usize, UsageError> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=1 << 20).contains(n))
+        .ok_or_else(|| UsageError(format!("{flag} {text:?}: expected a number, 1 to 1048576")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Result<Command, UsageError> {
+        parse(
+            args.iter().map(OsString::from).collect(),
+            Config::from_env(),
+        )
+    }
+
+    #[test]
+    fn status_takes_an_optional_proxy() {
+        for (args, want) in [
+            (&["status"][..], None),
+            (
+                &["status", "--proxy", "http://127.0.0.1:1"][..],
+                Some("http://127.0.0.1:1"),
+            ),
+            (
+                &["status", "--proxy=http://127.0.0.1:2"][..],
+                Some("http://127.0.0.1:2"),
+            ),
+        ] {
+            match parse_strs(args) {
+                Ok(Command::Status { proxy }) => assert_eq!(proxy.as_deref(), want, "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        assert!(parse_strs(&["status", "--proxy"]).is_err());
+        assert!(parse_strs(&["status", "--listen", "x"]).is_err());
+    }
+
+    #[test]
+    fn run_takes_the_command_after_double_dash() {
+        let Command::Run { config, command } = parse_strs(&[
+            "run",
+            "--listen",
+            "127.0.0.1:9999",
+            "--keepalive=0.5",
+            "--",
+            "curl",
+            "--version",
+        ])
+        .unwrap() else {
+            panic!("not run")
+        };
+        assert_eq!(
+            command,
+            vec![OsString::from("curl"), OsString::from("--version")]
+        );
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.limits.keepalive_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn connection_limits_and_the_upload_stall_are_flags() {
+        let Command::Serve { config, .. } = parse_strs(&[
+            "serve",
+            "--max-pending-heads",
+            "16",
+            "--max-connections=64",
+            "--upload-stall",
+            "1.5",
+            "--response-timeout",
+            "2",
+        ])
+        .unwrap() else {
+            panic!("not serve")
+        };
+        assert_eq!(config.limits.max_pending_heads, 16);
+        assert_eq!(config.limits.max_connections, 64);
+        assert_eq!(config.limits.upload_stall, Duration::from_millis(1500));
+        assert_eq!(config.limits.response_head_timeout, Duration::from_secs(2));
+        let defaults = crate::config::Limits::default();
+        assert_eq!(
+            (defaults.max_pending_heads, defaults.max_connections),
+            (1024, 4096)
+        );
+        for bad in ["0", "-1", "many", "2000000"] {
+            let err = parse_strs(&["serve", "--max-connections", bad]).unwrap_err();
+            assert!(err.0.contains("--max-connections"), "{bad}: {}", err.0);
+        }
+    }
+
+    #[test]
+    fn run_takes_the_command_without_double_dash() {
+        let Command::Run { command, .. } = parse_strs(&["run", "env", "-i"]).unwrap() else {
+            panic!("not run")
+        };
+        assert_eq!(command, vec![OsString::from("env"), OsString::from("-i")]);
+    }
+
+    #[test]
+    fn serve_reads_its_options() {
+        let Command::Serve { config, env_file } = parse_strs(&[
+            "serve",
+            "--base-url",
+            "http://127.0.0.1:1",
+            "--env-file",
+            "/tmp/x.env",
+            "--no-proxy",
+            "a.test, b.test",
+            "--no-proxy=-pypi.org",
+            "--no-proxy-default=none",
+        ])
+        .unwrap() else {
+            panic!("not serve")
+        };
+        assert_eq!(config.base_url, "http://127.0.0.1:1");
+        assert_eq!(config.base_url_from, crate::config::BaseUrlFrom::Flag);
+        assert_eq!(config.base_url_name(), "--base-url");
+        assert_eq!(env_file, Some(PathBuf::from("/tmp/x.env")));
+        assert_eq!(config.no_proxy_extra, vec!["a.test", "b.test", "-pypi.org"]);
+        assert_eq!(config.no_proxy_default, crate::env::NoProxyDefault::Empty);
+    }
+
+    #[test]
+    fn usage_errors_say_what_is_wrong() {
+        for (args, needle) in [
+            (&[][..], "missing command"),
+            (&["frobnicate"][..], "unknown command"),
+            (&["run"][..], "run needs a command"),
+            (&["serve", "--listen", "nope"][..], "--listen"),
+            (&["serve", "--keepalive", "-1"][..], "--keepalive"),
+            (&["serve", "--bogus"][..], "unknown option --bogus"),
+            (
+                &["serve", "--no-proxy-default", "all"][..],
+                "expected reference or none",
+            ),
+            (&["serve", "--token-file"][..], "needs a value"),
+            (
+                &["doctor", "--env-file", "x"][..],
+                "unknown option --env-file",
+            ),
+        ] {
+            let err = parse_strs(args).unwrap_err();
+            assert!(err.to_string().contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert!(matches!(parse_strs(&["--help"]), Ok(Command::Help)));
+        assert!(matches!(
+            parse_strs(&["serve", "--help"]),
+            Ok(Command::Help)
+        ));
+        assert!(matches!(parse_strs(&["--version"]), Ok(Command::Version)));
+    }
+}

@@ -1,0 +1,478 @@
+//! `ccr-relay doctor`: each gate and start-up step with ok or why not,
+//! whether the gateway answers, and the environment children would get.
+//! It runs the start-up code of [`session`](crate::startup::sequence) that has no
+//! side effects (the gates, the gateway's URL and TLS settings, the bundle
+//! built in memory) and never its apply phase: the token file stays, no
+//! bundle is written, no port is kept, and a token descriptor
+//! (`CLAUDE_CODE_WEBSOCKET_AUTH_FILE_DESCRIPTOR`, readable only once) is
+//! looked at but never read. The probe's verdict is judged as `run` and
+//! `serve` judge it: what arrives within [`sequence::PROBE_VERDICT_WAIT`]
+//! decides, a later one is reported as what happens after start-up. Where
+//! `run` and `serve` part ways (a CA that `serve` asks for again), both
+//! are said. Exits 0 when the proxy would start (or would if an unread
+//! token descriptor holds a token), 1 when it would stay off.
+
+use std::io;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cli::version::version_text;
+use crate::config::Config;
+use crate::env::{self, ProxyEnv};
+use crate::startup::gates::{self, Generation, UnreadDescriptor};
+use crate::startup::sequence::{self, Plan, ProbeVerdict, SessionError};
+use crate::startup::token::AUTH_FD_VAR;
+use crate::trust;
+
+/// The gates' labels, in order (gate 4's names the token).
+const GATES: [&str; 3] = [
+    "gate 1  CLAUDE_CODE_REMOTE",
+    "gate 2  CCR_AGENT_PROXY_ENABLED or CCR_UPSTREAM_PROXY_ENABLED",
+    "gate 3  CLAUDE_CODE_REMOTE_SESSION_ID",
+];
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Runs the checks, prints the report on stdout, returns the exit status.
+pub fn run(config: &Config) -> i32 {
+    let mut report = Report::default();
+    out!("ccr-relay doctor ({})", version_text());
+    out!();
+    out!("activation gates");
+    let dry = sequence::activate_dry(config, env_lookup);
+    let undecided = dry.undecided().cloned();
+    let descriptor = dry.descriptor.clone();
+    let activation = dry.result;
+    let labels: Vec<&str> = GATES
+        .iter()
+        .copied()
+        .chain(["gate 4  session token"])
+        .collect();
+    let closed_at = activation.as_ref().err().map(|c| c.gate());
+    for (i, label) in labels.iter().enumerate() {
+        let gate = i as u8 + 1;
+        match (closed_at, &activation) {
+            (Some(4), Err(_)) if gate == 4 && undecided.is_some() => {
+                if let Some(d) = &undecided {
+                    out!(
+                        "  ?     {label}: would be read from descriptor {} ({AUTH_FD_VAR}), which doctor leaves unread since it can be read only once ({}); every other source failed",
+                        d.fd,
+                        d.state.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            (Some(at), Err(closed)) if gate == at => {
+                // The label already names the gate; the token file is
+                // named once, by the detail if it does.
+                let text = closed.to_string();
+                let prefix = format!("gate {at}: ");
+                let text = text.strip_prefix(&prefix).unwrap_or(&text);
+                let path = config.token_file.display().to_string();
+                let label = match gate {
+                    4 if !text.contains(&path) => format!("{label} (file {path})"),
+                    _ => label.to_string(),
+                };
+                report.line(&label, false, text);
+            }
+            (Some(at), _) if gate > at => out!("  skip  {label}: needs gate {at} to pass"),
+            _ => report.line(label, true, ""),
+        }
+    }
+    let choice = gates::choose_generation(env_lookup, config.standalone.is_active());
+    let generation = choice
+        .as_ref()
+        .map_or(Generation::UpstreamProxy, |c| c.generation);
+    if let Some(choice) = &choice {
+        out!(
+            "  info  generation: {} ({})",
+            choice.generation.name(),
+            choice.reason
+        );
+    }
+    if generation == Generation::AgentProxy
+        && let Some(list) = sequence::selective_list(env_lookup)
+    {
+        out!(
+            "  info  selective mode: {} include pattern(s) go through the gateway, other hosts are dialled directly",
+            list.len()
+        );
+    }
+    if config.standalone.is_active() {
+        out!("  info  standalone mode: the gateway is AGENT_PROXY_URL");
+    }
+    if config.standalone.token_ignored() {
+        out!("  warn  AGENT_PROXY_AUTH_TOKEN is set without AGENT_PROXY_URL and is ignored");
+    }
+    match (&activation, &descriptor) {
+        (
+            Ok(_),
+            Some(UnreadDescriptor {
+                fd,
+                state: Ok(state),
+            }),
+        ) => out!(
+            "  info  token: run would read descriptor {fd} first ({state}; doctor leaves it unread); the gateway gets the session-ingress file's token while that holds one, so doctor probes with it"
+        ),
+        (
+            Ok(activated),
+            Some(UnreadDescriptor {
+                fd,
+                state: Err(why),
+            }),
+        ) => out!(
+            "  info  token from {} (descriptor {fd}: {why}; run would skip it)",
+            activated.token.origin().describe()
+        ),
+        (Ok(activated), None) => {
+            out!("  info  token from {}", activated.token.origin().describe())
+        }
+        (Err(_), _) => {}
+    }
+
+    out!();
+    out!("start-up steps");
+    let endpoint = sequence::endpoint(config);
+    report.line(
+        &format!("gateway URL {}", sequence::base_url(config)),
+        endpoint.is_ok(),
+        // The label names the URL; the detail says only what is wrong.
+        &crate::gateway::Endpoint::from_url(sequence::base_url(config))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    );
+    let tls = sequence::tls_connector(config.gateway_ca.as_deref());
+    report.line(
+        "TLS settings for the gateway",
+        tls.is_ok(),
+        &tls.as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    );
+    out!("  info  system CA bundle: {}", system_text(config));
+    match sequence::access_rule(config) {
+        Ok(access) => out!("  info  who may use the proxy: {access}"),
+        Err(e) => report.line("who may use the proxy", false, &e.to_string()),
+    }
+    // Set when the CA fetch failed: what run and serve would each do next.
+    let mut serve_retry_note: Option<bool> = None;
+    if let (Ok(endpoint), Ok(tls)) = (&endpoint, &tls) {
+        let ca_label = format!(
+            "gateway CA  {}",
+            endpoint.http_url(generation.ca_cert_path())
+        );
+        // With the gates open, the very plan `run` and `serve` make;
+        // otherwise the CA fetch alone, to show whether it would work.
+        let (bundle, plan, ca_failure) = match activation {
+            Ok(activated) => match sequence::plan(config, activated, env_lookup) {
+                Ok(plan) => (Ok(plan.bundle.clone()), Some(plan), None),
+                Err(SessionError::CaFetch(failure, from)) => {
+                    let retry = CaRetry::of(&failure);
+                    (
+                        Err(SessionError::CaFetch(failure, from).to_string()),
+                        None,
+                        Some(retry),
+                    )
+                }
+                Err(e) => (Err(e.to_string()), None, None),
+            },
+            Err(_) => {
+                match sequence::prepare_trust(config, endpoint, tls, generation, env_lookup) {
+                    Ok(bundle) => (Ok(bundle), None, None),
+                    Err(failure) => {
+                        // Only when the descriptor may still open gate 4
+                        // does what run and serve do next matter.
+                        let retry = undecided.as_ref().map(|_| CaRetry::of(&failure));
+                        let text = failure
+                            .to_string()
+                            .replace(trust::BASE_URL_HINT, config.base_url_name());
+                        (Err(text), None, retry)
+                    }
+                }
+            }
+        };
+        let detail = match &bundle {
+            Ok(bundle) => format!("{} certificate(s)", bundle.built.gateway_certs),
+            Err(e) => e.clone(),
+        };
+        report.line_with(&ca_label, bundle.is_ok(), &detail);
+        if let Some(retry) = &ca_failure {
+            serve_retry_note = retry.explain(generation);
+        }
+        if let Ok(bundle) = &bundle {
+            for (path, added) in &bundle.built.user_files {
+                out!(
+                    "  info  your CA file {}: {added} certificate(s) added",
+                    path.display()
+                );
+            }
+            for warning in &bundle.built.warnings {
+                out!("  warn  {warning}");
+            }
+        }
+        match (plan, &undecided) {
+            (Some(plan), _) => probe_report(&mut report, config, &plan),
+            (None, Some(d)) => out!(
+                "  skip  gateway WebSocket: needs the token, which is in descriptor {} and not read by doctor",
+                d.fd
+            ),
+            (None, None) => {
+                out!("  skip  gateway WebSocket: needs the gates and the CA to pass")
+            }
+        }
+    }
+    let bundle_dir = config.ca_bundle.parent().unwrap_or(Path::new("/"));
+    let dir_state = writable_dir_state(bundle_dir);
+    report.line(
+        &format!("CA bundle {}", config.ca_bundle.display()),
+        dir_state.is_ok(),
+        dir_state.as_ref().err().map(String::as_str).unwrap_or(""),
+    );
+    // Bound and released at once: whether apply's bind would succeed.
+    let bound = std::net::TcpListener::bind(config.listen).and_then(|l| l.local_addr());
+    report.line(
+        &format!("listen on {}", config.listen),
+        bound.is_ok(),
+        &bound
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    );
+
+    out!();
+    out!("children would get");
+    let port = bound
+        .map(|a| a.port().to_string())
+        .unwrap_or_else(|_| "PORT".into());
+    let vars = env::proxy_vars(&ProxyEnv {
+        proxy_url: format!("http://{}:{port}", config.listen.ip()),
+        ca_bundle: config.ca_bundle.clone(),
+        no_proxy_extra: config.no_proxy_extra.clone(),
+        no_proxy_default: config.no_proxy_default,
+        mode: env::Mode {
+            generation,
+            standalone: config.standalone.is_active(),
+            selective: generation == Generation::AgentProxy
+                && sequence::selective_list(env_lookup).is_some(),
+        },
+        system_bundle: trust::system_bundle(config.system_ca.as_deref()).is_some(),
+    });
+    for (name, value) in &vars {
+        out!("  {name}={value}");
+    }
+    crate::startup::outside::print_doctor(&config.ca_bundle, env_lookup);
+    out!();
+    if report.failed == 0 {
+        match &undecided {
+            Some(d) => out!(
+                "verdict: the proxy would start if descriptor {} holds a token (doctor did not read it)",
+                d.fd
+            ),
+            None => out!("verdict: the proxy would start"),
+        }
+        0
+    } else if serve_retry_note == Some(true) {
+        out!(
+            "verdict: the proxy would stay off for now ({} check(s) failed); run's command runs without it, serve brings it up once the gateway's CA can be fetched",
+            report.failed
+        );
+        1
+    } else {
+        out!(
+            "verdict: the proxy would stay off ({} check(s) failed); commands run without it",
+            report.failed
+        );
+        1
+    }
+}
+
+/// Why the CA fetch failed, as far as what follows depends on it.
+struct CaRetry {
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+impl CaRetry {
+    fn of(failure: &trust::fetch::CaFetchFailure) -> CaRetry {
+        CaRetry {
+            retryable: failure.last.is_retryable(),
+            retry_after: failure.retry_after,
+        }
+    }
+
+    /// Prints what `run` and `serve` would each do after this failure
+    /// (the rule of `sequence::start` and `app::serve`); true when `serve`
+    /// would keep asking.
+    fn explain(&self, generation: Generation) -> Option<bool> {
+        match (generation, self.retryable) {
+            (Generation::AgentProxy, true) => {
+                let waits: Vec<String> = (1..=3)
+                    .map(|n| {
+                        let wait = trust::fetch::backoff(n, self.retry_after);
+                        format!("{} s", wait.as_secs_f64().ceil())
+                    })
+                    .collect();
+                let after = self.retry_after.map_or(String::new(), |t| {
+                    format!(
+                        ", never sooner than the gateway's Retry-After of {} s",
+                        t.as_secs()
+                    )
+                });
+                out!(
+                    "  info  run: the command would start at once without the proxy (it fails open)"
+                );
+                out!(
+                    "  info  serve: the proxy stays off for now; serve asks for the CA again after {}, ... (doubling, at most {} s{after}) and brings the proxy up, writing its env file, once a fetch succeeds",
+                    waits.join(", "),
+                    trust::fetch::BACKOFF_MAX.as_secs()
+                );
+                Some(true)
+            }
+            (Generation::AgentProxy, false) => {
+                out!(
+                    "  info  run and serve: the proxy stays off; this failure is not retried (only network errors, time-outs, HTTP 408, 429 and 5xx and an answer without a certificate are), so serve exits at once"
+                );
+                Some(false)
+            }
+            (Generation::UpstreamProxy, _) => {
+                out!(
+                    "  info  run and serve: the proxy stays off; the upstream proxy does not ask for the CA again, so serve exits at once"
+                );
+                Some(false)
+            }
+        }
+    }
+}
+
+/// The start-up probe, judged as `run` and `serve` judge it: the verdict
+/// that comes within [`sequence::PROBE_VERDICT_WAIT`] decides; a later one
+/// is what happens once the proxy is already on.
+fn probe_report(report: &mut Report, config: &Config, plan: &Plan) {
+    let gateway = sequence::gateway(config, plan);
+    let label = format!("gateway WebSocket  {}", gateway.ws_url());
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    let spawned = thread::Builder::new().name("probe".into()).spawn(move || {
+        let _ = tx.send(sequence::probe(&gateway));
+    });
+    if let Err(e) = spawned {
+        report.line(&label, false, &format!("cannot start the probe: {e}"));
+        return;
+    }
+    let wait = sequence::PROBE_VERDICT_WAIT;
+    match rx.recv_timeout(wait) {
+        Ok(ProbeVerdict::Opened) => report.line_with(&label, true, "upgrade accepted"),
+        Ok(ProbeVerdict::CredentialsRefused(e)) => report.line_with(
+            &label,
+            false,
+            &format!("{e}: the gateway refuses the session's credentials"),
+        ),
+        Ok(ProbeVerdict::Unreachable(e)) => out!(
+            "  warn  {label}: {e}; the proxy would start, each tunnel would dial once \
+             and its error would end with \"{}\"",
+            sequence::startup_error_text(&e)
+        ),
+        Err(_) => {
+            out!(
+                "  info  {label}: no verdict within {} s, as long as run and serve wait for it: both would start the proxy (run its command too) while the probe goes on",
+                wait.as_secs()
+            );
+            // Three attempts, each within the upgrade bound, and the pauses.
+            let bound = config.limits.upgrade_timeout * 3 + Duration::from_secs(5);
+            let late = rx.recv_timeout(bound);
+            let after = started.elapsed().as_secs_f64();
+            match late {
+                Ok(ProbeVerdict::Opened) => report.line_with(
+                    &label,
+                    true,
+                    &format!("upgrade accepted after {after:.1} s"),
+                ),
+                Ok(ProbeVerdict::CredentialsRefused(e)) => out!(
+                    "  warn  {label}: {e} after {after:.1} s: the gateway refuses the session's credentials, too late to keep the proxy off; run and serve would print a warning, and each tunnel would dial once and its error would end with \"the gateway refused the session's credentials: {e}\""
+                ),
+                Ok(ProbeVerdict::Unreachable(e)) => out!(
+                    "  warn  {label}: {e} after {after:.1} s; the proxy would be on, and from then on each tunnel would dial once and its error would end with \"{}\"",
+                    sequence::startup_error_text(&e)
+                ),
+                Err(_) => out!(
+                    "  warn  {label}: still no verdict after {after:.0} s; the proxy would be on"
+                ),
+            }
+        }
+    }
+}
+
+/// The system bundle start-up would merge, and how many certificates it holds.
+fn system_text(config: &Config) -> String {
+    match trust::system_bundle(config.system_ca.as_deref()) {
+        Some(path) => match std::fs::read(&path) {
+            Ok(pem) => format!(
+                "{} ({} certificates)",
+                path.display(),
+                trust::extract_certificates(&pem).len()
+            ),
+            Err(e) => format!("{}: {e}", path.display()),
+        },
+        None => "none found (the bundle will hold the gateway's certificates alone)".into(),
+    }
+}
+
+/// Counts failed checks while printing one line per check.
+#[derive(Default)]
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn line(&mut self, what: &str, ok: bool, why: &str) {
+        if ok {
+            out!("  ok    {what}");
+        } else {
+            self.failed += 1;
+            out!("  FAIL  {what}: {why}");
+        }
+    }
+
+    fn line_with(&mut self, what: &str, ok: bool, detail: &str) {
+        if ok {
+            out!("  ok    {what}: {detail}");
+        } else {
+            self.failed += 1;
+            out!("  FAIL  {what}: {detail}");
+        }
+    }
+}
+
+/// Whether files can be created in `dir` (or in the nearest existing
+/// ancestor, since the relay creates the directory), without creating any.
+fn writable_dir_state(dir: &Path) -> Result<(), String> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(parent) => probe = parent,
+            None => break,
+        }
+    }
+    if !probe.is_dir() {
+        return Err(format!("{} is not a directory", probe.display()));
+    }
+    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|_| "path holds a NUL byte".to_string())?;
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not writable: {}",
+            probe.display(),
+            io::Error::last_os_error()
+        ))
+    }
+}

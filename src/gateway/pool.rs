@@ -1,0 +1,1053 @@
+//! The pool of idle gateway WebSockets (protocol v2): a tunnel that ended
+//! with the server's FIN hands its WebSocket back here, and the next CONNECT
+//! takes it instead of dialling, which saves a TCP, TLS and upgrade round
+//! trip per connection.
+//!
+//! The contract's rules: at most 4 pooled; the most recently pooled is taken
+//! first (last in, first out); one idle over 10 s or older than 45 min, or
+//! one the gateway has closed, is never handed out; keepalives continue while
+//! pooled.
+//!
+//! How, without a thread per pooled socket:
+//!
+//! - One keeper thread (`ws-pool`, small stack) `poll(2)`s every pooled
+//!   socket's fd for readability, plus the read end of a socket pair that
+//!   [`Pool::put`] and [`Pool::shutdown`] write one byte to (the wake-up). It
+//!   sleeps until the earliest of: a keepalive due, an idle expiry, an age
+//!   expiry, or a wake.
+//! - After every wake, under the pool's lock, it looks at every pooled
+//!   socket (at most a handful): expired ones are closed; each is read,
+//!   non-blocking, until `WouldBlock`, because a TLS stream may hold
+//!   decrypted bytes that do not wake `poll`. A ping is fine (tungstenite
+//!   queues the pong, which is flushed), so is an empty data message
+//!   (`0A 00`, or an empty binary message). Anything else (a close, data,
+//!   text, an error, EOF) means the socket can no longer carry a tunnel: it
+//!   is retired (a best-effort close frame, then dropped).
+//! - A keepalive (`0A 00`, the v2 empty data message) goes out on a pooled
+//!   socket when `keepalive_interval` has passed since the last send.
+//! - The keeper never maps an fd back to a socket: it polls a snapshot of
+//!   fds without the lock, then re-examines the pool under the lock. An fd
+//!   number reused once a tunnel took its socket and closed it can only cause
+//!   a spurious wake, which is harmless. Sockets carry a unique id for logs.
+//! - [`Pool::take`] and the keeper work under one lock, and `take` removes
+//!   the socket from the pool before releasing it, so the keeper never
+//!   touches a socket a tunnel now owns. `take` also reads the socket once
+//!   more (non-blocking) before handing it out, so a close that arrived a
+//!   moment ago is noticed even if the keeper has not run yet.
+//!
+//! Pooled sockets are non-blocking, and [`Pool::take`] hands them back that
+//! way. A pooled socket holds nothing beyond the WebSocket itself and a few
+//! timestamps.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ccr_relay::gateway::pool::{Pool, PoolConfig};
+//!
+//! let pool = Pool::new(PoolConfig {
+//!     idle_timeout: Duration::from_secs(5),
+//!     ..PoolConfig::default()
+//! })?;
+//! assert_eq!(pool.len(), 0);
+//! assert!(pool.take().is_none());
+//! pool.shutdown();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Bytes, Message, WebSocket};
+
+use crate::gateway::GatewayStream;
+
+/// Stack for the keeper thread: it reads small control frames (TLS
+/// included) and writes keepalives; untouched pages cost no memory.
+const KEEPER_STACK: usize = 128 * 1024;
+
+/// The v2 keepalive: a data message with empty data.
+const KEEPALIVE: [u8; 2] = [0x0A, 0x00];
+
+/// Most messages read from one pooled socket in one look, so a gateway that
+/// floods pings cannot hold the pool's lock for long; the rest waits for the
+/// next wake.
+const MAX_READS_PER_LOOK: usize = 64;
+
+/// How soon the keeper looks again at a socket it stopped reading at
+/// [`MAX_READS_PER_LOOK`].
+const FLOOD_PAUSE: Duration = Duration::from_millis(10);
+
+/// How the pool behaves. The defaults are the contract's.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Most WebSockets pooled at once; when full, the oldest pooled one is
+    /// closed to make room. 0 disables pooling (every `put` is refused).
+    pub max_idle: usize,
+    /// A WebSocket pooled longer than this is closed, never handed out.
+    pub idle_timeout: Duration,
+    /// A WebSocket opened longer ago than this is closed, never handed out
+    /// (and refused by `put`).
+    pub max_age: Duration,
+    /// A keepalive goes out on a pooled WebSocket when nothing was sent on it
+    /// for this long. `Duration::ZERO` disables keepalives.
+    pub keepalive_interval: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle: 4,
+            idle_timeout: Duration::from_secs(10),
+            max_age: Duration::from_secs(45 * 60),
+            keepalive_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A WebSocket taken from the pool, with its timestamps.
+pub struct Pooled {
+    /// Non-blocking, as it was pooled; any pong or keepalive the keeper
+    /// queued but could not yet write goes out with the next flush.
+    pub ws: WebSocket<GatewayStream>,
+    /// When the WebSocket was opened (as given to [`Pool::put`]).
+    pub opened: Instant,
+    /// When it went into the pool.
+    pub pooled_at: Instant,
+}
+
+impl fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pooled")
+            .field("opened", &self.opened)
+            .field("pooled_at", &self.pooled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pool of idle WebSockets. Cheap to clone: clones share one pool. The
+/// pool shuts down (closing every pooled WebSocket and stopping the keeper)
+/// on [`Pool::shutdown`] or when the last clone is dropped.
+///
+/// How a tunnel uses it (`gateway`, `tunnel_ended_with_fin` stand for the
+/// caller's own):
+///
+/// ```no_run
+/// # use std::time::Instant;
+/// # use ccr_relay::gateway::pool::{Pool, PoolConfig};
+/// # fn demo(gateway: &ccr_relay::gateway::Gateway, tunnel_ended_with_fin: bool)
+/// #     -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::new(PoolConfig::default())?;
+/// let (ws, opened) = match pool.take() {
+///     // A reused WebSocket: no HELLO, send the preamble with fresh credentials.
+///     Some(pooled) => (pooled.ws, pooled.opened),
+///     None => (gateway.open_websocket().map_err(|e| e.to_string())?, Instant::now()),
+/// };
+/// // ... pump the tunnel over `ws` ...
+/// if tunnel_ended_with_fin {
+///     pool.put(ws, opened); // closes it itself if refused
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    handle: Arc<Handle>,
+}
+
+/// What the clones of a [`Pool`] share. Dropping it shuts the pool down;
+/// the keeper holds only [`Shared`], so it never keeps this alive.
+struct Handle {
+    shared: Arc<Shared>,
+    keeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the pool's users and the keeper share.
+struct Shared {
+    config: PoolConfig,
+    state: Mutex<State>,
+    /// Written to (one byte, non-blocking) to wake the keeper.
+    wake_tx: UnixStream,
+}
+
+struct State {
+    /// Oldest first; `take` pops from the end (last in, first out).
+    entries: Vec<Entry>,
+    stopped: bool,
+    next_id: u64,
+}
+
+/// One pooled WebSocket.
+struct Entry {
+    id: u64,
+    ws: WebSocket<GatewayStream>,
+    opened: Instant,
+    pooled_at: Instant,
+    /// Last keepalive sent (or when pooled: the tunnel had just sent FIN_ACK).
+    last_sent: Instant,
+    /// A pong or keepalive is queued but the socket would not take it yet.
+    flush_pending: bool,
+    /// The last look stopped at [`MAX_READS_PER_LOOK`]: what is left may sit
+    /// inside TLS, where it does not wake `poll`, so look again soon.
+    more_to_read: bool,
+}
+
+/// Why a WebSocket left the pool other than by `take`.
+#[derive(Debug)]
+enum Retire {
+    Closed,
+    Idle,
+    TooOld,
+    /// The gateway sent something a pooled socket must not get.
+    Unexpected(&'static str),
+    Error(String),
+    Full,
+    Shutdown,
+}
+
+impl fmt::Display for Retire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Retire::Closed => f.write_str("closed"),
+            Retire::Idle => f.write_str("idle too long"),
+            Retire::TooOld => f.write_str("too old"),
+            Retire::Unexpected(what) => write!(f, "gateway sent {what} while pooled"),
+            Retire::Error(e) => write!(f, "error while pooled: {e}"),
+            Retire::Full => f.write_str("pool full, oldest makes room"),
+            Retire::Shutdown => f.write_str("pool shutting down"),
+        }
+    }
+}
+
+impl Pool {
+    /// Creates an empty pool and starts its keeper thread.
+    pub fn new(config: PoolConfig) -> io::Result<Pool> {
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State {
+                entries: Vec::new(),
+                stopped: false,
+                next_id: 1,
+            }),
+            wake_tx,
+        });
+        let for_keeper = Arc::clone(&shared);
+        let keeper = thread::Builder::new()
+            .name("ws-pool".into())
+            .stack_size(KEEPER_STACK)
+            .spawn(move || keeper(&for_keeper, wake_rx))?;
+        Ok(Pool {
+            handle: Arc::new(Handle {
+                shared,
+                keeper: Mutex::new(Some(keeper)),
+            }),
+        })
+    }
+
+    /// Pools `ws`, opened at `opened`. The caller has checked the contract's
+    /// conditions (v2, the tunnel got an answer and ended with the server's
+    /// FIN, FIN_ACK sent). Returns `false` if refused (closed, as old as
+    /// `max_age`, pooling disabled, pool shut down); a refused WebSocket is
+    /// closed here. When the pool is full, the oldest pooled one is closed to
+    /// make room. The WebSocket's socket becomes non-blocking.
+    pub fn put(&self, ws: WebSocket<GatewayStream>, opened: Instant) -> bool {
+        let shared = &self.handle.shared;
+        let config = &shared.config;
+        let now = Instant::now();
+        let refusal = if config.max_idle == 0 {
+            Some(Retire::Full)
+        } else if !ws.can_write() {
+            Some(Retire::Closed)
+        } else if now.saturating_duration_since(opened) >= config.max_age {
+            Some(Retire::TooOld)
+        } else if let Err(e) = ws.get_ref().tcp().set_nonblocking(true) {
+            Some(Retire::Error(e.to_string()))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            log::debug!("websocket not pooled: {why}");
+            close_quietly(ws);
+            return false;
+        }
+        let mut evicted = Vec::new();
+        {
+            let mut state = shared.lock();
+            if state.stopped {
+                drop(state);
+                log::debug!("websocket not pooled: {}", Retire::Shutdown);
+                close_quietly(ws);
+                return false;
+            }
+            while state.entries.len() >= config.max_idle {
+                let oldest = state.entries.remove(0);
+                evicted.push((oldest, Retire::Full));
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            state.entries.push(Entry {
+                id,
+                ws,
+                opened,
+                pooled_at: now,
+                last_sent: now,
+                flush_pending: false,
+                more_to_read: false,
+            });
+            log::debug!("websocket #{id} pooled ({} idle)", state.entries.len());
+        }
+        shared.wake();
+        retire_all(evicted);
+        true
+    }
+
+    /// Takes the most recently pooled WebSocket that can still carry a
+    /// tunnel, closing any on the way that is closed, idle over
+    /// `idle_timeout`, or older than `max_age`. `None` when there is none
+    /// (dial a fresh one).
+    pub fn take(&self) -> Option<Pooled> {
+        let shared = &self.handle.shared;
+        let mut retired = Vec::new();
+        let found = {
+            let mut state = shared.lock();
+            let mut found = None;
+            while let Some(mut entry) = state.entries.pop() {
+                match look_after(&mut entry, &shared.config, Instant::now()) {
+                    Ok(()) => {
+                        found = Some(entry);
+                        break;
+                    }
+                    Err(why) => retired.push((entry, why)),
+                }
+            }
+            found
+        };
+        retire_all(retired);
+        found.map(|entry| {
+            log::debug!("websocket #{} taken from the pool", entry.id);
+            Pooled {
+                ws: entry.ws,
+                opened: entry.opened,
+                pooled_at: entry.pooled_at,
+            }
+        })
+    }
+
+    /// How many WebSockets are pooled right now.
+    pub fn len(&self) -> usize {
+        self.handle.shared.lock().entries.len()
+    }
+
+    /// Whether no WebSocket is pooled right now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every pooled WebSocket and stops the keeper (waiting for it).
+    /// Later `put`s are refused. Idempotent; dropping the last clone of the
+    /// pool does the same.
+    pub fn shutdown(&self) {
+        self.handle.shutdown();
+    }
+
+    /// Lets a test see whether the keeper still holds the shared state.
+    #[cfg(test)]
+    fn shared_weak(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.handle.shared)
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.handle.shared.config)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Handle {
+    fn shutdown(&self) {
+        let entries = {
+            let mut state = self.shared.lock();
+            state.stopped = true;
+            std::mem::take(&mut state.entries)
+        };
+        self.shared.wake();
+        retire_all(entries.into_iter().map(|e| (e, Retire::Shutdown)).collect());
+        let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(keeper) = keeper {
+            // The keeper only ever holds the lock briefly and wakes on the
+            // byte just written, so this join is short.
+            if keeper.join().is_err() {
+                log::warn!("websocket pool keeper panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not leave the pool unusable: sockets in it
+        // are still whole (every change to `entries` is a single push/pop).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self) {
+        // WouldBlock means wake-ups are already pending: good enough.
+        let _ = (&self.wake_tx).write(&[1]);
+    }
+}
+
+/// Checks one pooled WebSocket and does its chores: expiry, reading what
+/// the gateway sent, keepalive, flushing. `Err` means it must be retired.
+fn look_after(entry: &mut Entry, config: &PoolConfig, now: Instant) -> Result<(), Retire> {
+    if !entry.ws.can_write() {
+        return Err(Retire::Closed);
+    }
+    if now.saturating_duration_since(entry.opened) >= config.max_age {
+        return Err(Retire::TooOld);
+    }
+    if now.saturating_duration_since(entry.pooled_at) >= config.idle_timeout {
+        return Err(Retire::Idle);
+    }
+    // Until WouldBlock: bytes already decrypted inside TLS do not wake poll.
+    entry.more_to_read = true;
+    for _ in 0..MAX_READS_PER_LOOK {
+        match entry.ws.read() {
+            Ok(Message::Ping(_)) => entry.flush_pending = true,
+            Ok(Message::Pong(_)) => {}
+            Ok(Message::Binary(data)) if data.is_empty() || data[..] == KEEPALIVE => {}
+            Ok(Message::Binary(_)) => return Err(Retire::Unexpected("data")),
+            Ok(Message::Text(_)) => return Err(Retire::Unexpected("text")),
+            Ok(Message::Close(_)) => return Err(Retire::Unexpected("a close")),
+            Ok(Message::Frame(_)) => return Err(Retire::Unexpected("a raw frame")),
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                entry.more_to_read = false;
+                break;
+            }
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                return Err(Retire::Closed);
+            }
+            Err(e) => return Err(Retire::Error(e.to_string())),
+        }
+    }
+    if !config.keepalive_interval.is_zero()
+        && now.saturating_duration_since(entry.last_sent) >= config.keepalive_interval
+    {
+        match entry
+            .ws
+            .write(Message::Binary(Bytes::from_static(&KEEPALIVE)))
+        {
+            Ok(()) => {}
+            // Queued; the flush below or a later one sends it.
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Retire::Error(e.to_string())),
+        }
+        entry.last_sent = now;
+        entry.flush_pending = true;
+    }
+    if entry.flush_pending {
+        match entry.ws.flush() {
+            Ok(()) => entry.flush_pending = false,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Retire::Error(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// When the keeper must next look at `entry` even if nothing arrives.
+fn next_due(entry: &Entry, config: &PoolConfig) -> Option<Instant> {
+    let keepalive = if config.keepalive_interval.is_zero() {
+        None
+    } else {
+        entry.last_sent.checked_add(config.keepalive_interval)
+    };
+    [
+        entry.opened.checked_add(config.max_age),
+        entry.pooled_at.checked_add(config.idle_timeout),
+        keepalive,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// The keeper thread: sleeps in `poll(2)` until a pooled socket is readable
+/// (or writable, with a flush pending), a deadline passes, or a wake byte
+/// arrives; then looks after every pooled socket under the lock.
+fn keeper(shared: &Shared, wake_rx: UnixStream) {
+    // However the loop ends (panics included), stop the pool and close
+    // whatever is left, so nothing sits pooled without a keeper.
+    struct OnExit<'a>(&'a Shared);
+    impl Drop for OnExit<'_> {
+        fn drop(&mut self) {
+            let entries = {
+                let mut state = self.0.lock();
+                state.stopped = true;
+                std::mem::take(&mut state.entries)
+            };
+            retire_all(entries.into_iter().map(|e| (e, Retire::Shutdown)).collect());
+        }
+    }
+    let _on_exit = OnExit(shared);
+
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(shared.config.max_idle.min(64) + 1);
+    loop {
+        let mut retired = Vec::new();
+        let timeout = {
+            let mut state = shared.lock();
+            if state.stopped {
+                return;
+            }
+            let now = Instant::now();
+            let mut i = 0;
+            while i < state.entries.len() {
+                match look_after(&mut state.entries[i], &shared.config, now) {
+                    Ok(()) => i += 1,
+                    Err(why) => retired.push((state.entries.remove(i), why)),
+                }
+            }
+            fds.clear();
+            fds.push(pollfd(wake_rx.as_raw_fd(), libc::POLLIN));
+            for entry in &state.entries {
+                let mut events = libc::POLLIN;
+                if entry.flush_pending {
+                    events |= libc::POLLOUT;
+                }
+                fds.push(pollfd(entry.ws.get_ref().tcp().as_raw_fd(), events));
+            }
+            let due = state
+                .entries
+                .iter()
+                .filter_map(|e| next_due(e, &shared.config))
+                .min()
+                .map(|due| due.saturating_duration_since(now));
+            if state.entries.iter().any(|e| e.more_to_read) {
+                Some(due.map_or(FLOOD_PAUSE, |d| d.min(FLOOD_PAUSE)))
+            } else {
+                due
+            }
+        };
+        retire_all(retired);
+
+        let ms = match timeout {
+            None => -1,
+            // Round up, so the next look is at or after the deadline.
+            Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+        };
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds. An fd in it
+        // may be closed meanwhile (its socket taken by a tunnel); poll then
+        // reports on a stale or reused fd, which only makes a spurious wake.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                log::warn!("websocket pool keeper: poll failed: {err}");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // Drain the wake-ups; the loop re-reads the state anyway.
+        let mut sink = [0u8; 64];
+        while matches!((&wake_rx).read(&mut sink), Ok(n) if n > 0) {}
+    }
+}
+
+fn pollfd(fd: i32, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Closes retired WebSockets; called without the pool's lock.
+fn retire_all(entries: Vec<(Entry, Retire)>) {
+    for (entry, why) in entries {
+        log::debug!("pooled websocket #{} retired: {why}", entry.id);
+        close_quietly(entry.ws);
+    }
+}
+
+/// Best-effort close frame, then drop. Never waits: the socket is (or is
+/// made) non-blocking, and a frame that does not fit is abandoned.
+fn close_quietly(mut ws: WebSocket<GatewayStream>) {
+    let tcp = ws.get_ref().tcp();
+    let _ = tcp.set_nonblocking(true);
+    let _ = ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }));
+    // Closing a socket with unread input makes the kernel reset it, which
+    // can destroy the close frame on its way. Drain a bounded amount first.
+    let fd = ws.get_ref().tcp().as_raw_fd();
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        // SAFETY: a valid fd owned by `ws` and a buffer of the given length.
+        let n = unsafe { libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+
+    /// Every wait in these tests ends by this bound.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// What the server side of one WebSocket observed.
+    #[derive(Debug)]
+    enum Event {
+        Msg(Message),
+        /// The connection ended (EOF, error or after the close handshake);
+        /// the reason shows in assertion messages.
+        #[allow(dead_code)]
+        Ended(String),
+    }
+
+    /// The server (gateway) side of one WebSocket, run by a real tungstenite
+    /// server in its own thread; commands in, observations out.
+    struct Far {
+        events: Receiver<Event>,
+        cmds: Sender<Message>,
+    }
+
+    impl Far {
+        fn send(&self, msg: Message) {
+            self.cmds.send(msg).unwrap();
+        }
+
+        /// Waits (bounded) for an event matching `want`; false if none came.
+        fn saw(&self, want: impl Fn(&Event) -> bool) -> bool {
+            let deadline = Instant::now() + BOUND;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.events.recv_timeout(left) {
+                    Ok(e) if want(&e) => return true,
+                    Ok(_) => {}
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                        return false;
+                    }
+                }
+            }
+        }
+
+        fn saw_close(&self) -> bool {
+            self.saw(|e| matches!(e, Event::Msg(Message::Close(_))))
+        }
+
+        /// Collects every event for `during` (for "nothing happened" checks).
+        fn events_for(&self, during: Duration) -> Vec<Event> {
+            let deadline = Instant::now() + during;
+            let mut out = Vec::new();
+            while let Ok(e) = self
+                .events
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                out.push(e);
+            }
+            out
+        }
+    }
+
+    /// Runs the server side of a WebSocket over `stream` until the
+    /// connection ends, the test drops its [`Far`], or 60 s pass.
+    fn serve<S: Read + Write>(
+        stream: S,
+        tcp: TcpStream,
+        events: Sender<Event>,
+        cmds: Receiver<Message>,
+    ) {
+        let mut ws = match tungstenite::accept(stream) {
+            Ok(ws) => ws,
+            Err(e) => {
+                let _ = events.send(Event::Ended(format!("handshake: {e}")));
+                return;
+            }
+        };
+        // A short read timeout lets one thread both read and obey commands.
+        tcp.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            loop {
+                match cmds.try_recv() {
+                    // Buffered, then written at once: several frames can
+                    // share one TCP segment (and one TLS record).
+                    Ok(msg) => {
+                        let _ = ws.write(msg);
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            let _ = ws.flush();
+            match ws.read() {
+                Ok(msg) => {
+                    if events.send(Event::Msg(msg)).is_err() {
+                        return;
+                    }
+                }
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => {
+                    let _ = events.send(Event::Ended(e.to_string()));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A self-signed certificate and key for `localhost`, made once, in memory.
+    fn identity() -> native_tls::Identity {
+        static PEM: OnceLock<crate::test_support::TestCert> = OnceLock::new();
+        let cert = PEM.get_or_init(|| crate::test_support::self_signed("localhost"));
+        native_tls::Identity::from_pkcs8(cert.pem.as_bytes(), cert.key.as_bytes()).unwrap()
+    }
+
+    /// A real WebSocket on loopback: the client side as the relay holds it,
+    /// the server side in a thread. `tls` for wss.
+    fn connect(tls: bool) -> (WebSocket<GatewayStream>, Far) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let (event_tx, events) = mpsc::channel();
+        let (cmds, cmd_rx) = mpsc::channel();
+        let acceptor = tls.then(|| native_tls::TlsAcceptor::new(identity()).unwrap());
+        thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let tcp_ref = tcp.try_clone().unwrap();
+            match acceptor {
+                Some(acceptor) => match acceptor.accept(tcp) {
+                    Ok(tls) => serve(tls, tcp_ref, event_tx, cmd_rx),
+                    Err(e) => {
+                        let _ = event_tx.send(Event::Ended(format!("tls: {e}")));
+                    }
+                },
+                None => serve(tcp, tcp_ref, event_tx, cmd_rx),
+            }
+        });
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(BOUND)).unwrap();
+        let stream = if tls {
+            let connector = native_tls::TlsConnector::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap();
+            GatewayStream::Tls(Box::new(connector.connect("localhost", tcp).unwrap()))
+        } else {
+            GatewayStream::Plain(tcp)
+        };
+        let scheme = if tls { "wss" } else { "ws" };
+        let (ws, _) = tungstenite::client(format!("{scheme}://localhost/ws"), stream).unwrap();
+        ws.get_ref().tcp().set_read_timeout(None).unwrap();
+        (ws, Far { events, cmds })
+    }
+
+    fn port(ws: &WebSocket<GatewayStream>) -> u16 {
+        ws.get_ref().tcp().local_addr().unwrap().port()
+    }
+
+    /// Polls `cond` every 10 ms, at most [`BOUND`].
+    fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + BOUND;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        cond()
+    }
+
+    /// Sends one data message on a taken WebSocket and checks the server
+    /// side of `far` gets it: the WebSocket still works.
+    fn still_works(ws: &mut WebSocket<GatewayStream>, far: &Far) {
+        let payload = Bytes::from_static(&[0x0A, 0x02, b'h', b'i']);
+        let _ = ws.write(Message::Binary(payload.clone()));
+        assert!(eventually(|| ws.flush().is_ok()));
+        assert!(far.saw(|e| matches!(e, Event::Msg(Message::Binary(b)) if *b == payload)));
+    }
+
+    fn quiet() -> PoolConfig {
+        PoolConfig {
+            max_idle: 4,
+            idle_timeout: Duration::from_secs(60),
+            max_age: Duration::from_secs(600),
+            keepalive_interval: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn last_in_first_out() {
+        let pool = Pool::new(quiet()).unwrap();
+        let mut fars = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let (ws, far) = connect(false);
+            ports.push(port(&ws));
+            assert!(pool.put(ws, Instant::now()));
+            fars.push(far);
+        }
+        assert_eq!(pool.len(), 3);
+        for i in (0..3).rev() {
+            let mut pooled = pool.take().expect("a pooled websocket");
+            assert_eq!(port(&pooled.ws), ports[i]);
+            assert!(pooled.pooled_at >= pooled.opened);
+            still_works(&mut pooled.ws, &fars[i]);
+        }
+        assert!(pool.take().is_none());
+        assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn full_pool_closes_the_oldest() {
+        let pool = Pool::new(quiet()).unwrap();
+        let mut fars = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..5 {
+            let (ws, far) = connect(false);
+            ports.push(port(&ws));
+            assert!(pool.put(ws, Instant::now()));
+            fars.push(far);
+        }
+        assert_eq!(pool.len(), 4);
+        assert!(fars[0].saw_close(), "the oldest was closed");
+        for i in (1..5).rev() {
+            let pooled = pool.take().expect("a pooled websocket");
+            assert_eq!(port(&pooled.ws), ports[i]);
+        }
+        assert!(pool.take().is_none());
+    }
+
+    #[test]
+    fn idle_ones_expire_and_are_closed_by_the_keeper() {
+        let pool = Pool::new(PoolConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..quiet()
+        })
+        .unwrap();
+        let (ws, far) = connect(false);
+        let put_at = Instant::now();
+        assert!(pool.put(ws, Instant::now()));
+        assert!(eventually(|| pool.is_empty()), "keeper retired it");
+        assert!(put_at.elapsed() >= Duration::from_millis(300));
+        assert!(far.saw_close());
+        assert!(pool.take().is_none());
+    }
+
+    #[test]
+    fn take_skips_expired_ones_without_the_keeper() {
+        // The keeper could race the take here; either way the expired one
+        // must never be handed out.
+        let pool = Pool::new(PoolConfig {
+            idle_timeout: Duration::from_millis(200),
+            ..quiet()
+        })
+        .unwrap();
+        let (ws, _far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        thread::sleep(Duration::from_millis(250));
+        assert!(pool.take().is_none());
+    }
+
+    #[test]
+    fn old_ones_expire_and_too_old_ones_are_refused() {
+        let max_age = Duration::from_millis(800);
+        let pool = Pool::new(PoolConfig { max_age, ..quiet() }).unwrap();
+
+        let (ws, far) = connect(false);
+        let Some(long_ago) = Instant::now().checked_sub(max_age) else {
+            return; // the clock is younger than max_age: nothing to test
+        };
+        assert!(!pool.put(ws, long_ago), "too old to pool");
+        assert!(far.saw_close());
+
+        let (ws, far) = connect(false);
+        let opened = Instant::now()
+            .checked_sub(Duration::from_millis(500))
+            .unwrap();
+        assert!(pool.put(ws, opened));
+        assert_eq!(pool.len(), 1);
+        assert!(eventually(|| pool.is_empty()), "keeper retired it");
+        assert!(opened.elapsed() >= max_age);
+        assert!(far.saw_close());
+        assert!(pool.take().is_none());
+    }
+
+    #[test]
+    fn a_close_from_the_gateway_is_noticed_while_pooled() {
+        let pool = Pool::new(quiet()).unwrap();
+        let (ws, far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        far.send(Message::Close(None));
+        assert!(eventually(|| pool.is_empty()), "keeper noticed the close");
+        // The close handshake completes: the server side gets the answer.
+        assert!(far.saw_close());
+    }
+
+    #[test]
+    fn a_ping_is_answered_and_keepalives_leave_it_pooled() {
+        let pool = Pool::new(quiet()).unwrap();
+        let (ws, far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        far.send(Message::Binary(Bytes::from_static(&KEEPALIVE)));
+        far.send(Message::Binary(Bytes::new()));
+        far.send(Message::Ping(Bytes::from_static(b"p1")));
+        assert!(far.saw(|e| matches!(e, Event::Msg(Message::Pong(b)) if &b[..] == b"p1")));
+        // Messages are handled in order: the keepalives were seen first.
+        assert_eq!(pool.len(), 1);
+        let mut pooled = pool.take().expect("still pooled");
+        still_works(&mut pooled.ws, &far);
+    }
+
+    #[test]
+    fn a_burst_of_pings_beyond_one_look_is_all_answered() {
+        let pool = Pool::new(quiet()).unwrap();
+        let (ws, far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        // One write: after the first read every ping sits in tungstenite's
+        // buffer, where it does not wake poll; the keeper must come back.
+        let n = 3 * MAX_READS_PER_LOOK;
+        for i in 0..n {
+            far.send(Message::Ping(Bytes::from(format!("{i}"))));
+        }
+        let last = format!("{}", n - 1);
+        assert!(
+            far.saw(|e| matches!(e, Event::Msg(Message::Pong(b)) if b[..] == *last.as_bytes()))
+        );
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn data_from_the_gateway_retires_it() {
+        let pool = Pool::new(quiet()).unwrap();
+        let (ws, far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        far.send(Message::Binary(Bytes::from_static(&[0x0A, 0x01, b'x'])));
+        assert!(eventually(|| pool.is_empty()), "keeper retired it");
+        assert!(far.saw_close());
+
+        let (ws, far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        far.send(Message::text("hello"));
+        assert!(eventually(|| pool.is_empty()), "keeper retired it");
+        assert!(far.saw_close());
+    }
+
+    #[test]
+    fn keepalives_go_out_while_pooled() {
+        let pool = Pool::new(PoolConfig {
+            keepalive_interval: Duration::from_millis(200),
+            ..quiet()
+        })
+        .unwrap();
+        let (ws, far) = connect(false);
+        let start = Instant::now();
+        assert!(pool.put(ws, Instant::now()));
+        let keepalive =
+            |e: &Event| matches!(e, Event::Msg(Message::Binary(b)) if b[..] == KEEPALIVE);
+        assert!(far.saw(keepalive));
+        assert!(far.saw(keepalive));
+        assert!(start.elapsed() >= Duration::from_millis(400));
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn nothing_is_sent_while_pooled_before_the_keepalive_is_due() {
+        let pool = Pool::new(quiet()).unwrap();
+        let (ws, far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        let seen = far.events_for(Duration::from_millis(500));
+        assert!(seen.is_empty(), "{seen:?}");
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn shutdown_closes_all_stops_the_keeper_and_refuses_puts() {
+        let pool = Pool::new(quiet()).unwrap();
+        let keeper = pool.shared_weak();
+        let mut fars = Vec::new();
+        for _ in 0..2 {
+            let (ws, far) = connect(false);
+            assert!(pool.put(ws, Instant::now()));
+            fars.push(far);
+        }
+        let (done_tx, done) = mpsc::channel();
+        let other = pool.clone();
+        thread::spawn(move || {
+            other.shutdown();
+            let _ = done_tx.send(());
+        });
+        done.recv_timeout(BOUND).expect("shutdown returned");
+        assert!(pool.is_empty());
+        for far in &fars {
+            assert!(far.saw_close());
+        }
+        // The keeper thread has ended: only the handles still hold the state.
+        assert_eq!(keeper.strong_count(), 1);
+
+        let (ws, far) = connect(false);
+        assert!(!pool.put(ws, Instant::now()));
+        assert!(far.saw_close());
+        pool.shutdown(); // idempotent
+        assert!(pool.take().is_none());
+    }
+
+    #[test]
+    fn dropping_the_last_clone_shuts_down() {
+        let pool = Pool::new(quiet()).unwrap();
+        let keeper = pool.shared_weak();
+        let (ws, far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        let clone = pool.clone();
+        drop(pool);
+        assert_eq!(clone.len(), 1, "a clone keeps the pool alive");
+        drop(clone);
+        assert!(far.saw_close());
+        assert!(keeper.upgrade().is_none(), "keeper thread ended");
+    }
+
+    #[test]
+    fn over_tls_pings_keepalives_and_data_are_handled() {
+        let pool = Pool::new(PoolConfig {
+            keepalive_interval: Duration::from_millis(200),
+            ..quiet()
+        })
+        .unwrap();
+        let (ws, far) = connect(true);
+        assert!(pool.put(ws, Instant::now()));
+        assert!(far.saw(|e| matches!(e, Event::Msg(Message::Binary(b)) if b[..] == KEEPALIVE)));
+        far.send(Message::Ping(Bytes::from_static(b"p2")));
+        assert!(far.saw(|e| matches!(e, Event::Msg(Message::Pong(b)) if &b[..] == b"p2")));
+        assert_eq!(pool.len(), 1);
+        // A ping and data in one TLS record: both are read, the data retires it.
+        far.send(Message::Ping(Bytes::from_static(b"p3")));
+        far.send(Message::Binary(Bytes::from_static(&[0x0A, 0x01, b'x'])));
+        assert!(eventually(|| pool.is_empty()), "keeper retired it");
+        assert!(far.saw_close());
+    }
+}

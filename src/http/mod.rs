@@ -1,0 +1,7 @@
+//! HTTP/1 as the relay speaks it: heads and framing on `httparse`
+//! ([`http1`]), what a client asks the proxy ([`request_head`]), and the
+//! relay's own answers ([`reply`]).
+
+pub mod http1;
+pub mod reply;
+pub mod request_head;

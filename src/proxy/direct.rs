@@ -1,0 +1,617 @@
+//! Selective mode's direct path: a CONNECT the include list does not cover
+//! is dialled by the relay itself ([`dial`]) and, once the relay answered
+//! `200 Connection Established`, joined to the client by a raw byte
+//! [`Pipe`], without the gateway.
+//!
+//! The dial refuses what [`crate::proxy::route`] refuses: by name and port before
+//! any lookup, by address before connecting to it, and by the connected
+//! peer's address again after connecting (so a harmless-looking name that
+//! resolves to `127.0.0.1` or `169.254.169.254` never gets a byte). Every
+//! step shares one deadline, the name lookup included.
+//!
+//! The pipe has a tunnel's guarantees: backpressure (a direction writes
+//! before it reads again, so memory stays at one buffer per direction),
+//! half-close passed on, either side's failure ends both, a direction that
+//! cannot write for the stall bound ends it, and [`Pipe::abort`] ends it
+//! from outside (relay shutdown).
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::http::reply::{self, Status};
+use crate::proxy::route::{self, FailureKind, Refusal};
+use crate::sys::socket::{self, Mode};
+
+/// The direct dial's bound, name lookup included.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Name lookups (each on its own thread, since `getaddrinfo` has no
+/// deadline) in flight at once; more fail at once rather than pile up.
+const MAX_LOOKUPS: usize = 32;
+
+/// Stack for a lookup thread: `getaddrinfo` needs more than a copy loop.
+const LOOKUP_STACK: usize = 256 * 1024;
+
+/// Addresses of one name tried at most.
+const MAX_ADDRS: usize = 8;
+
+/// Stack for the second pipe thread: the copy buffer is on the heap.
+const PIPE_STACK: usize = 128 * 1024;
+
+static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Why a direct dial did not give a connection; each maps to one answer.
+#[derive(Debug)]
+pub enum DirectError {
+    /// Refused by name, literal, port or peer address (`403`, `400` for a port).
+    Refused(Refusal),
+    /// Lookup and connect did not finish within the bound (`504`).
+    Timeout,
+    /// The name did not resolve, or the connection was refused or
+    /// unreachable (`502`).
+    Failed(&'static str, Option<io::Error>),
+}
+
+impl DirectError {
+    /// The status the relay answers the client with.
+    pub fn status(&self) -> Status {
+        match self {
+            DirectError::Refused(r) => r.status(),
+            DirectError::Timeout => reply::GATEWAY_TIMEOUT,
+            DirectError::Failed(..) => reply::BAD_GATEWAY,
+        }
+    }
+
+    /// The failure kind to record.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            DirectError::Refused(r) => r.kind,
+            DirectError::Timeout => FailureKind::DirectDialTimeout,
+            DirectError::Failed(..) => FailureKind::DirectDialFailed,
+        }
+    }
+}
+
+impl std::error::Error for DirectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DirectError::Refused(r) => Some(r),
+            DirectError::Failed(_, Some(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DirectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirectError::Refused(r) => r.fmt(f),
+            DirectError::Timeout => f.write_str("direct dial timed out"),
+            DirectError::Failed(what, None) => write!(f, "direct dial failed: {what}"),
+            DirectError::Failed(what, Some(e)) => write!(f, "direct dial failed: {what}: {e}"),
+        }
+    }
+}
+
+/// Dials `host:port` directly: refusals by name first, a lookup, a connect
+/// to the first address that is neither refused nor failing, and the
+/// connected peer checked again. All within `timeout` (the relay uses
+/// [`DIAL_TIMEOUT`]). The stream comes back blocking, without timeouts,
+/// `TCP_NODELAY` set.
+///
+/// `host` is the host as the CONNECT line names it: a name, a dotted quad,
+/// or a bracketed IPv6 literal (refused).
+pub fn dial(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, DirectError> {
+    route::check_direct_name(host, port.into()).map_err(DirectError::Refused)?;
+    let deadline = Instant::now() + timeout;
+    let addrs = resolve(host, port, deadline)?;
+    let mut blocked = None;
+    let mut timed_out = false;
+    let mut last_error = None;
+    for addr in addrs.into_iter().take(MAX_ADDRS) {
+        // Never send even a SYN to a refused address.
+        if let Err(r) = route::check_peer(addr.ip()) {
+            blocked.get_or_insert(r);
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            timed_out = true;
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(stream) => return checked(stream, host),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                timed_out = true;
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    if let Some(r) = blocked {
+        return Err(DirectError::Refused(r.for_host(host)));
+    }
+    if timed_out {
+        return Err(DirectError::Timeout);
+    }
+    Err(DirectError::Failed("could not connect", last_error))
+}
+
+/// The peer check after connecting: the address the socket really reached.
+fn checked(stream: TcpStream, host: &str) -> Result<TcpStream, DirectError> {
+    let peer = stream
+        .peer_addr()
+        .map_err(|e| DirectError::Failed("connection lost at once", Some(e)))?;
+    if let Err(r) = route::check_peer(peer.ip()) {
+        let _ = stream.shutdown(Shutdown::Both);
+        return Err(DirectError::Refused(r.for_host(host)));
+    }
+    // Interactive protocols (TLS handshakes, SSH) go through: no Nagle delay.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The addresses of `host`: a canonical dotted quad as it is, a name
+/// through the system's resolver on a thread of its own, abandoned (left
+/// to finish alone) when the deadline passes.
+fn resolve(host: &str, port: u16, deadline: Instant) -> Result<Vec<SocketAddr>, DirectError> {
+    let name = host.trim_end_matches('.');
+    if let Some(ip) = route::canonical_ipv4(name) {
+        return Ok(vec![SocketAddr::new(IpAddr::V4(ip), port)]);
+    }
+    if LOOKUPS.fetch_add(1, Ordering::SeqCst) >= MAX_LOOKUPS {
+        LOOKUPS.fetch_sub(1, Ordering::SeqCst);
+        return Err(DirectError::Failed(
+            "too many name lookups in progress",
+            None,
+        ));
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    let name = name.to_owned();
+    let spawned = thread::Builder::new()
+        .name("direct-lookup".into())
+        .stack_size(LOOKUP_STACK)
+        .spawn(move || {
+            let result = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|addrs| addrs.take(MAX_ADDRS).collect::<Vec<_>>());
+            LOOKUPS.fetch_sub(1, Ordering::SeqCst);
+            // The dialler may have given up: nobody to tell then.
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        LOOKUPS.fetch_sub(1, Ordering::SeqCst);
+        return Err(DirectError::Failed("cannot start a name lookup", Some(e)));
+    }
+    let wait = deadline.saturating_duration_since(Instant::now());
+    match rx.recv_timeout(wait) {
+        Ok(Ok(addrs)) if addrs.is_empty() => {
+            Err(DirectError::Failed("the name has no address", None))
+        }
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(e)) => Err(DirectError::Failed("name lookup failed", Some(e))),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(DirectError::Timeout),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(DirectError::Failed(
+            "name lookup ended without an answer",
+            None,
+        )),
+    }
+}
+
+/// How a pipe moves bytes.
+#[derive(Debug, Clone)]
+pub struct PipeOptions {
+    /// Largest read, one buffer per direction.
+    pub buffer: usize,
+    /// A write that takes no byte for this long ends the pipe.
+    pub stall: Duration,
+}
+
+impl Default for PipeOptions {
+    fn default() -> Self {
+        PipeOptions {
+            buffer: 64 * 1024,
+            stall: Duration::from_secs(180),
+        }
+    }
+}
+
+/// One direction of a pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to target.
+    Up,
+    /// Target to client.
+    Down,
+}
+
+/// Which socket of a pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeSide {
+    Client,
+    Target,
+}
+
+/// How a pipe ended: the first thing that stopped it.
+#[derive(Debug)]
+pub enum PipeEnd {
+    /// Both sides sent EOF and everything before it was delivered.
+    Closed,
+    /// Reading from or writing to one side failed.
+    Error(PipeSide, io::Error),
+    /// A direction could not write a byte for the stall bound.
+    Stalled(Direction, Duration),
+    /// [`Pipe::abort`] was called.
+    Aborted,
+    /// The second thread could not start, or a pump panicked.
+    Internal(&'static str),
+}
+
+impl fmt::Display for PipeEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PipeEnd::Closed => f.write_str("closed"),
+            PipeEnd::Error(PipeSide::Client, e) => write!(f, "client connection failed: {e}"),
+            PipeEnd::Error(PipeSide::Target, e) => write!(f, "target connection failed: {e}"),
+            PipeEnd::Stalled(Direction::Up, t) => {
+                write!(f, "target took no byte for {}s", t.as_secs())
+            }
+            PipeEnd::Stalled(Direction::Down, t) => {
+                write!(f, "client took no byte for {}s", t.as_secs())
+            }
+            PipeEnd::Aborted => f.write_str("aborted"),
+            PipeEnd::Internal(why) => write!(f, "internal error: {why}"),
+        }
+    }
+}
+
+/// What a pipe did, for the log line and the totals.
+#[derive(Debug)]
+pub struct PipeReport {
+    /// Bytes delivered client to target.
+    pub up: u64,
+    /// Bytes delivered target to client.
+    pub down: u64,
+    pub end: PipeEnd,
+    pub duration: Duration,
+}
+
+/// A client and a directly dialled target joined byte for byte. Shared by
+/// its two threads and, for [`Pipe::abort`], by whoever tracks open
+/// connections.
+pub struct Pipe {
+    client: TcpStream,
+    target: TcpStream,
+    opts: PipeOptions,
+    closing: AtomicBool,
+    end: Mutex<Option<PipeEnd>>,
+    up: AtomicU64,
+    down: AtomicU64,
+    started: Instant,
+}
+
+/// How one direction stopped.
+enum Stop {
+    /// EOF read and passed on: the other direction may go on.
+    Eof,
+    /// The whole pipe ends.
+    End(PipeEnd),
+}
+
+impl Pipe {
+    /// Joins the two sockets: blocking reads without a bound (an idle
+    /// connection is fine), writes bounded by the stall bound.
+    pub fn new(client: TcpStream, target: TcpStream, opts: PipeOptions) -> io::Result<Arc<Pipe>> {
+        let mode = Mode::Blocking {
+            read: None,
+            write: Some(opts.stall),
+        };
+        socket::set_mode(&client, mode)?;
+        socket::set_mode(&target, mode)?;
+        Ok(Arc::new(Pipe {
+            client,
+            target,
+            opts,
+            closing: AtomicBool::new(false),
+            end: Mutex::new(None),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Bytes delivered so far, `(up, down)`.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Copies both ways until both sides closed or one failed; the caller's
+    /// thread copies up, one spawned thread copies down.
+    pub fn run(self: &Arc<Self>) -> PipeReport {
+        let down = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name("direct-down".into())
+            .stack_size(PIPE_STACK)
+            .spawn(move || down.pump_guarded(Direction::Down));
+        match spawned {
+            Ok(handle) => {
+                self.pump_guarded(Direction::Up);
+                if handle.join().is_err() {
+                    self.finish(PipeEnd::Internal("a pipe thread panicked"));
+                }
+            }
+            Err(_) => self.finish(PipeEnd::Internal("cannot start a pipe thread")),
+        }
+        let end = self
+            .end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or(PipeEnd::Closed);
+        PipeReport {
+            up: self.up.load(Ordering::Relaxed),
+            down: self.down.load(Ordering::Relaxed),
+            end,
+            duration: self.started.elapsed(),
+        }
+    }
+
+    /// Ends the pipe from outside: both sockets are shut down, which wakes
+    /// both threads. Safe to call at any time, any number of times.
+    pub fn abort(&self) {
+        self.finish(PipeEnd::Aborted);
+    }
+
+    fn pump_guarded(&self, dir: Direction) {
+        let _guard = EndOnPanic(self);
+        if let Stop::End(end) = self.pump(dir) {
+            self.finish(end);
+        }
+    }
+
+    /// One direction: read, write all of it, again; EOF is passed on as a
+    /// half-close.
+    fn pump(&self, dir: Direction) -> Stop {
+        let (from, to, from_side, to_side, count) = match dir {
+            Direction::Up => (
+                &self.client,
+                &self.target,
+                PipeSide::Client,
+                PipeSide::Target,
+                &self.up,
+            ),
+            Direction::Down => (
+                &self.target,
+                &self.client,
+                PipeSide::Target,
+                PipeSide::Client,
+                &self.down,
+            ),
+        };
+        let mut buf = vec![0u8; self.opts.buffer.max(1)];
+        loop {
+            let n = match (&*from).read(&mut buf) {
+                Ok(0) => {
+                    if self.closing.load(Ordering::SeqCst) {
+                        return Stop::End(PipeEnd::Aborted);
+                    }
+                    // Half-close: the other side sees EOF after every byte.
+                    let _ = to.shutdown(Shutdown::Write);
+                    return Stop::Eof;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Stop::End(PipeEnd::Error(from_side, e)),
+            };
+            let mut sent = 0;
+            while sent < n {
+                match (&*to).write(&buf[sent..n]) {
+                    Ok(0) => {
+                        return Stop::End(PipeEnd::Error(to_side, io::ErrorKind::WriteZero.into()));
+                    }
+                    Ok(k) => {
+                        sent += k;
+                        count.fetch_add(k as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // The write timeout passed without a byte taken.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return Stop::End(PipeEnd::Stalled(dir, self.opts.stall));
+                    }
+                    Err(e) => return Stop::End(PipeEnd::Error(to_side, e)),
+                }
+            }
+        }
+    }
+
+    /// Records the first end and shuts both sockets down, which wakes the
+    /// other direction wherever it waits.
+    fn finish(&self, end: PipeEnd) {
+        if !self.closing.swap(true, Ordering::SeqCst) {
+            *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        }
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.target.shutdown(Shutdown::Both);
+    }
+}
+
+/// Ends the pipe if its pump panics, so the other direction is not left
+/// waiting.
+struct EndOnPanic<'a>(&'a Pipe);
+
+impl Drop for EndOnPanic<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.finish(PipeEnd::Internal("a pipe thread panicked"));
+        }
+    }
+}
+
+/// [`Pipe::new`] and [`Pipe::run`] in one, for a caller with no use for
+/// the abort handle.
+pub fn pipe(client: TcpStream, target: TcpStream, opts: PipeOptions) -> io::Result<PipeReport> {
+    Ok(Pipe::new(client, target, opts)?.run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn refusals_come_before_any_lookup() {
+        for (host, port, kind, code) in [
+            ("localhost", 443, FailureKind::DirectBlocked, 403),
+            ("0x7f.1", 443, FailureKind::DirectBlocked, 403),
+            ("2130706433", 80, FailureKind::DirectBlocked, 403),
+            ("0177.0.0.1", 80, FailureKind::DirectBlocked, 403),
+            ("[::1]", 443, FailureKind::DirectBlocked, 403),
+            ("example.com", 0, FailureKind::BadConnectPort, 400),
+        ] {
+            let e = dial(host, port, Duration::from_secs(1)).unwrap_err();
+            assert_eq!(e.kind(), kind, "{host}");
+            assert_eq!(e.status().0, code, "{host}");
+        }
+    }
+
+    #[test]
+    fn loopback_literal_is_refused_without_connecting() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let e = dial("127.0.0.1", port, Duration::from_secs(2)).unwrap_err();
+        assert_eq!(e.kind(), FailureKind::DirectPeerBlocked);
+        assert_eq!(e.status(), (403, "Forbidden"));
+        assert_eq!(
+            e.to_string(),
+            "direct connection to 127.0.0.1 refused: the address is loopback"
+        );
+        assert!(l.accept().is_err(), "no connection reached the listener");
+    }
+
+    #[test]
+    fn error_answers() {
+        assert_eq!(DirectError::Timeout.status(), (504, "Gateway Timeout"));
+        assert_eq!(DirectError::Timeout.to_string(), "direct dial timed out");
+        assert_eq!(DirectError::Timeout.kind(), FailureKind::DirectDialTimeout);
+        let e = DirectError::Failed(
+            "could not connect",
+            Some(io::ErrorKind::ConnectionRefused.into()),
+        );
+        assert_eq!(e.status(), (502, "Bad Gateway"));
+        assert_eq!(e.kind(), FailureKind::DirectDialFailed);
+    }
+
+    #[test]
+    fn pipe_copies_both_ways_and_passes_half_close_on() {
+        let (client_far, client) = pair();
+        let (target, target_far) = pair();
+        let p = Pipe::new(client, target, PipeOptions::default()).unwrap();
+        let runner = {
+            let p = Arc::clone(&p);
+            thread::spawn(move || p.run())
+        };
+        let up: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let down: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        let writer = {
+            let up = up.clone();
+            let mut c = client_far.try_clone().unwrap();
+            thread::spawn(move || {
+                c.write_all(&up).unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+            })
+        };
+        let mut t = target_far;
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got_up = Vec::new();
+        t.read_to_end(&mut got_up).unwrap();
+        assert!(got_up == up, "upload arrives whole, then EOF");
+        writer.join().unwrap();
+        // The target answers after the client's half-close.
+        t.write_all(&down).unwrap();
+        t.shutdown(Shutdown::Write).unwrap();
+        let mut c = client_far;
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got_down = Vec::new();
+        c.read_to_end(&mut got_down).unwrap();
+        assert!(got_down == down);
+        let report = runner.join().unwrap();
+        assert!(matches!(report.end, PipeEnd::Closed), "{}", report.end);
+        assert_eq!(
+            (report.up, report.down),
+            (up.len() as u64, down.len() as u64)
+        );
+    }
+
+    #[test]
+    fn abort_ends_an_idle_pipe() {
+        let (_client_far, client) = pair();
+        let (target, mut target_far) = pair();
+        let p = Pipe::new(client, target, PipeOptions::default()).unwrap();
+        let runner = {
+            let p = Arc::clone(&p);
+            thread::spawn(move || p.run())
+        };
+        thread::sleep(Duration::from_millis(100));
+        p.abort();
+        let report = runner.join().unwrap();
+        assert!(matches!(report.end, PipeEnd::Aborted), "{}", report.end);
+        target_far
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(target_far.read_to_end(&mut rest).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_target_that_stops_reading_ends_the_pipe_after_the_stall_bound() {
+        let (client_far, client) = pair();
+        let (target, _target_far_never_reads) = pair();
+        let opts = PipeOptions {
+            stall: Duration::from_millis(500),
+            ..PipeOptions::default()
+        };
+        let p = Pipe::new(client, target, opts).unwrap();
+        // Only the runner holds the pipe: its end closes the sockets, which
+        // fails the writer below.
+        let runner = thread::spawn(move || p.run());
+        // Keep sending until the pipe gives up (our writes then fail).
+        let mut c = client_far;
+        c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let started = Instant::now();
+        while c.write_all(&chunk).is_ok() && started.elapsed() < Duration::from_secs(30) {}
+        let report = runner.join().unwrap();
+        assert!(
+            matches!(report.end, PipeEnd::Stalled(Direction::Up, _)),
+            "{}",
+            report.end
+        );
+        assert!(report.up > 0);
+    }
+}

@@ -1,0 +1,1154 @@
+//! The relay explains itself while it runs: a [`Monitor`] (held by the
+//! [`Gateway`], so every connection thread reaches it) keeps counters and a
+//! bounded history of the last [`MAX_FAILURES`] failures, recorded where
+//! they happen; `GET /__agentproxy/status` on the proxy port answers with
+//! them as pretty-printed JSON (or, with `?format=text`, plain text for a
+//! person), and `ccr-relay status` fetches the text form.
+//!
+//! Nothing here ever holds the token: failure details are the Display texts
+//! of the relay's error types, which never carry it, and control characters
+//! in details and hosts become `?`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::warn;
+
+use crate::gateway::{Gateway, GatewayError};
+use crate::http::request_head::{HeadError, RequestHead};
+use crate::proxy::direct::{Direction, PipeEnd, PipeSide};
+use crate::startup::gates::Generation;
+use crate::tunnel::End;
+use crate::tunnel::dial::OpenError;
+
+/// The path of the relay's own page.
+pub const STATUS_PATH: &str = "/__agentproxy/status";
+/// How many failures the history keeps.
+pub const MAX_FAILURES: usize = 20;
+/// Longest detail and host kept per failure, in characters.
+const MAX_DETAIL: usize = 400;
+const MAX_HOST: usize = 260;
+
+/// What went wrong, by where it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A TLS ClientHello came to the proxy port (`HTTPS_PROXY=https://…`).
+    TlsToRelay,
+    /// The request head grew past its bound.
+    HeaderTooLong,
+    /// The request head was not complete in time.
+    HeadTimeout,
+    /// The request line or a header was not HTTP/1.x.
+    BadRequest,
+    /// A request that is neither CONNECT nor a forwardable absolute URL.
+    NotConnect,
+    /// The gateway answered the CONNECT with 4xx or 5xx.
+    ConnectRejected,
+    /// The WebSocket failed (I/O, TLS, protocol, unreadable message).
+    WsError,
+    /// No WebSocket could be opened (agent proxy, any reason).
+    WsOpenFailed,
+    /// The WebSocket closed before the exchange was over.
+    WsClosedMidExchange,
+    /// The gateway did not acknowledge tunnel protocol v2.
+    V2NotAcked,
+    /// The gateway took no client byte for the stall bound.
+    UploadStalled,
+    /// Upstream proxy: the gateway could not be reached.
+    GatewayUnreachable,
+    /// Upstream proxy: connect, TLS and upgrade did not finish in time.
+    UpgradeTimeout,
+    /// Upstream proxy: the upgrade was answered with another status.
+    UpgradeRefused,
+    /// The gateway did not answer the CONNECT in time.
+    NoAnswer,
+    /// A local process the access rule does not allow.
+    ClientRefused,
+    /// Selective mode: a direct connection cut short by the target, a
+    /// client that took nothing for the stall bound, or an internal error.
+    DirectFailed,
+    /// Selective mode: a routing or direct-dial failure.
+    Selective(crate::proxy::route::FailureKind),
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::TlsToRelay => "tls_to_relay",
+            Kind::HeaderTooLong => "header_too_long",
+            Kind::HeadTimeout => "head_timeout",
+            Kind::BadRequest => "bad_request",
+            Kind::NotConnect => "not_connect",
+            Kind::ConnectRejected => "connect_rejected",
+            Kind::WsError => "ws_error",
+            Kind::WsOpenFailed => "ws_open_failed",
+            Kind::WsClosedMidExchange => "ws_closed_mid_exchange",
+            Kind::V2NotAcked => "v2_not_acked",
+            Kind::UploadStalled => "upload_stalled",
+            Kind::GatewayUnreachable => "gateway_unreachable",
+            Kind::UpgradeTimeout => "upgrade_timeout",
+            Kind::UpgradeRefused => "upgrade_refused",
+            Kind::NoAnswer => "no_answer",
+            Kind::ClientRefused => "client_refused",
+            Kind::DirectFailed => "direct_failed",
+            Kind::Selective(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// A CONNECT the gateway answered with 4xx or 5xx, for the tunnel's log
+/// line: `HTTP/1.1 407 Proxy Authentication Required: wrong session id or
+/// token` (the status line, control characters replaced, and a hint when
+/// the status has a usual cause).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    /// The gateway's status line.
+    pub line: String,
+    /// What the status usually means here; empty when nothing is known.
+    pub hint: &'static str,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line)?;
+        if !self.hint.is_empty() {
+            write!(f, ": {}", self.hint)?;
+        }
+        Ok(())
+    }
+}
+
+/// One recorded failure.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub ts: SystemTime,
+    pub kind: Kind,
+    pub detail: String,
+    pub host: String,
+}
+
+/// Facts start-up decided, set once the relay is bound.
+#[derive(Debug, Clone, Default)]
+pub struct Info {
+    pub port: u16,
+    pub ca_bundle_path: String,
+    pub has_system_ca: bool,
+    /// The `NO_PROXY` children get.
+    pub no_proxy: String,
+    pub standalone: bool,
+    pub selective: bool,
+}
+
+/// Counters and the failure history of one relay.
+pub struct Monitor {
+    started: Instant,
+    failures: Mutex<VecDeque<Failure>>,
+    open_tunnels: AtomicU64,
+    tunnels_served: AtomicU64,
+    http_requests: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    info: Mutex<Option<Info>>,
+}
+
+impl Default for Monitor {
+    fn default() -> Monitor {
+        Monitor {
+            started: Instant::now(),
+            failures: Mutex::new(VecDeque::with_capacity(MAX_FAILURES)),
+            open_tunnels: AtomicU64::new(0),
+            tunnels_served: AtomicU64::new(0),
+            http_requests: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            info: Mutex::new(None),
+        }
+    }
+}
+
+/// The git settings start-up found that send git around the proxy (set by
+/// the background check once it finishes).
+static GIT_CONFLICTS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Records what the start-up git check found.
+pub fn set_git_conflicts(found: Vec<String>) {
+    let _ = GIT_CONFLICTS.set(found);
+}
+
+/// What the trust installers did, as they finish (some run in the
+/// background after start-up): what was installed where, and the reason
+/// codes of those that failed.
+struct Trust {
+    installed: Vec<(String, String)>,
+    failure_codes: Vec<String>,
+}
+
+static TRUST: Mutex<Trust> = Mutex::new(Trust {
+    installed: Vec::new(),
+    failure_codes: Vec::new(),
+});
+
+/// Adds an installer report to what the status page shows.
+pub fn note_trust(report: &crate::trust::install::Report) {
+    let mut trust = lock(&TRUST);
+    for (what, path) in &report.installed {
+        trust
+            .installed
+            .push((what.clone(), path.display().to_string()));
+    }
+    for failure in &report.failures {
+        trust.failure_codes.push(failure.code.to_string());
+    }
+}
+
+/// Adds the reason code of a trust step that failed outside the
+/// installers (the JDK's `cacerts` unreadable, say) to what the status page
+/// shows, once.
+pub fn note_trust_failure(code: &str) {
+    let mut trust = lock(&TRUST);
+    if !trust.failure_codes.iter().any(|c| c == code) {
+        trust.failure_codes.push(code.to_string());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Control characters become `?`; at most `max` characters are kept.
+pub fn sanitize(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Decrements the open-tunnel count when the tunnel ends.
+pub struct OpenTunnel<'a>(&'a Monitor);
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.open_tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Monitor {
+    /// Sets what start-up decided.
+    pub fn set_info(&self, info: Info) {
+        *lock(&self.info) = Some(info);
+    }
+
+    /// Adds a failure, dropping the oldest beyond [`MAX_FAILURES`].
+    pub fn record(&self, kind: Kind, detail: &str, host: &str) {
+        let failure = Failure {
+            ts: SystemTime::now(),
+            kind,
+            detail: sanitize(detail, MAX_DETAIL),
+            host: sanitize(host, MAX_HOST),
+        };
+        let mut ring = lock(&self.failures);
+        while ring.len() >= MAX_FAILURES {
+            ring.pop_front();
+        }
+        ring.push_back(failure);
+    }
+
+    /// The history, oldest first.
+    pub fn failures(&self) -> Vec<Failure> {
+        lock(&self.failures).iter().cloned().collect()
+    }
+
+    /// A request head that could not be read or served; `head` when it was
+    /// read (its target is the host). A TLS handshake is also a warning.
+    pub fn head_failed(&self, e: &HeadError, head: Option<&RequestHead>) {
+        let kind = match e {
+            HeadError::TlsHandshake => {
+                warn!("{e}");
+                Kind::TlsToRelay
+            }
+            HeadError::TooLarge => Kind::HeaderTooLong,
+            HeadError::Timeout => Kind::HeadTimeout,
+            HeadError::MethodNotAllowed(_) => Kind::NotConnect,
+            HeadError::Malformed(_) if head.is_some_and(|h| h.method != "CONNECT") => {
+                Kind::NotConnect
+            }
+            HeadError::Malformed(_) => Kind::BadRequest,
+            HeadError::Closed(_) => return,
+        };
+        self.record(kind, &e.to_string(), head.map_or("", |h| &h.target));
+    }
+
+    /// A tunnel that could not be opened (`generation` picks the kinds).
+    pub fn open_failed(&self, generation: Generation, e: &OpenError, host: &str) {
+        let kind = match e {
+            OpenError::Dial { error, .. } => match (generation, error) {
+                (Generation::AgentProxy, _) => Kind::WsOpenFailed,
+                (_, GatewayError::Unreachable(_)) => Kind::GatewayUnreachable,
+                (_, GatewayError::Timeout) => Kind::UpgradeTimeout,
+                (_, GatewayError::Refused(_)) => Kind::UpgradeRefused,
+                _ => Kind::WsOpenFailed,
+            },
+            OpenError::NotAcknowledged(_) => Kind::V2NotAcked,
+            OpenError::ClosedSilently => Kind::WsClosedMidExchange,
+            OpenError::NoAnswer(_) => Kind::NoAnswer,
+            OpenError::Ws(_) | OpenError::Malformed(_) => Kind::WsError,
+        };
+        self.record(kind, &e.to_string(), host);
+    }
+
+    /// The gateway's first answer bytes: a 4xx or 5xx status line is a
+    /// rejected CONNECT (recorded, and returned for the tunnel's log line).
+    pub fn check_answer(&self, answer: &[u8], host: &str) -> Option<Rejection> {
+        let line_end = answer
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(answer.len());
+        let line = sanitize(&String::from_utf8_lossy(&answer[..line_end.min(200)]), 200);
+        let status = line
+            .strip_prefix("HTTP/1.")
+            .and_then(|rest| rest.get(2..5))
+            .and_then(|code| code.parse::<u16>().ok())?;
+        if !(400..=599).contains(&status) {
+            return None;
+        }
+        let rejection = Rejection {
+            status,
+            hint: match status {
+                407 => "wrong session id or token",
+                _ => "",
+            },
+            line,
+        };
+        let detail = format!("the gateway answered the CONNECT with {rejection}");
+        self.record(Kind::ConnectRejected, &detail, host);
+        Some(rejection)
+    }
+
+    /// A tunnel starts: counted open until the guard drops.
+    pub fn tunnel_opened(&self) -> OpenTunnel<'_> {
+        self.open_tunnels.fetch_add(1, Ordering::Relaxed);
+        OpenTunnel(self)
+    }
+
+    /// A tunnel ended: totals, and its end if that is a failure (`v2`: a
+    /// WebSocket close without FIN cut the exchange).
+    pub fn tunnel_ended(&self, end: &End, v2: bool, up: u64, down: u64, host: &str) {
+        self.tunnels_served.fetch_add(1, Ordering::Relaxed);
+        self.add_bytes(up, down);
+        let kind = match end {
+            End::UploadStalled(_) => Kind::UploadStalled,
+            End::WsError(_) | End::Malformed(_) => Kind::WsError,
+            End::WsClosed if v2 => Kind::WsClosedMidExchange,
+            _ => return,
+        };
+        let detail = match kind {
+            Kind::WsClosedMidExchange => {
+                format!("WebSocket closed without FIN after up {up} B, down {down} B")
+            }
+            _ => format!("{end} (after up {up} B, down {down} B)"),
+        };
+        self.record(kind, &detail, host);
+    }
+
+    /// A direct connection (selective mode) ended: its bytes count (`up`
+    /// includes what came with the request head), and an end that cut it
+    /// short is a failure: a stall toward the target is `upload_stalled`,
+    /// as for a tunnel; the target failing, a stall toward the client or
+    /// an internal error is `direct_failed`. A client that goes away or
+    /// resets is the client's choice, not recorded.
+    pub fn direct_ended(&self, end: &PipeEnd, up: u64, down: u64, host: &str) {
+        self.tunnels_served.fetch_add(1, Ordering::Relaxed);
+        self.add_bytes(up, down);
+        let kind = match end {
+            PipeEnd::Stalled(Direction::Up, _) => Kind::UploadStalled,
+            PipeEnd::Stalled(Direction::Down, _)
+            | PipeEnd::Error(PipeSide::Target, _)
+            | PipeEnd::Internal(_) => Kind::DirectFailed,
+            PipeEnd::Closed | PipeEnd::Aborted | PipeEnd::Error(PipeSide::Client, _) => return,
+        };
+        let detail = format!("direct connection: {end} (after up {up} B, down {down} B)");
+        self.record(kind, &detail, host);
+    }
+
+    /// One plain-HTTP request forwarded.
+    pub fn http_served(&self, up: u64, down: u64) {
+        self.http_requests.fetch_add(1, Ordering::Relaxed);
+        self.add_bytes(up, down);
+    }
+
+    fn add_bytes(&self, up: u64, down: u64) {
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+}
+
+/// A JSON value, enough for the status page.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Num(u64),
+    Float(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(&'static str, Json)>),
+}
+
+impl Json {
+    fn str(s: impl Into<String>) -> Json {
+        Json::Str(s.into())
+    }
+
+    fn opt(s: Option<String>) -> Json {
+        s.map_or(Json::Null, Json::Str)
+    }
+
+    fn strings(items: &[String]) -> Json {
+        Json::Arr(items.iter().cloned().map(Json::Str).collect())
+    }
+
+    /// Pretty-printed, two spaces an indent.
+    pub fn pretty(&self) -> String {
+        let mut out = String::new();
+        self.write_pretty(&mut out, 0);
+        out.push('\n');
+        out
+    }
+
+    fn write_pretty(&self, out: &mut String, depth: usize) {
+        let pad = |out: &mut String, d: usize| out.extend(std::iter::repeat_n("  ", d));
+        match self {
+            Json::Null => out.push_str("null"),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::Num(n) => out.push_str(&n.to_string()),
+            Json::Float(x) if x.is_finite() => out.push_str(&format!("{x:.3}")),
+            Json::Float(_) => out.push_str("null"),
+            Json::Str(s) => escape_into(out, s),
+            Json::Arr(items) if items.is_empty() => out.push_str("[]"),
+            Json::Obj(fields) if fields.is_empty() => out.push_str("{}"),
+            Json::Arr(items) => {
+                out.push_str("[\n");
+                for (i, item) in items.iter().enumerate() {
+                    pad(out, depth + 1);
+                    item.write_pretty(out, depth + 1);
+                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+                }
+                pad(out, depth);
+                out.push(']');
+            }
+            Json::Obj(fields) => {
+                out.push_str("{\n");
+                for (i, (key, value)) in fields.iter().enumerate() {
+                    pad(out, depth + 1);
+                    escape_into(out, key);
+                    out.push_str(": ");
+                    value.write_pretty(out, depth + 1);
+                    out.push_str(if i + 1 < fields.len() { ",\n" } else { "\n" });
+                }
+                pad(out, depth);
+                out.push('}');
+            }
+        }
+    }
+
+    /// The same content for a person: `key: value` lines, lists indented.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        if let Json::Obj(fields) = self {
+            for (key, value) in fields {
+                write_text_field(&mut out, key, value, 0);
+            }
+        }
+        out
+    }
+
+    /// A scalar as text (no quotes); composite values are not scalars.
+    fn scalar_text(&self) -> Option<String> {
+        match self {
+            Json::Null => Some("none".into()),
+            Json::Bool(b) => Some(b.to_string()),
+            Json::Num(n) => Some(n.to_string()),
+            Json::Float(x) => Some(format!("{x:.3}")),
+            Json::Str(s) => Some(sanitize(s, usize::MAX)),
+            _ => None,
+        }
+    }
+}
+
+fn write_text_field(out: &mut String, key: &str, value: &Json, depth: usize) {
+    let pad = "  ".repeat(depth);
+    if let Some(text) = value.scalar_text() {
+        out.push_str(&format!("{pad}{key}: {text}\n"));
+        return;
+    }
+    match value {
+        Json::Arr(items) if items.is_empty() => out.push_str(&format!("{pad}{key}: none\n")),
+        Json::Arr(items) => {
+            out.push_str(&format!("{pad}{key}:\n"));
+            for item in items {
+                match item {
+                    // `a b c: last` (a failure: `ts kind host: detail`).
+                    Json::Obj(fields) => {
+                        let mut parts: Vec<String> = fields
+                            .iter()
+                            .filter_map(|(_, v)| v.scalar_text())
+                            .filter(|s| !s.is_empty())
+                            .collect();
+                        let last = parts.pop().unwrap_or_default();
+                        let lead = match parts.is_empty() {
+                            true => String::new(),
+                            false => format!("{}: ", parts.join(" ")),
+                        };
+                        out.push_str(&format!("{pad}  - {lead}{last}\n"));
+                    }
+                    other => out.push_str(&format!(
+                        "{pad}  - {}\n",
+                        other.scalar_text().unwrap_or_default()
+                    )),
+                }
+            }
+        }
+        Json::Obj(fields) => {
+            out.push_str(&format!("{pad}{key}:\n"));
+            for (k, v) in fields {
+                write_text_field(out, k, v, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Writes `s` as a JSON string: quotes, backslashes and control characters
+/// escaped; everything else (non-ASCII included) as UTF-8.
+pub fn escape_into(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-12-01T12:13:43.123Z` (UTC) for a time after the epoch.
+pub fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// The relay's state as JSON (see the module's documentation).
+pub fn snapshot(gateway: &Gateway) -> Json {
+    let m = &gateway.monitor;
+    let info = lock(&m.info).clone();
+    let agent = gateway.generation == Generation::AgentProxy;
+    let protocol = match gateway.generation {
+        Generation::UpstreamProxy => "v1",
+        Generation::AgentProxy if gateway.state.v2_unacknowledged() => "v1-fallback",
+        Generation::AgentProxy if gateway.state.v2_acknowledged() => "v2",
+        Generation::AgentProxy => "unknown",
+    };
+    let i = info.clone().unwrap_or_default();
+    let trust = lock(&TRUST);
+    let installed = trust
+        .installed
+        .iter()
+        .map(|(what, path)| Json::Obj(vec![("what", Json::str(what)), ("path", Json::str(path))]))
+        .collect();
+    let failures = m
+        .failures()
+        .into_iter()
+        .rev()
+        .map(|f| {
+            Json::Obj(vec![
+                ("ts", Json::str(rfc3339(f.ts))),
+                ("kind", Json::str(f.kind.name())),
+                ("host", Json::Str(f.host)),
+                ("detail", Json::Str(f.detail)),
+            ])
+        })
+        .collect();
+    let pool = match &gateway.pool {
+        Some(pool) => Json::Obj(vec![("idle", Json::Num(pool.len() as u64))]),
+        None => Json::Null,
+    };
+    let load = |a: &AtomicU64| Json::Num(a.load(Ordering::Relaxed));
+    Json::Obj(vec![
+        ("relay", Json::str("ccr-relay")),
+        ("version", Json::str(env!("CARGO_PKG_VERSION"))),
+        ("enabled", Json::Bool(info.is_some())),
+        ("generation", Json::str(gateway.generation.name())),
+        ("protocol", Json::str(protocol)),
+        ("requireV2", Json::Bool(agent && gateway.require_v2)),
+        ("gatewayUrl", Json::str(gateway.endpoint.http_url(""))),
+        ("port", Json::Num(u64::from(i.port))),
+        ("caBundlePath", Json::str(i.ca_bundle_path)),
+        ("hasSystemCa", Json::Bool(i.has_system_ca)),
+        ("noProxy", Json::str(i.no_proxy)),
+        ("standalone", Json::Bool(i.standalone)),
+        ("selective", Json::Bool(i.selective)),
+        ("startupError", Json::opt(gateway.state.startup_error())),
+        (
+            "uptimeSeconds",
+            Json::Float(m.started.elapsed().as_secs_f64()),
+        ),
+        ("pool", pool),
+        ("openTunnels", load(&m.open_tunnels)),
+        ("tunnelsServed", load(&m.tunnels_served)),
+        ("httpRequestsServed", load(&m.http_requests)),
+        ("bytesUp", load(&m.bytes_up)),
+        ("bytesDown", load(&m.bytes_down)),
+        ("trustInstalled", Json::Arr(installed)),
+        ("toolTrustFailureCodes", Json::strings(&trust.failure_codes)),
+        (
+            "gitConfigConflicts",
+            Json::strings(GIT_CONFLICTS.get().map_or(&[][..], Vec::as_slice)),
+        ),
+        ("recentRelayFailures", Json::Arr(failures)),
+    ])
+}
+
+/// Whether `head` asks for the status page: `GET` of [`STATUS_PATH`] in
+/// origin form, any query.
+pub fn is_status_request(head: &RequestHead) -> bool {
+    head.method == "GET"
+        && head
+            .target
+            .strip_prefix(STATUS_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
+}
+
+/// Answers the status request `head`: `200`, JSON (or text with
+/// `format=text` in the query), then close.
+pub fn serve(gateway: &Gateway, client: &TcpStream, head: &RequestHead) {
+    let text = head
+        .target
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|p| p == "format=text"));
+    let state = snapshot(gateway);
+    let (body, content_type) = if text {
+        (state.text(), "text/plain; charset=utf-8")
+    } else {
+        (state.pretty(), "application/json")
+    };
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    crate::http::reply::send_and_close(client, response.as_bytes());
+}
+
+/// Why `ccr-relay status` could not show the relay's state.
+#[derive(Debug)]
+pub enum StatusError {
+    /// No `--proxy` and no `HTTPS_PROXY` in the environment.
+    NoProxy,
+    /// The proxy URL is not `http://host:port`.
+    BadUrl(String),
+    /// Nothing answers there.
+    Connect { addr: String, error: io::Error },
+    /// Sending the request or reading the answer failed.
+    Io(io::Error),
+    /// Something answered, but not a ccr-relay status page.
+    NotARelay(String),
+}
+
+impl fmt::Display for StatusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusError::NoProxy => f.write_str(
+                "no relay to ask: HTTPS_PROXY is not set; pass --proxy http://127.0.0.1:PORT",
+            ),
+            StatusError::BadUrl(url) => write!(
+                f,
+                "the proxy URL {url:?} is not http://HOST:PORT (the relay speaks plain HTTP, never https://)"
+            ),
+            StatusError::Connect { addr, error } => {
+                write!(f, "no relay running at {addr}: {error}")
+            }
+            StatusError::Io(e) => write!(f, "reading the relay's status failed: {e}"),
+            StatusError::NotARelay(why) => write!(f, "not a ccr-relay: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StatusError {}
+
+/// How long `ccr-relay status` waits for the relay.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest status answer read.
+const FETCH_MAX: u64 = 1 << 20;
+
+/// `host:port` of an `http://host:port[/]` proxy URL.
+fn proxy_authority(url: &str) -> Result<String, StatusError> {
+    let bad = || StatusError::BadUrl(sanitize(url, 200));
+    let rest = url.trim();
+    let rest = rest
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("http://"))
+        .map(|_| &rest[7..])
+        .ok_or_else(bad)?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
+        return Err(bad());
+    }
+    // A port is needed: the relay never listens on 80 by default.
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(authority.to_string())
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Fetches the text status page from the relay at `proxy_url`.
+pub fn fetch_text(proxy_url: &str) -> Result<String, StatusError> {
+    let authority = proxy_authority(proxy_url)?;
+    let connect_err = |error| StatusError::Connect {
+        addr: authority.clone(),
+        error,
+    };
+    let addrs: Vec<_> = authority.to_socket_addrs().map_err(connect_err)?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, FETCH_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let stream = stream.ok_or_else(|| connect_err(last))?;
+    stream
+        .set_read_timeout(Some(FETCH_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(FETCH_TIMEOUT)))
+        .map_err(StatusError::Io)?;
+    let request = format!(
+        "GET {STATUS_PATH}?format=text HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    );
+    (&stream)
+        .write_all(request.as_bytes())
+        .map_err(StatusError::Io)?;
+    let mut raw = Vec::new();
+    (&stream)
+        .take(FETCH_MAX)
+        .read_to_end(&mut raw)
+        .map_err(StatusError::Io)?;
+    let _ = stream.shutdown(Shutdown::Both);
+    let text = String::from_utf8_lossy(&raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(StatusError::NotARelay("no HTTP answer".into()));
+    };
+    let status_line = head.lines().next().unwrap_or_default();
+    if !status_line.starts_with("HTTP/1.1 200 ") {
+        return Err(StatusError::NotARelay(format!(
+            "it answered {:?}",
+            sanitize(status_line, 100)
+        )));
+    }
+    if !body.starts_with("relay: ccr-relay\n") {
+        return Err(StatusError::NotARelay(
+            "the answer is not the relay's status page".into(),
+        ));
+    }
+    Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(s: &str) -> String {
+        let mut out = String::new();
+        escape_into(&mut out, s);
+        out
+    }
+
+    #[test]
+    fn escaping_quotes_backslashes_controls_and_non_ascii() {
+        assert_eq!(escaped(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(escaped("l1\nl2\r\t"), r#""l1\nl2\r\t""#);
+        assert_eq!(escaped("\u{0}\u{1f}\u{7f}"), r#""\u0000\u001f\u007f""#);
+        assert_eq!(escaped("héllo → 日本 🦀"), "\"héllo → 日本 🦀\"");
+        assert_eq!(escaped(""), "\"\"");
+    }
+
+    #[test]
+    fn pretty_json_nests_and_separates() {
+        let v = Json::Obj(vec![
+            ("a", Json::Num(1)),
+            ("b", Json::Arr(vec![Json::Bool(true), Json::Null])),
+            ("c", Json::Arr(vec![])),
+            ("d", Json::Obj(vec![("e", Json::str("x\"y"))])),
+        ]);
+        assert_eq!(
+            v.pretty(),
+            "{\n  \"a\": 1,\n  \"b\": [\n    true,\n    null\n  ],\n  \"c\": [],\n  \"d\": {\n    \"e\": \"x\\\"y\"\n  }\n}\n"
+        );
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_twenty_and_replaces_controls() {
+        let m = Monitor::default();
+        for i in 0..25 {
+            m.record(
+                Kind::WsError,
+                &format!("failure {i}\r\nX: y"),
+                "h\u{1b}st:443",
+            );
+        }
+        let all = m.failures();
+        assert_eq!(all.len(), MAX_FAILURES);
+        assert_eq!(all[0].detail, "failure 5??X: y");
+        assert_eq!(all[19].detail, "failure 24??X: y");
+        assert_eq!(all[19].host, "h?st:443");
+    }
+
+    #[test]
+    fn rejected_connect_answers_are_recorded_and_200_is_not() {
+        let m = Monitor::default();
+        assert_eq!(
+            m.check_answer(b"HTTP/1.1 200 Connection Established\r\n\r\n", "a:443"),
+            None
+        );
+        let auth = m
+            .check_answer(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+                "b:443",
+            )
+            .unwrap();
+        assert_eq!(
+            auth.to_string(),
+            "HTTP/1.1 407 Proxy Authentication Required: wrong session id or token"
+        );
+        let bad = m
+            .check_answer(b"HTTP/1.0 502 Bad\x1bGateway\r\n", "c:443")
+            .unwrap();
+        assert_eq!(
+            (bad.status, bad.to_string()),
+            (502, "HTTP/1.0 502 Bad?Gateway".into())
+        );
+        assert_eq!(m.check_answer(b"junk", "d:443"), None);
+        assert_eq!(m.check_answer(b"HTTP/1.1 3", "e:443"), None);
+        let all = m.failures();
+        let got: Vec<(&str, &str)> = all
+            .iter()
+            .map(|f| (f.kind.name(), f.host.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [("connect_rejected", "b:443"), ("connect_rejected", "c:443")]
+        );
+        assert!(
+            all[0]
+                .detail
+                .contains("407 Proxy Authentication Required: wrong session id")
+        );
+    }
+
+    /// A gateway whose token is `TOKEN`, at a local listener that answers
+    /// every upgrade with `answer` and closes.
+    fn refusing_gateway(generation: Generation, answer: &'static [u8]) -> Gateway {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer);
+            }
+        });
+        Gateway::new(
+            crate::gateway::Endpoint::parse(&format!("http://{addr}")).unwrap(),
+            crate::gateway::Credentials {
+                session_id: "sess-id".into(),
+                token: crate::startup::token::TokenSource::fixed(
+                    crate::startup::token::SessionToken::new(TOKEN).unwrap(),
+                    crate::startup::token::TokenOrigin::TokenFile,
+                ),
+            },
+            native_tls::TlsConnector::new().unwrap(),
+            Duration::from_secs(2),
+        )
+        .with_generation(generation, None)
+    }
+
+    const TOKEN: &str = "Zq7xK2tokenVALUE";
+
+    #[test]
+    fn the_page_never_carries_the_token() {
+        for generation in [Generation::UpstreamProxy, Generation::AgentProxy] {
+            for answer in [
+                &b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"[..],
+                &b""[..],
+            ] {
+                let gw = refusing_gateway(generation, answer);
+                let error = gw.open_websocket().err().unwrap();
+                let e = OpenError::Dial {
+                    error,
+                    attempts: 1,
+                    startup_error: None,
+                };
+                gw.monitor.open_failed(generation, &e, "origin.test:443");
+                gw.monitor.check_answer(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+                    "origin.test:443",
+                );
+                let page = snapshot(&gw);
+                let basic = crate::gateway::base64(format!("sess-id:{TOKEN}").as_bytes());
+                for form in [page.pretty(), page.text()] {
+                    assert!(form.contains("origin.test:443"), "{form}");
+                    for secret in [TOKEN, basic.as_str(), &basic[..basic.len() - 4]] {
+                        assert!(!form.contains(secret), "{secret} in {form}");
+                    }
+                }
+                let kinds: Vec<&str> = gw
+                    .monitor
+                    .failures()
+                    .iter()
+                    .map(|f| f.kind.name())
+                    .collect();
+                let first = match (generation, answer.is_empty()) {
+                    (Generation::AgentProxy, _) => "ws_open_failed",
+                    (_, false) => "upgrade_refused",
+                    (_, true) => "ws_open_failed",
+                };
+                assert_eq!(kinds, [first, "connect_rejected"]);
+            }
+        }
+    }
+
+    #[test]
+    fn tunnel_ends_count_and_record_only_failures() {
+        let m = Monitor::default();
+        let guard = m.tunnel_opened();
+        assert_eq!(m.open_tunnels.load(Ordering::Relaxed), 1);
+        drop(guard);
+        assert_eq!(m.open_tunnels.load(Ordering::Relaxed), 0);
+        m.tunnel_ended(&End::ServerFin, true, 10, 20, "a:443");
+        m.tunnel_ended(&End::WsClosed, false, 1, 2, "v1:443");
+        m.tunnel_ended(&End::SocketClosed, true, 1, 2, "b:443");
+        m.tunnel_ended(&End::WsClosed, true, 300, 4000, "c:443");
+        m.tunnel_ended(
+            &End::UploadStalled(Duration::from_secs(180)),
+            true,
+            5,
+            6,
+            "d:443",
+        );
+        assert_eq!(m.tunnels_served.load(Ordering::Relaxed), 5);
+        assert_eq!(m.bytes_up.load(Ordering::Relaxed), 317);
+        assert_eq!(m.bytes_down.load(Ordering::Relaxed), 4030);
+        let got: Vec<(&str, String, String)> = m
+            .failures()
+            .into_iter()
+            .map(|f| (f.kind.name(), f.host, f.detail))
+            .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            (got[0].0, got[0].1.as_str()),
+            ("ws_closed_mid_exchange", "c:443")
+        );
+        assert!(got[0].2.contains("up 300 B, down 4000 B"), "{got:?}");
+        assert_eq!((got[1].0, got[1].1.as_str()), ("upload_stalled", "d:443"));
+    }
+
+    #[test]
+    fn direct_ends_count_and_record_what_cut_them_short() {
+        use std::io::ErrorKind;
+        let m = Monitor::default();
+        let stall = Duration::from_secs(3);
+        m.direct_ended(&PipeEnd::Closed, 10, 20, "a:443");
+        m.direct_ended(&PipeEnd::Aborted, 1, 1, "b:443");
+        let reset = io::Error::from(ErrorKind::ConnectionReset);
+        m.direct_ended(&PipeEnd::Error(PipeSide::Client, reset), 1, 1, "c:443");
+        m.direct_ended(&PipeEnd::Stalled(Direction::Up, stall), 500, 0, "d:443");
+        let reset = io::Error::from(ErrorKind::ConnectionReset);
+        m.direct_ended(&PipeEnd::Error(PipeSide::Target, reset), 7, 8, "e:443");
+        m.direct_ended(&PipeEnd::Stalled(Direction::Down, stall), 0, 9, "f:443");
+        m.direct_ended(&PipeEnd::Internal("x"), 0, 0, "g:443");
+        assert_eq!(m.tunnels_served.load(Ordering::Relaxed), 7);
+        assert_eq!(m.bytes_up.load(Ordering::Relaxed), 519);
+        assert_eq!(m.bytes_down.load(Ordering::Relaxed), 39);
+        let got: Vec<(&str, String)> = m
+            .failures()
+            .into_iter()
+            .map(|f| (f.kind.name(), f.host))
+            .collect();
+        let want = [
+            ("upload_stalled", "d:443"),
+            ("direct_failed", "e:443"),
+            ("direct_failed", "f:443"),
+            ("direct_failed", "g:443"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((k, h), (wk, wh)) in got.iter().zip(want) {
+            assert_eq!((*k, h.as_str()), (wk, wh));
+        }
+        assert!(m.failures()[1].detail.contains("after up 7 B, down 8 B"));
+    }
+
+    #[test]
+    fn head_failures_get_their_kinds() {
+        let m = Monitor::default();
+        let connect =
+            crate::http::request_head::parse_head(b"CONNECT a..b:443 HTTP/1.1\r\n\r\n").unwrap();
+        let get = crate::http::request_head::parse_head(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+        m.head_failed(&HeadError::TlsHandshake, None);
+        m.head_failed(&HeadError::TooLarge, None);
+        m.head_failed(&HeadError::Timeout, None);
+        m.head_failed(&HeadError::Malformed("x"), None);
+        m.head_failed(&HeadError::Malformed("x"), Some(&get));
+        m.head_failed(&HeadError::MethodNotAllowed("TRACE".into()), None);
+        m.head_failed(&HeadError::Closed(None), None);
+        m.head_failed(&HeadError::Malformed("bad host name"), Some(&connect));
+        let kinds: Vec<&str> = m.failures().iter().map(|f| f.kind.name()).collect();
+        let want = [
+            "tls_to_relay",
+            "header_too_long",
+            "head_timeout",
+            "bad_request",
+            "not_connect",
+            "not_connect",
+            "bad_request",
+        ];
+        assert_eq!(kinds, want);
+        assert_eq!(m.failures()[4].host, "/x");
+    }
+
+    #[test]
+    fn a_tls_client_hello_is_told_apart_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        // The start of a ClientHello record: no blank line ever comes.
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .unwrap();
+        let started = Instant::now();
+        let got = crate::http::request_head::read_head(&server, 8192, Duration::from_secs(10));
+        assert!(matches!(got, Err(HeadError::TlsHandshake)), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // An ordinary request still reads.
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client
+            .write_all(b"CONNECT a.test:443 HTTP/1.1\r\n\r\n")
+            .unwrap();
+        let (head, _) =
+            crate::http::request_head::read_head(&server, 8192, Duration::from_secs(10)).unwrap();
+        assert_eq!(head.target, "a.test:443");
+    }
+
+    #[test]
+    fn status_requests_are_recognised() {
+        let head = |line: &str| crate::http::request_head::parse_head(line.as_bytes()).unwrap();
+        assert!(is_status_request(&head(
+            "GET /__agentproxy/status HTTP/1.1\r\n\r\n"
+        )));
+        assert!(is_status_request(&head(
+            "GET /__agentproxy/status?format=text HTTP/1.1\r\n\r\n"
+        )));
+        assert!(!is_status_request(&head(
+            "GET /__agentproxy/statusx HTTP/1.1\r\n\r\n"
+        )));
+        assert!(!is_status_request(&head(
+            "POST /__agentproxy/status HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+        )));
+        assert!(!is_status_request(&head(
+            "GET http://x/__agentproxy/status HTTP/1.1\r\n\r\n"
+        )));
+    }
+
+    #[test]
+    fn proxy_urls_must_be_plain_http_with_a_port() {
+        assert_eq!(
+            proxy_authority("http://127.0.0.1:8080/").unwrap(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(proxy_authority("HTTP://[::1]:9").unwrap(), "[::1]:9");
+        for bad in [
+            "https://127.0.0.1:8080",
+            "127.0.0.1:8080",
+            "http://127.0.0.1",
+            "http://u:p@127.0.0.1:1",
+            "http://127.0.0.1:1/x",
+        ] {
+            assert!(proxy_authority(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // A leap day: 2024-02-29 12:00:00 UTC.
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_709_208_000)),
+            "2024-02-29T12:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn text_form_lists_fields_and_failures() {
+        let v = Json::Obj(vec![
+            ("relay", Json::str("ccr-relay")),
+            ("startupError", Json::Null),
+            (
+                "recentRelayFailures",
+                Json::Arr(vec![
+                    Json::Obj(vec![
+                        ("kind", Json::str("ws_error")),
+                        ("host", Json::str("a:1")),
+                        ("detail", Json::str("it broke")),
+                    ]),
+                    Json::Obj(vec![
+                        ("kind", Json::str("tls_to_relay")),
+                        ("host", Json::str("")),
+                        ("detail", Json::str("use http://")),
+                    ]),
+                ]),
+            ),
+            ("gitConfigConflicts", Json::Arr(vec![])),
+        ]);
+        assert_eq!(
+            v.text(),
+            "relay: ccr-relay\nstartupError: none\nrecentRelayFailures:\n  - ws_error a:1: it broke\n  - tls_to_relay: use http://\ngitConfigConflicts: none\n"
+        );
+    }
+}

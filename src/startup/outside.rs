@@ -1,0 +1,369 @@
+//! What start-up does outside the relay's own directory once the proxy
+//! listens (the contract's section 6b and the trust installers): the AWS
+//! config that leaves S3 payloads unsigned, the trust installers of
+//! [`install`], and the report of git settings that defeat the proxy. None
+//! of it may stop or much delay start-up: each step fails open with one
+//! warning line, the slow ones (helper programs, `git config`) run on
+//! background threads, bounded, while the children already start.
+//!
+//! Only the login-shell script is installed before the children start: it
+//! is quick (one file), and it is the one thing removed when the relay
+//! stops ([`finish`]), which must not race its writing.
+//!
+//! Two variables of the relay's environment steer the installers (for
+//! image builds and tests): [`INSTALL_VAR`]`=0` turns them all off (and
+//! the AWS config: nothing is then written outside the relay's own
+//! directory), and
+//! [`INSTALL_ROOT_VAR`] puts `/etc` and `/usr/local/share` under another
+//! directory.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use crate::env::CA_VARS;
+use crate::env::credentials::{self, GIT_CONFLICTS_TIMEOUT};
+use crate::trust::install::{self, Plan, Report, Roots, Target};
+use crate::trust::{Bundle, jdk, jks};
+
+/// `0`, `false`, `no` or `off`: install nothing outside the relay's directory.
+pub const INSTALL_VAR: &str = "CCR_RELAY_INSTALL";
+/// A directory standing in for `/` for the system paths (`/etc`,
+/// `/usr/local/share`) the installers write.
+pub const INSTALL_ROOT_VAR: &str = "CCR_RELAY_INSTALL_ROOT";
+
+/// Whether the installers run, per [`INSTALL_VAR`].
+pub fn installs_enabled(parent: impl Fn(&str) -> Option<String>) -> bool {
+    !parent(INSTALL_VAR).is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "false" | "no" | "off"
+        )
+    })
+}
+
+/// The installers' roots for the relay's environment `parent`: `HOME`,
+/// `PATH`, and [`INSTALL_ROOT_VAR`] if set.
+pub fn roots(parent: impl Fn(&str) -> Option<String>) -> Roots {
+    let home = parent("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    let path = parent("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let mut roots = Roots::system(home, path.into());
+    if let Some(root) = parent(INSTALL_ROOT_VAR).filter(|r| !r.is_empty()) {
+        let root = PathBuf::from(root);
+        roots.etc = root.join("etc");
+        roots.usr_local_share = root.join("usr/local/share");
+    }
+    roots
+}
+
+/// The install plan for `bundle` (every target; the gateway's certificates
+/// alone for the system store and NSS), or `None` when installs are off.
+pub fn plan(
+    bundle: &Bundle,
+    truststore: Option<&Path>,
+    parent: impl Fn(&str) -> Option<String>,
+) -> Option<Plan> {
+    if !installs_enabled(&parent) {
+        return None;
+    }
+    let mut plan = Plan::new(
+        roots(&parent),
+        bundle.gateway_certificates().to_vec(),
+        bundle.built.path.clone(),
+    );
+    plan.truststore = truststore.map(|t| (t.to_path_buf(), jks::PASSWORD.to_string()));
+    plan.ca_vars = CA_VARS.iter().map(|v| v.to_string()).collect();
+    Some(plan)
+}
+
+/// The JDK's own trusted certificates for our Java truststore (none when
+/// there is no JDK; a warning line with `java_cacerts_unreadable` when its
+/// `cacerts` cannot be read, a code the status page lists too).
+pub fn jdk_certificates(parent: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let Some(path) = jdk::find_cacerts(parent) else {
+        return Vec::new();
+    };
+    jdk::read_cacerts(&path).unwrap_or_else(|why| {
+        eprintln!(
+            "ccr-relay: warning: {why}; the Java truststore holds the bundle's certificates only"
+        );
+        crate::proxy::status::note_trust_failure(jdk::JAVA_CACERTS_UNREADABLE);
+        Vec::new()
+    })
+}
+
+/// One warning line per failed installer.
+fn warn_failures(report: &Report) {
+    for f in &report.failures {
+        eprintln!(
+            "ccr-relay: warning: {} not installed ({}): {}",
+            f.target.name(),
+            f.code,
+            f.detail
+        );
+    }
+}
+
+/// Runs the steps after the proxy listens: `~/.aws/config` (unless the
+/// parent names its own with `AWS_CONFIG_FILE`, or installs are off), the login-shell script
+/// now, the other installers and the git check on background threads.
+/// Returns what must be undone when the relay stops ([`finish`]).
+pub fn after_listen(
+    bundle: &Bundle,
+    truststore: Option<&Path>,
+    parent: impl Fn(&str) -> Option<String>,
+) -> Report {
+    let enabled = installs_enabled(&parent);
+    if enabled
+        && parent("AWS_CONFIG_FILE").is_none()
+        && let Some(home) = parent("HOME").filter(|h| !h.is_empty())
+        && let Err(e) = credentials::ensure_aws_config(Path::new(&home))
+    {
+        eprintln!(
+            "ccr-relay: warning: {e}; S3 uploads through the gateway may fail their signature check"
+        );
+    }
+    spawn_git_check();
+    let Some(plan) = plan(bundle, truststore, &parent) else {
+        return Report::default();
+    };
+    let mut now = plan.clone();
+    now.targets = vec![Target::ProfileD];
+    let report = install::install_all(&now);
+    warn_failures(&report);
+    crate::proxy::status::note_trust(&report);
+    let mut later = plan;
+    later.targets.retain(|t| *t != Target::ProfileD);
+    let spawned = thread::Builder::new()
+        .name("install".into())
+        .spawn(move || {
+            let report = install::install_all(&later);
+            warn_failures(&report);
+            crate::proxy::status::note_trust(&report);
+        });
+    if let Err(e) = spawned {
+        eprintln!("ccr-relay: warning: cannot start the trust installers: {e}");
+    }
+    report
+}
+
+/// Warns, once, about the user's git settings that defeat the proxy
+/// (bounded by [`GIT_CONFLICTS_TIMEOUT`], on its own thread).
+fn spawn_git_check() {
+    let _ = thread::Builder::new().name("git-check".into()).spawn(|| {
+        let found = credentials::git_conflicts(GIT_CONFLICTS_TIMEOUT);
+        crate::proxy::status::set_git_conflicts(found.clone());
+        if !found.is_empty() {
+            eprintln!(
+                "ccr-relay: warning: git settings that send git around the proxy: {}",
+                found.join("; ")
+            );
+        }
+    });
+}
+
+/// Undoes what must not outlive the relay (the login-shell script); one
+/// warning line per file that could not be removed.
+pub fn finish(report: &Report) {
+    for (path, e) in install::remove_on_stop(report) {
+        eprintln!(
+            "ccr-relay: warning: cannot remove {}: {e}; remove it by hand",
+            path.display()
+        );
+    }
+}
+
+/// What start-up would write outside the relay's directory, one line per
+/// target, without writing anything (for `doctor`): `would  WHAT: WHERE`
+/// or `skip   WHAT: why`, each with the reason code a failure would carry.
+pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let home = parent("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    match (&home, parent("AWS_CONFIG_FILE")) {
+        _ if !installs_enabled(&parent) => {
+            lines.push(format!("skip   AWS config: {INSTALL_VAR} turns it off"))
+        }
+        (_, Some(own)) => lines.push(format!("skip   AWS config: AWS_CONFIG_FILE={own}")),
+        (Some(h), None) if h.join(".aws/config").exists() => lines.push(format!(
+            "skip   AWS config: {} exists",
+            h.join(".aws/config").display()
+        )),
+        (Some(h), None) => lines.push(format!(
+            "would  AWS config: {} (kept after stop)",
+            h.join(".aws/config").display()
+        )),
+        (None, None) => lines.push("skip   AWS config: no HOME".into()),
+    }
+    if !installs_enabled(&parent) {
+        lines.push(format!(
+            "skip   trust installers: {INSTALL_VAR} turns them off"
+        ));
+        return lines;
+    }
+    let plan = Plan::new(roots(&parent), Vec::new(), bundle.to_path_buf());
+    let r = &plan.roots;
+    let system = install::system::detect(&plan);
+    lines.push(match (plan.is_root, system) {
+        (true, Some(store)) => format!(
+            "would  system trust store: {}/{}.crt, then {} (kept after stop; on failure {})",
+            store.dir.display(),
+            install::NAME,
+            store.tool.display(),
+            install::SYSTEM_TRUST_FAILED
+        ),
+        (false, _) => format!("skip   system trust store: not root ({})", install::SYSTEM_TRUST_UNAVAILABLE),
+        (true, None) => format!(
+            "skip   system trust store: no update-ca-certificates or update-ca-trust with its directory ({})",
+            install::SYSTEM_TRUST_UNAVAILABLE
+        ),
+    });
+    let certutil = crate::sys::command::find_on_path("certutil", &r.path);
+    lines.push(match (&home, certutil) {
+        (Some(h), Some(_)) => format!(
+            "would  NSS database: {} as {} (kept after stop; on failure {})",
+            h.join(".pki/nssdb").display(),
+            install::NAME,
+            install::NSS_ADD_FAILED
+        ),
+        (None, _) => "skip   NSS database: no HOME".into(),
+        (_, None) => "skip   NSS database: no certutil on PATH".into(),
+    });
+    let bazelrc = r.etc.join("bazel.bazelrc");
+    let bazel_ok = if bazelrc.exists() {
+        install::writable(&bazelrc)
+    } else {
+        install::writable(&r.etc)
+    };
+    lines.push(if bazel_ok {
+        format!(
+            "would  bazelrc: a managed block in {} (kept after stop; on failure {})",
+            bazelrc.display(),
+            install::BAZELRC_WRITE_FAILED
+        )
+    } else {
+        format!("skip   bazelrc: {} not writable", bazelrc.display())
+    });
+    lines.push(match &home {
+        Some(h) if h.join(".boto").exists() => {
+            format!("skip   boto config: {} exists", h.join(".boto").display())
+        }
+        Some(h) => format!(
+            "would  boto config: {} (kept after stop; on failure {})",
+            h.join(".boto").display(),
+            install::BOTO_WRITE_FAILED
+        ),
+        None => "skip   boto config: no HOME".into(),
+    });
+    let profile_d = r.etc.join("profile.d");
+    lines.push(if profile_d.is_dir() && install::writable(&profile_d) {
+        format!(
+            "would  login shell profile: {} (removed on stop; on failure {})",
+            profile_d.join(install::profile::FILE_NAME).display(),
+            install::PROFILE_D_WRITE_FAILED
+        )
+    } else {
+        format!(
+            "skip   login shell profile: {} not writable",
+            profile_d.display()
+        )
+    });
+    lines
+}
+
+/// `doctor`'s sections for this module: what start-up would write outside
+/// the relay's directory, and the git settings that defeat the proxy.
+pub fn print_doctor(bundle: &Path, parent: impl Fn(&str) -> Option<String>) {
+    out!();
+    out!(
+        "outside the relay's directory: what start-up would write (a running relay's status page lists what it did write)"
+    );
+    for line in would_write(bundle, &parent) {
+        out!("  {line}");
+    }
+    out!();
+    out!("git settings that defeat the proxy");
+    let found = credentials::git_conflicts(GIT_CONFLICTS_TIMEOUT);
+    if found.is_empty() {
+        out!("  ok    none found (git config --global and --system)");
+    }
+    for line in found {
+        out!("  warn  {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let pairs = pairs.to_vec();
+        move |n| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn installs_can_be_turned_off_and_rooted_elsewhere() {
+        assert!(installs_enabled(env(&[])));
+        assert!(installs_enabled(env(&[(INSTALL_VAR, "1")])));
+        for off in ["0", "false", "No", " off "] {
+            assert!(!installs_enabled(
+                |n: &str| (n == INSTALL_VAR).then(|| off.to_string())
+            ));
+        }
+        let r = roots(env(&[
+            ("HOME", "/h"),
+            (INSTALL_ROOT_VAR, "/tmp/r"),
+            ("PATH", "/b"),
+        ]));
+        assert_eq!(r.etc, Path::new("/tmp/r/etc"));
+        assert_eq!(r.usr_local_share, Path::new("/tmp/r/usr/local/share"));
+        assert_eq!(r.home.as_deref(), Some(Path::new("/h")));
+        assert_eq!(r.path, "/b");
+        let r = roots(env(&[]));
+        assert_eq!(r.etc, Path::new("/etc"));
+        assert_eq!(r.home, None);
+    }
+
+    #[test]
+    fn doctor_lists_what_would_be_written_without_writing() {
+        let dir = crate::test_support::TempDir::new("outside-would");
+        let root = dir.0.join("root");
+        std::fs::create_dir_all(root.join("etc/profile.d")).unwrap();
+        let home = dir.0.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join(".boto"), "").unwrap();
+        let (h, r) = (
+            home.to_string_lossy().into_owned(),
+            root.to_string_lossy().into_owned(),
+        );
+        let parent = move |n: &str| match n {
+            "HOME" => Some(h.clone()),
+            INSTALL_ROOT_VAR => Some(r.clone()),
+            "PATH" => Some("/nonexistent".into()),
+            _ => None,
+        };
+        let lines = would_write(&dir.0.join("b.crt"), &parent);
+        let text = lines.join("\n");
+        assert!(text.contains("would  AWS config: "), "{text}");
+        assert!(text.contains("skip   boto config: "), "{text}");
+        assert!(text.contains("skip   NSS database: no certutil"), "{text}");
+        assert!(text.contains("system_trust_unavailable"), "{text}");
+        assert!(
+            text.contains("login shell profile: ") && text.contains("removed on stop"),
+            "{text}"
+        );
+        assert!(
+            text.contains("profile_d_write_failed") && text.contains("bazelrc_write_failed"),
+            "{text}"
+        );
+        assert_eq!(lines.len(), 6);
+        // Nothing was written.
+        assert!(!home.join(".aws").exists());
+        assert!(!root.join("etc/profile.d/ccr-relay-ca.sh").exists());
+        assert!(!root.join("etc/bazel.bazelrc").exists());
+    }
+}

@@ -1,0 +1,8 @@
+//! What the operating system gives: socket modes, signals, atomic files,
+//! bounded helper commands, and the heap.
+
+pub mod atomic_file;
+pub mod command;
+pub mod heap;
+pub mod signals;
+pub mod socket;

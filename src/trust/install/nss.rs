@@ -1,0 +1,173 @@
+//! The user's NSS database (`~/.pki/nssdb`, read by Chromium, and by other
+//! NSS programs that ignore CA variables): with `certutil` on `PATH`, the
+//! gateway's CA as a trusted CA for TLS servers (`C,,`), under a fixed
+//! nickname so the next start deletes it before adding the current one.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+
+use super::{NAME, NSS_ADD_FAILED, Outcome, Plan};
+use crate::sys::command::{Output, RunError, find_on_path, run_bounded};
+
+/// Trust flags: a CA trusted to issue TLS server certificates, nothing else.
+pub const TRUST: &str = "C,,";
+/// Bound on deletions of earlier entries (a nickname may hold several).
+const MAX_DELETES: usize = 16;
+
+/// Nicknames for the gateway's certificates: `ccr-relay-gateway`, then
+/// `ccr-relay-gateway-2`…
+pub fn nicknames(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| match i {
+            0 => NAME.to_string(),
+            _ => format!("{NAME}-{}", i + 1),
+        })
+        .collect()
+}
+
+/// Our nicknames in `certutil -L` output (`nickname  trust` lines under a
+/// two-line header; the trust column is the last word).
+pub fn our_nicknames(listing: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for line in listing.lines() {
+        let Some((nick, trust)) = line.trim_end().rsplit_once(char::is_whitespace) else {
+            continue;
+        };
+        if !trust.contains(',') {
+            continue;
+        }
+        let nick = nick.trim();
+        let ours = nick == NAME
+            || nick
+                .strip_prefix(NAME)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if ours && !found.iter().any(|f| f == nick) {
+            found.push(nick.to_string());
+        }
+    }
+    found
+}
+
+pub fn install(plan: &Plan) -> Outcome {
+    let Some(certutil) = find_on_path("certutil", &plan.roots.path) else {
+        return Outcome::skipped("certutil not on PATH");
+    };
+    let Some(home) = &plan.roots.home else {
+        return Outcome::skipped("no home directory");
+    };
+    if plan.gateway_certs.is_empty() {
+        return Outcome::skipped("no gateway certificate");
+    }
+    let db_dir = home.join(".pki/nssdb");
+    let db: OsString = {
+        let mut s = OsString::from("sql:");
+        s.push(&db_dir);
+        s
+    };
+    let env = plan.roots.helper_env();
+    let run = |args: &[&OsStr], stdin: Option<&[u8]>| -> Result<Output, RunError> {
+        let mut all: Vec<&OsStr> = args.to_vec();
+        all.push(OsStr::new("-d"));
+        all.push(&db);
+        run_bounded(&certutil, &all, &env, stdin, plan.command_timeout)
+    };
+    let os = OsStr::new;
+    let mut outcome = Outcome::default();
+
+    if !db_dir.join("cert9.db").exists() {
+        if let Err(e) = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&db_dir)
+        {
+            return Outcome::failed(NSS_ADD_FAILED, format!("{}: {e}", db_dir.display()));
+        }
+        match run(&[os("-N"), os("--empty-password")], None) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return Outcome::failed(NSS_ADD_FAILED, format!("certutil -N: {}", out.reason()));
+            }
+            Err(e) => return Outcome::failed(NSS_ADD_FAILED, e.to_string()),
+        }
+        outcome.written.push(db_dir.clone());
+    }
+
+    // Earlier entries of ours go first: a gateway CA that changed must not
+    // leave the old one trusted.
+    let listing = match run(&[os("-L")], None) {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => return outcome.fail(NSS_ADD_FAILED, format!("certutil -L: {}", out.reason())),
+        Err(e) => return outcome.fail(NSS_ADD_FAILED, e.to_string()),
+    };
+    for nick in our_nicknames(&listing) {
+        for _ in 0..MAX_DELETES {
+            match run(&[os("-D"), os("-n"), os(&nick)], None) {
+                Ok(out) if out.status.success() => {}
+                _ => break,
+            }
+        }
+    }
+
+    for (nick, cert) in nicknames(plan.gateway_certs.len())
+        .iter()
+        .zip(&plan.gateway_certs)
+    {
+        let pem = format!("{}\n", cert.trim_end());
+        let args = [os("-A"), os("-n"), os(nick), os("-t"), os(TRUST), os("-a")];
+        match run(&args, Some(pem.as_bytes())) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return outcome.fail(NSS_ADD_FAILED, format!("certutil -A: {}", out.reason()));
+            }
+            Err(e) => return outcome.fail(NSS_ADD_FAILED, e.to_string()),
+        }
+    }
+    if !outcome.written.contains(&db_dir) {
+        outcome.written.push(db_dir.clone());
+    }
+    outcome.installed.push(("NSS database".into(), db_dir));
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Target;
+    use super::super::test_util::*;
+    use super::*;
+    use crate::test_support::TempDir;
+
+    const LISTING: &str = "
+Certificate Nickname                                         Trust Attributes
+                                                             SSL,S/MIME,JAR/XPI
+
+ccr-relay-gateway                                            C,,
+corp root CA                                                 CT,C,C
+ccr-relay-gateway-2                                          C,,
+ccr-relay-gateway-old                                        C,,
+ccr-relay-gateway                                            C,,
+";
+
+    #[test]
+    fn finds_only_our_nicknames_once_each() {
+        assert_eq!(
+            our_nicknames(LISTING),
+            ["ccr-relay-gateway", "ccr-relay-gateway-2"]
+        );
+        assert!(our_nicknames("").is_empty());
+    }
+
+    #[test]
+    fn nickname_per_certificate() {
+        assert_eq!(nicknames(2), ["ccr-relay-gateway", "ccr-relay-gateway-2"]);
+    }
+
+    #[test]
+    fn without_certutil_it_is_skipped() {
+        let dir = TempDir::new("nss-none");
+        let o = install(&plan(&dir.0, &[Target::Nss]));
+        assert_eq!(o.skipped.as_deref(), Some("certutil not on PATH"));
+        assert!(!dir.0.join("home/.pki").exists());
+    }
+}
