@@ -129,8 +129,9 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
         let err = cmd.exec();
         return cannot_run(&command, &err);
     };
+    // The session id is inherited unchanged: it is no secret and an agent
+    // may need it. Only the token and the variables naming its sources go.
     let mut cmd = child_command(&command, &started.child_vars);
-    cmd.env_remove(crate::gates::SESSION_ID_VAR);
     for name in child_env::removed_vars() {
         cmd.env_remove(name);
     }
