@@ -413,7 +413,8 @@ fn env_file_unsets_what_children_must_not_have() {
     assert!(env.lines().any(|l| l == "X=1"), "{env}");
     // The session id is no secret: the file leaves the inherited one alone.
     assert!(
-        env.lines().any(|l| l == "CLAUDE_CODE_REMOTE_SESSION_ID=sess-kept"),
+        env.lines()
+            .any(|l| l == "CLAUDE_CODE_REMOTE_SESSION_ID=sess-kept"),
         "{env}"
     );
     for name in &removed {
