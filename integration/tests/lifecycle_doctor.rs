@@ -466,3 +466,49 @@ fn doctor_leaves_the_token_descriptor_for_run() {
     assert!(gw.count_events("upgrade ok") >= 1, "{:?}", gw.events());
     assert_eq!(gw.count_events("upgrade refused"), 0, "{:?}", gw.events());
 }
+
+// -- 7. options that do not parse: run fails open, serve refuses -----------
+
+#[test]
+fn options_that_do_not_parse_doctor_refuses_and_run_fails_open() {
+    let server = TinyServer::start(Reply::Bytes(http_answer(
+        "200 OK",
+        "application/x-pem-file",
+        &TestCa::new(&temp_dir("doctor-cli-ca").join("ca"))
+            .unwrap()
+            .cert_pem(),
+    )));
+    let s = Session::new("doctor-cli", &server.base_url()).arg("--some-new-flag");
+
+    let out = s.doctor();
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("unknown option --some-new-flag for `doctor`"),
+        "{}",
+        out.describe()
+    );
+    let run = line_with(&out, "run: ");
+    assert!(
+        run.contains("would warn (unknown option --some-new-flag")
+            && run.contains("run the command without the proxy, as if the relay were absent"),
+        "{run}"
+    );
+    line_with(&out, "serve: would refuse them (exit 2)");
+    assert_eq!(server.hits(), 0, "doctor went on after a usage error");
+
+    // The prediction holds: run warns and runs its command without the proxy.
+    let out = s.run(&["sh", "-c", "echo ran; env"]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(out.stdout.starts_with("ran\n"), "{}", out.describe());
+    assert!(out.var("HTTPS_PROXY").is_none(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("--some-new-flag") && out.stderr.contains("without the proxy"),
+        "{}",
+        out.describe()
+    );
+    // And serve refuses them.
+    let out = s.spawn("serve", &[]).finish(Duration::from_secs(10));
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert_eq!(server.hits(), 0);
+}

@@ -215,10 +215,15 @@ fn child_gets_placeholders_git_settings_and_never_the_removed_variables() {
         "CCR_AGENT_PROXY_RELAY_MODE",
         "CCR_AGENT_PROXY_INCLUDE_HOSTS",
         "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
-        "CLAUDE_CODE_REMOTE_SESSION_ID",
     ] {
         assert_eq!(get(name), None, "{name} reached the child");
     }
+    // The session id is no secret: inherited, it passes through unchanged.
+    assert_eq!(
+        get("CLAUDE_CODE_REMOTE_SESSION_ID"),
+        Some(gw.session_id.as_str()),
+        "the session id did not reach the child unchanged"
+    );
     for name in [
         "GIT_SSL_CAINFO",
         "AWS_CA_BUNDLE",
@@ -543,10 +548,14 @@ fn agent_proxy_child_gets_its_generations_variables() {
         "CLAUDE_SESSION_INGRESS_TOKEN_FILE",
         "CLAUDE_CODE_SESSION_ACCESS_TOKEN",
         "CLAUDE_CODE_WEBSOCKET_AUTH_FILE_DESCRIPTOR",
-        "CLAUDE_CODE_REMOTE_SESSION_ID",
     ] {
         assert_eq!(get(name), None, "{name} reached the child");
     }
+    assert_eq!(
+        get("CLAUDE_CODE_REMOTE_SESSION_ID"),
+        Some(gw.session_id.as_str()),
+        "the session id did not reach the child unchanged"
+    );
     assert!(
         !out.stdout.contains("must-not-pass-either") && !out.stdout.contains(&gw.token),
         "a token reached the child"

@@ -3,13 +3,16 @@
 //! status and without a single proxy variable, and the token file stays
 //! where it was (the relay unlinks it only once listening) so a supervisor
 //! can retry. Broken CA endpoints are played by a tiny server in the test.
+//! `run`'s own options fail open too: one it cannot parse leaves the relay
+//! off and the command running, where the command can be found.
 
 use std::net::TcpListener;
 use std::time::Duration;
 
 use ccr_integration::pki::TestCa;
 use ccr_integration::session_env::{
-    Outcome, Reply, Session, TinyServer, closed_port, http_answer, relay_vars_in,
+    Outcome, RUN_TIMEOUT, Reply, Running, Session, TinyServer, closed_port, http_answer,
+    relay_vars_in,
 };
 use ccr_integration::temp_dir;
 
@@ -276,4 +279,101 @@ fn failing_open_still_keeps_every_token_source_from_the_child() {
             Some("yes")
         );
     }
+}
+
+/// A session whose gateway would work: a relay that parsed its options
+/// would start (and ask the CA endpoint, which counts the asking).
+fn working_session(name: &str) -> (Session, TinyServer) {
+    let server = TinyServer::start(Reply::Bytes(http_answer(
+        "200 OK",
+        "application/x-pem-file",
+        &a_ca_pem(),
+    )));
+    let s = Session::new(name, &server.base_url())
+        .env(
+            "CLAUDE_CODE_SESSION_ACCESS_TOKEN",
+            "cli-token-kept-from-the-child",
+        )
+        .env("KEPT_BY_THE_COMMAND", "yes");
+    (s, server)
+}
+
+/// The command ran as if the relay were absent: the fail-open shape with
+/// one warning naming `option`, the relay never started (the CA endpoint
+/// was not asked), the token variables still gone, the rest passed through.
+fn assert_ran_without_relay(s: &Session, server: &TinyServer, out: &Outcome, option: &str) {
+    assert_failed_open(s, out, &[option, "without the proxy"]);
+    assert_eq!(
+        server.hits(),
+        0,
+        "the relay started although its options did not parse"
+    );
+    let env = out.env();
+    assert!(
+        !env.contains_key("CLAUDE_CODE_SESSION_ACCESS_TOKEN"),
+        "the token variable reached the child: {}",
+        out.describe()
+    );
+    assert!(!out.stdout.contains("cli-token-kept-from-the-child"));
+    assert_eq!(
+        env.get("KEPT_BY_THE_COMMAND").map(String::as_str),
+        Some("yes")
+    );
+}
+
+/// An entrypoint written for a newer relay (or with a typo) still starts
+/// its command: an unknown option, a bad value, a missing value.
+#[test]
+fn run_options_that_do_not_parse_still_run_the_command() {
+    for (name, args, option) in [
+        ("cli-unknown", &["--some-new-flag"][..], "--some-new-flag"),
+        (
+            "cli-unknown-value",
+            &["--some-new-flag", "v"][..],
+            "--some-new-flag",
+        ),
+        ("cli-bad-value", &["--listen", "nope"][..], "--listen"),
+        // `--keepalive $UNSET -- COMMAND`: `--` is not a value.
+        ("cli-missing-value", &["--keepalive"][..], "--keepalive"),
+    ] {
+        let (mut s, server) = working_session(name);
+        for arg in args {
+            s = s.arg(arg);
+        }
+        let out = s.run(&["sh", "-c", SCRIPT]);
+        assert_ran_without_relay(&s, &server, &out, option);
+    }
+}
+
+/// Without `--`, the command is the first argument that is no option and
+/// no option's value; after an unknown option written without `=` that
+/// cannot be told, and `run` refuses (exit 2) rather than guess.
+#[test]
+fn run_without_double_dash_fails_open_only_where_the_command_is_certain() {
+    let (s, server) = working_session("cli-no-dashes");
+    let mut cmd = s.command("run", &[]);
+    cmd.args(["--some-new-flag=1", "sh", "-c", SCRIPT]);
+    let out = Running::spawn(cmd).finish(RUN_TIMEOUT);
+    assert_ran_without_relay(&s, &server, &out, "--some-new-flag");
+
+    for (args, needle) in [
+        (
+            &["--some-new-flag", "sh", "-c", SCRIPT][..],
+            "put -- before the command",
+        ),
+        (&["--some-new-flag"][..], "run needs a command"),
+    ] {
+        let mut cmd = s.command("run", &[]);
+        cmd.args(args);
+        let out = Running::spawn(cmd).finish(RUN_TIMEOUT);
+        assert_eq!(out.code(), Some(2), "{args:?}: {}", out.describe());
+        assert_eq!(out.stdout, "", "{args:?}: the command ran");
+        assert!(
+            out.stderr.contains("--some-new-flag") && out.stderr.contains(needle),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+    assert_eq!(server.hits(), 0);
+    assert!(s.token_file_intact());
 }

@@ -406,10 +406,17 @@ fn env_file_unsets_what_children_must_not_have() {
     for name in &removed {
         cmd.env(name, "secret-value");
     }
+    cmd.env("CLAUDE_CODE_REMOTE_SESSION_ID", "sess-kept");
     let out = cmd.output().unwrap();
     assert!(out.status.success());
     let env = String::from_utf8(out.stdout).unwrap();
     assert!(env.lines().any(|l| l == "X=1"), "{env}");
+    // The session id is no secret: the file leaves the inherited one alone.
+    assert!(
+        env.lines()
+            .any(|l| l == "CLAUDE_CODE_REMOTE_SESSION_ID=sess-kept"),
+        "{env}"
+    );
     for name in &removed {
         assert!(!env.contains(&format!("{name}=")), "{name} survived: {env}");
     }

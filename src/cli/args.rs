@@ -1,6 +1,11 @@
 //! The command line: turns `argv` into a [`Command`] with its [`Config`].
-//! Hand-written (no parser crate) and strict: an unknown flag or a bad value
-//! is a usage error that says which and what is expected.
+//! Hand-written (no parser crate). For `serve`, `doctor` and `status` an
+//! unknown flag, a bad value or a missing one is a usage error that says
+//! which and what is expected. `run` fails open instead: an entrypoint
+//! written for a newer relay, or with a typo, must still start its agent,
+//! so `run` then runs its command as if the relay were absent, after a
+//! warning, and refuses only when it cannot tell what the command is
+//! ([`parse`] has the rule).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -54,7 +59,9 @@ TUNING (mostly for tests)
 
 The relay turns itself on only inside a remote session (CLAUDE_CODE_REMOTE,
 CCR_UPSTREAM_PROXY_ENABLED or CCR_AGENT_PROXY_ENABLED, CLAUDE_CODE_REMOTE_SESSION_ID,
-a session token); otherwise `run` just runs COMMAND. Logs: RUST_LOG=info (one line per tunnel).
+a session token); otherwise `run` just runs COMMAND. So does a `run` whose options do not
+parse (an unknown option, a bad or missing value), after a warning; write `--` before
+COMMAND so it can always be found. Logs: RUST_LOG=info (one line per tunnel).
 ";
 
 /// What the user asked for.
@@ -63,6 +70,13 @@ pub enum Command {
     Run {
         config: Config,
         command: Vec<OsString>,
+    },
+    /// `run` whose options could not be parsed but whose command was found
+    /// ([`parse`] says where): the command runs as if the relay were
+    /// absent, after a warning naming each of `problems`.
+    RunWithoutRelay {
+        command: Vec<OsString>,
+        problems: Vec<UsageError>,
     },
     Serve {
         config: Config,
@@ -89,10 +103,45 @@ impl std::fmt::Display for UsageError {
     }
 }
 
+/// `problems` as one line: their texts, `; ` between.
+pub fn describe(problems: &[UsageError]) -> String {
+    problems
+        .iter()
+        .map(|p| p.0.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why one option was not taken.
+enum Rejected {
+    /// No such option for this command (or a switch given a value).
+    Unknown(UsageError),
+    /// A known option with a bad or missing value.
+    Invalid(UsageError),
+}
+
+impl From<UsageError> for Rejected {
+    fn from(e: UsageError) -> Rejected {
+        Rejected::Invalid(e)
+    }
+}
+
 /// Parses the arguments after the program name, starting from `base`
 /// (the defaults and the environment's settings).
+///
+/// `serve` and `doctor` refuse an option they cannot parse. `run` fails
+/// open instead ([`Command::RunWithoutRelay`]) wherever its command can
+/// still be found, by this rule: `--` ends the options and the command
+/// follows it; a known option takes its value (the next argument, unless
+/// written `--name=value`; an argument starting with `--` is never taken as
+/// a value: the value is then missing); an unknown option written
+/// `--name=value` takes nothing more; otherwise the first argument not
+/// starting with `--` begins the command. After an unknown option written
+/// `--name` alone the next argument may be its value or the command, so
+/// from there only a `--` ends the options. No command by this rule is a
+/// usage error.
 pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
     let Some(first) = args.next() else {
         return Err(UsageError("missing command: run, serve or doctor".into()));
     };
@@ -108,121 +157,194 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
             )));
         }
     };
+    let run = sub == "run";
     let mut config = base;
     let mut env_file = None;
     let mut command = Vec::new();
+    // `run` only: the options it could not parse.
+    let mut problems: Vec<UsageError> = Vec::new();
+    // Set after an unknown option written without `=`: only `--` ends the
+    // options now; `skipped` says whether anything was passed over.
+    let mut seeking_separator = false;
+    let mut skipped = false;
+    let mut separator = false;
     while let Some(arg) = args.next() {
+        if arg == "--" {
+            separator = true;
+            command.extend(args.by_ref());
+            break;
+        }
+        if seeking_separator {
+            skipped = true;
+            continue;
+        }
         let Some(text) = arg.to_str().map(str::to_string) else {
-            if sub == "run" {
+            if run {
                 command.push(arg);
                 command.extend(args.by_ref());
                 break;
             }
             return Err(UsageError(format!("argument {arg:?} is not UTF-8")));
         };
-        if text == "--" {
-            command.extend(args.by_ref());
-            break;
-        }
         if !text.starts_with("--") {
-            if sub == "run" {
+            if run {
                 command.push(arg);
                 command.extend(args.by_ref());
                 break;
             }
             return Err(UsageError(format!("unexpected argument {text:?}")));
         }
-        if text == "--help" || text == "-h" {
+        if text == "--help" {
             return Ok(Command::Help);
         }
         let (flag, inline) = match text.split_once('=') {
             Some((f, v)) => (f.to_string(), Some(v.to_string())),
             None => (text.clone(), None),
         };
-        let mut value = || -> Result<String, UsageError> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => args
-                    .next()
-                    .and_then(|v| v.into_string().ok())
-                    .ok_or_else(|| UsageError(format!("{flag} needs a value"))),
+        let mut value = || option_value(&flag, inline.as_deref(), &mut args);
+        match apply_option(
+            &sub,
+            &flag,
+            inline.is_some(),
+            &mut value,
+            &mut config,
+            &mut env_file,
+        ) {
+            Ok(()) => {}
+            Err(Rejected::Unknown(e) | Rejected::Invalid(e)) if !run => return Err(e),
+            Err(Rejected::Unknown(e)) => {
+                seeking_separator = inline.is_none();
+                problems.push(e);
             }
-        };
-        match flag.as_str() {
-            "--base-url" => {
-                config.base_url = value()?;
-                config.base_url_from = crate::config::BaseUrlFrom::Flag;
-            }
-            "--token-file" => config.token_file = PathBuf::from(value()?),
-            "--ca-bundle" => config.ca_bundle = PathBuf::from(value()?),
-            "--system-ca" => config.system_ca = Some(PathBuf::from(value()?)),
-            "--gateway-ca" => config.gateway_ca = Some(PathBuf::from(value()?)),
-            "--listen" => {
-                let v = value()?;
-                config.listen = v.parse::<SocketAddr>().map_err(|_| {
-                    UsageError(format!(
-                        "--listen {v:?} is not an address like 127.0.0.1:8080"
-                    ))
-                })?;
-            }
-            "--no-proxy" => config.no_proxy_extra.extend(
-                value()?
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            ),
-            "--no-proxy-default" => {
-                let v = value()?;
-                config.no_proxy_default =
-                    crate::env::NoProxyDefault::parse(&v).ok_or_else(|| {
-                        UsageError(format!(
-                            "--no-proxy-default {v:?}: expected reference or none"
-                        ))
-                    })?;
-            }
-            "--env-file" if sub == "serve" => env_file = Some(PathBuf::from(value()?)),
-            "--require-v2" if inline.is_none() => config.require_v2 = true,
-            "--allow-uid" => config.allow_uids.extend(
-                crate::proxy::access::parse_uids(&value()?)
-                    .map_err(|e| UsageError(format!("--allow-uid: {e}")))?,
-            ),
-            "--allow-any-uid" if inline.is_none() => config.allow_any_uid = true,
-            "--require-uid-check" if inline.is_none() => config.require_uid_check = true,
-            "--fin-grace" => config.limits.fin_grace = seconds(&flag, &value()?)?,
-            "--hello-timeout" => config.limits.hello_ack_timeout = seconds(&flag, &value()?)?,
-            "--keepalive" => config.limits.keepalive_interval = seconds(&flag, &value()?)?,
-            "--head-timeout" => config.limits.head_timeout = seconds(&flag, &value()?)?,
-            "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(&flag, &value()?)?,
-            "--upload-stall" => config.limits.upload_stall = seconds(&flag, &value()?)?,
-            "--response-timeout" => {
-                config.limits.response_head_timeout = seconds(&flag, &value()?)?;
-            }
-            "--max-pending-heads" => {
-                config.limits.max_pending_heads = count(&flag, &value()?)?;
-            }
-            "--max-connections" => config.limits.max_connections = count(&flag, &value()?)?,
-            "--max-head" => {
-                let v = value()?;
-                config.limits.max_head_bytes = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (256..=1 << 20).contains(n))
-                    .ok_or_else(|| {
-                        UsageError(format!("--max-head {v:?}: expected bytes, 256 to 1048576"))
-                    })?;
-            }
-            _ => return Err(UsageError(format!("unknown option {flag} for `{sub}`"))),
+            Err(Rejected::Invalid(e)) => problems.push(e),
         }
     }
     match sub.as_str() {
-        "run" if command.is_empty() => Err(UsageError(
-            "run needs a command: ccr-relay run -- COMMAND [ARG...]".into(),
-        )),
+        "run" if command.is_empty() && skipped && !separator => Err(UsageError(format!(
+            "{}, and no -- after it: what follows may be its value or the command; put -- before the command",
+            describe(&problems)
+        ))),
+        "run" if command.is_empty() => {
+            let needs = "run needs a command: ccr-relay run -- COMMAND [ARG...]";
+            Err(UsageError(if problems.is_empty() {
+                needs.to_string()
+            } else {
+                format!("{}; {needs}", describe(&problems))
+            }))
+        }
+        "run" if !problems.is_empty() => Ok(Command::RunWithoutRelay { command, problems }),
         "run" => Ok(Command::Run { config, command }),
         "serve" => Ok(Command::Serve { config, env_file }),
         _ => Ok(Command::Doctor { config }),
     }
+}
+
+/// The value of option `flag`: written inline (`--flag=value`), else the
+/// next argument, taken only if it is one: missing arguments and those
+/// starting with `--` (`--flag $UNSET -- COMMAND` in a shell) are left
+/// where they are and the value is missing.
+fn option_value(
+    flag: &str,
+    inline: Option<&str>,
+    args: &mut std::iter::Peekable<impl Iterator<Item = OsString>>,
+) -> Result<String, UsageError> {
+    if let Some(v) = inline {
+        return Ok(v.to_string());
+    }
+    let missing = || UsageError(format!("{flag} needs a value"));
+    let next = args.peek().ok_or_else(missing)?;
+    if next.to_str().is_some_and(|v| v.starts_with("--")) {
+        return Err(missing());
+    }
+    args.next()
+        .ok_or_else(missing)?
+        .into_string()
+        .map_err(|v| UsageError(format!("{flag} {v:?}: the value is not UTF-8")))
+}
+
+/// Applies option `flag` of command `sub` to `config` (or `env_file`),
+/// taking its value from `value` if it has one; `inline` says whether it
+/// was written `--flag=value` (a switch given a value is unknown).
+fn apply_option(
+    sub: &str,
+    flag: &str,
+    inline: bool,
+    value: &mut dyn FnMut() -> Result<String, UsageError>,
+    config: &mut Config,
+    env_file: &mut Option<PathBuf>,
+) -> Result<(), Rejected> {
+    let invalid = |text: String| Rejected::Invalid(UsageError(text));
+    match flag {
+        "--base-url" => {
+            config.base_url = value()?;
+            config.base_url_from = crate::config::BaseUrlFrom::Flag;
+        }
+        "--token-file" => config.token_file = PathBuf::from(value()?),
+        "--ca-bundle" => config.ca_bundle = PathBuf::from(value()?),
+        "--system-ca" => config.system_ca = Some(PathBuf::from(value()?)),
+        "--gateway-ca" => config.gateway_ca = Some(PathBuf::from(value()?)),
+        "--listen" => {
+            let v = value()?;
+            config.listen = v.parse::<SocketAddr>().map_err(|_| {
+                invalid(format!(
+                    "--listen {v:?} is not an address like 127.0.0.1:8080"
+                ))
+            })?;
+        }
+        "--no-proxy" => config.no_proxy_extra.extend(
+            value()?
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        ),
+        "--no-proxy-default" => {
+            let v = value()?;
+            config.no_proxy_default = crate::env::NoProxyDefault::parse(&v).ok_or_else(|| {
+                invalid(format!(
+                    "--no-proxy-default {v:?}: expected reference or none"
+                ))
+            })?;
+        }
+        "--env-file" if sub == "serve" => *env_file = Some(PathBuf::from(value()?)),
+        "--allow-uid" => config.allow_uids.extend(
+            crate::proxy::access::parse_uids(&value()?)
+                .map_err(|e| invalid(format!("--allow-uid: {e}")))?,
+        ),
+        "--require-v2" if !inline => config.require_v2 = true,
+        "--allow-any-uid" if !inline => config.allow_any_uid = true,
+        "--require-uid-check" if !inline => config.require_uid_check = true,
+        "--require-v2" | "--allow-any-uid" | "--require-uid-check" => {
+            return Err(invalid(format!("{flag} takes no value")));
+        }
+        "--fin-grace" => config.limits.fin_grace = seconds(flag, &value()?)?,
+        "--hello-timeout" => config.limits.hello_ack_timeout = seconds(flag, &value()?)?,
+        "--keepalive" => config.limits.keepalive_interval = seconds(flag, &value()?)?,
+        "--head-timeout" => config.limits.head_timeout = seconds(flag, &value()?)?,
+        "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(flag, &value()?)?,
+        "--upload-stall" => config.limits.upload_stall = seconds(flag, &value()?)?,
+        "--response-timeout" => {
+            config.limits.response_head_timeout = seconds(flag, &value()?)?;
+        }
+        "--max-pending-heads" => config.limits.max_pending_heads = count(flag, &value()?)?,
+        "--max-connections" => config.limits.max_connections = count(flag, &value()?)?,
+        "--max-head" => {
+            let v = value()?;
+            config.limits.max_head_bytes = v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (256..=1 << 20).contains(n))
+                .ok_or_else(|| {
+                    invalid(format!("--max-head {v:?}: expected bytes, 256 to 1048576"))
+                })?;
+        }
+        _ => {
+            return Err(Rejected::Unknown(UsageError(format!(
+                "unknown option {flag} for `{sub}`"
+            ))));
+        }
+    }
+    Ok(())
 }
 
 /// `status [--proxy URL]`.
@@ -390,6 +512,14 @@ mod tests {
             ),
             (&["serve", "--token-file"][..], "needs a value"),
             (
+                &["serve", "--token-file", "--listen", "x"][..],
+                "--token-file needs a value",
+            ),
+            (
+                &["serve", "--require-v2=1"][..],
+                "--require-v2 takes no value",
+            ),
+            (
                 &["doctor", "--env-file", "x"][..],
                 "unknown option --env-file",
             ),
@@ -397,6 +527,130 @@ mod tests {
             let err = parse_strs(args).unwrap_err();
             assert!(err.to_string().contains(needle), "{args:?}: {err}");
         }
+    }
+
+    /// What `run` with `args` fails open to: the command and the problems.
+    fn fails_open(args: &[&str]) -> (Vec<String>, Vec<String>) {
+        match parse_strs(args) {
+            Ok(Command::RunWithoutRelay { command, problems }) => (
+                command
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
+                problems.into_iter().map(|p| p.0).collect(),
+            ),
+            other => panic!("{args:?}: not failing open: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_with_options_it_cannot_parse_still_finds_the_command() {
+        for (args, command, problem) in [
+            // An unknown option: the command follows `--`, whatever is
+            // between (it may be the option's value).
+            (
+                &["run", "--some-new-flag", "--", "agent", "-x"][..],
+                &["agent", "-x"][..],
+                "unknown option --some-new-flag",
+            ),
+            (
+                &["run", "--new-flag", "value", "--", "agent"][..],
+                &["agent"][..],
+                "unknown option --new-flag",
+            ),
+            (
+                &["run", "--new-flag", "--listen", "nope", "x", "--", "agent"][..],
+                &["agent"][..],
+                "unknown option --new-flag",
+            ),
+            // Written with `=`, it takes no other argument: the command
+            // may follow without `--`, as after any option.
+            (
+                &["run", "--new-flag=1", "agent", "--", "y"][..],
+                &["agent", "--", "y"][..],
+                "unknown option --new-flag",
+            ),
+            // A bad value: the option took its value; the parse goes on.
+            (
+                &["run", "--listen", "nope", "agent"][..],
+                &["agent"][..],
+                "--listen \"nope\"",
+            ),
+            (
+                &["run", "--keepalive=-1", "--", "agent"][..],
+                &["agent"][..],
+                "--keepalive",
+            ),
+            // A missing value: `--` (an unquoted empty variable) is no value.
+            (
+                &["run", "--listen", "--", "agent"][..],
+                &["agent"][..],
+                "--listen needs a value",
+            ),
+            (
+                &["run", "--token-file", "--require-v2", "--", "agent"][..],
+                &["agent"][..],
+                "--token-file needs a value",
+            ),
+            // `serve`'s option is not `run`'s.
+            (
+                &["run", "--env-file", "x", "--", "agent"][..],
+                &["agent"][..],
+                "unknown option --env-file",
+            ),
+            (
+                &["run", "--require-v2=yes", "--", "agent"][..],
+                &["agent"][..],
+                "--require-v2",
+            ),
+        ] {
+            let (got, problems) = fails_open(args);
+            assert_eq!(got, command, "{args:?}");
+            assert!(
+                problems.iter().any(|p| p.contains(problem)),
+                "{args:?}: {problems:?} does not name {problem:?}"
+            );
+        }
+        // Every problem is named, in order.
+        let (_, problems) = fails_open(&["run", "--a=1", "--listen", "nope", "--", "agent"]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("--a"), "{problems:?}");
+        assert!(problems[1].contains("--listen"), "{problems:?}");
+    }
+
+    #[test]
+    fn run_fails_open_only_where_the_command_is_certain() {
+        for (args, needle) in [
+            // No command at all.
+            (&["run", "--bogus"][..], "run needs a command"),
+            (&["run", "--listen", "nope"][..], "run needs a command"),
+            (&["run", "--keepalive"][..], "run needs a command"),
+            (&["run", "--bogus", "--"][..], "run needs a command"),
+            (&["run", "--bogus", "x", "--"][..], "run needs a command"),
+            // `agent` may be --bogus's value: without `--`, no command can
+            // be told apart, and guessing could run the wrong program.
+            (
+                &["run", "--bogus", "agent"][..],
+                "put -- before the command",
+            ),
+        ] {
+            let err = parse_strs(args).unwrap_err();
+            assert!(err.to_string().contains(needle), "{args:?}: {err}");
+            assert!(err.to_string().contains("--bogus") || !args.contains(&"--bogus"));
+        }
+    }
+
+    #[test]
+    fn a_run_that_parses_is_not_failing_open() {
+        assert!(matches!(
+            parse_strs(&["run", "--listen", "127.0.0.1:1", "--", "agent"]),
+            Ok(Command::Run { .. })
+        ));
+        // `--help` before the bad option still asks for help.
+        assert!(matches!(
+            parse_strs(&["run", "--help", "--bogus", "--", "agent"]),
+            Ok(Command::Help)
+        ));
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let standalone = unsafe { crate::startup::gates::take_standalone_env() };
     let mut base = Config::from_env();
     base.standalone = standalone;
+    // `doctor`'s options, kept to say what run and serve would do with
+    // them should doctor refuse them.
+    let doctor_options =
+        (args.first().is_some_and(|a| a == "doctor")).then(|| (args[1..].to_vec(), base.clone()));
     let command = match args::parse(args, base) {
         Ok(Command::Run { config, command }) => Command::Run {
             config: config.with_absolute_paths(),
@@ -51,6 +55,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(command) => command,
         Err(e) => {
             eprintln!("ccr-relay: {e}");
+            if let Some((options, base)) = doctor_options {
+                for line in crate::cli::doctor::usage_prediction(&options, &base) {
+                    out!("{line}");
+                }
+            }
             return EXIT_USAGE;
         }
     };
@@ -65,6 +74,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
             0
         }
         Command::Run { config, command } => run(&config, command),
+        Command::RunWithoutRelay { command, problems } => {
+            eprintln!(
+                "ccr-relay: warning: {}; running the command without the proxy, as if the relay were absent (see `ccr-relay --help`)",
+                args::describe(&problems)
+            );
+            exec_without_relay(&command)
+        }
         Command::Serve { config, env_file } => serve(&config, env_file.as_deref()),
         Command::Doctor { config } => crate::cli::doctor::run(&config),
         Command::Status { proxy } => status(proxy),
@@ -119,18 +135,11 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
     let startup = sequence::start(config);
     let Startup::Enabled(started) = startup else {
         // Disabled, or the CA is not to be had now: `run` fails open at once.
-        // Fail open: become the command, as if the relay were not there,
-        // except that a token, or a variable naming where one is, never
-        // reaches a child.
-        let mut cmd = child_command(&command, &[]);
-        for name in crate::startup::gates::child_removed_vars() {
-            cmd.env_remove(name);
-        }
-        let err = cmd.exec();
-        return cannot_run(&command, &err);
+        return exec_without_relay(&command);
     };
+    // The session id is inherited unchanged: it is no secret and an agent
+    // may need it. Only the token and the variables naming its sources go.
     let mut cmd = child_command(&command, &started.child_vars);
-    cmd.env_remove(crate::startup::gates::SESSION_ID_VAR);
     for name in env::removed_vars() {
         cmd.env_remove(name);
     }
@@ -169,6 +178,18 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
     }
     crate::startup::outside::finish(&started.installed);
     status
+}
+
+/// Fail open: become the command, as if the relay were not there (no
+/// proxy variable added), except that a token, or a variable naming where
+/// one is, never reaches a child. Returns only if the command cannot run.
+fn exec_without_relay(command: &[OsString]) -> i32 {
+    let mut cmd = child_command(command, &[]);
+    for name in crate::startup::gates::child_removed_vars() {
+        cmd.env_remove(name);
+    }
+    let err = cmd.exec();
+    cannot_run(command, &err)
 }
 
 /// The command's exit status as a shell reports it: its code, or 128+N

@@ -10,14 +10,19 @@
 //! decides, a later one is reported as what happens after start-up. Where
 //! `run` and `serve` part ways (a CA that `serve` asks for again), both
 //! are said. Exits 0 when the proxy would start (or would if an unread
-//! token descriptor holds a token), 1 when it would stay off.
+//! token descriptor holds a token), 1 when it would stay off, 2 when its
+//! options do not parse; it then checks nothing and says what `run` (which
+//! fails open on them) and `serve` would do with the same options
+//! ([`usage_prediction`]).
 
+use std::ffi::OsString;
 use std::io;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::cli::args::{self, Command};
 use crate::cli::version::version_text;
 use crate::config::Config;
 use crate::env::{self, ProxyEnv};
@@ -292,6 +297,38 @@ pub fn run(config: &Config) -> i32 {
     }
 }
 
+/// What `run` and `serve` would do with `options`, the options `doctor`
+/// refused as a usage error (it exits 2 and checks nothing): `run` fails
+/// open where its command can be found (here `-- COMMAND` is taken to
+/// follow the options), `serve` refuses what it cannot parse. One line
+/// each, after a line saying so.
+pub fn usage_prediction(options: &[OsString], base: &Config) -> Vec<String> {
+    let parse_as = |sub: &str, tail: &[&str]| {
+        let args = std::iter::once(OsString::from(sub))
+            .chain(options.iter().cloned())
+            .chain(tail.iter().map(OsString::from))
+            .collect();
+        args::parse(args, base.clone())
+    };
+    let run = match parse_as("run", &["--", "COMMAND"]) {
+        Ok(Command::RunWithoutRelay { problems, .. }) => format!(
+            "  run: would warn ({}) and run the command without the proxy, as if the relay were absent (the token variables still removed), exiting with its status",
+            args::describe(&problems)
+        ),
+        Ok(_) => "  run: would accept them".to_string(),
+        Err(e) => format!("  run: would refuse them (exit 2): {}", e.0),
+    };
+    let serve = match parse_as("serve", &[]) {
+        Ok(_) => "  serve: would accept them".to_string(),
+        Err(e) => format!("  serve: would refuse them (exit 2): {}", e.0),
+    };
+    vec![
+        "doctor: these options do not parse, so nothing was checked; given them (and `-- COMMAND` for run):".to_string(),
+        run,
+        serve,
+    ]
+}
+
 /// Why the CA fetch failed, as far as what follows depends on it.
 struct CaRetry {
     retryable: bool,
@@ -474,5 +511,35 @@ fn writable_dir_state(dir: &Path) -> Result<(), String> {
             probe.display(),
             io::Error::last_os_error()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn predict(options: &[&str]) -> String {
+        let options: Vec<OsString> = options.iter().map(OsString::from).collect();
+        usage_prediction(&options, &Config::from_env()).join("\n")
+    }
+
+    #[test]
+    fn options_doctor_refuses_are_judged_as_run_and_serve_would() {
+        let text = predict(&["--some-new-flag", "--listen", "127.0.0.1:0"]);
+        assert!(
+            text.contains("run: would warn (unknown option --some-new-flag")
+                && text.contains("run the command without the proxy, as if the relay were absent"),
+            "{text}"
+        );
+        assert!(text.contains("serve: would refuse them (exit 2)"), "{text}");
+        // `serve`'s own option: run fails open, serve takes it.
+        let text = predict(&["--env-file", "x"]);
+        assert!(
+            text.contains("run: would warn (unknown option --env-file"),
+            "{text}"
+        );
+        assert!(text.contains("serve: would accept them"), "{text}");
+        let text = predict(&["--keepalive", "-1"]);
+        assert!(text.contains("run: would warn (--keepalive"), "{text}");
     }
 }

@@ -70,6 +70,17 @@ mod tests {
     }
 
     #[test]
+    fn env_file_leaves_the_session_id_alone() {
+        // No secret: a child keeps the session id it inherits.
+        let text = env_file_contents(&[]);
+        assert!(
+            !text.contains(crate::startup::gates::SESSION_ID_VAR),
+            "{text}"
+        );
+        assert!(!super::super::removed_vars().contains(&crate::startup::gates::SESSION_ID_VAR));
+    }
+
+    #[test]
     fn env_file_write_is_atomic() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.env");

@@ -160,7 +160,8 @@ mod tests {
         expected.extend(CREDENTIALS);
         let got: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         assert_eq!(got, expected);
-        // Never the token, its sources or the session id.
+        // Never the token, its sources or the session id (an inherited
+        // session id passes through; the relay never adds one).
         let removed = crate::env::removed_vars();
         for (name, _) in &vars {
             assert!(
