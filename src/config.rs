@@ -13,6 +13,10 @@ pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 /// Where the session token lives (a tmpfs in the container).
 pub const DEFAULT_TOKEN_FILE: &str = "/run/ccr/session_token";
 
+/// How long a fresh tunnel waits for the gateway's answer, and a plain-HTTP
+/// origin for its response head.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Everything the relay needs to start; built by `cli`, tests build it directly.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -148,6 +152,10 @@ pub struct Limits {
     pub fin_grace: Duration,
     /// Protocol v2: how long a fresh WebSocket waits for HELLO_ACK.
     pub hello_ack_timeout: Duration,
+    /// How long a fresh tunnel waits for the gateway's answer to the CONNECT
+    /// (the gateway dials the target meanwhile; keepalives go out while it
+    /// waits).
+    pub answer_timeout: Duration,
     /// Protocol v2: how long a reused WebSocket has to start answering
     /// before the tunnel is redialled on a fresh one.
     pub reuse_answer_timeout: Duration,
@@ -178,11 +186,12 @@ impl Default for Limits {
             shutdown_grace: Duration::from_millis(1500),
             fin_grace: Duration::from_secs(10),
             hello_ack_timeout: Duration::from_secs(10),
+            answer_timeout: ANSWER_TIMEOUT,
             reuse_answer_timeout: Duration::from_secs(10),
             upload_stall: Duration::from_secs(180),
             max_pending_heads: 1024,
             max_connections: 4096,
-            response_head_timeout: crate::tunnel::dial::ANSWER_TIMEOUT,
+            response_head_timeout: ANSWER_TIMEOUT,
         }
     }
 }

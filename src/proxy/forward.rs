@@ -778,6 +778,7 @@ fn open_upstream(
             .open_failed(gateway.generation, &e, &authority.to_string());
         Failure::Answer(e.status(), e.to_string())
     })?;
+    gateway.monitor.opened(&opened, &authority.to_string());
     let stream = ChunkStream::new(
         opened.ws,
         opened.wire,

@@ -401,6 +401,7 @@ fn handle_connection(shared: &Shared, client: TcpStream, peer_addr: SocketAddr, 
             return;
         }
     };
+    gateway.monitor.opened(&opened, &target.to_string());
     // The gateway's first answer bytes, then the pumps.
     if let Err(e) = socket::set_mode(&client, Mode::bounded(limits.upgrade_timeout))
         .and_then(|()| (&client).write_all(&opened.answer))

@@ -244,6 +244,18 @@ impl Monitor {
         *lock(&self.info) = Some(info);
     }
 
+    /// Records a tunnel that fell back to the first generation's semantics
+    /// because the gateway did not acknowledge HELLO (`why`), if it did.
+    pub fn opened(&self, opened: &crate::tunnel::dial::Opened, target: &str) {
+        if let Some(why) = opened.fell_back {
+            self.record(
+                Kind::V2NotAcked,
+                &format!("{why}; falling back to the first generation's semantics"),
+                target,
+            );
+        }
+    }
+
     /// Adds a failure, dropping the oldest beyond [`MAX_FAILURES`].
     pub fn record(&self, kind: Kind, detail: &str, host: &str) {
         let failure = Failure {

@@ -38,10 +38,6 @@ use crate::sys::socket::{self, Mode};
 /// Pauses before the second and third dial attempts.
 const RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(200)];
 
-/// How long a fresh tunnel waits for the gateway's answer to the CONNECT
-/// (the gateway dials the target meanwhile). Keepalives go out while it waits.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// What to open: the target, who asks, and the bytes already read.
 #[derive(Clone, Copy)]
 pub struct Request<'a> {
@@ -64,6 +60,10 @@ pub struct Opened {
     /// The gateway acknowledged protocol v2 on this WebSocket: FIN,
     /// FIN_ACK and reuse apply.
     pub v2: bool,
+    /// The gateway was sent HELLO and did not acknowledge it (why): the
+    /// tunnel fell back to the first generation's semantics, which the
+    /// caller records (`v2_not_acked`).
+    pub fell_back: Option<&'static str>,
     /// The WebSocket came from the pool.
     pub reused: bool,
     /// When the WebSocket was opened (the pool's age limit counts from it).
@@ -222,8 +222,8 @@ enum Hello {
     Awaited(Instant),
     /// HELLO_ACK version 2 received (or a reused v2 WebSocket).
     Acknowledged,
-    /// HELLO sent but not acknowledged: first-generation semantics.
-    FellBack,
+    /// HELLO sent but not acknowledged: first-generation semantics, and why.
+    FellBack(&'static str),
 }
 
 impl Attempt<'_> {
@@ -274,7 +274,7 @@ impl Attempt<'_> {
             + if self.reused {
                 self.limits.reuse_answer_timeout
             } else {
-                ANSWER_TIMEOUT
+                self.limits.answer_timeout
             };
         let mut last_sent = Instant::now();
         loop {
@@ -343,6 +343,10 @@ impl Attempt<'_> {
                         ws,
                         wire,
                         v2: hello == Hello::Acknowledged,
+                        fell_back: match hello {
+                            Hello::FellBack(why) => Some(why),
+                            _ => None,
+                        },
                         reused: self.reused,
                         opened_at,
                         answer,
@@ -374,12 +378,6 @@ impl Attempt<'_> {
             self.request.target
         );
         self.gateway.state.remember_v2_unacknowledged();
-        let target = self.request.target.to_string();
-        self.gateway.monitor.record(
-            crate::proxy::status::Kind::V2NotAcked,
-            &format!("{why}; falling back to the first generation's semantics"),
-            &target,
-        );
-        Ok(Hello::FellBack)
+        Ok(Hello::FellBack(why))
     }
 }
