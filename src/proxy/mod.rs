@@ -4,8 +4,10 @@
 
 pub mod access;
 pub mod client_process;
+mod connection;
 pub mod direct;
 pub mod forward;
 pub mod listener;
 pub mod route;
+mod shared;
 pub mod status;

@@ -23,6 +23,7 @@ use crate::gateway::{Gateway, GatewayError};
 use crate::http::request_head::{HeadError, RequestHead};
 use crate::proxy::direct::{Direction, PipeEnd, PipeSide};
 use crate::startup::gates::Generation;
+use crate::sys::lock::lock;
 use crate::tunnel::End;
 use crate::tunnel::dial::OpenError;
 
@@ -215,10 +216,6 @@ pub fn note_trust_failure(code: &str) {
     if !trust.failure_codes.iter().any(|c| c == code) {
         trust.failure_codes.push(code.to_string());
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Control characters become `?`; at most `max` characters are kept.

@@ -4,5 +4,6 @@
 pub mod atomic_file;
 pub mod command;
 pub mod heap;
+pub mod lock;
 pub mod signals;
 pub mod socket;

@@ -1,0 +1,509 @@
+//! One client connection, start to end, read in one screen ([`handle`]):
+//! who the client is (before anything it sends is read), its request head,
+//! where the request goes (the status page, plain HTTP, the direct path or
+//! a tunnel through the gateway), and the log line. Each step is a named
+//! function; a step that ends the connection has answered the client itself.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use log::{debug, info, warn};
+
+use super::access::Decision;
+use super::client_process;
+use super::direct::{self, Pipe, PipeOptions};
+use super::forward;
+use super::route::{self, Route};
+use super::shared::{EVICTED, Shared, track_pending};
+use super::status::{self, Rejection};
+use crate::config::Limits;
+use crate::http::reply;
+use crate::http::request_head::{Authority, ProxyRequest, RequestHead, read_head};
+use crate::startup::gates::Generation;
+use crate::sys::lock::lock;
+use crate::sys::socket::{self, Mode};
+use crate::tunnel::dial::{self, Opened};
+use crate::tunnel::{PumpOptions, Tunnel, TunnelReport};
+
+/// One client, start to end.
+pub(super) fn handle(shared: &Shared, client: TcpStream, peer: SocketAddr, conn: u64) {
+    // Only the session's own processes: decided from the addresses accept()
+    // gave, before a byte of the request is read or a pending-head slot is
+    // taken, so another uid can neither reach the gateway nor evict the
+    // session's clients.
+    if let Err(refusal) = admit(shared, &client, peer) {
+        return refuse(shared, &client, peer, &refusal);
+    }
+    let Some((head, leftover)) = read_request(shared, &client, peer, conn) else {
+        return;
+    };
+    if status::is_status_request(&head) {
+        return status::serve(&shared.gateway, &client, &head);
+    }
+    let target = match ProxyRequest::from_head(&head) {
+        Ok(ProxyRequest::Connect(target)) => target,
+        Ok(ProxyRequest::Forward { .. }) => {
+            return forward::serve(&shared.gateway, &shared.limits, &client, head, leftover);
+        }
+        Err(e) => {
+            debug!("client {peer}: {e}");
+            shared.gateway.monitor.head_failed(&e, Some(&head));
+            if let Some(status) = e.status() {
+                reply::answer(&client, status, &e.to_string());
+            }
+            return;
+        }
+    };
+    match route_connect(shared, &target) {
+        Route::Direct => serve_direct(shared, client, &target, &leftover),
+        Route::Tunnel => serve_tunnel(shared, client, peer, &target, &leftover),
+    }
+}
+
+/// Why a connection is not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// Its socket belongs to a uid the access rule does not allow.
+    OtherUid(u32),
+    /// Its owner could not be established: refused, never waved through.
+    OwnerUnknown(String),
+}
+
+impl Refusal {
+    /// The answer's text (also what the status page records).
+    fn problem(&self) -> String {
+        match self {
+            Refusal::OtherUid(uid) => format!(
+                "the proxy serves only the session's own processes; uid {uid} is not allowed (see --allow-uid)"
+            ),
+            Refusal::OwnerUnknown(why) => format!(
+                "the proxy serves only the session's own processes; this connection's owner cannot be found ({why})"
+            ),
+        }
+    }
+}
+
+/// Decides whether the connection from `peer` may use the proxy. The local
+/// end is the listener's own port on the address the client reached (the
+/// accepted socket's, when the listener is bound to every address): both
+/// come from accept() and the listener, never from a later look at a socket
+/// the client may already have reset.
+fn admit(shared: &Shared, client: &TcpStream, peer: SocketAddr) -> Result<(), Refusal> {
+    if shared.access == super::access::Access::Anyone {
+        return Ok(());
+    }
+    let local = local_end(&shared.listener, client)
+        .map_err(|e| Refusal::OwnerUnknown(format!("the connection's local address: {e}")))?;
+    match shared.access.decide(peer, local) {
+        Decision::Allowed => Ok(()),
+        Decision::Refused { uid } => Err(Refusal::OtherUid(uid)),
+        Decision::Unknown(why) => Err(Refusal::OwnerUnknown(why)),
+    }
+}
+
+/// The address and port a client reached: the listener's, or, when it is
+/// bound to every address, the accepted socket's address on the listener's
+/// port.
+fn local_end(listener: &TcpListener, client: &TcpStream) -> std::io::Result<SocketAddr> {
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    let mut local = client.local_addr()?;
+    local.set_port(bound.port());
+    Ok(local)
+}
+
+/// Answers a refused client `403` without reading its request (what it
+/// sent is drained unread, within the answer's short bounds; a client
+/// already gone is just closed), and records it.
+fn refuse(shared: &Shared, client: &TcpStream, peer: SocketAddr, refusal: &Refusal) {
+    let problem = refusal.problem();
+    match refusal {
+        Refusal::OtherUid(uid) => {
+            // Named while the client is still there to be found.
+            let name = match local_end(&shared.listener, client) {
+                Ok(local) => {
+                    client_process::lookup(peer, local, client_process::DEFAULT_BUDGET).name
+                }
+                Err(_) => "<gone>".to_string(),
+            };
+            warn!("client {peer} refused: uid {uid} ({name}) may not use the proxy");
+        }
+        Refusal::OwnerUnknown(why) => {
+            warn!("client {peer} refused: its owner cannot be found ({why})");
+        }
+    }
+    reply::answer(client, reply::FORBIDDEN, &problem);
+    shared
+        .gateway
+        .monitor
+        .record(status::Kind::ClientRefused, &problem, &peer.to_string());
+}
+
+/// Reads the request head (and whatever came with it), holding a
+/// pending-head slot meanwhile; `None` when the connection was answered
+/// instead (evicted for a newer one, a head too slow, too long or
+/// malformed) or is gone.
+fn read_request(
+    shared: &Shared,
+    client: &TcpStream,
+    peer: SocketAddr,
+    conn: u64,
+) -> Option<(RequestHead, Vec<u8>)> {
+    let pending = match track_pending(shared, conn, client) {
+        Ok(pending) => pending,
+        Err(e) => {
+            warn!("client {peer}: cannot track the connection: {e}");
+            return None;
+        }
+    };
+    let limits = &shared.limits;
+    // A connection that gave way at once has nothing of its head read.
+    let read =
+        (!pending.evicted()).then(|| read_head(client, limits.max_head_bytes, limits.head_timeout));
+    let evicted = pending.evicted();
+    drop(pending);
+    if evicted {
+        debug!("client {peer}: evicted while sending its head");
+        reply::answer(client, reply::SERVICE_UNAVAILABLE, EVICTED);
+        return None;
+    }
+    match read? {
+        Ok(read) => Some(read),
+        Err(e) => {
+            debug!("client {peer}: {e}");
+            shared.gateway.monitor.head_failed(&e, None);
+            if let Some(status) = e.status() {
+                reply::answer(client, status, &e.to_string());
+            }
+            None
+        }
+    }
+}
+
+/// Where a CONNECT goes: through the gateway, or (selective mode, a host
+/// off the include list) dialled by the relay itself.
+fn route_connect(shared: &Shared, target: &Authority) -> Route {
+    let Some(list) = &shared.gateway.selective else {
+        return Route::Tunnel;
+    };
+    let (route, note) = route::route_host(&target.host, list);
+    if let Some(kind) = note {
+        shared.gateway.monitor.record(
+            status::Kind::Selective(kind),
+            "a host with control characters goes through the gateway",
+            &target.to_string(),
+        );
+    }
+    route
+}
+
+/// A CONNECT through the gateway: open the tunnel (dial, preamble, the
+/// gateway's first answer bytes), hand the answer to the client, pump until
+/// either side ends, give a reusable WebSocket back to the pool, log.
+fn serve_tunnel(
+    shared: &Shared,
+    client: TcpStream,
+    peer: SocketAddr,
+    target: &Authority,
+    leftover: &[u8],
+) {
+    let started = Instant::now();
+    let gateway = &shared.gateway;
+    let host = target.to_string();
+    let lookup = ClientLookup::start(gateway.generation, &client, peer);
+    let Some(opened) = open_tunnel(shared, &client, target, leftover, &lookup) else {
+        return;
+    };
+    let rejection = gateway.monitor.check_answer(&opened.answer, &host);
+    let answered = TunnelFacts::of(&opened, gateway.generation, rejection);
+    let Some(ended) = pump(shared, client, opened) else {
+        return;
+    };
+    let (up, down) = (
+        ended.report.bytes_socket_to_ws,
+        ended.report.bytes_ws_to_socket + answered.answer_len,
+    );
+    gateway.monitor.tunnel_ended(
+        &ended.report.end,
+        answered.v2 && answered.rejection.is_none(),
+        up,
+        down,
+        &host,
+    );
+    let line = format!(
+        "tunnel {target} closed{}: up {up} B, down {down} B, {:.3} s, {}{}, {} {} WebSocket{}",
+        answered
+            .rejection
+            .as_ref()
+            .map(|r| format!(" (the gateway answered {r})"))
+            .unwrap_or_default(),
+        started.elapsed().as_secs_f64(),
+        ended.report.end,
+        lookup.note(),
+        answered.wire_name,
+        if answered.reused { "reused" } else { "fresh" },
+        if ended.pooled { ", pooled" } else { "" },
+    );
+    // A refusal with a known cause (wrong credentials) is the relay's
+    // configuration, not one target: it must be seen at the default level.
+    match &answered.rejection {
+        Some(r) if !r.hint.is_empty() => warn!("{line}"),
+        _ => info!("{line}"),
+    }
+}
+
+/// Dials the tunnel and writes the gateway's first answer bytes to the
+/// client; `None` when it failed (the client was answered) or the client
+/// went away.
+fn open_tunnel(
+    shared: &Shared,
+    client: &TcpStream,
+    target: &Authority,
+    leftover: &[u8],
+    lookup: &ClientLookup,
+) -> Option<Opened> {
+    let gateway = &shared.gateway;
+    let client_process = |reused: bool| lookup.for_preamble(reused);
+    let request = dial::Request {
+        target,
+        client_process: &client_process,
+        leftover,
+    };
+    let opened = match dial::open(gateway, &shared.limits, &request) {
+        Ok(opened) => opened,
+        Err(e) => {
+            warn!("tunnel {target}: {e}");
+            gateway
+                .monitor
+                .open_failed(gateway.generation, &e, &target.to_string());
+            reply::answer(client, e.status(), &e.to_string());
+            return None;
+        }
+    };
+    gateway.monitor.opened(&opened, &target.to_string());
+    if let Err(e) = socket::set_mode(client, Mode::bounded(shared.limits.upgrade_timeout))
+        .and_then(|()| (&*client).write_all(&opened.answer))
+    {
+        debug!("tunnel {target}: client gone before the answer: {e}");
+        return None;
+    }
+    Some(opened)
+}
+
+/// What the log line and the monitor need of an opened tunnel once its
+/// WebSocket has gone to the pumps.
+struct TunnelFacts {
+    answer_len: u64,
+    v2: bool,
+    reused: bool,
+    wire_name: &'static str,
+    rejection: Option<Rejection>,
+}
+
+impl TunnelFacts {
+    fn of(opened: &Opened, generation: Generation, rejection: Option<Rejection>) -> TunnelFacts {
+        let agent = generation == Generation::AgentProxy;
+        TunnelFacts {
+            answer_len: opened.answer.len() as u64,
+            v2: opened.v2,
+            reused: opened.reused,
+            wire_name: if agent && !opened.v2 {
+                "v1-fallback"
+            } else {
+                opened.wire.name()
+            },
+            rejection,
+        }
+    }
+}
+
+/// How a tunnel's pumps ended, and whether its WebSocket went to the pool.
+struct Ended {
+    report: TunnelReport,
+    pooled: bool,
+}
+
+/// Runs the tunnel's pumps, registered so that a stop closes it, and gives
+/// a WebSocket that may carry another tunnel back to the pool.
+fn pump(shared: &Shared, client: TcpStream, opened: Opened) -> Option<Ended> {
+    let gateway = &shared.gateway;
+    let opts = pump_options(&shared.limits, &opened);
+    let opened_at = opened.opened_at;
+    let tunnel = match Tunnel::new(client, opened.ws, opts) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("tunnel: {e}");
+            return None;
+        }
+    };
+    let registration = shared.register(tunnel.clone());
+    let open_tunnel = gateway.monitor.tunnel_opened();
+    let report = tunnel.run();
+    drop(open_tunnel);
+    drop(registration);
+    let pooled = match (&gateway.pool, tunnel.take_websocket()) {
+        (Some(pool), Some(ws)) if !shared.is_stopping() => pool.put(ws, opened_at),
+        _ => false,
+    };
+    Some(Ended { report, pooled })
+}
+
+/// The pumps' settings for one opened tunnel.
+fn pump_options(limits: &Limits, opened: &Opened) -> PumpOptions {
+    PumpOptions {
+        keepalive_interval: limits.keepalive_interval,
+        read_size: limits.max_chunk.min(64 * 1024),
+        reply_if_silent: None,
+        wire: opened.wire,
+        v2: opened.v2,
+        fin_grace: limits.fin_grace,
+        upload_stall: limits.upload_stall,
+    }
+}
+
+/// Which process asks, looked up on a helper thread while the WebSocket is
+/// dialled, within its budget. Both generations log it; the agent proxy
+/// also sends it in the preamble. The first generation only logs it, at
+/// info: not looked up when that line is off (a lookup scans every
+/// process's descriptors; thousands of quick connections would pay for a
+/// line nobody reads).
+struct ClientLookup {
+    agent: bool,
+    lookup: Option<Mutex<client_process::Background>>,
+}
+
+impl ClientLookup {
+    fn start(generation: Generation, client: &TcpStream, peer: SocketAddr) -> ClientLookup {
+        let agent = generation == Generation::AgentProxy;
+        let wants_name = agent || log::log_enabled!(log::Level::Info);
+        let lookup = wants_name.then(|| {
+            Mutex::new(client_process::Background::start(
+                Ok(peer),
+                client.local_addr(),
+                client_process::DEFAULT_BUDGET,
+            ))
+        });
+        ClientLookup { agent, lookup }
+    }
+
+    /// For the preamble: a fresh WebSocket's dial has hidden the lookup's
+    /// time, so what is left of its budget is waited for; a reused one had
+    /// no dial, and the contract allows only a few milliseconds then. Not
+    /// sent in the first generation: never waited for there.
+    fn for_preamble(&self, reused: bool) -> String {
+        if !self.agent {
+            return String::new();
+        }
+        let bound = if reused {
+            client_process::REUSE_WAIT
+        } else {
+            client_process::DEFAULT_BUDGET
+        };
+        match &self.lookup {
+            Some(lookup) => lock(lookup).name_within(bound),
+            None => String::new(),
+        }
+    }
+
+    /// `, client NAME` for the log line (the lookup ended long ago: its
+    /// budget is far shorter than a tunnel), or nothing.
+    fn note(&self) -> String {
+        match &self.lookup {
+            Some(lookup) => format!(
+                ", client {}",
+                lock(lookup).name_within(client_process::DEFAULT_BUDGET)
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+/// Selective mode: a host off the include list is dialled by the relay
+/// itself (refusing local and metadata addresses, by name and by the peer
+/// it reached), answered with the relay's own `200`, and piped raw.
+fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover: &[u8]) {
+    let started = Instant::now();
+    let monitor = &shared.gateway.monitor;
+    let host = target.to_string();
+    let stream = match direct::dial(&target.host.to_string(), target.port, direct::DIAL_TIMEOUT) {
+        Ok(stream) => stream,
+        Err(e) => {
+            warn!("direct {target}: {e}");
+            monitor.record(status::Kind::Selective(e.kind()), &e.to_string(), &host);
+            reply::answer(&client, e.status(), &e.to_string());
+            return;
+        }
+    };
+    let opening = socket::set_mode(&client, Mode::bounded(shared.limits.upgrade_timeout))
+        .and_then(|()| (&client).write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n"))
+        .and_then(|()| (&stream).write_all(leftover));
+    if let Err(e) = opening {
+        debug!("direct {target}: {e}");
+        return;
+    }
+    let opts = PipeOptions {
+        stall: shared.limits.upload_stall,
+        ..PipeOptions::default()
+    };
+    let pipe = match Pipe::new(client, stream, opts) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            warn!("direct {target}: {e}");
+            return;
+        }
+    };
+    let _open = monitor.tunnel_opened();
+    let registration = shared.register(pipe.clone());
+    let report = pipe.run();
+    drop(registration);
+    // The bytes that came with the head went up before the pipe started.
+    let up = report.up + leftover.len() as u64;
+    monitor.direct_ended(&report.end, up, report.down, &host);
+    info!(
+        "direct {target} closed: up {up} B, down {} B, {:.3} s, {}",
+        report.down,
+        started.elapsed().as_secs_f64(),
+        report.end
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_end_is_the_listeners_port_on_the_address_reached() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(local_end(&listener, &accepted).unwrap(), addr);
+        drop(client);
+        let any = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = any.local_addr().unwrap().port();
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = any.accept().unwrap();
+        assert_eq!(
+            local_end(&any, &accepted).unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], port))
+        );
+    }
+
+    #[test]
+    fn refusals_say_why_and_what_to_do() {
+        assert!(
+            Refusal::OtherUid(65534)
+                .problem()
+                .contains("uid 65534 is not allowed (see --allow-uid)")
+        );
+        assert!(
+            Refusal::OwnerUnknown("no socket row".into())
+                .problem()
+                .contains("owner cannot be found (no socket row)")
+        );
+    }
+}
