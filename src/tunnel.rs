@@ -204,7 +204,8 @@ pub struct Tunnel {
     closing: AtomicBool,
     aborted: AtomicBool,
     /// The server's FIN arrived (v2): nothing more goes out for this tunnel
-    /// but FIN_ACK. Set and checked under the `ws` lock only.
+    /// but FIN_ACK. Set under the `ws` lock, and checked under it before
+    /// each send.
     fin: AtomicBool,
     /// FIN_ACK went out after the server's FIN: the WebSocket may be reused.
     reusable: AtomicBool,
