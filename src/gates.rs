@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crate::token::{
     AUTH_FD_VAR, SessionToken, TOKEN_SOURCE_VARS, TokenError, TokenOrigin, TokenSource,
-    read_token_file, resolve_agent_proxy_token,
+    read_token_file, read_token_file_identified, resolve_agent_proxy_token,
 };
 
 /// Gate 1: set (truthy) in a cloud container.
@@ -404,10 +404,11 @@ pub fn activate(
         (Generation::AgentProxy, None) => {
             resolve_agent_proxy_token(&env, token_file, fd_timeout).map_err(GateClosed::Token)?
         }
-        (Generation::UpstreamProxy, _) => TokenSource::fixed(
-            read_token_file(token_file).map_err(GateClosed::Token)?,
-            TokenOrigin::TokenFile,
-        ),
+        (Generation::UpstreamProxy, _) => {
+            let (token, file) =
+                read_token_file_identified(token_file).map_err(GateClosed::Token)?;
+            TokenSource::fixed(token, TokenOrigin::TokenFile).read_from(file)
+        }
     };
     Ok(Activated {
         choice,
@@ -859,8 +860,12 @@ mod tests {
         assert_eq!(a.token.origin(), TokenOrigin::TokenFile);
         // Generation 1 never re-reads the ingress file.
         assert_eq!(a.token.current().expose(), "from-file");
+        // The file read is known, so that only it is unlinked later.
+        assert_eq!(
+            crate::token::remove_token_file(&token, &a.token).unwrap(),
+            crate::token::TokenFileRemoval::Removed
+        );
         // Nor looks past the token file.
-        std::fs::remove_file(&token).unwrap();
         let err = activate(env_of(&pairs), &token, &Standalone::default(), WAIT).unwrap_err();
         assert!(
             matches!(err, GateClosed::Token(TokenError::Unreadable(_))),
