@@ -22,7 +22,7 @@ use crate::gates::Generation;
 use crate::gateway::Gateway;
 use crate::reply;
 use crate::request_head::{Authority, ProxyRequest, read_head};
-use crate::route::{self, Route};
+use crate::route::Route;
 use crate::socket::{self, Mode};
 use crate::status;
 use crate::tunnel::{PumpOptions, Tunnel};
@@ -361,18 +361,8 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
     };
     let started = Instant::now();
     let gateway = &shared.gateway;
-    if let Some(list) = &gateway.selective {
-        let (route, note) = route::route_host(&target.host, list);
-        if let Some(kind) = note {
-            gateway.monitor.record(
-                status::Kind::Selective(kind),
-                "a host with control characters goes through the gateway",
-                &target.to_string(),
-            );
-        }
-        if route == Route::Direct {
-            return serve_direct(shared, client, &target, &leftover);
-        }
+    if direct::route_target(gateway, &target) == Route::Direct {
+        return serve_direct(shared, client, &target, &leftover);
     }
     let agent = gateway.generation == Generation::AgentProxy;
     // Who asks (both generations log it; the agent proxy also sends it in
@@ -543,11 +533,10 @@ fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover
     let started = Instant::now();
     let monitor = &shared.gateway.monitor;
     let host = target.to_string();
-    let stream = match direct::dial(&target.host.to_string(), target.port, direct::DIAL_TIMEOUT) {
+    let stream = match direct::dial_target(monitor, target) {
         Ok(stream) => stream,
         Err(e) => {
             warn!("direct {target}: {e}");
-            monitor.record(status::Kind::Selective(e.kind()), &e.to_string(), &host);
             reply::answer(&client, e.status(), &e.to_string());
             return;
         }

@@ -191,6 +191,10 @@ pub struct TunnelReport {
     pub reusable: bool,
 }
 
+/// Tests only: what [`Tunnel`]'s socket pump calls before each send.
+#[cfg(test)]
+type SendHook = Box<dyn Fn(&Tunnel) + Send + Sync>;
+
 /// A socket and a WebSocket joined into one tunnel. Shared by its two pump
 /// threads and, for [`Tunnel::abort`], by whoever tracks open tunnels.
 pub struct Tunnel {
@@ -219,7 +223,7 @@ pub struct Tunnel {
     /// Tests only: called by the socket pump between reading client bytes
     /// and sending them, to force an interleaving with the other pump.
     #[cfg(test)]
-    before_send: std::sync::OnceLock<Box<dyn Fn(&Tunnel) + Send + Sync>>,
+    before_send: std::sync::OnceLock<SendHook>,
 }
 
 impl Tunnel {
@@ -1082,10 +1086,7 @@ mod tests {
     );
 
     /// [`v2_tunnel`] with a hook the socket pump calls before each send.
-    fn v2_tunnel_hooked(
-        opts: PumpOptions,
-        before_send: Option<Box<dyn Fn(&Tunnel) + Send + Sync>>,
-    ) -> V2Tunnel {
+    fn v2_tunnel_hooked(opts: PumpOptions, before_send: Option<SendHook>) -> V2Tunnel {
         let (ws_client, ws_server) = socket_pair();
         let (near, near_inner) = socket_pair();
         let client_ws =
