@@ -120,17 +120,19 @@ fn inner_relay_routes_off_list_hosts_directly() {
     }
     let pki = BlindPki::new();
     let origin = pki.https_origin(&["origin.test"]);
+    let plain_origin = ccr_integration::DevOrigin::start(None);
     let gw = DevGateway::start(
         pki.gateway_options(false)
             .agent_proxy(ServerKind::Late)
-            .map("origin.test:443", origin.addr),
+            .map("origin.test:443", origin.addr)
+            .map("plain.test:80", plain_origin.addr),
     );
     let relay = RelayProcess::serve(
         &gw,
         RelayOptions::default()
             .agent_proxy()
             .env("CCR_AGENT_PROXY_RELAY_MODE", "selective")
-            .env("CCR_AGENT_PROXY_INCLUDE_HOSTS", "origin.test")
+            .env("CCR_AGENT_PROXY_INCLUDE_HOSTS", "origin.test,plain.test")
             // Short, for the stalled direct connection below; the echo
             // above moves its bytes long before it.
             .arg("--upload-stall")
@@ -184,8 +186,110 @@ fn inner_relay_routes_off_list_hosts_directly() {
         0,
         "the gateway heard of a direct host"
     );
+    plain_http_routing(&relay, &gw);
     direct_accounting(&relay);
     println!("inner_relay_routes_off_list_hosts_directly: all checks passed");
+}
+
+/// One plain-HTTP request through the relay on a connection of its own:
+/// the answer's head and body (read to the end: the origins close).
+fn plain_request(relay: &ccr_integration::relay::RelayProcess, url: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut c = relay.connect();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    write!(
+        c,
+        "GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    let got = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = got.split_once("\r\n\r\n").unwrap_or((&got, ""));
+    (head.to_string(), body.to_string())
+}
+
+/// Plain HTTP follows CONNECT's routing: a host on the include list goes
+/// through the gateway, one off it is dialled by the relay (the gateway
+/// never hears of it), with the same refusals of local and metadata
+/// addresses, by name and by the address a name resolves to.
+fn plain_http_routing(
+    relay: &ccr_integration::relay::RelayProcess,
+    gw: &ccr_integration::DevGateway,
+) {
+    use std::io::{Read, Write};
+    // An origin on the private address: answers with the request line it got.
+    let listener = TcpListener::bind((PRIVATE, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let origin = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let line = text.lines().next().unwrap_or("").to_string();
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{line}",
+            line.len()
+        )
+        .unwrap();
+        text
+    });
+    let (head, body) = plain_request(relay, &format!("http://direct.test:{port}/direct/path?q=1"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "GET /direct/path?q=1 HTTP/1.1");
+    let seen = origin.join().unwrap();
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains(&format!("\r\nhost: direct.test:{port}\r\n")),
+        "{seen}"
+    );
+    assert_eq!(
+        gw.count_events("connect direct.test"),
+        0,
+        "the gateway heard of a plain request to a host off the list"
+    );
+    println!("plain http off the list dialled directly: ok");
+
+    // The same refusals as CONNECT's direct dial: by name, by the address
+    // a name resolves to, by literal.
+    for (url, why) in [
+        ("http://localhost:8080/", "the name belongs to this machine"),
+        ("http://sneaky.test/", "the address is loopback"),
+        (
+            "http://meta.test/latest/meta-data/",
+            "the address is link-local",
+        ),
+        ("http://127.0.0.1:9/", "the address is loopback"),
+        ("http://0x7f.1/", "canonical dotted quad"),
+    ] {
+        let (head, body) = plain_request(relay, url);
+        assert!(head.starts_with("HTTP/1.1 403"), "{url}: {head}\n{body}");
+        assert!(body.contains(why), "{url}: {body}");
+    }
+    assert_eq!(
+        gw.count_events("connect "),
+        0,
+        "a refused host reached the gateway"
+    );
+    println!("plain http direct refusals: ok");
+
+    // A host on the list still goes through the gateway.
+    let (head, body) = plain_request(relay, "http://plain.test/hello");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "hello from origin\n");
+    assert_eq!(gw.count_events("connect plain.test:80"), 1);
+    println!("plain http on the list through the gateway: ok");
 }
 
 /// The relay's status page (JSON), fetched directly.

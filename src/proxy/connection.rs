@@ -15,7 +15,7 @@ use super::access::Decision;
 use super::client_process;
 use super::direct::{self, Pipe, PipeOptions};
 use super::forward;
-use super::route::{self, Route};
+use super::route::Route;
 use super::shared::{EVICTED, Shared, track_pending};
 use super::status::{self, Rejection};
 use crate::config::Limits;
@@ -56,7 +56,7 @@ pub(super) fn handle(shared: &Shared, client: TcpStream, peer: SocketAddr, conn:
             return;
         }
     };
-    match route_connect(shared, &target) {
+    match direct::route_target(&shared.gateway, &target) {
         Route::Direct => serve_direct(shared, client, &target, &leftover),
         Route::Tunnel => serve_tunnel(shared, client, peer, &target, &leftover),
     }
@@ -182,23 +182,6 @@ fn read_request(
             None
         }
     }
-}
-
-/// Where a CONNECT goes: through the gateway, or (selective mode, a host
-/// off the include list) dialled by the relay itself.
-fn route_connect(shared: &Shared, target: &Authority) -> Route {
-    let Some(list) = &shared.gateway.selective else {
-        return Route::Tunnel;
-    };
-    let (route, note) = route::route_host(&target.host, list);
-    if let Some(kind) = note {
-        shared.gateway.monitor.record(
-            status::Kind::Selective(kind),
-            "a host with control characters goes through the gateway",
-            &target.to_string(),
-        );
-    }
-    route
 }
 
 /// A CONNECT through the gateway: open the tunnel (dial, preamble, the
@@ -429,11 +412,10 @@ fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover
     let started = Instant::now();
     let monitor = &shared.gateway.monitor;
     let host = target.to_string();
-    let stream = match direct::dial(&target.host.to_string(), target.port, direct::DIAL_TIMEOUT) {
+    let stream = match direct::dial_target(monitor, target) {
         Ok(stream) => stream,
         Err(e) => {
             warn!("direct {target}: {e}");
-            monitor.record(status::Kind::Selective(e.kind()), &e.to_string(), &host);
             reply::answer(&client, e.status(), &e.to_string());
             return;
         }

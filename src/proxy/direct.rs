@@ -1,7 +1,9 @@
 //! Selective mode's direct path: a CONNECT the include list does not cover
 //! is dialled by the relay itself ([`dial`]) and, once the relay answered
 //! `200 Connection Established`, joined to the client by a raw byte
-//! [`Pipe`], without the gateway.
+//! [`Pipe`], without the gateway. [`route_target`] is the one decision,
+//! for CONNECT and plain-HTTP requests alike, and [`dial_target`] the one
+//! dial both make (plain HTTP then speaks HTTP over it, `crate::proxy::forward`).
 //!
 //! The dial refuses what [`crate::proxy::route`] refuses: by name and port before
 //! any lookup, by address before connecting to it, and by the connected
@@ -23,8 +25,11 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::gateway::Gateway;
 use crate::http::reply::{self, Status};
-use crate::proxy::route::{self, FailureKind, Refusal};
+use crate::http::request_head::Authority;
+use crate::proxy::route::{self, FailureKind, Refusal, Route};
+use crate::proxy::status::{self, Monitor};
 use crate::sys::socket::{self, Mode};
 
 /// The direct dial's bound, name lookup included.
@@ -96,6 +101,38 @@ impl fmt::Display for DirectError {
             DirectError::Failed(what, Some(e)) => write!(f, "direct dial failed: {what}: {e}"),
         }
     }
+}
+
+/// Where a client's `target` goes, a CONNECT's or a plain-HTTP request's:
+/// through the gateway, or (selective mode, a host off the include list)
+/// dialled by the relay. A host with control characters is tunnelled and
+/// recorded on the status page.
+pub fn route_target(gateway: &Gateway, target: &Authority) -> Route {
+    let Some(list) = &gateway.selective else {
+        return Route::Tunnel;
+    };
+    let (route, note) = route::route_host(&target.host, list);
+    if let Some(kind) = note {
+        gateway.monitor.record(
+            status::Kind::Selective(kind),
+            "a host with control characters goes through the gateway",
+            &target.to_string(),
+        );
+    }
+    route
+}
+
+/// [`dial`] for a client's `target` that [`route_target`] sent direct,
+/// within [`DIAL_TIMEOUT`]; a failure is recorded on the status page (the
+/// caller logs it and answers with its status and line).
+pub fn dial_target(monitor: &Monitor, target: &Authority) -> Result<TcpStream, DirectError> {
+    dial(&target.host.to_string(), target.port, DIAL_TIMEOUT).inspect_err(|e| {
+        monitor.record(
+            status::Kind::Selective(e.kind()),
+            &e.to_string(),
+            &target.to_string(),
+        );
+    })
 }
 
 /// Dials `host:port` directly: refusals by name first, a lookup, a connect

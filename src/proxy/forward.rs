@@ -3,7 +3,11 @@
 //! `host:port` in origin form, without hop-by-hop and proxy headers, bodies
 //! streamed both ways (Content-Length, chunked, or until close) and never
 //! held whole. Later requests on the same client connection to the same
-//! host reuse the tunnel; another host gets a new one.
+//! host reuse the tunnel; another host gets a new one. In selective mode
+//! the route is CONNECT's ([`direct::route_target`]): a host off the
+//! include list is dialled by the relay itself, with the same refusals
+//! ([`direct::dial_target`]), and the request goes over that connection
+//! ([`Link::Direct`]) as it would over a tunnel.
 //!
 //! Unlike a CONNECT tunnel this is one request, then one response, so a
 //! single thread drives it over a blocking [`ChunkStream`]. An origin may
@@ -44,6 +48,8 @@ use crate::http::reply::{self, Status};
 use crate::http::request_head::{
     Authority, HeadError, ProxyRequest, RequestHead, parse_head, read_head_bytes,
 };
+use crate::proxy::direct;
+use crate::proxy::route::Route;
 use crate::sys::socket::{self, Mode};
 use crate::tunnel::dial;
 
@@ -312,6 +318,138 @@ impl Write for ChunkStream {
     }
 }
 
+/// A connection the relay dialled to an origin itself (selective mode), read
+/// as a [`ChunkStream`] is: bounded by a deadline while one is set, and
+/// stopped by the client's socket becoming readable while one is watched.
+struct DirectStream {
+    socket: TcpStream,
+    watch: Option<RawFd>,
+    deadline: Option<Instant>,
+}
+
+impl Read for DirectStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.socket.as_raw_fd();
+        loop {
+            let wait = match self.deadline {
+                None => None,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
+                    }
+                    Some(left)
+                }
+            };
+            let readable = match self.watch {
+                Some(client) => {
+                    let (origin, client) =
+                        socket::wait_readable_either(fd, client, wait.unwrap_or(IDLE_CLIENT))?;
+                    if !origin && client {
+                        return Err(io::Error::other(OtherSideReady));
+                    }
+                    origin
+                }
+                None => socket::wait_ready(fd, libc::POLLIN, wait)?,
+            };
+            if readable {
+                return (&self.socket).read(buf);
+            }
+        }
+    }
+}
+
+/// Where plain requests to one origin go: a tunnel through the gateway, or
+/// a connection the relay dialled itself (selective mode, a host off the
+/// include list).
+enum Link {
+    /// Boxed: a tunnel's state is ten times a direct connection's.
+    Tunnel(Box<ChunkStream>),
+    Direct(DirectStream),
+}
+
+impl Link {
+    /// The socket to poll for the origin's bytes.
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Link::Tunnel(t) => t.raw_fd(),
+            Link::Direct(d) => d.socket.as_raw_fd(),
+        }
+    }
+
+    /// Reads still waiting at this instant fail with `TimedOut`.
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        match self {
+            Link::Tunnel(t) => t.deadline = deadline,
+            Link::Direct(d) => d.deadline = deadline,
+        }
+    }
+
+    /// While set, a read that would wait returns [`OtherSideReady`] once
+    /// this socket (the client's) is readable and the origin is not.
+    fn set_watch(&mut self, client: Option<RawFd>) {
+        match self {
+            Link::Tunnel(t) => t.watch = client,
+            Link::Direct(d) => d.watch = client,
+        }
+    }
+
+    /// Whether received data waits inside the link (a direct connection
+    /// keeps none: its bytes wait in the socket).
+    fn has_pending(&self) -> bool {
+        match self {
+            Link::Tunnel(t) => t.has_pending(),
+            Link::Direct(_) => false,
+        }
+    }
+
+    /// Whether anything (data or the end) came from the origin, without
+    /// waiting.
+    fn receive_ready(&mut self) -> io::Result<bool> {
+        match self {
+            Link::Tunnel(t) => t.receive_ready(),
+            Link::Direct(d) => {
+                socket::wait_ready(d.socket.as_raw_fd(), libc::POLLIN, Some(Duration::ZERO))
+            }
+        }
+    }
+
+    /// Whether data or the end came from the origin, waiting at most a
+    /// moment on a tunnel (a readable one may hold only a ping); a readable
+    /// direct connection holds data or the end.
+    fn has_data(&mut self) -> io::Result<bool> {
+        match self {
+            Link::Tunnel(t) => t.has_data(),
+            Link::Direct(_) => self.receive_ready(),
+        }
+    }
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Link::Tunnel(t) => t.read(buf),
+            Link::Direct(d) => d.read(buf),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Link::Tunnel(t) => t.write(buf),
+            Link::Direct(d) => (&d.socket).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Link::Tunnel(t) => t.flush(),
+            Link::Direct(_) => Ok(()),
+        }
+    }
+}
+
 /// Headers without the hop-by-hop ones, those named in `Connection`, the
 /// framing headers (the relay writes its own) and `Host`/`Expect` (the
 /// relay writes or answers those itself).
@@ -374,10 +512,10 @@ fn client_response(resp: &ResponseHead, framing: &Framing, close: bool) -> Vec<u
     out.into_bytes()
 }
 
-/// The tunnel plain requests to one origin go through.
+/// The link plain requests to one origin go through.
 struct Upstream {
     authority: Authority,
-    stream: BufReader<ChunkStream>,
+    stream: BufReader<Link>,
 }
 
 impl Upstream {
@@ -582,7 +720,10 @@ fn forward_one<R: BufRead>(
         .is_none_or(|u| u.authority != authority || !u.is_clean())
     {
         *upstream = None;
-        *upstream = Some(open_upstream(gateway, limits, client, &authority)?);
+        *upstream = Some(match direct::route_target(gateway, &authority) {
+            Route::Tunnel => open_upstream(gateway, limits, client, &authority)?,
+            Route::Direct => open_direct(gateway, &authority)?,
+        });
     }
     let Some(up) = upstream.as_mut() else {
         return Err(Failure::Close("no tunnel".into()));
@@ -655,7 +796,9 @@ fn forward_one<R: BufRead>(
 
     // The response; informational ones (but 101) are passed on as they come.
     // The whole head, informational ones included, has one deadline.
-    up.stream.get_mut().deadline = Some(Instant::now() + limits.response_head_timeout);
+    up.stream
+        .get_mut()
+        .set_deadline(Some(Instant::now() + limits.response_head_timeout));
     let response = loop {
         let read = read_response(&mut up.stream, &format!("the origin {authority}"));
         let (bytes, resp) = match read {
@@ -675,7 +818,7 @@ fn forward_one<R: BufRead>(
         }
         break resp;
     };
-    up.stream.get_mut().deadline = None;
+    up.stream.get_mut().set_deadline(None);
     let framing = match forwarded_response_framing(&response.headers) {
         Ok(framing) => framing,
         Err(e) => {
@@ -709,9 +852,11 @@ fn forward_one<R: BufRead>(
     let mut request_done = body_complete;
     let client_fd = client.as_raw_fd();
     let down_bytes = loop {
-        up.stream.get_mut().watch = (!request_done).then_some(client_fd);
+        up.stream
+            .get_mut()
+            .set_watch((!request_done).then_some(client_fd));
         let got = response_body.copy(&mut up.stream, &mut to_client);
-        up.stream.get_mut().watch = None;
+        up.stream.get_mut().set_watch(None);
         match got {
             Ok(n) => break n,
             Err(BodyError::Read(e)) if is_other_side(&e) => {
@@ -787,8 +932,10 @@ fn open_upstream(
         limits.keepalive_interval,
     )
     .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, e.to_string()))?;
-    let mut stream = BufReader::with_capacity(64 * 1024, stream);
-    stream.get_mut().deadline = Some(Instant::now() + limits.response_head_timeout);
+    let mut stream = BufReader::with_capacity(64 * 1024, Link::Tunnel(Box::new(stream)));
+    stream
+        .get_mut()
+        .set_deadline(Some(Instant::now() + limits.response_head_timeout));
     // The deadline stays on while a refusal's body is passed on.
     let (bytes, resp) = read_response(&mut stream, "the gateway (answering the CONNECT)")?;
     if !(200..300).contains(&resp.status) {
@@ -801,10 +948,26 @@ fn open_upstream(
             resp.status_line()
         )));
     }
-    stream.get_mut().deadline = None;
+    stream.get_mut().set_deadline(None);
     Ok(Upstream {
         authority: authority.clone(),
         stream,
+    })
+}
+
+/// Dials `authority` directly (selective mode, a host off the include
+/// list), refusing what a direct CONNECT refuses, with its answers.
+fn open_direct(gateway: &Gateway, authority: &Authority) -> Result<Upstream, Failure> {
+    let socket = direct::dial_target(&gateway.monitor, authority)
+        .map_err(|e| Failure::Answer(e.status(), e.to_string()))?;
+    let stream = DirectStream {
+        socket,
+        watch: None,
+        deadline: None,
+    };
+    Ok(Upstream {
+        authority: authority.clone(),
+        stream: BufReader::with_capacity(64 * 1024, Link::Direct(stream)),
     })
 }
 
@@ -964,6 +1127,53 @@ Proxy-Authorization: Basic eA==\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\n
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A connected pair on loopback: (the relay's end, the far end).
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (far, _) = listener.accept().unwrap();
+        (near, far)
+    }
+
+    #[test]
+    fn a_direct_link_reads_like_a_tunnel() {
+        let (near, mut origin) = tcp_pair();
+        let mut link = Link::Direct(DirectStream {
+            socket: near,
+            watch: None,
+            deadline: None,
+        });
+        // Nothing arrived: clean, and a deadline ends the wait.
+        assert!(!link.has_pending());
+        assert!(!link.receive_ready().unwrap());
+        link.set_deadline(Some(Instant::now() + Duration::from_millis(100)));
+        let err = link.read(&mut [0u8; 8]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // The client sending more while the origin is silent wakes the read.
+        let (client, mut client_far) = tcp_pair();
+        link.set_deadline(Some(Instant::now() + Duration::from_secs(10)));
+        link.set_watch(Some(client.as_raw_fd()));
+        client_far.write_all(b"more body").unwrap();
+        let err = link.read(&mut [0u8; 8]).unwrap_err();
+        assert!(is_other_side(&err), "{err}");
+        // The origin's bytes are read, and seen as data before that.
+        link.set_watch(None);
+        link.set_deadline(None);
+        origin.write_all(b"answer").unwrap();
+        assert!(
+            socket::wait_ready(link.raw_fd(), libc::POLLIN, Some(Duration::from_secs(10))).unwrap()
+        );
+        assert!(link.has_data().unwrap());
+        let mut got = [0u8; 6];
+        link.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"answer");
+        link.write_all(b"request").unwrap();
+        link.flush().unwrap();
+        let mut seen = [0u8; 7];
+        origin.read_exact(&mut seen).unwrap();
+        assert_eq!(&seen, b"request");
     }
 
     #[test]

@@ -391,8 +391,8 @@ const METADATA_V4: &[Ipv4Addr] = &[
 
 /// Refuses an address a direct connection must not reach: unspecified,
 /// loopback, link-local, unique-local, cloud metadata, IPv6 outside
-/// `2000::/3`. IPv4 inside IPv6 (mapped, compatible, `64:ff9b::/96`) is
-/// judged as the IPv4 address.
+/// `2000::/3`. IPv4 inside IPv6 (mapped, compatible, `64:ff9b::/96`,
+/// 6to4, Teredo) is judged as the IPv4 address.
 pub fn check_peer(addr: IpAddr) -> Result<(), Refusal> {
     let reason = match addr {
         IpAddr::V4(v4) => ipv4_refusal(v4),
@@ -445,18 +445,28 @@ fn ipv6_refusal(ip: Ipv6Addr) -> Option<&'static str> {
 }
 
 /// The IPv4 address inside a mapped (`::ffff:a.b.c.d`), compatible
-/// (`::a.b.c.d`, but not `::` or `::1`) or NAT64 (`64:ff9b::/96`) address.
+/// (`::a.b.c.d`, but not `::` or `::1`), NAT64 (`64:ff9b::/96`), 6to4
+/// (`2002:AABB:CCDD::/48`) or Teredo (`2001:0::/32`, the client's address
+/// in the last 32 bits, inverted) address: each can carry packets to that
+/// IPv4 address, so it is judged as that address.
 fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = ip.segments();
-    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    let v4 = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    let low = v4(s[6], s[7]);
     if s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback() {
         return Some(low);
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return Some(low);
+    }
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2]));
+    }
+    if s[..2] == [0x2001, 0] {
+        return Some(Ipv4Addr::from(u32::from(low) ^ 0xffff_ffff));
     }
     None
 }
@@ -831,6 +841,42 @@ mod tests {
             peer_kind("64:ff9c::8.8.8.8"),
             Err(FailureKind::DirectPeerBlocked)
         );
+    }
+
+    #[test]
+    fn ipv4_in_6to4_and_teredo_is_judged_as_ipv4() {
+        // 6to4: 2002:AABB:CCDD::/48 carries a.b.c.d in bits 16 to 47.
+        for ip in [
+            "2002:7f00:1::",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
+            "2002:a9fe:a9fe:1234:5678:9abc:def0:1",
+            "2002:0:1::1",
+            "2002:6464:64c8::",
+            "2002:a83f:8110::1",
+        ] {
+            assert_eq!(peer_kind(ip), Err(FailureKind::DirectPeerBlocked), "{ip}");
+        }
+        assert_eq!(peer_kind("2002:808:808::1"), Ok(()));
+        assert_eq!(peer_kind("2002:a00:1::1"), Ok(()));
+        // Teredo: 2001:0::/32, the client's IPv4 in the last 32 bits, each
+        // bit inverted (the server's IPv4 in bits 32 to 63 is not dialled).
+        for ip in [
+            // 127.0.0.1 is 7f00:0001, inverted 80ff:fffe.
+            "2001:0:4136:e378:8000:f227:80ff:fffe",
+            // 169.254.169.254 inverted: 5601:5601.
+            "2001:0:4136:e378:8000:f227:5601:5601",
+            // 0.0.0.0 inverted.
+            "2001::ffff:ffff",
+            // 168.63.129.16 inverted: 57c0:7eef.
+            "2001:0:808:808::57c0:7eef",
+        ] {
+            assert_eq!(peer_kind(ip), Err(FailureKind::DirectPeerBlocked), "{ip}");
+        }
+        // 8.8.8.8 inverted: f7f7:f7f7.
+        assert_eq!(peer_kind("2001:0:4136:e378:8000:f227:f7f7:f7f7"), Ok(()));
+        // 2001:db8::/32 is not Teredo: judged as IPv6.
+        assert_eq!(peer_kind("2001:db8::80ff:fffe"), Ok(()));
     }
 
     #[test]

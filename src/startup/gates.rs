@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crate::startup::token::{
     AUTH_FD_VAR, SessionToken, TOKEN_SOURCE_VARS, TokenError, TokenOrigin, TokenSource,
-    read_token_file, resolve_agent_proxy_token,
+    read_token_file, read_token_file_identified, resolve_agent_proxy_token,
 };
 
 /// Gate 1: set (truthy) in a cloud container.
@@ -404,10 +404,11 @@ pub fn activate(
         (Generation::AgentProxy, None) => {
             resolve_agent_proxy_token(&env, token_file, fd_timeout).map_err(GateClosed::Token)?
         }
-        (Generation::UpstreamProxy, _) => TokenSource::fixed(
-            read_token_file(token_file).map_err(GateClosed::Token)?,
-            TokenOrigin::TokenFile,
-        ),
+        (Generation::UpstreamProxy, _) => {
+            let (token, file) =
+                read_token_file_identified(token_file).map_err(GateClosed::Token)?;
+            TokenSource::fixed(token, TokenOrigin::TokenFile).read_from(file)
+        }
     };
     Ok(Activated {
         choice,
@@ -425,7 +426,18 @@ pub struct UnreadDescriptor {
     pub fd: i32,
     /// What `fstat` and `FIONREAD` tell about it without reading, or why
     /// it is not usable (then `run` would skip it).
-    pub state: Result<String, String>,
+    pub state: Result<String, UnusableDescriptor>,
+}
+
+/// Why `run` could not read a token from a descriptor `doctor` inspected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableDescriptor {
+    /// 0, 1 or 2.
+    #[error("descriptor {0} is standard input, output or error")]
+    Standard(i32),
+    /// `fstat` failed with this `errno` (`EBADF`: nothing open there).
+    #[error("not open: {}", std::io::Error::from_raw_os_error(*.0))]
+    NotOpen(i32),
 }
 
 /// What `doctor` learns from the gates without side effects.
@@ -503,17 +515,16 @@ pub fn activate_leaving_fd(
 
 /// What a descriptor is, without reading it: its kind and how many bytes
 /// wait in it; an error when `run` could not read a token from it.
-fn inspect_descriptor(fd: i32) -> Result<String, String> {
+fn inspect_descriptor(fd: i32) -> Result<String, UnusableDescriptor> {
     if fd <= 2 {
-        return Err(format!(
-            "descriptor {fd} is standard input, output or error"
-        ));
+        return Err(UnusableDescriptor::Standard(fd));
     }
     // SAFETY: fstat fills a stat buffer we own; an invalid descriptor
     // fails with EBADF.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(format!("not open: {}", std::io::Error::last_os_error()));
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        return Err(UnusableDescriptor::NotOpen(errno));
     }
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFIFO => "a pipe",
@@ -859,8 +870,12 @@ mod tests {
         assert_eq!(a.token.origin(), TokenOrigin::TokenFile);
         // Generation 1 never re-reads the ingress file.
         assert_eq!(a.token.current().expose(), "from-file");
+        // The file read is known, so that only it is unlinked later.
+        assert_eq!(
+            crate::startup::token::remove_token_file(&token, &a.token).unwrap(),
+            crate::startup::token::TokenFileRemoval::Removed
+        );
         // Nor looks past the token file.
-        std::fs::remove_file(&token).unwrap();
         let err = activate(env_of(&pairs), &token, &Standalone::default(), WAIT).unwrap_err();
         assert!(
             matches!(err, GateClosed::Token(TokenError::Unreadable(_))),
@@ -1024,6 +1039,16 @@ mod tests {
         };
         assert_eq!(d.fd, r.as_raw_fd());
         assert_eq!(d.state.as_deref(), Ok("a pipe, 13 byte(s) waiting"));
+        // Unusable descriptors say why, typed.
+        assert_eq!(inspect_descriptor(2), Err(UnusableDescriptor::Standard(2)));
+        let closed = inspect_descriptor(i32::MAX).unwrap_err();
+        assert_eq!(closed, UnusableDescriptor::NotOpen(libc::EBADF));
+        assert!(
+            closed
+                .to_string()
+                .starts_with("not open: Bad file descriptor"),
+            "{closed}"
+        );
         let text = dry
             .result
             .as_ref()

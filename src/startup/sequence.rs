@@ -429,7 +429,8 @@ pub fn plan(
 
 /// Carries out `plan`: writes the bundle (one atomic write) and the Java
 /// truststore, binds the listener, unlinks the token file (only then: the
-/// token lives in this process's memory alone), writes the wgetrc (it names
+/// token lives in this process's memory alone; and only if it is still the
+/// file the token was read from), writes the wgetrc (it names
 /// the port) and computes the children's variables. What fails after the
 /// bundle is written is a warning on stderr, except the listener.
 pub fn apply(
@@ -472,13 +473,16 @@ pub fn apply(
             PROBE_VERDICT_WAIT.as_secs()
         ),
     }
-    if let Err(e) = fs::remove_file(&config.token_file)
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        eprintln!(
+    match token::remove_token_file(&config.token_file, &plan.activation.token) {
+        Ok(token::TokenFileRemoval::Replaced) => info!(
+            "the token file {} was rewritten since start-up; the new one is left in place",
+            config.token_file.display()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!(
             "ccr-relay: warning: cannot remove the token file {}: {e}",
             config.token_file.display()
-        );
+        ),
     }
     let proxy_url = format!("http://{addr}");
     let proxy_env = ProxyEnv {

@@ -88,26 +88,93 @@ impl std::error::Error for TokenError {}
 /// Largest token file read; a token is a few hundred bytes.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
 
+/// Which file a path named: its device and inode. A file renamed over the
+/// path since (a token rewritten by a supervisor) has another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
 /// Reads and trims the token file.
 ///
 /// Only a regular file is read, and it is opened without blocking, so a FIFO
 /// planted at the path cannot hang the relay.
 pub fn read_token_file(path: &Path) -> Result<SessionToken, TokenError> {
+    read_token_file_identified(path).map(|(token, _)| token)
+}
+
+/// [`read_token_file`], and which file the token was read from (for
+/// [`remove_token_file`]).
+pub fn read_token_file_identified(path: &Path) -> Result<(SessionToken, FileIdentity), TokenError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let mut bytes = Vec::new();
-    std::fs::OpenOptions::new()
+    let identity = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .and_then(|f| {
-            if !f.metadata()?.is_file() {
+            let meta = f.metadata()?;
+            if !meta.is_file() {
                 return Err(io::Error::other("not a regular file"));
             }
-            f.take(MAX_TOKEN_FILE).read_to_end(&mut bytes)
+            f.take(MAX_TOKEN_FILE).read_to_end(&mut bytes)?;
+            Ok(FileIdentity::of(&meta))
         })
         .map_err(TokenError::Unreadable)?;
-    token_from_bytes(bytes)
+    Ok((token_from_bytes(bytes)?, identity))
+}
+
+/// What [`remove_token_file`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFileRemoval {
+    /// The file the start-up token was read from is gone.
+    Removed,
+    /// Another file is at the path now (a token rewritten since): left alone.
+    Replaced,
+    /// Nothing is at the path.
+    Absent,
+    /// The start-up token did not come from the token file: left alone.
+    NotRead,
+}
+
+/// Unlinks the token file at `path` once the token lives in memory alone,
+/// if `token` was read from it and it is still that file (same device and
+/// inode). A file put there since, a token a supervisor rewrote (a rename
+/// over it), is another file and is left alone.
+///
+/// The path is looked at as the read did (a link followed), then unlinked:
+/// a rename in the moment between the two could still be removed, but not
+/// one in the seconds between the read and the listener being up.
+pub fn remove_token_file(path: &Path, token: &TokenSource) -> io::Result<TokenFileRemoval> {
+    let Some(read) = token.token_file() else {
+        return Ok(TokenFileRemoval::NotRead);
+    };
+    let absent = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let now = match std::fs::metadata(path) {
+        Ok(meta) => FileIdentity::of(&meta),
+        Err(e) if absent(&e) => return Ok(TokenFileRemoval::Absent),
+        Err(e) => return Err(e),
+    };
+    if now != read {
+        return Ok(TokenFileRemoval::Replaced);
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(TokenFileRemoval::Removed),
+        Err(e) if absent(&e) => Ok(TokenFileRemoval::Absent),
+        Err(e) => Err(e),
+    }
 }
 
 fn token_from_bytes(bytes: Vec<u8>) -> Result<SessionToken, TokenError> {
@@ -246,6 +313,8 @@ struct SourceInner {
     origin: TokenOrigin,
     /// The session-ingress file to re-read; `None` for a fixed token.
     ingress: Option<PathBuf>,
+    /// The token file the start-up token was read from.
+    token_file: Option<FileIdentity>,
 }
 
 /// The token to present, shared by every tunnel: cheap to clone (one
@@ -260,6 +329,7 @@ impl TokenSource {
             startup: token,
             origin,
             ingress: None,
+            token_file: None,
         }))
     }
 
@@ -274,7 +344,24 @@ impl TokenSource {
             startup,
             origin,
             ingress: Some(ingress_file),
+            token_file: None,
         }))
+    }
+
+    /// The same source, its start-up token read from the token file that
+    /// is `file`.
+    pub fn read_from(self, file: FileIdentity) -> TokenSource {
+        TokenSource(Arc::new(SourceInner {
+            startup: self.0.startup.clone(),
+            origin: self.0.origin,
+            ingress: self.0.ingress.clone(),
+            token_file: Some(file),
+        }))
+    }
+
+    /// The token file the start-up token was read from, if it was.
+    pub fn token_file(&self) -> Option<FileIdentity> {
+        self.0.token_file
     }
 
     /// The token for new credentials (a new WebSocket's `Bearer`, a CONNECT
@@ -311,6 +398,7 @@ impl fmt::Debug for TokenSource {
             .field("startup", &self.0.startup)
             .field("origin", &self.0.origin)
             .field("ingress", &self.0.ingress)
+            .field("token_file", &self.0.token_file)
             .finish()
     }
 }
@@ -352,8 +440,8 @@ pub fn resolve_agent_proxy_token(
     let found = |token, origin| Ok(TokenSource::rereading(token, origin, ingress.clone()));
     let mut tried = Vec::new();
 
-    match read_token_file(token_file) {
-        Ok(t) => return found(t, TokenOrigin::TokenFile),
+    match read_token_file_identified(token_file) {
+        Ok((t, file)) => return found(t, TokenOrigin::TokenFile).map(|s| s.read_from(file)),
         Err(e) => tried.push(format!("token file {}: {e}", token_file.display())),
     }
     match env(ACCESS_TOKEN_VAR).as_deref().map(SessionToken::new) {
@@ -606,6 +694,46 @@ mod tests {
         assert_eq!(tried[1], format!("{ACCESS_TOKEN_VAR}: unset"));
         assert_eq!(tried[2], format!("{AUTH_FD_VAR}: not a descriptor number"));
         assert!(tried[3].starts_with("session-ingress file "), "{tried:?}");
+    }
+
+    #[test]
+    fn the_token_file_is_removed_only_if_it_is_still_the_file_read() {
+        let dir = TempDir::new("token-unlink");
+        let file = dir.0.join("session_token");
+        let t = Duration::from_secs(1);
+        // Still the file read: removed.
+        std::fs::write(&file, "first").unwrap();
+        let src = resolve_agent_proxy_token(env_of(&[]), &file, t).unwrap();
+        assert_eq!(
+            remove_token_file(&file, &src).unwrap(),
+            TokenFileRemoval::Removed
+        );
+        assert!(!file.exists());
+        assert_eq!(
+            remove_token_file(&file, &src).unwrap(),
+            TokenFileRemoval::Absent
+        );
+        // A supervisor renamed a fresh token over it since: left alone.
+        std::fs::write(&file, "first").unwrap();
+        let src = resolve_agent_proxy_token(env_of(&[]), &file, t).unwrap();
+        let fresh = dir.0.join("session_token.new");
+        std::fs::write(&fresh, "second").unwrap();
+        std::fs::rename(&fresh, &file).unwrap();
+        assert_eq!(
+            remove_token_file(&file, &src).unwrap(),
+            TokenFileRemoval::Replaced
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "second");
+        // The token came from elsewhere: the token file is not the relay's.
+        let env = env_of(&[(ACCESS_TOKEN_VAR, "from-env")]);
+        std::fs::remove_file(&file).unwrap();
+        let src = resolve_agent_proxy_token(env, &file, t).unwrap();
+        std::fs::write(&file, "written later").unwrap();
+        assert_eq!(
+            remove_token_file(&file, &src).unwrap(),
+            TokenFileRemoval::NotRead
+        );
+        assert!(file.exists());
     }
 
     #[test]

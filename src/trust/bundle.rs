@@ -139,27 +139,41 @@ impl Bundle {
     }
 
     /// Writes the bundle's certificates as a JKS truststore next to it
-    /// (`env::truststore_path`) and returns its path; `Err` is the
-    /// warning line saying why not.
-    pub fn write_truststore(&self) -> Result<PathBuf, String> {
+    /// (`env::truststore_path`) and returns its path; the error's
+    /// `Display` is the warning line saying why not.
+    pub fn write_truststore(&self) -> Result<PathBuf, TruststoreError> {
         self.write_truststore_with(&[])
     }
 
     /// [`Bundle::write_truststore`] with `extra` certificates (canonical
     /// PEM: the JDK's own `cacerts`, see [`super::jdk`]) after the bundle's;
     /// duplicates are stored once.
-    pub fn write_truststore_with(&self, extra: &[String]) -> Result<PathBuf, String> {
+    pub fn write_truststore_with(&self, extra: &[String]) -> Result<PathBuf, TruststoreError> {
         let store = env::truststore_path(&self.built.path);
         let mut certs = self.certs.clone();
         certs.extend(extra.iter().cloned());
         match jks::write_jks(&store, &certs) {
             Ok(_) => Ok(store),
-            Err(e) => Err(format!(
-                "cannot write the Java truststore {} ({e}); Java programs will not trust the gateway",
-                store.display()
-            )),
+            Err(source) => Err(TruststoreError {
+                path: store,
+                source,
+            }),
         }
     }
+}
+
+/// The Java truststore could not be written: a warning, start-up goes on
+/// without it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot write the Java truststore {} ({source}); Java programs will not trust the gateway",
+    .path.display()
+)]
+pub struct TruststoreError {
+    /// Where it was to be written.
+    pub path: PathBuf,
+    #[source]
+    source: io::Error,
 }
 
 /// Start-up step 3 without its writes: fetches the gateway's CA, reads the
@@ -689,7 +703,7 @@ mod tests {
             0o644
         );
         let store = home.join(".ccr").join("ca-bundle.jks");
-        assert_eq!(truststore.as_deref(), Ok(store.as_path()));
+        assert_eq!(truststore.unwrap(), store);
         assert_eq!(jks_entry_count(&store), 4);
 
         // Again (a restart): the bundle on disk (GIT_SSL_CAINFO) is skipped,
@@ -725,7 +739,12 @@ mod tests {
         let blocked = dir.path().join("blocked.crt");
         fs::create_dir(dir.path().join("blocked.jks")).unwrap();
         let unwritable = merge(&blocked, None, vec![gateway.pem.clone()], vec![]);
-        let err = unwritable.write_truststore().unwrap_err();
-        assert!(err.contains("Java programs will not trust"), "{err}");
+        let err: TruststoreError = unwritable.write_truststore().unwrap_err();
+        assert_eq!(err.path, dir.path().join("blocked.jks"));
+        let cause = std::error::Error::source(&err).expect("the I/O error behind it");
+        assert!(cause.is::<io::Error>(), "{cause}");
+        let line = err.to_string();
+        assert!(line.contains("Java programs will not trust"), "{line}");
+        assert!(line.contains(&cause.to_string()), "{line}");
     }
 }

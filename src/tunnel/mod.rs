@@ -193,6 +193,10 @@ pub struct TunnelReport {
     pub reusable: bool,
 }
 
+/// Tests only: what [`Tunnel`]'s socket pump calls before each send.
+#[cfg(test)]
+type SendHook = Box<dyn Fn(&Tunnel) + Send + Sync>;
+
 /// A socket and a WebSocket joined into one tunnel. Shared by its two pump
 /// threads and, for [`Tunnel::abort`], by whoever tracks open tunnels.
 pub struct Tunnel {
@@ -205,7 +209,9 @@ pub struct Tunnel {
     opts: PumpOptions,
     closing: AtomicBool,
     aborted: AtomicBool,
-    /// The server's FIN arrived (v2): nothing more goes out for this tunnel.
+    /// The server's FIN arrived (v2): nothing more goes out for this tunnel
+    /// but FIN_ACK. Set under the `ws` lock, and checked under it before
+    /// each send.
     fin: AtomicBool,
     /// FIN_ACK went out after the server's FIN: the WebSocket may be reused.
     reusable: AtomicBool,
@@ -216,6 +222,10 @@ pub struct Tunnel {
     bytes_socket_to_ws: AtomicU64,
     bytes_ws_to_socket: AtomicU64,
     started: Instant,
+    /// Tests only: called by the socket pump between reading client bytes
+    /// and sending them, to force an interleaving with the other pump.
+    #[cfg(test)]
+    before_send: std::sync::OnceLock<SendHook>,
 }
 
 impl Tunnel {
@@ -244,6 +254,8 @@ impl Tunnel {
             bytes_socket_to_ws: AtomicU64::new(0),
             bytes_ws_to_socket: AtomicU64::new(0),
             started: Instant::now(),
+            #[cfg(test)]
+            before_send: std::sync::OnceLock::new(),
         }))
     }
 
@@ -307,7 +319,10 @@ impl Tunnel {
             return false;
         }
         let deadline = Instant::now() + FIN_ACK_BOUND;
-        let sent = self.send_chunk(Bytes::from_static(&message_v2::FIN_ACK), Some(deadline));
+        let sent = self.send_chunk(
+            Bytes::from_static(&message_v2::FIN_ACK),
+            Outgoing::FinAck(deadline),
+        );
         let ok = sent.is_ok();
         self.reusable.store(ok, Ordering::SeqCst);
         ok
@@ -380,10 +395,9 @@ impl Tunnel {
             match wait_ready(socket_fd, libc::POLLIN, Some(idle_left)) {
                 Ok(true) => {}
                 Ok(false) => {
-                    if self.fin.load(Ordering::SeqCst) {
-                        return End::ServerFin;
-                    }
-                    if let Err(end) = self.send_chunk(Bytes::from(chunk::keepalive()), None) {
+                    if let Err(end) =
+                        self.send_chunk(Bytes::from(chunk::keepalive()), Outgoing::Tunnel)
+                    {
                         return end;
                     }
                     last_sent = Instant::now();
@@ -400,15 +414,15 @@ impl Tunnel {
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return End::SocketError(e),
             };
-            if self.fin.load(Ordering::SeqCst) {
-                // The server finished the tunnel: client bytes not yet sent are dropped.
-                return End::ServerFin;
-            }
             let start = HEADROOM - chunk::header_len(n);
             chunk::write_header(&mut buf[start..HEADROOM], n);
             buf.truncate(HEADROOM + n);
             let frame = Bytes::from(buf).slice(start..);
-            if let Err(end) = self.send_chunk(frame, None) {
+            #[cfg(test)]
+            if let Some(hook) = self.before_send.get() {
+                hook(self);
+            }
+            if let Err(end) = self.send_chunk(frame, Outgoing::Tunnel) {
                 return end;
             }
             self.bytes_socket_to_ws
@@ -417,16 +431,23 @@ impl Tunnel {
         }
     }
 
-    /// Sends one encoded chunk, waiting for the WebSocket to take it all:
-    /// until `deadline` if given, else while it keeps taking bytes within
-    /// the upload-stall bound. Fails with the end it makes.
-    fn send_chunk(&self, encoded: Bytes, deadline: Option<Instant>) -> Result<(), End> {
-        let stall = deadline.is_none();
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.opts.upload_stall);
+    /// Sends one encoded message, waiting for the WebSocket to take it all
+    /// (see [`Outgoing`]). Fails with the end it makes.
+    fn send_chunk(&self, encoded: Bytes, outgoing: Outgoing) -> Result<(), End> {
+        let (stall, deadline) = match outgoing {
+            Outgoing::Tunnel => (true, Instant::now() + self.opts.upload_stall),
+            Outgoing::FinAck(deadline) => (false, deadline),
+        };
         let mut guard = self.lock_ws();
         let Some(mut ws) = guard.as_mut() else {
             return Err(End::Aborted);
         };
+        // The server's FIN is recorded under this same lock, when it is
+        // read: checked here, no chunk can start after it (the contract,
+        // section 5). Client bytes not yet sent are dropped.
+        if outgoing == Outgoing::Tunnel && self.fin.load(Ordering::SeqCst) {
+            return Err(End::ServerFin);
+        }
         match ws.write(Message::Binary(encoded)) {
             Ok(()) => {}
             Err(tungstenite::Error::Io(e)) if is_transient(&e) => {}
@@ -478,17 +499,26 @@ impl Tunnel {
         // until its FIN, so that the WebSocket can still be reused.
         let mut client_gone = false;
         loop {
-            let message = match self.lock_ws().as_mut() {
-                Some(ws) => ws.read(),
-                None => return End::Aborted,
+            let message = {
+                let mut guard = self.lock_ws();
+                let Some(ws) = guard.as_mut() else {
+                    return End::Aborted;
+                };
+                let message = ws.read();
+                // Recorded before the lock is released: the other pump
+                // checks it under the lock before each send, so nothing of
+                // this tunnel goes out after the FIN but FIN_ACK.
+                if let Ok(Message::Binary(encoded)) = &message
+                    && wire.decode(encoded) == Ok(Incoming::Fin)
+                {
+                    self.fin.store(true, Ordering::SeqCst);
+                }
+                message
             };
             match message {
                 Ok(Message::Binary(encoded)) => match wire.decode(&encoded) {
                     Ok(Incoming::Data([]) | Incoming::HelloAck { .. } | Incoming::Ignored) => {}
-                    Ok(Incoming::Fin) => {
-                        self.fin.store(true, Ordering::SeqCst);
-                        return End::ServerFin;
-                    }
+                    Ok(Incoming::Fin) => return End::ServerFin,
                     Ok(Incoming::Data(_)) if client_gone => {}
                     Ok(Incoming::Data(data)) => {
                         if let Err(e) = (&self.socket).write_all(data) {
@@ -702,6 +732,17 @@ impl Drop for Tunnel {
             }
         }
     }
+}
+
+/// What [`Tunnel::send_chunk`] sends, which decides how long it waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    /// Client bytes or a keepalive: never once the server's FIN is in, and
+    /// waited for while the gateway keeps taking bytes within the
+    /// upload-stall bound.
+    Tunnel,
+    /// FIN_ACK, the one message after the FIN: waited for until the instant.
+    FinAck(Instant),
 }
 
 /// Which side a tunnel's end came from, which decides how it closes.
@@ -1035,14 +1076,19 @@ mod tests {
 
     /// A tunnel on a v2 WebSocket with its far (server) side in the test's
     /// hands: `near` is the client's socket, `server` the gateway's end.
-    fn v2_tunnel(
-        opts: PumpOptions,
-    ) -> (
+    fn v2_tunnel(opts: PumpOptions) -> V2Tunnel {
+        v2_tunnel_hooked(opts, None)
+    }
+
+    type V2Tunnel = (
         TcpStream,
         WebSocket<TcpStream>,
         Arc<Tunnel>,
         thread::JoinHandle<TunnelReport>,
-    ) {
+    );
+
+    /// [`v2_tunnel`] with a hook the socket pump calls before each send.
+    fn v2_tunnel_hooked(opts: PumpOptions, before_send: Option<SendHook>) -> V2Tunnel {
         let (ws_client, ws_server) = socket_pair();
         let (near, near_inner) = socket_pair();
         let client_ws =
@@ -1058,6 +1104,9 @@ mod tests {
             ..opts
         };
         let tunnel = Tunnel::new(near_inner, client_ws, opts).unwrap();
+        if let Some(hook) = before_send {
+            let _ = tunnel.before_send.set(hook);
+        }
         let runner = {
             let t = Arc::clone(&tunnel);
             thread::spawn(move || t.run())
@@ -1106,6 +1155,37 @@ mod tests {
         ws.send(Message::Binary(message_v2::encode_data(b"next").into()))
             .unwrap();
         assert_eq!(next_message(&mut server), message_v2::encode_data(b"next"));
+    }
+
+    #[test]
+    fn no_chunk_follows_the_servers_fin() {
+        // The client's bytes are read before the server's FIN arrives and
+        // sent only once the other pump has taken it in: the hook holds the
+        // send until then. They must be dropped, never sent after the FIN.
+        let (reached, reached_rx) = std::sync::mpsc::channel();
+        let hook = move |t: &Tunnel| {
+            let _ = reached.send(());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !t.fin.load(Ordering::SeqCst) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let (near, mut server, tunnel, runner) =
+            v2_tunnel_hooked(PumpOptions::default(), Some(Box::new(hook)));
+        (&near).write_all(b"late").unwrap();
+        reached_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the socket pump read the client's bytes");
+        send_fin(&mut server);
+        assert_eq!(
+            next_message(&mut server),
+            message_v2::FIN_ACK,
+            "a chunk followed the server's FIN"
+        );
+        let report = runner.join().unwrap();
+        assert!(report.reusable, "{}", report.end);
+        assert_eq!(report.bytes_socket_to_ws, 0);
+        assert!(tunnel.take_websocket().is_some());
     }
 
     /// Reads everything `near` gets: the bytes, and the error that ended
