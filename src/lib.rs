@@ -48,6 +48,7 @@ pub mod route;
 pub mod session;
 pub mod signals;
 pub mod socket;
+pub mod state_dir;
 pub mod status;
 pub mod token;
 pub mod trust;
