@@ -228,21 +228,7 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
         (None, _) => "skip   NSS database: no HOME".into(),
         (_, None) => "skip   NSS database: no certutil on PATH".into(),
     });
-    let bazelrc = r.etc.join("bazel.bazelrc");
-    let bazel_ok = if bazelrc.exists() {
-        install::writable(&bazelrc)
-    } else {
-        install::writable(&r.etc)
-    };
-    lines.push(if bazel_ok {
-        format!(
-            "would  bazelrc: a managed block in {} (kept after stop; on failure {})",
-            bazelrc.display(),
-            install::BAZELRC_WRITE_FAILED
-        )
-    } else {
-        format!("skip   bazelrc: {} not writable", bazelrc.display())
-    });
+    lines.extend(bazel_lines(&plan));
     lines.push(match &home {
         Some(h) if h.join(".boto").exists() => {
             format!("skip   boto config: {} exists", h.join(".boto").display())
@@ -266,6 +252,41 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
             "skip   login shell profile: {} not writable",
             profile_d.display()
         )
+    });
+    lines
+}
+
+/// What the Bazel installer would do: the block in the user's own
+/// `~/.bazelrc` (through a link, to the file it names), or why that file is
+/// refused; and a block an earlier relay left in `/etc/bazel.bazelrc`.
+fn bazel_lines(plan: &Plan) -> Vec<String> {
+    let mut lines = Vec::new();
+    let machine_wide = plan.roots.etc.join("bazel.bazelrc");
+    if std::fs::read_to_string(&machine_wide)
+        .is_ok_and(|t| t.lines().any(|l| l.trim_end() == install::bazel::BEGIN))
+    {
+        lines.push(format!(
+            "would  bazelrc: remove the managed block an earlier relay left in {} (it names a truststore other users cannot read)",
+            machine_wide.display()
+        ));
+    }
+    let Some(home) = &plan.roots.home else {
+        lines.push("skip   bazelrc: no HOME (the block goes to ~/.bazelrc, never /etc/bazel.bazelrc)".into());
+        return lines;
+    };
+    let rc = home.join(install::bazel::RC_NAME);
+    lines.push(match install::bazel::target(&rc) {
+        Ok(Some((real, _))) => format!(
+            "would  bazelrc: a managed block in {} (the user's own; kept after stop; on failure {})",
+            real.display(),
+            install::BAZELRC_WRITE_FAILED
+        ),
+        Ok(None) => format!(
+            "would  bazelrc: a managed block in {}, created 0644 (the user's own; kept after stop; on failure {})",
+            rc.display(),
+            install::BAZELRC_WRITE_FAILED
+        ),
+        Err(why) => format!("refuse bazelrc: {why} ({})", install::BAZELRC_WRITE_FAILED),
     });
     lines
 }
@@ -360,10 +381,19 @@ mod tests {
             text.contains("profile_d_write_failed") && text.contains("bazelrc_write_failed"),
             "{text}"
         );
+        assert!(
+            text.contains(&format!(
+                "would  bazelrc: a managed block in {}, created",
+                home.join(".bazelrc").display()
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("etc/bazel.bazelrc"), "{text}");
         assert_eq!(lines.len(), 6);
         // Nothing was written.
         assert!(!home.join(".aws").exists());
         assert!(!root.join("etc/profile.d/ccr-relay-ca.sh").exists());
         assert!(!root.join("etc/bazel.bazelrc").exists());
+        assert!(!home.join(".bazelrc").exists());
     }
 }

@@ -16,6 +16,7 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -409,7 +410,8 @@ fn bazelrc_block_written_once_then_replaced_in_place() {
     roots.etc = dir.join("etc");
     roots.usr_local_share = dir.join("usr-local-share");
     fs::create_dir(&roots.etc).unwrap();
-    let rc = roots.etc.join("bazel.bazelrc");
+    fs::create_dir(dir.join("home")).unwrap();
+    let rc = dir.join("home/.bazelrc");
     fs::write(&rc, "build --jobs=2\n").unwrap();
     let run = |ts: &str| {
         let mut plan = Plan::new(roots.clone(), Vec::new(), dir.join("bundle.pem"));
@@ -439,4 +441,58 @@ fn bazelrc_block_written_once_then_replaced_in_place() {
         second,
         "a third start changes nothing"
     );
+}
+
+/// The attack on the machine-wide file: `/etc/bazel.bazelrc` a link (0777
+/// as a link), which the installer used to replace with a regular file of
+/// the link's mode 0777 that `nobody` could then fill with JVM options for
+/// root's Bazel. Now nothing machine-wide is written (the block goes to
+/// the user's own `~/.bazelrc`, here a link into a dotfiles directory,
+/// written through with the file's mode), and `nobody` can write neither.
+#[test]
+fn bazelrc_never_opens_a_file_to_another_user() {
+    let dir = temp_dir("install-bazel-link");
+    let mut roots = Roots::system(Some(dir.join("home")), path_var());
+    roots.etc = dir.join("etc");
+    roots.usr_local_share = dir.join("usr-local-share");
+    fs::create_dir(&roots.etc).unwrap();
+    fs::create_dir(dir.join("home")).unwrap();
+    fs::create_dir(dir.join("dotfiles")).unwrap();
+    let site = roots.etc.join("site.bazelrc");
+    fs::write(&site, "build --site\n").unwrap();
+    let etc_rc = roots.etc.join("bazel.bazelrc");
+    std::os::unix::fs::symlink(&site, &etc_rc).unwrap();
+    let mine = dir.join("dotfiles/bazelrc");
+    fs::write(&mine, "build --mine\n").unwrap();
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&mine, dir.join("home/.bazelrc")).unwrap();
+
+    let mut plan = Plan::new(roots, Vec::new(), dir.join("bundle.pem"));
+    plan.targets = vec![Target::Bazel];
+    plan.truststore = Some((dir.join("ts.jks"), "changeit".into()));
+    let report = install::install_all(&plan);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    assert!(fs::symlink_metadata(&etc_rc).unwrap().file_type().is_symlink());
+    assert_eq!(fs::read_to_string(&site).unwrap(), "build --site\n");
+    assert!(
+        fs::symlink_metadata(dir.join("home/.bazelrc"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let text = fs::read_to_string(&mine).unwrap();
+    assert!(text.starts_with("build --mine\n# BEGIN ccr-relay"), "{text}");
+    assert!(text.contains(&format!("trustStore={}", dir.join("ts.jks").display())));
+    assert_eq!(fs::metadata(&mine).unwrap().permissions().mode() & 0o7777, 0o600);
+    for file in [&etc_rc, &mine] {
+        let st = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c"])
+            .arg("echo 'startup --host_jvm_args=-Devil' >> \"$0\"")
+            .arg(file)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!st.success(), "nobody could append to {}", file.display());
+    }
 }
