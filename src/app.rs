@@ -138,7 +138,7 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
         Ok(child) => child,
         Err(e) => {
             started.relay.stop_handle().stop();
-            crate::outside::finish(&started.installed);
+            crate::outside::finish(started.installed, config.keep_trust);
             return cannot_run(&command, &e);
         }
     };
@@ -167,7 +167,7 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
     if let Ok(server) = server {
         let _ = server.join();
     }
-    crate::outside::finish(&started.installed);
+    crate::outside::finish(started.installed, config.keep_trust);
     status
 }
 
@@ -297,6 +297,6 @@ fn serve(config: &Config, env_file: Option<&Path>) -> i32 {
     }
     info!("serving on {}", started.proxy_url);
     started.relay.serve();
-    crate::outside::finish(&started.installed);
+    crate::outside::finish(started.installed, config.keep_trust);
     0
 }

@@ -23,7 +23,8 @@ USAGE
 OPTIONS
   --base-url URL      gateway base URL [default: $ANTHROPIC_BASE_URL, else https://api.anthropic.com]
   --token-file PATH   session token file [default: /run/ccr/session_token]
-  --ca-bundle PATH    where the merged CA bundle goes [default: $HOME/.ccr/ca-bundle.crt]
+  --ca-bundle PATH    where the merged CA bundle goes [default: $HOME/.ccr/ca-bundle.crt;
+                      no HOME: a private directory of the relay's own]
   --system-ca PATH    system CA bundle to merge [default: the one openssl-probe finds]
   --gateway-ca PATH   extra roots for the relay's own TLS to the gateway
   --listen ADDR       local proxy address [default: 127.0.0.1:0, an ephemeral port]
@@ -39,6 +40,8 @@ OPTIONS
   --require-uid-check keep the proxy off where connection owners cannot be found
   --require-v2        (agent proxy) refuse tunnels when the gateway does not
                       acknowledge tunnel protocol v2, instead of falling back
+  --keep-trust        leave the trust installed machine-wide (system store,
+                      NSS, bazelrc, login shells) when the relay stops
 
 TUNING (mostly for tests)
   --keepalive SECS        idle tunnel keepalive interval [default: 30]
@@ -183,6 +186,7 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
             }
             "--env-file" if sub == "serve" => env_file = Some(PathBuf::from(value()?)),
             "--require-v2" if inline.is_none() => config.require_v2 = true,
+            "--keep-trust" if inline.is_none() => config.keep_trust = true,
             "--allow-uid" => config.allow_uids.extend(
                 crate::access::parse_uids(&value()?)
                     .map_err(|e| UsageError(format!("--allow-uid: {e}")))?,

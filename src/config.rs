@@ -52,6 +52,10 @@ pub struct Config {
     /// `AGENT_PROXY_URL` / `AGENT_PROXY_AUTH_TOKEN`, taken out of the
     /// environment before anything else ran (redacted when printed).
     pub standalone: crate::gates::Standalone,
+    /// `--keep-trust`: a clean stop leaves the machine-wide trust entries
+    /// (system-store anchor, NSS entry, bazelrc block, login-shell script)
+    /// in place, for image builds that snapshot the container.
+    pub keep_trust: bool,
     /// Bounds on time and size.
     pub limits: Limits,
 }
@@ -105,6 +109,7 @@ impl Config {
             no_proxy_default: crate::child_env::NoProxyDefault::Reference,
             require_v2: false,
             standalone: crate::gates::Standalone::default(),
+            keep_trust: false,
             limits: Limits::default(),
         }
     }

@@ -267,7 +267,7 @@ pub fn run(config: &Config) -> i32 {
     for (name, value) in &vars {
         out!("  {name}={value}");
     }
-    crate::outside::print_doctor(&config.ca_bundle, env_lookup);
+    crate::outside::print_doctor(&config.ca_bundle, config.keep_trust, env_lookup);
     out!();
     if report.failed == 0 {
         match &undecided {

@@ -63,9 +63,9 @@ pub struct Started {
     pub proxy_url: String,
     /// The variables to set in every child's environment.
     pub child_vars: Vec<(String, String)>,
-    /// What start-up installed outside the relay's directory and must undo
-    /// on stop (`outside::finish`).
-    pub installed: crate::install::Report,
+    /// What start-up installed outside the relay's directory, which a
+    /// clean stop takes back (`outside::finish`).
+    pub installed: crate::outside::Installed,
 }
 
 /// The step at which start-up stopped; the proxy stays off. Never holds
@@ -443,7 +443,11 @@ pub fn apply(
     let access = access_rule(config)?;
     // The bundle's directory holds what children trust: the relay's own,
     // or nothing is written there at all.
-    if let Some(dir) = config.ca_bundle.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = config
+        .ca_bundle
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         crate::state_dir::prepare(dir).map_err(SessionError::StateDir)?;
     }
     plan.bundle.write().map_err(SessionError::Trust)?;
@@ -535,7 +539,7 @@ pub fn apply(
         generation.name(),
         config.ca_bundle.display(),
         plan.bundle.certificates().len(),
-        installed_summary(&installed)
+        installed_summary(&installed.now)
     );
     Ok(Started {
         relay,

@@ -249,12 +249,7 @@ mod tests {
 
     fn env(pairs: &[(&'static str, String)]) -> impl Fn(&str) -> Option<OsString> + use<> {
         let pairs = pairs.to_vec();
-        move |n| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| v.into())
-        }
+        move |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.into())
     }
 
     #[test]
@@ -315,10 +310,7 @@ mod tests {
         assert!(inspect(&d.join("b.crt")).is_ok());
         let file = dir.0.join("f");
         fs::write(&file, "").unwrap();
-        assert!(matches!(
-            check(&file),
-            Err(StateDirError::NotADirectory(_))
-        ));
+        assert!(matches!(check(&file), Err(StateDirError::NotADirectory(_))));
         let missing = dir.0.join("m/n/b.crt");
         assert!(inspect(&missing).unwrap().contains("would be created"));
         assert!(!dir.0.join("m").exists());

@@ -182,8 +182,8 @@ fn system_store_makes_bare_curl_trust_the_gateway() {
         String::from_utf8_lossy(&out.stdout).contains("inner_system_store: all checks passed"),
         "the helper did not run its checks"
     );
-    // Inside, the copies changed; outside, nothing did.
-    assert!(anchors.join("ccr-relay-gateway.crt").is_file());
+    // Inside, the anchor came and went again; outside, nothing changed.
+    assert!(!anchors.join("ccr-relay-gateway.crt").exists());
     let after = (
         fingerprint(real_bundle),
         fingerprint(real_conf),
@@ -220,7 +220,7 @@ fn inner_system_store() {
     let anchor = PathBuf::from("/usr/local/share/ca-certificates/ccr-relay-gateway.crt");
     assert_eq!(report.installed.len(), 1);
     assert_eq!(report.installed[0].1, anchor);
-    assert_eq!(report.written_outside, [anchor]);
+    assert_eq!(report.written_outside, std::slice::from_ref(&anchor));
 
     let after = curl_bare(&url);
     assert!(
@@ -229,6 +229,21 @@ fn inner_system_store() {
         String::from_utf8_lossy(&after.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&after.stdout), HELLO);
+
+    // A clean stop: the anchor goes, the tool runs again, and curl no
+    // longer trusts the gateway's CA, within the stop's bound.
+    let start = std::time::Instant::now();
+    let deadline = start + ccr_relay::outside::STOP_BUDGET;
+    let env = [(OsString::from("PATH"), path_var())];
+    let problems = install::withdraw::withdraw_all(&report.to_withdraw, &env, deadline);
+    println!("withdrawal took {:?}", start.elapsed());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(!anchor.exists());
+    let withdrawn = curl_bare(&url);
+    assert!(
+        !withdrawn.status.success(),
+        "curl still trusts the gateway's CA after the withdrawal"
+    );
     println!("inner_system_store: all checks passed");
 }
 
@@ -309,7 +324,8 @@ fn inner_profile() {
     let report = install::install_all(&plan);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let script = Path::new("/etc/profile.d").join(install::profile::FILE_NAME);
-    assert_eq!(report.to_remove_on_stop, std::slice::from_ref(&script));
+    assert_eq!(report.to_withdraw.len(), 1);
+    assert_eq!(report.to_withdraw[0].target(), Target::ProfileD);
 
     assert_eq!(login_shell(&[]), format!("{bundle}|{bundle}|unset"));
     assert_eq!(
@@ -325,7 +341,8 @@ fn inner_profile() {
     );
     fs::write(&bundle, "pem").unwrap();
 
-    assert!(install::remove_on_stop(&report).is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    assert!(install::withdraw::withdraw_all(&report.to_withdraw, &[], deadline).is_empty());
     assert!(!script.exists());
     assert_eq!(login_shell(&[]), "unset|unset|unset", "gone after stop");
     println!("inner_profile: all checks passed");
@@ -378,6 +395,7 @@ fn nss_database_trusts_the_gateway_ca_and_replaces_it() {
     let ca2 = TestCa::new(&dir.join("ca2")).unwrap();
     let db = home.join(".pki/nssdb");
 
+    let mut last = install::Report::default();
     for ca in [&ca1, &ca1, &ca2] {
         let pem = String::from_utf8(ca.cert_pem()).unwrap();
         let mut plan = Plan::new(roots.clone(), vec![pem.clone()], dir.join("bundle.pem"));
@@ -397,7 +415,15 @@ fn nss_database_trusts_the_gateway_ca_and_replaces_it() {
             pem_body(&certutil_pem(&db, "ccr-relay-gateway")),
             pem_body(&pem)
         );
+        last = report;
     }
+    // A clean stop deletes the entry while it holds the relay's certificate
+    // (real certutil wraps the PEM its own way).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let problems = install::withdraw::withdraw_all(&last.to_withdraw, &[], deadline);
+    assert!(problems.is_empty(), "{problems:?}");
+    let listing = certutil_list(&db);
+    assert!(!listing.contains("ccr-relay-gateway"), "{listing}");
 }
 
 // ---------------------------------------------------------------------------
@@ -473,7 +499,12 @@ fn bazelrc_never_opens_a_file_to_another_user() {
     let report = install::install_all(&plan);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
 
-    assert!(fs::symlink_metadata(&etc_rc).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(&etc_rc)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(fs::read_to_string(&site).unwrap(), "build --site\n");
     assert!(
         fs::symlink_metadata(dir.join("home/.bazelrc"))
@@ -482,12 +513,24 @@ fn bazelrc_never_opens_a_file_to_another_user() {
             .is_symlink()
     );
     let text = fs::read_to_string(&mine).unwrap();
-    assert!(text.starts_with("build --mine\n# BEGIN ccr-relay"), "{text}");
+    assert!(
+        text.starts_with("build --mine\n# BEGIN ccr-relay"),
+        "{text}"
+    );
     assert!(text.contains(&format!("trustStore={}", dir.join("ts.jks").display())));
-    assert_eq!(fs::metadata(&mine).unwrap().permissions().mode() & 0o7777, 0o600);
+    assert_eq!(
+        fs::metadata(&mine).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
     for file in [&etc_rc, &mine] {
         let st = Command::new("setpriv")
-            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c"])
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
             .arg("echo 'startup --host_jvm_args=-Devil' >> \"$0\"")
             .arg(file)
             .stderr(std::process::Stdio::null())

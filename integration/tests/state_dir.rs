@@ -56,23 +56,30 @@ fn run_without_home(gw: &DevGateway, setup: &str, extra_env: &[(&str, &str)]) ->
         .unwrap();
     let token_file = scratch.path().join("session_token");
     fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let script = format!(
-        "set -e\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n{setup}\nexec \"$@\"\n"
-    );
+    let script = format!("set -e\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n{setup}\nexec \"$@\"\n");
     let mut cmd = Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", "--", "sh", "-c", &script, "sh"])
-        .arg(bin_path("ccr-relay"))
-        .args(["run", "--base-url", &gw.base_url(), "--token-file"])
-        .arg(&token_file)
-        .args(["--system-ca", SYSTEM_CA, "--", "sh", "-c", REPORT])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("CCR_RELAY_INSTALL", "0")
-        .env(REMOTE, "1")
-        .env(ENABLED, "1")
-        .env(SESSION_ID, SESSION)
-        .envs(extra_env.iter().copied())
-        .process_group(0);
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .arg(bin_path("ccr-relay"))
+    .args(["run", "--base-url", &gw.base_url(), "--token-file"])
+    .arg(&token_file)
+    .args(["--system-ca", SYSTEM_CA, "--", "sh", "-c", REPORT])
+    .env_clear()
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .env("CCR_RELAY_INSTALL", "0")
+    .env(REMOTE, "1")
+    .env(ENABLED, "1")
+    .env(SESSION_ID, SESSION)
+    .envs(extra_env.iter().copied())
+    .process_group(0);
     ccr_integration::procs::default_signals(&mut cmd);
     let out = Running::spawn(cmd).finish(RUN_TIMEOUT);
     assert_eq!(out.code(), Some(0), "{}", out.describe());
@@ -108,15 +115,16 @@ fn without_home_the_bundle_never_goes_to_a_directory_another_user_made() {
         "not a fresh private directory: {bundle}\n{stderr}"
     );
     assert_eq!(line(&stdout, "DIR="), "0 700", "{bundle}");
-    assert_eq!(line(&stdout, "SHARED="), "", "the relay wrote into /tmp/.ccr");
+    assert_eq!(
+        line(&stdout, "SHARED="),
+        "",
+        "the relay wrote into /tmp/.ccr"
+    );
 
     // An XDG_RUNTIME_DIR of the relay's own is used.
     let setup = format!("{attacker}\nmkdir -m 0700 /tmp/xdg");
     let (stdout, _) = run_without_home(&gw, &setup, &[("XDG_RUNTIME_DIR", "/tmp/xdg")]);
-    assert_eq!(
-        line(&stdout, "BUNDLE="),
-        "/tmp/xdg/ccr-relay/ca-bundle.crt"
-    );
+    assert_eq!(line(&stdout, "BUNDLE="), "/tmp/xdg/ccr-relay/ca-bundle.crt");
     assert_eq!(line(&stdout, "DIR="), "0 700");
     assert_eq!(line(&stdout, "SHARED="), "");
 

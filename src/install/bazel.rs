@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{BAZELRC_WRITE_FAILED, Outcome, Plan, writable};
+use super::{BAZELRC_WRITE_FAILED, Outcome, Plan, Withdrawal, writable};
 use crate::atomic_file;
 
 /// First line of the managed block.
@@ -115,7 +115,10 @@ pub fn target(path: &Path) -> Result<Option<(PathBuf, u32)>, String> {
     };
     let meta = fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
     if !meta.is_file() {
-        return Err(format!("{} is not a regular file; refusing it", real.display()));
+        return Err(format!(
+            "{} is not a regular file; refusing it",
+            real.display()
+        ));
     }
     let me = crate::state_dir::euid();
     if meta.uid() != me {
@@ -208,14 +211,21 @@ pub fn install(plan: &Plan) -> Outcome {
     let created = old.is_none();
     let old = old.unwrap_or_default();
     let new = replace_block(&old, &block);
+    if plan.cancelled() {
+        return outcome.fail(BAZELRC_WRITE_FAILED, "the relay stopped first");
+    }
     if new != old {
         if let Err(e) = atomic_file::write(&real, new.as_bytes(), mode) {
             return outcome.fail(BAZELRC_WRITE_FAILED, format!("{}: {e}", real.display()));
         }
         outcome.written.push(real.clone());
     }
-    outcome.installed.push(("bazelrc".into(), real));
-    let _ = created;
+    outcome.installed.push(("bazelrc".into(), real.clone()));
+    outcome.withdraw.push(Withdrawal::Block {
+        path: real,
+        block,
+        created,
+    });
     outcome
 }
 
@@ -302,7 +312,10 @@ mod tests {
         let rc = dir.0.join("home/.bazelrc");
         let o = install(&plan);
         assert_eq!(o.written, std::slice::from_ref(&rc));
-        assert!(!dir.0.join("etc/bazel.bazelrc").exists(), "not machine-wide");
+        assert!(
+            !dir.0.join("etc/bazel.bazelrc").exists(),
+            "not machine-wide"
+        );
         assert_eq!(
             fs::metadata(&rc).unwrap().permissions().mode() & 0o777,
             0o644
@@ -349,7 +362,11 @@ mod tests {
             fs::metadata(&real).unwrap().permissions().mode() & 0o7777,
             0o640
         );
-        assert!(fs::read_to_string(&real).unwrap().starts_with("build --mine\n# BEGIN"));
+        assert!(
+            fs::read_to_string(&real)
+                .unwrap()
+                .starts_with("build --mine\n# BEGIN")
+        );
         assert_eq!(o.installed[0].1, real);
         // A file others may write in is refused, not loosened or followed.
         fs::set_permissions(&real, fs::Permissions::from_mode(0o666)).unwrap();
