@@ -26,7 +26,9 @@ pub struct Config {
     pub base_url_from: BaseUrlFrom,
     /// File holding the session token.
     pub token_file: PathBuf,
-    /// Where the merged CA bundle is written.
+    /// Where the merged CA bundle is written (by default
+    /// [`crate::sys::state_dir::default_bundle`]: a `mkdtemp` template when there
+    /// is no `HOME`, made at start by [`crate::sys::state_dir::resolve`]).
     pub ca_bundle: PathBuf,
     /// System CA bundle to merge; `None` means "ask openssl-probe".
     pub system_ca: Option<PathBuf>,
@@ -54,6 +56,10 @@ pub struct Config {
     /// `AGENT_PROXY_URL` / `AGENT_PROXY_AUTH_TOKEN`, taken out of the
     /// environment before anything else ran (redacted when printed).
     pub standalone: crate::startup::gates::Standalone,
+    /// `--keep-trust`: a clean stop leaves the machine-wide trust entries
+    /// (system-store anchor, NSS entry, bazelrc block, login-shell script)
+    /// in place, for image builds that snapshot the container.
+    pub keep_trust: bool,
     /// Bounds on time and size.
     pub limits: Limits,
 }
@@ -80,8 +86,8 @@ impl Config {
         }
     }
 
-    /// The defaults, with `ANTHROPIC_BASE_URL` and `HOME` read from the
-    /// environment as docs/PROTOCOL.md says.
+    /// The defaults, with `ANTHROPIC_BASE_URL`, `HOME` and (without `HOME`)
+    /// `XDG_RUNTIME_DIR` read from the environment as docs/PROTOCOL.md says.
     pub fn from_env() -> Config {
         let from_env = std::env::var("ANTHROPIC_BASE_URL")
             .ok()
@@ -92,15 +98,11 @@ impl Config {
             None => BaseUrlFrom::Default,
         };
         let base_url = from_env.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
-        let home = std::env::var_os("HOME")
-            .filter(|h| !h.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
         Config {
             base_url,
             base_url_from,
             token_file: PathBuf::from(DEFAULT_TOKEN_FILE),
-            ca_bundle: home.join(".ccr").join("ca-bundle.crt"),
+            ca_bundle: crate::sys::state_dir::default_bundle(|name| std::env::var_os(name)),
             system_ca: None,
             gateway_ca: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -111,6 +113,7 @@ impl Config {
             no_proxy_default: crate::env::NoProxyDefault::Reference,
             require_v2: false,
             standalone: crate::startup::gates::Standalone::default(),
+            keep_trust: false,
             limits: Limits::default(),
         }
     }

@@ -16,6 +16,7 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -181,8 +182,8 @@ fn system_store_makes_bare_curl_trust_the_gateway() {
         String::from_utf8_lossy(&out.stdout).contains("inner_system_store: all checks passed"),
         "the helper did not run its checks"
     );
-    // Inside, the copies changed; outside, nothing did.
-    assert!(anchors.join("ccr-relay-gateway.crt").is_file());
+    // Inside, the anchor came and went again; outside, nothing changed.
+    assert!(!anchors.join("ccr-relay-gateway.crt").exists());
     let after = (
         fingerprint(real_bundle),
         fingerprint(real_conf),
@@ -219,7 +220,7 @@ fn inner_system_store() {
     let anchor = PathBuf::from("/usr/local/share/ca-certificates/ccr-relay-gateway.crt");
     assert_eq!(report.installed.len(), 1);
     assert_eq!(report.installed[0].1, anchor);
-    assert_eq!(report.written_outside, [anchor]);
+    assert_eq!(report.written_outside, std::slice::from_ref(&anchor));
 
     let after = curl_bare(&url);
     assert!(
@@ -228,6 +229,21 @@ fn inner_system_store() {
         String::from_utf8_lossy(&after.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&after.stdout), HELLO);
+
+    // A clean stop: the anchor goes, the tool runs again, and curl no
+    // longer trusts the gateway's CA, within the stop's bound.
+    let start = std::time::Instant::now();
+    let deadline = start + ccr_relay::startup::outside::STOP_BUDGET;
+    let env = [(OsString::from("PATH"), path_var())];
+    let problems = install::withdraw::withdraw_all(&report.to_withdraw, &env, deadline);
+    println!("withdrawal took {:?}", start.elapsed());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(!anchor.exists());
+    let withdrawn = curl_bare(&url);
+    assert!(
+        !withdrawn.status.success(),
+        "curl still trusts the gateway's CA after the withdrawal"
+    );
     println!("inner_system_store: all checks passed");
 }
 
@@ -308,7 +324,8 @@ fn inner_profile() {
     let report = install::install_all(&plan);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let script = Path::new("/etc/profile.d").join(install::profile::FILE_NAME);
-    assert_eq!(report.to_remove_on_stop, std::slice::from_ref(&script));
+    assert_eq!(report.to_withdraw.len(), 1);
+    assert_eq!(report.to_withdraw[0].target(), Target::ProfileD);
 
     assert_eq!(login_shell(&[]), format!("{bundle}|{bundle}|unset"));
     assert_eq!(
@@ -324,7 +341,8 @@ fn inner_profile() {
     );
     fs::write(&bundle, "pem").unwrap();
 
-    assert!(install::remove_on_stop(&report).is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    assert!(install::withdraw::withdraw_all(&report.to_withdraw, &[], deadline).is_empty());
     assert!(!script.exists());
     assert_eq!(login_shell(&[]), "unset|unset|unset", "gone after stop");
     println!("inner_profile: all checks passed");
@@ -377,6 +395,7 @@ fn nss_database_trusts_the_gateway_ca_and_replaces_it() {
     let ca2 = TestCa::new(&dir.join("ca2")).unwrap();
     let db = home.join(".pki/nssdb");
 
+    let mut last = install::Report::default();
     for ca in [&ca1, &ca1, &ca2] {
         let pem = String::from_utf8(ca.cert_pem()).unwrap();
         let mut plan = Plan::new(roots.clone(), vec![pem.clone()], dir.join("bundle.pem"));
@@ -396,7 +415,15 @@ fn nss_database_trusts_the_gateway_ca_and_replaces_it() {
             pem_body(&certutil_pem(&db, "ccr-relay-gateway")),
             pem_body(&pem)
         );
+        last = report;
     }
+    // A clean stop deletes the entry while it holds the relay's certificate
+    // (real certutil wraps the PEM its own way).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let problems = install::withdraw::withdraw_all(&last.to_withdraw, &[], deadline);
+    assert!(problems.is_empty(), "{problems:?}");
+    let listing = certutil_list(&db);
+    assert!(!listing.contains("ccr-relay-gateway"), "{listing}");
 }
 
 // ---------------------------------------------------------------------------
@@ -409,7 +436,8 @@ fn bazelrc_block_written_once_then_replaced_in_place() {
     roots.etc = dir.join("etc");
     roots.usr_local_share = dir.join("usr-local-share");
     fs::create_dir(&roots.etc).unwrap();
-    let rc = roots.etc.join("bazel.bazelrc");
+    fs::create_dir(dir.join("home")).unwrap();
+    let rc = dir.join("home/.bazelrc");
     fs::write(&rc, "build --jobs=2\n").unwrap();
     let run = |ts: &str| {
         let mut plan = Plan::new(roots.clone(), Vec::new(), dir.join("bundle.pem"));
@@ -439,4 +467,75 @@ fn bazelrc_block_written_once_then_replaced_in_place() {
         second,
         "a third start changes nothing"
     );
+}
+
+/// The attack on the machine-wide file: `/etc/bazel.bazelrc` a link (0777
+/// as a link), which the installer used to replace with a regular file of
+/// the link's mode 0777 that `nobody` could then fill with JVM options for
+/// root's Bazel. Now nothing machine-wide is written (the block goes to
+/// the user's own `~/.bazelrc`, here a link into a dotfiles directory,
+/// written through with the file's mode), and `nobody` can write neither.
+#[test]
+fn bazelrc_never_opens_a_file_to_another_user() {
+    let dir = temp_dir("install-bazel-link");
+    let mut roots = Roots::system(Some(dir.join("home")), path_var());
+    roots.etc = dir.join("etc");
+    roots.usr_local_share = dir.join("usr-local-share");
+    fs::create_dir(&roots.etc).unwrap();
+    fs::create_dir(dir.join("home")).unwrap();
+    fs::create_dir(dir.join("dotfiles")).unwrap();
+    let site = roots.etc.join("site.bazelrc");
+    fs::write(&site, "build --site\n").unwrap();
+    let etc_rc = roots.etc.join("bazel.bazelrc");
+    std::os::unix::fs::symlink(&site, &etc_rc).unwrap();
+    let mine = dir.join("dotfiles/bazelrc");
+    fs::write(&mine, "build --mine\n").unwrap();
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&mine, dir.join("home/.bazelrc")).unwrap();
+
+    let mut plan = Plan::new(roots, Vec::new(), dir.join("bundle.pem"));
+    plan.targets = vec![Target::Bazel];
+    plan.truststore = Some((dir.join("ts.jks"), "changeit".into()));
+    let report = install::install_all(&plan);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    assert!(
+        fs::symlink_metadata(&etc_rc)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read_to_string(&site).unwrap(), "build --site\n");
+    assert!(
+        fs::symlink_metadata(dir.join("home/.bazelrc"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let text = fs::read_to_string(&mine).unwrap();
+    assert!(
+        text.starts_with("build --mine\n# BEGIN ccr-relay"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("trustStore={}", dir.join("ts.jks").display())));
+    assert_eq!(
+        fs::metadata(&mine).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    for file in [&etc_rc, &mine] {
+        let st = Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg("echo 'startup --host_jvm_args=-Devil' >> \"$0\"")
+            .arg(file)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!st.success(), "nobody could append to {}", file.display());
+    }
 }

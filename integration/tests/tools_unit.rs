@@ -146,7 +146,9 @@ fn install_all_merges_in_plan_order_and_runs_in_parallel() {
     assert!(what[0].starts_with("system trust store"));
     assert_eq!(what[1..], ["boto config", "NSS database"]);
     assert!(report.written_outside.contains(&home.join(".boto")));
-    assert!(report.to_remove_on_stop.is_empty());
+    // The anchor and the NSS entry are withdrawn on a clean stop; ~/.boto stays.
+    let withdrawn: Vec<Target> = report.to_withdraw.iter().map(|w| w.target()).collect();
+    assert_eq!(withdrawn, [Target::SystemStore, Target::Nss]);
     assert!(
         elapsed < Duration::from_millis(5500),
         "not parallel: {elapsed:?}"

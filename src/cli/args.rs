@@ -28,7 +28,8 @@ USAGE
 OPTIONS
   --base-url URL      gateway base URL [default: $ANTHROPIC_BASE_URL, else https://api.anthropic.com]
   --token-file PATH   session token file [default: /run/ccr/session_token]
-  --ca-bundle PATH    where the merged CA bundle goes [default: $HOME/.ccr/ca-bundle.crt]
+  --ca-bundle PATH    where the merged CA bundle goes [default: $HOME/.ccr/ca-bundle.crt;
+                      no HOME: a private directory of the relay's own]
   --system-ca PATH    system CA bundle to merge [default: the one openssl-probe finds]
   --gateway-ca PATH   extra roots for the relay's own TLS to the gateway
   --listen ADDR       local proxy address [default: 127.0.0.1:0, an ephemeral port]
@@ -44,6 +45,8 @@ OPTIONS
   --require-uid-check keep the proxy off where connection owners cannot be found
   --require-v2        (agent proxy) refuse tunnels when the gateway does not
                       acknowledge tunnel protocol v2, instead of falling back
+  --keep-trust        leave the trust installed machine-wide (system store,
+                      NSS, bazelrc, login shells) when the relay stops
 
 TUNING (mostly for tests)
   --keepalive SECS        idle tunnel keepalive interval [default: 30]
@@ -314,7 +317,8 @@ fn apply_option(
         "--require-v2" if !inline => config.require_v2 = true,
         "--allow-any-uid" if !inline => config.allow_any_uid = true,
         "--require-uid-check" if !inline => config.require_uid_check = true,
-        "--require-v2" | "--allow-any-uid" | "--require-uid-check" => {
+        "--keep-trust" if !inline => config.keep_trust = true,
+        "--require-v2" | "--allow-any-uid" | "--require-uid-check" | "--keep-trust" => {
             return Err(invalid(format!("{flag} takes no value")));
         }
         "--fin-grace" => config.limits.fin_grace = seconds(flag, &value()?)?,

@@ -147,7 +147,7 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
         Ok(child) => child,
         Err(e) => {
             started.relay.stop_handle().stop();
-            crate::startup::outside::finish(&started.installed);
+            crate::startup::outside::finish(started.installed, config.keep_trust);
             return cannot_run(&command, &e);
         }
     };
@@ -176,7 +176,7 @@ fn run(config: &Config, command: Vec<OsString>) -> i32 {
     if let Ok(server) = server {
         let _ = server.join();
     }
-    crate::startup::outside::finish(&started.installed);
+    crate::startup::outside::finish(started.installed, config.keep_trust);
     status
 }
 
@@ -318,6 +318,6 @@ fn serve(config: &Config, env_file: Option<&Path>) -> i32 {
     }
     info!("serving on {}", started.proxy_url);
     started.relay.serve();
-    crate::startup::outside::finish(&started.installed);
+    crate::startup::outside::finish(started.installed, config.keep_trust);
     0
 }

@@ -16,8 +16,6 @@
 //! ([`usage_prediction`]).
 
 use std::ffi::OsString;
-use std::io;
-use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -231,12 +229,15 @@ pub fn run(config: &Config) -> i32 {
             }
         }
     }
-    let bundle_dir = config.ca_bundle.parent().unwrap_or(Path::new("/"));
-    let dir_state = writable_dir_state(bundle_dir);
-    report.line(
+    // Where start-up would keep the bundle (and the files next to it), or
+    // why it would refuse the directory (the proxy then stays off).
+    let where_state = crate::sys::state_dir::inspect(&config.ca_bundle);
+    report.line_with(
         &format!("CA bundle {}", config.ca_bundle.display()),
-        dir_state.is_ok(),
-        dir_state.as_ref().err().map(String::as_str).unwrap_or(""),
+        where_state.is_ok(),
+        match &where_state {
+            Ok(what) | Err(what) => what,
+        },
     );
     // Bound and released at once: whether apply's bind would succeed.
     let bound = std::net::TcpListener::bind(config.listen).and_then(|l| l.local_addr());
@@ -271,7 +272,7 @@ pub fn run(config: &Config) -> i32 {
     for (name, value) in &vars {
         out!("  {name}={value}");
     }
-    crate::startup::outside::print_doctor(&config.ca_bundle, env_lookup);
+    crate::startup::outside::print_doctor(&config.ca_bundle, config.keep_trust, env_lookup);
     out!();
     if report.failed == 0 {
         match &undecided {
@@ -485,35 +486,6 @@ impl Report {
         }
     }
 }
-
-/// Whether files can be created in `dir` (or in the nearest existing
-/// ancestor, since the relay creates the directory), without creating any.
-fn writable_dir_state(dir: &Path) -> Result<(), String> {
-    let mut probe = dir;
-    while !probe.exists() {
-        match probe.parent() {
-            Some(parent) => probe = parent,
-            None => break,
-        }
-    }
-    if !probe.is_dir() {
-        return Err(format!("{} is not a directory", probe.display()));
-    }
-    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
-        .map_err(|_| "path holds a NUL byte".to_string())?;
-    // SAFETY: a valid NUL-terminated path.
-    let rc = unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} is not writable: {}",
-            probe.display(),
-            io::Error::last_os_error()
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

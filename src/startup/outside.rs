@@ -7,8 +7,12 @@
 //! background threads, bounded, while the children already start.
 //!
 //! Only the login-shell script is installed before the children start: it
-//! is quick (one file), and it is the one thing removed when the relay
-//! stops ([`finish`]), which must not race its writing.
+//! is quick (one file). A clean stop ([`finish`]) takes back what the
+//! installers put in place machine-wide (the system-store anchor, the NSS
+//! entry, the bazelrc block, the login-shell script), within
+//! [`STOP_BUDGET`] in all, unless `--keep-trust`; installers still running
+//! then are cancelled and waited for first. `~/.aws/config` and `~/.boto`
+//! stay (they name nothing that stops working).
 //!
 //! Two variables of the relay's environment steer the installers (for
 //! image builds and tests): [`INSTALL_VAR`]`=0` turns them all off (and
@@ -18,12 +22,21 @@
 //! directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::env::CA_VARS;
 use crate::env::credentials::{self, GIT_CONFLICTS_TIMEOUT};
 use crate::trust::install::{self, Plan, Report, Roots, Target};
 use crate::trust::{Bundle, jdk, jks};
+
+/// How long a clean stop may take to wait for running installers and take
+/// back what they installed, in all.
+pub const STOP_BUDGET: Duration = Duration::from_secs(3);
+/// With `--keep-trust`, how long installers cancelled at the end of the
+/// budget get to return (they start no new step; a file write is quick).
+const CANCEL_GRACE: Duration = Duration::from_millis(250);
 
 /// `0`, `false`, `no` or `off`: install nothing outside the relay's directory.
 pub const INSTALL_VAR: &str = "CCR_RELAY_INSTALL";
@@ -104,15 +117,38 @@ fn warn_failures(report: &Report) {
     }
 }
 
+/// What start-up installed, and the installers still running: what a
+/// clean stop takes back ([`finish`]).
+pub struct Installed {
+    /// What was installed before the children started (the login-shell
+    /// script).
+    pub now: Report,
+    /// The background installers' report, when they are done.
+    later: Option<mpsc::Receiver<Report>>,
+    /// Cancels the background installers.
+    plan: Option<Box<Plan>>,
+}
+
+impl Installed {
+    /// Nothing installed.
+    pub fn nothing() -> Installed {
+        Installed {
+            now: Report::default(),
+            later: None,
+            plan: None,
+        }
+    }
+}
+
 /// Runs the steps after the proxy listens: `~/.aws/config` (unless the
 /// parent names its own with `AWS_CONFIG_FILE`, or installs are off), the login-shell script
 /// now, the other installers and the git check on background threads.
-/// Returns what must be undone when the relay stops ([`finish`]).
+/// Returns what a clean stop takes back ([`finish`]).
 pub fn after_listen(
     bundle: &Bundle,
     truststore: Option<&Path>,
     parent: impl Fn(&str) -> Option<String>,
-) -> Report {
+) -> Installed {
     let enabled = installs_enabled(&parent);
     if enabled
         && parent("AWS_CONFIG_FILE").is_none()
@@ -125,26 +161,36 @@ pub fn after_listen(
     }
     spawn_git_check();
     let Some(plan) = plan(bundle, truststore, &parent) else {
-        return Report::default();
+        return Installed::nothing();
     };
     let mut now = plan.clone();
     now.targets = vec![Target::ProfileD];
     let report = install::install_all(&now);
     warn_failures(&report);
     crate::proxy::status::note_trust(&report);
-    let mut later = plan;
+    let mut later = plan.clone();
     later.targets.retain(|t| *t != Target::ProfileD);
+    let (tx, rx) = mpsc::channel();
     let spawned = thread::Builder::new()
         .name("install".into())
         .spawn(move || {
             let report = install::install_all(&later);
             warn_failures(&report);
             crate::proxy::status::note_trust(&report);
+            let _ = tx.send(report);
         });
-    if let Err(e) = spawned {
-        eprintln!("ccr-relay: warning: cannot start the trust installers: {e}");
+    let later = match spawned {
+        Ok(_) => Some(rx),
+        Err(e) => {
+            eprintln!("ccr-relay: warning: cannot start the trust installers: {e}");
+            None
+        }
+    };
+    Installed {
+        now: report,
+        later,
+        plan: Some(Box::new(plan)),
     }
-    report
 }
 
 /// Warns, once, about the user's git settings that defeat the proxy
@@ -162,21 +208,57 @@ fn spawn_git_check() {
     });
 }
 
-/// Undoes what must not outlive the relay (the login-shell script); one
-/// warning line per file that could not be removed.
-pub fn finish(report: &Report) {
-    for (path, e) in install::remove_on_stop(report) {
-        eprintln!(
-            "ccr-relay: warning: cannot remove {}: {e}; remove it by hand",
-            path.display()
-        );
+/// A clean stop: takes back what start-up installed machine-wide, within
+/// [`STOP_BUDGET`] in all; with `keep_trust` keeps it. One warning line per
+/// thing that stays against the rule.
+pub fn finish(installed: Installed, keep_trust: bool) {
+    finish_within(installed, keep_trust, Instant::now() + STOP_BUDGET);
+}
+
+/// [`finish`] with its deadline.
+pub fn finish_within(installed: Installed, keep_trust: bool, deadline: Instant) {
+    let Installed { now, later, plan } = installed;
+    let Some(plan) = plan else {
+        return;
+    };
+    if !keep_trust {
+        // Whatever they have not started is not worth starting now.
+        plan.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let mut reports = vec![now];
+    if let Some(rx) = later {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let got = rx.recv_timeout(wait).or_else(|_| {
+            // Cancelled now, they return at once: never leave one
+            // writing a file in a system directory as the process exits.
+            plan.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            rx.recv_timeout(CANCEL_GRACE)
+        });
+        match got {
+            Ok(report) => reports.push(report),
+            Err(_) => eprintln!(
+                "ccr-relay: warning: the trust installers had not finished when the relay stopped; what they installed may stay"
+            ),
+        }
+    }
+    if keep_trust {
+        return;
+    }
+    let items: Vec<install::Withdrawal> = reports.into_iter().flat_map(|r| r.to_withdraw).collect();
+    for why in install::withdraw::withdraw_all(&items, &plan.roots.helper_env(), deadline) {
+        eprintln!("ccr-relay: warning: {why}");
     }
 }
 
 /// What start-up would write outside the relay's directory, one line per
 /// target, without writing anything (for `doctor`): `would  WHAT: WHERE`
 /// or `skip   WHAT: why`, each with the reason code a failure would carry.
-pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Vec<String> {
+pub fn would_write(
+    bundle: &Path,
+    keep_trust: bool,
+    parent: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let after = after_stop(keep_trust);
     let mut lines = Vec::new();
     let home = parent("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
     match (&home, parent("AWS_CONFIG_FILE")) {
@@ -205,7 +287,7 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
     let system = install::system::detect(&plan);
     lines.push(match (plan.is_root, system) {
         (true, Some(store)) => format!(
-            "would  system trust store: {}/{}.crt, then {} (kept after stop; on failure {})",
+            "would  system trust store: {}/{}.crt, then {} ({after}; on failure {})",
             store.dir.display(),
             install::NAME,
             store.tool.display(),
@@ -220,7 +302,7 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
     let certutil = crate::sys::command::find_on_path("certutil", &r.path);
     lines.push(match (&home, certutil) {
         (Some(h), Some(_)) => format!(
-            "would  NSS database: {} as {} (kept after stop; on failure {})",
+            "would  NSS database: {} as {} ({after}; on failure {})",
             h.join(".pki/nssdb").display(),
             install::NAME,
             install::NSS_ADD_FAILED
@@ -228,21 +310,7 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
         (None, _) => "skip   NSS database: no HOME".into(),
         (_, None) => "skip   NSS database: no certutil on PATH".into(),
     });
-    let bazelrc = r.etc.join("bazel.bazelrc");
-    let bazel_ok = if bazelrc.exists() {
-        install::writable(&bazelrc)
-    } else {
-        install::writable(&r.etc)
-    };
-    lines.push(if bazel_ok {
-        format!(
-            "would  bazelrc: a managed block in {} (kept after stop; on failure {})",
-            bazelrc.display(),
-            install::BAZELRC_WRITE_FAILED
-        )
-    } else {
-        format!("skip   bazelrc: {} not writable", bazelrc.display())
-    });
+    lines.extend(bazel_lines(&plan, &after));
     lines.push(match &home {
         Some(h) if h.join(".boto").exists() => {
             format!("skip   boto config: {} exists", h.join(".boto").display())
@@ -257,7 +325,7 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
     let profile_d = r.etc.join("profile.d");
     lines.push(if profile_d.is_dir() && install::writable(&profile_d) {
         format!(
-            "would  login shell profile: {} (removed on stop; on failure {})",
+            "would  login shell profile: {} ({after}; on failure {})",
             profile_d.join(install::profile::FILE_NAME).display(),
             install::PROFILE_D_WRITE_FAILED
         )
@@ -270,14 +338,64 @@ pub fn would_write(bundle: &Path, parent: impl Fn(&str) -> Option<String>) -> Ve
     lines
 }
 
+/// What the Bazel installer would do: the block in the user's own
+/// `~/.bazelrc` (through a link, to the file it names), or why that file is
+/// refused; and a block an earlier relay left in `/etc/bazel.bazelrc`.
+fn bazel_lines(plan: &Plan, after: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let machine_wide = plan.roots.etc.join("bazel.bazelrc");
+    if std::fs::read_to_string(&machine_wide)
+        .is_ok_and(|t| t.lines().any(|l| l.trim_end() == install::bazel::BEGIN))
+    {
+        lines.push(format!(
+            "would  bazelrc: remove the managed block an earlier relay left in {} (it names a truststore other users cannot read)",
+            machine_wide.display()
+        ));
+    }
+    let Some(home) = &plan.roots.home else {
+        lines.push(
+            "skip   bazelrc: no HOME (the block goes to ~/.bazelrc, never /etc/bazel.bazelrc)"
+                .into(),
+        );
+        return lines;
+    };
+    let rc = home.join(install::bazel::RC_NAME);
+    lines.push(match install::bazel::target(&rc) {
+        Ok(Some((real, _))) => format!(
+            "would  bazelrc: a managed block in {} (the user's own; {after}; on failure {})",
+            real.display(),
+            install::BAZELRC_WRITE_FAILED
+        ),
+        Ok(None) => format!(
+            "would  bazelrc: a managed block in {}, created 0644 (the user's own; {after}; on failure {})",
+            rc.display(),
+            install::BAZELRC_WRITE_FAILED
+        ),
+        Err(why) => format!("refuse bazelrc: {why} ({})", install::BAZELRC_WRITE_FAILED),
+    });
+    lines
+}
+
+/// What happens to a trust entry when the relay stops, as `doctor` says it.
+fn after_stop(keep_trust: bool) -> String {
+    if keep_trust {
+        "kept after stop: --keep-trust".into()
+    } else {
+        format!(
+            "removed on a clean stop, within {} s; --keep-trust keeps it",
+            STOP_BUDGET.as_secs()
+        )
+    }
+}
+
 /// `doctor`'s sections for this module: what start-up would write outside
 /// the relay's directory, and the git settings that defeat the proxy.
-pub fn print_doctor(bundle: &Path, parent: impl Fn(&str) -> Option<String>) {
+pub fn print_doctor(bundle: &Path, keep_trust: bool, parent: impl Fn(&str) -> Option<String>) {
     out!();
     out!(
         "outside the relay's directory: what start-up would write (a running relay's status page lists what it did write)"
     );
-    for line in would_write(bundle, &parent) {
+    for line in would_write(bundle, keep_trust, &parent) {
         out!("  {line}");
     }
     out!();
@@ -346,24 +464,41 @@ mod tests {
             "PATH" => Some("/nonexistent".into()),
             _ => None,
         };
-        let lines = would_write(&dir.0.join("b.crt"), &parent);
+        let lines = would_write(&dir.0.join("b.crt"), false, &parent);
         let text = lines.join("\n");
         assert!(text.contains("would  AWS config: "), "{text}");
         assert!(text.contains("skip   boto config: "), "{text}");
         assert!(text.contains("skip   NSS database: no certutil"), "{text}");
         assert!(text.contains("system_trust_unavailable"), "{text}");
         assert!(
-            text.contains("login shell profile: ") && text.contains("removed on stop"),
+            text.contains("login shell profile: ")
+                && text.contains("removed on a clean stop, within 3 s; --keep-trust keeps it"),
             "{text}"
         );
         assert!(
             text.contains("profile_d_write_failed") && text.contains("bazelrc_write_failed"),
             "{text}"
         );
+        assert!(
+            text.contains(&format!(
+                "would  bazelrc: a managed block in {}, created",
+                home.join(".bazelrc").display()
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("etc/bazel.bazelrc"), "{text}");
         assert_eq!(lines.len(), 6);
+        let kept = would_write(&dir.0.join("b.crt"), true, &parent).join("\n");
+        assert!(!kept.contains("removed on a clean stop"), "{kept}");
+        assert_eq!(
+            kept.matches("kept after stop: --keep-trust").count(),
+            2,
+            "{kept}"
+        );
         // Nothing was written.
         assert!(!home.join(".aws").exists());
         assert!(!root.join("etc/profile.d/ccr-relay-ca.sh").exists());
         assert!(!root.join("etc/bazel.bazelrc").exists());
+        assert!(!home.join(".bazelrc").exists());
     }
 }

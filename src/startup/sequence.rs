@@ -63,9 +63,9 @@ pub struct Started {
     pub proxy_url: String,
     /// The variables to set in every child's environment.
     pub child_vars: Vec<(String, String)>,
-    /// What start-up installed outside the relay's directory and must undo
-    /// on stop (`outside::finish`).
-    pub installed: crate::trust::install::Report,
+    /// What start-up installed outside the relay's directory, which a
+    /// clean stop takes back (`outside::finish`).
+    pub installed: crate::startup::outside::Installed,
 }
 
 /// The step at which start-up stopped; the proxy stays off. Never holds
@@ -91,6 +91,8 @@ pub enum SessionError {
     CredentialsRefused(GatewayError),
     /// `--require-uid-check`, and connection owners cannot be found here.
     NoUidCheck,
+    /// The bundle's directory is not the relay's own, or cannot be made.
+    StateDir(crate::sys::state_dir::StateDirError),
 }
 
 impl fmt::Display for SessionError {
@@ -110,6 +112,7 @@ impl fmt::Display for SessionError {
                 "cannot listen on {addr}: {error}; pass --listen with a free address"
             ),
             SessionError::Listener(e) => write!(f, "listener: {e}"),
+            SessionError::StateDir(e) => write!(f, "CA bundle: {e}"),
             SessionError::NoUidCheck => f.write_str(
                 "--require-uid-check: this machine does not let the relay find who owns a connection (no netlink socket diagnostics, no /proc/net/tcp)",
             ),
@@ -441,6 +444,15 @@ pub fn apply(
     // Decided before anything is written: with --require-uid-check on a
     // machine that cannot tell owners apart, nothing happens at all.
     let access = access_rule(config)?;
+    // The bundle's directory holds what children trust: the relay's own,
+    // or nothing is written there at all.
+    if let Some(dir) = config
+        .ca_bundle
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        crate::sys::state_dir::prepare(dir).map_err(SessionError::StateDir)?;
+    }
     plan.bundle.write().map_err(SessionError::Trust)?;
     let mut client_files = ClientFiles::default();
     match plan
@@ -539,7 +551,7 @@ pub fn apply(
         generation.name(),
         config.ca_bundle.display(),
         plan.bundle.certificates().len(),
-        installed_summary(&installed)
+        installed_summary(&installed.now)
     );
     Ok(Started {
         relay,
@@ -571,6 +583,19 @@ pub fn start(config: &Config) -> Startup {
             "ccr-relay: warning: cannot make the relay non-dumpable ({e}); same-user processes may be able to read its memory"
         );
     }
+    // Without HOME, the bundle's fresh private directory is made now.
+    let resolved;
+    let config = match crate::sys::state_dir::resolve(&config.ca_bundle) {
+        Ok(bundle) if bundle == config.ca_bundle => config,
+        Ok(bundle) => {
+            resolved = Config {
+                ca_bundle: bundle,
+                ..config.clone()
+            };
+            &resolved
+        }
+        Err(e) => return fail_open(SessionError::StateDir(e)),
+    };
     // 3. the gateway's CA and the user's merged after the system bundle.
     let generation = activation.generation();
     let plan = match plan(config, activation, env_lookup) {

@@ -61,6 +61,8 @@ pub enum RunError {
     Spawn(PathBuf, io::Error),
     /// It ran past the bound and was killed with its process group.
     TimedOut(PathBuf, Duration),
+    /// The relay is stopping: it was killed with its process group.
+    Cancelled(PathBuf),
 }
 
 impl fmt::Display for RunError {
@@ -70,6 +72,9 @@ impl fmt::Display for RunError {
             RunError::Spawn(p, e) => write!(f, "cannot start {}: {e}", p.display()),
             RunError::TimedOut(p, t) => {
                 write!(f, "{} killed after {} ms", p.display(), t.as_millis())
+            }
+            RunError::Cancelled(p) => {
+                write!(f, "{} killed: the relay is stopping", p.display())
             }
         }
     }
@@ -97,6 +102,19 @@ pub fn run_bounded(
     env: &[(OsString, OsString)],
     stdin: Option<&[u8]>,
     timeout: Duration,
+) -> Result<Output, RunError> {
+    run_bounded_until(program, args, env, stdin, timeout, &|| false)
+}
+
+/// [`run_bounded`], also killed as soon as `cancelled` says so (checked
+/// at each poll): an installer still running when the relay stops.
+pub fn run_bounded_until(
+    program: &Path,
+    args: &[&OsStr],
+    env: &[(OsString, OsString)],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<Output, RunError> {
     let deadline = Instant::now() + timeout;
     let mut cmd = Command::new(program);
@@ -155,12 +173,15 @@ pub fn run_bounded(
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(POLL),
+            Ok(None) if Instant::now() < deadline && !cancelled() => thread::sleep(POLL),
             _ => {
                 // SAFETY: kill(2) on the group this child leads.
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
                 let _ = child.kill();
                 let _ = child.wait();
+                if cancelled() {
+                    return Err(RunError::Cancelled(program.to_path_buf()));
+                }
                 return Err(RunError::TimedOut(program.to_path_buf(), timeout));
             }
         }

@@ -7,3 +7,4 @@ pub mod heap;
 pub mod lock;
 pub mod signals;
 pub mod socket;
+pub mod state_dir;

@@ -1,21 +1,33 @@
 //! Bazel's JVM: Bazel starts its own server JVM with options of its own,
 //! so the relay's truststore is given to it as `startup --host_jvm_args`
-//! lines in `/etc/bazel.bazelrc` (read by every Bazel on the machine). The
-//! lines sit in a managed block between fixed markers, replaced in place at
-//! each start, never duplicated; the rest of the file is the user's and is
-//! kept byte for byte.
+//! lines in the user's own `~/.bazelrc` (Bazel reads it after the
+//! machine's rc files). Not `/etc/bazel.bazelrc`: the truststore sits in
+//! the relay's private directory, which every other user's Bazel could not
+//! read, so their JVMs would fail to start (and everyone's once that
+//! directory is gone); a block an earlier relay left there is removed.
+//! The lines sit in a managed block between fixed markers, replaced in
+//! place at each start, never duplicated; the rest of the file is the
+//! user's and is kept byte for byte.
+//!
+//! A `~/.bazelrc` that is a link is the file it points to, written in
+//! place (the link stays); the file must be the relay's own (owned by its
+//! uid, neither group- nor world-writable), or it is refused with a
+//! reason. Its mode is the file's, never the link's, and never loosened.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
-use super::{BAZELRC_WRITE_FAILED, Outcome, Plan, writable};
+use super::{BAZELRC_WRITE_FAILED, Outcome, Plan, Withdrawal, writable};
 use crate::sys::atomic_file;
 
 /// First line of the managed block.
 pub const BEGIN: &str = "# BEGIN ccr-relay managed block (rewritten at each start; do not edit)";
 /// Last line of the managed block.
 pub const END: &str = "# END ccr-relay managed block";
+/// The user's rc file, in the home directory.
+pub const RC_NAME: &str = ".bazelrc";
 /// Largest bazelrc read.
 const MAX_RC: u64 = 1024 * 1024;
 
@@ -82,62 +94,138 @@ pub fn replace_block(existing: &str, block: &str) -> String {
     out
 }
 
+/// The file a write to `path` goes to, and its mode: `path` itself, or
+/// what a link there points to; `None` when there is no file yet. `Err`
+/// is why the file is refused.
+pub fn target(path: &Path) -> Result<Option<(PathBuf, u32)>, String> {
+    let link = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let real = if link.file_type().is_symlink() {
+        fs::canonicalize(path).map_err(|e| {
+            format!(
+                "{} is a link that cannot be followed ({e}); refusing it",
+                path.display()
+            )
+        })?
+    } else {
+        path.to_path_buf()
+    };
+    let meta = fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is not a regular file; refusing it",
+            real.display()
+        ));
+    }
+    let me = crate::sys::state_dir::euid();
+    if meta.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}, not the relay's uid {me}; refusing it",
+            real.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} has mode {mode:04o}: others may write in it (and so give Bazel's JVM options); refusing it",
+            real.display()
+        ));
+    }
+    Ok(Some((real, mode)))
+}
+
+/// Reads an rc file of at most [`MAX_RC`] bytes.
+fn read_rc(path: &Path) -> io::Result<String> {
+    let f = fs::File::open(path)?;
+    let mut s = String::new();
+    io::Read::read_to_string(&mut io::Read::take(f, MAX_RC + 1), &mut s)?;
+    // Never write back a file cut at the cap.
+    if s.len() as u64 > MAX_RC {
+        return Err(io::Error::other("larger than 1 MiB"));
+    }
+    Ok(s)
+}
+
+/// `existing` without any managed block (the inverse of [`replace_block`]).
+pub fn without_block(existing: &str) -> String {
+    if !existing.split('\n').any(|l| l.trim_end() == BEGIN) {
+        return existing.to_string();
+    }
+    let marker = "\u{0}ccr-relay-removed\u{0}\n";
+    replace_block(existing, marker).replace(marker, "")
+}
+
+/// Removes a managed block an earlier relay left in the machine-wide
+/// `/etc/bazel.bazelrc` (it names a truststore other users cannot read).
+/// Only a regular file (a link there is left alone), its mode kept.
+fn remove_machine_wide_block(plan: &Plan, outcome: &mut Outcome) {
+    let path = plan.roots.etc.join("bazel.bazelrc");
+    let Ok(meta) = fs::symlink_metadata(&path) else {
+        return;
+    };
+    if !meta.is_file() || !writable(&path) {
+        return;
+    }
+    let Ok(old) = read_rc(&path) else {
+        return;
+    };
+    let new = without_block(&old);
+    if new != old
+        && atomic_file::write(&path, new.as_bytes(), meta.permissions().mode() & 0o7777).is_ok()
+    {
+        outcome.written.push(path);
+    }
+}
+
 pub fn install(plan: &Plan) -> Outcome {
     let Some((truststore, password)) = &plan.truststore else {
         return Outcome::skipped("no Java truststore");
     };
-    let path = plan.roots.etc.join("bazel.bazelrc");
-    let existing = match fs::symlink_metadata(&path) {
-        Ok(_) if !writable(&path) => {
-            return Outcome::skipped(format!("{} not writable", path.display()));
-        }
-        Ok(meta) => Some(meta),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if !plan.roots.etc.is_dir() || !writable(&plan.roots.etc) {
-                return Outcome::skipped(format!("{} not writable", plan.roots.etc.display()));
-            }
-            None
-        }
-        Err(e) => return Outcome::failed(BAZELRC_WRITE_FAILED, format!("{}: {e}", path.display())),
+    let Some(home) = &plan.roots.home else {
+        return Outcome::skipped("no home directory");
     };
+    let path = home.join(RC_NAME);
     let Some(block) = block(&truststore.to_string_lossy(), password) else {
         return Outcome::failed(
             BAZELRC_WRITE_FAILED,
             "the truststore path or password holds whitespace or quotes",
         );
     };
-    let (old, mode) = match &existing {
-        Some(meta) => {
-            let read = fs::File::open(&path).and_then(|f| {
-                let mut s = String::new();
-                io::Read::read_to_string(&mut io::Read::take(f, MAX_RC + 1), &mut s)?;
-                // Never write back a file cut at the cap.
-                if s.len() as u64 > MAX_RC {
-                    return Err(io::Error::other("larger than 1 MiB"));
-                }
-                Ok(s)
-            });
-            match read {
-                Ok(s) => (s, meta.permissions().mode() & 0o7777),
-                Err(e) => {
-                    return Outcome::failed(
-                        BAZELRC_WRITE_FAILED,
-                        format!("{}: {e}", path.display()),
-                    );
-                }
-            }
-        }
-        None => (String::new(), 0o644),
-    };
-    let new = replace_block(&old, &block);
     let mut outcome = Outcome::default();
-    if new != old {
-        if let Err(e) = atomic_file::write(&path, new.as_bytes(), mode) {
-            return Outcome::failed(BAZELRC_WRITE_FAILED, format!("{}: {e}", path.display()));
-        }
-        outcome.written.push(path.clone());
+    remove_machine_wide_block(plan, &mut outcome);
+    let (real, old, mode) = match target(&path) {
+        Ok(Some((real, mode))) => match read_rc(&real) {
+            Ok(old) => (real, Some(old), mode),
+            Err(e) => {
+                return outcome.fail(BAZELRC_WRITE_FAILED, format!("{}: {e}", real.display()));
+            }
+        },
+        Ok(None) if home.is_dir() => (path.clone(), None, 0o644),
+        Ok(None) => return Outcome::skipped(format!("{} is not a directory", home.display())),
+        Err(why) => return outcome.fail(BAZELRC_WRITE_FAILED, why),
+    };
+    let created = old.is_none();
+    let old = old.unwrap_or_default();
+    let new = replace_block(&old, &block);
+    if plan.cancelled() {
+        return outcome.fail(BAZELRC_WRITE_FAILED, "the relay stopped first");
     }
-    outcome.installed.push(("bazelrc".into(), path));
+    if new != old {
+        if let Err(e) = atomic_file::write(&real, new.as_bytes(), mode) {
+            return outcome.fail(BAZELRC_WRITE_FAILED, format!("{}: {e}", real.display()));
+        }
+        outcome.written.push(real.clone());
+    }
+    outcome.installed.push(("bazelrc".into(), real.clone()));
+    outcome.withdraw.push(Withdrawal::Block {
+        path: real,
+        block,
+        created,
+    });
     outcome
 }
 
@@ -204,6 +292,15 @@ mod tests {
     }
 
     #[test]
+    fn without_block_is_the_inverse() {
+        assert_eq!(without_block("build --a"), "build --a");
+        let with = replace_block("build --a\ntest --b\n", &b("/x"));
+        assert_eq!(without_block(&with), "build --a\ntest --b\n");
+        let mid = format!("a\n{}b\n", b("/x"));
+        assert_eq!(without_block(&mid), "a\nb\n");
+    }
+
+    #[test]
     fn writes_once_then_replaces_in_place() {
         let dir = TempDir::new("bazel");
         let mut plan = plan(&dir.0, &[Target::Bazel]);
@@ -212,9 +309,13 @@ mod tests {
             "no truststore, nothing to do"
         );
         plan.truststore = Some((dir.0.join("ts.jks"), "changeit".into()));
-        let rc = dir.0.join("etc/bazel.bazelrc");
+        let rc = dir.0.join("home/.bazelrc");
         let o = install(&plan);
         assert_eq!(o.written, std::slice::from_ref(&rc));
+        assert!(
+            !dir.0.join("etc/bazel.bazelrc").exists(),
+            "not machine-wide"
+        );
         assert_eq!(
             fs::metadata(&rc).unwrap().permissions().mode() & 0o777,
             0o644
@@ -222,7 +323,7 @@ mod tests {
         let first = fs::read_to_string(&rc).unwrap();
         assert_eq!(first, b(&dir.0.join("ts.jks").to_string_lossy()));
         fs::write(&rc, format!("{first}build --user\n")).unwrap();
-        fs::set_permissions(&rc, fs::Permissions::from_mode(0o640)).unwrap();
+        fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
         plan.truststore = Some((dir.0.join("ts2.jks"), "changeit".into()));
         let o = install(&plan);
         assert!(o.failure.is_none(), "{o:?}");
@@ -237,7 +338,7 @@ mod tests {
         assert_eq!(second.matches(BEGIN).count(), 1);
         assert_eq!(
             fs::metadata(&rc).unwrap().permissions().mode() & 0o777,
-            0o640,
+            0o600,
             "mode kept"
         );
         // Unchanged content is not rewritten.
@@ -245,10 +346,65 @@ mod tests {
     }
 
     #[test]
-    fn no_etc_is_skipped() {
-        let dir = TempDir::new("bazel-noetc");
+    fn a_link_is_written_through_with_the_files_mode_and_kept() {
+        let dir = TempDir::new("bazel-link");
         let mut plan = plan(&dir.0, &[Target::Bazel]);
-        plan.roots.etc = dir.0.join("missing");
+        plan.truststore = Some((dir.0.join("ts.jks"), "changeit".into()));
+        let real = dir.0.join("dotfiles-bazelrc");
+        fs::write(&real, "build --mine\n").unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o640)).unwrap();
+        let rc = dir.0.join("home/.bazelrc");
+        std::os::unix::fs::symlink(&real, &rc).unwrap();
+        let o = install(&plan);
+        assert!(o.failure.is_none(), "{o:?}");
+        assert!(fs::symlink_metadata(&rc).unwrap().file_type().is_symlink());
+        assert_eq!(
+            fs::metadata(&real).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        assert!(
+            fs::read_to_string(&real)
+                .unwrap()
+                .starts_with("build --mine\n# BEGIN")
+        );
+        assert_eq!(o.installed[0].1, real);
+        // A file others may write in is refused, not loosened or followed.
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o666)).unwrap();
+        let before = fs::read(&real).unwrap();
+        plan.truststore = Some((dir.0.join("other.jks"), "changeit".into()));
+        let (code, why) = install(&plan).failure.unwrap();
+        assert_eq!(code, BAZELRC_WRITE_FAILED);
+        assert!(why.contains("refusing"), "{why}");
+        assert_eq!(fs::read(&real).unwrap(), before);
+        // So is a link that leads nowhere.
+        fs::remove_file(&real).unwrap();
+        assert!(install(&plan).failure.is_some());
+        assert!(!real.exists());
+    }
+
+    #[test]
+    fn a_block_left_in_the_machine_wide_file_is_removed() {
+        let dir = TempDir::new("bazel-etc");
+        let mut plan = plan(&dir.0, &[Target::Bazel]);
+        plan.truststore = Some((dir.0.join("ts.jks"), "changeit".into()));
+        let etc = dir.0.join("etc/bazel.bazelrc");
+        fs::write(&etc, format!("build --site\n{}", b("/gone/ts.jks"))).unwrap();
+        fs::set_permissions(&etc, fs::Permissions::from_mode(0o640)).unwrap();
+        let o = install(&plan);
+        assert!(o.failure.is_none(), "{o:?}");
+        assert_eq!(fs::read_to_string(&etc).unwrap(), "build --site\n");
+        assert_eq!(
+            fs::metadata(&etc).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        assert!(o.written.contains(&etc));
+    }
+
+    #[test]
+    fn no_home_is_skipped() {
+        let dir = TempDir::new("bazel-nohome");
+        let mut plan = plan(&dir.0, &[Target::Bazel]);
+        plan.roots.home = None;
         plan.truststore = Some((dir.0.join("ts.jks"), "changeit".into()));
         let o = install(&plan);
         assert!(o.skipped.is_some() && o.failure.is_none(), "{o:?}");

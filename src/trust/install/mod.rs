@@ -12,17 +12,25 @@
 //! did into one [`Report`]. Every root (`/etc`, `/usr/local/share`, the
 //! home directory, the `PATH` searched for helpers) comes from [`Roots`],
 //! so tests point them at temp dirs.
+//!
+//! Each installer also says how to take back what it put in place
+//! ([`Withdrawal`]); on a clean stop [`withdraw::withdraw_all`] does so,
+//! in parallel and bounded, for whatever still holds the relay's content.
+//! A relay that is stopping cancels installers still running
+//! ([`Plan::cancel`]): they start no further step and their helpers are
+//! killed, so what they wrote is known when the withdrawal begins.
 
 pub mod bazel;
 pub mod boto;
 pub mod nss;
 pub mod profile;
 pub mod system;
+pub mod withdraw;
 
-use std::ffi::{CString, OsString};
-use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -149,6 +157,9 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// Bound on each helper program.
     pub command_timeout: Duration,
+    /// Set when the relay stops: installers start no further step and
+    /// their helpers are killed (shared by the plan's clones).
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Plan {
@@ -165,6 +176,71 @@ impl Plan {
             ca_vars: Vec::new(),
             targets: Target::ALL.to_vec(),
             command_timeout: COMMAND_TIMEOUT,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether the relay is stopping ([`Plan::cancel`]).
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Runs a helper under [`Plan::command_timeout`], killed if the relay
+    /// stops meanwhile.
+    pub(crate) fn run_helper(
+        &self,
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        stdin: Option<&[u8]>,
+    ) -> Result<crate::sys::command::Output, crate::sys::command::RunError> {
+        crate::sys::command::run_bounded_until(
+            program,
+            args,
+            &self.roots.helper_env(),
+            stdin,
+            self.command_timeout,
+            &|| self.cancelled(),
+        )
+    }
+}
+
+/// What an installer put in place, and how to take it back on a clean
+/// stop: each only while it still holds what the relay wrote (another
+/// relay, or the user, may have replaced it since).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// A file of the relay's (the login-shell script): removed.
+    File { path: PathBuf, content: Vec<u8> },
+    /// System-store anchors: removed, then the store's update tool run.
+    Anchors {
+        files: Vec<(PathBuf, Vec<u8>)>,
+        tool: PathBuf,
+        args: Vec<String>,
+    },
+    /// NSS entries (nickname, PEM) in the database `db` (`sql:DIR`):
+    /// deleted with `certutil`.
+    Nss {
+        certutil: PathBuf,
+        db: OsString,
+        entries: Vec<(String, String)>,
+    },
+    /// The managed block in an rc file: removed, and the file with it when
+    /// the relay created it and nothing else is left.
+    Block {
+        path: PathBuf,
+        block: String,
+        created: bool,
+    },
+}
+
+impl Withdrawal {
+    /// Which installer it undoes.
+    pub fn target(&self) -> Target {
+        match self {
+            Withdrawal::File { .. } => Target::ProfileD,
+            Withdrawal::Anchors { .. } => Target::SystemStore,
+            Withdrawal::Nss { .. } => Target::Nss,
+            Withdrawal::Block { .. } => Target::Bazel,
         }
     }
 }
@@ -195,8 +271,8 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// Every file written outside the relay's own directory.
     pub written_outside: Vec<PathBuf>,
-    /// Files to delete when the relay stops ([`remove_on_stop`]).
-    pub to_remove_on_stop: Vec<PathBuf>,
+    /// What a clean stop takes back ([`withdraw::withdraw_all`]).
+    pub to_withdraw: Vec<Withdrawal>,
 }
 
 /// What one installer did; merged into a [`Report`].
@@ -206,7 +282,7 @@ pub struct Outcome {
     pub skipped: Option<String>,
     pub failure: Option<(&'static str, String)>,
     pub written: Vec<PathBuf>,
-    pub remove_on_stop: Vec<PathBuf>,
+    pub withdraw: Vec<Withdrawal>,
 }
 
 impl Outcome {
@@ -243,7 +319,8 @@ pub fn install_one(target: Target, plan: &Plan) -> Outcome {
 }
 
 /// Runs the planned installers, one thread each, and merges what they did
-/// in the plan's order. Never fails: each failure is in the report.
+/// in the plan's order. Never fails: each failure is in the report (among
+/// the skipped ones when the relay stopped meanwhile, [`Plan::cancel`]).
 pub fn install_all(plan: &Plan) -> Report {
     let outcomes: Vec<(Target, Outcome)> = thread::scope(|s| {
         let handles: Vec<_> = plan
@@ -270,42 +347,26 @@ pub fn install_all(plan: &Plan) -> Report {
         if let Some(why) = o.skipped {
             report.skipped.push((target, why));
         }
-        if let Some((code, detail)) = o.failure {
-            report.failures.push(Failure {
+        match o.failure {
+            // The relay is stopping and takes back what there is: not a
+            // failure worth a warning.
+            Some((_, detail)) if plan.cancelled() => report
+                .skipped
+                .push((target, format!("the relay stopped meanwhile ({detail})"))),
+            Some((code, detail)) => report.failures.push(Failure {
                 target,
                 code,
                 detail,
-            });
+            }),
+            None => {}
         }
         report.written_outside.extend(o.written);
-        report.to_remove_on_stop.extend(o.remove_on_stop);
+        report.to_withdraw.extend(o.withdraw);
     }
     report
 }
 
-/// Deletes the files the report says go when the relay stops. A file
-/// already gone is fine; the others that could not be removed are returned.
-pub fn remove_on_stop(report: &Report) -> Vec<(PathBuf, io::Error)> {
-    report
-        .to_remove_on_stop
-        .iter()
-        .filter_map(|p| match std::fs::remove_file(p) {
-            Ok(()) => None,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => Some((p.clone(), e)),
-        })
-        .collect()
-}
-
-/// Whether this process may write `path` (access(2) with W_OK: the real
-/// answer for root, read-only mounts and ACLs alike).
-pub fn writable(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated path.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
-}
+pub use crate::sys::state_dir::writable;
 
 #[cfg(test)]
 pub(crate) mod test_util {
@@ -338,30 +399,7 @@ pub(crate) mod test_util {
 #[cfg(test)]
 mod tests {
     use super::test_util::*;
-    use super::*;
     use crate::test_support::TempDir;
-
-    #[test]
-    fn remove_on_stop_removes_listed_files_and_tolerates_missing_ones() {
-        let dir = TempDir::new("remove-on-stop");
-        let a = dir.0.join("a");
-        std::fs::write(&a, "x").unwrap();
-        let report = Report {
-            to_remove_on_stop: vec![a.clone(), dir.0.join("gone")],
-            ..Report::default()
-        };
-        assert!(remove_on_stop(&report).is_empty());
-        assert!(!a.exists());
-        let blocked = Report {
-            to_remove_on_stop: vec![dir.0.clone()],
-            ..Report::default()
-        };
-        assert_eq!(
-            remove_on_stop(&blocked).len(),
-            1,
-            "a directory is not removed"
-        );
-    }
 
     #[test]
     fn helper_env_has_only_path_home_and_locale() {

@@ -7,8 +7,8 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 
-use super::{NAME, NSS_ADD_FAILED, Outcome, Plan};
-use crate::sys::command::{Output, RunError, find_on_path, run_bounded};
+use super::{NAME, NSS_ADD_FAILED, Outcome, Plan, Withdrawal};
+use crate::sys::command::{Output, RunError, find_on_path};
 
 /// Trust flags: a CA trusted to issue TLS server certificates, nothing else.
 pub const TRUST: &str = "C,,";
@@ -66,12 +66,11 @@ pub fn install(plan: &Plan) -> Outcome {
         s.push(&db_dir);
         s
     };
-    let env = plan.roots.helper_env();
     let run = |args: &[&OsStr], stdin: Option<&[u8]>| -> Result<Output, RunError> {
         let mut all: Vec<&OsStr> = args.to_vec();
         all.push(OsStr::new("-d"));
         all.push(&db);
-        run_bounded(&certutil, &all, &env, stdin, plan.command_timeout)
+        plan.run_helper(&certutil, &all, stdin)
     };
     let os = OsStr::new;
     let mut outcome = Outcome::default();
@@ -110,19 +109,41 @@ pub fn install(plan: &Plan) -> Outcome {
         }
     }
 
+    let mut added = Vec::new();
+    let mut failure = None;
     for (nick, cert) in nicknames(plan.gateway_certs.len())
         .iter()
         .zip(&plan.gateway_certs)
     {
+        if plan.cancelled() {
+            failure = Some("the relay stopped first".to_string());
+            break;
+        }
         let pem = format!("{}\n", cert.trim_end());
         let args = [os("-A"), os("-n"), os(nick), os("-t"), os(TRUST), os("-a")];
         match run(&args, Some(pem.as_bytes())) {
-            Ok(out) if out.status.success() => {}
+            Ok(out) if out.status.success() => added.push((nick.clone(), pem)),
             Ok(out) => {
-                return outcome.fail(NSS_ADD_FAILED, format!("certutil -A: {}", out.reason()));
+                failure = Some(format!("certutil -A: {}", out.reason()));
+                break;
             }
-            Err(e) => return outcome.fail(NSS_ADD_FAILED, e.to_string()),
+            // Killed mid-way, it may have added the entry.
+            Err(e) => {
+                added.push((nick.clone(), pem));
+                failure = Some(e.to_string());
+                break;
+            }
         }
+    }
+    if !added.is_empty() {
+        outcome.withdraw.push(Withdrawal::Nss {
+            certutil: certutil.clone(),
+            db: db.clone(),
+            entries: added,
+        });
+    }
+    if let Some(why) = failure {
+        return outcome.fail(NSS_ADD_FAILED, why);
     }
     if !outcome.written.contains(&db_dir) {
         outcome.written.push(db_dir.clone());

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::{Outcome, PROFILE_D_WRITE_FAILED, Plan, writable};
+use super::{Outcome, PROFILE_D_WRITE_FAILED, Plan, Withdrawal, writable};
 use crate::sys::atomic_file;
 
 /// The script's file name in `profile.d`.
@@ -64,7 +64,10 @@ pub fn install(plan: &Plan) -> Outcome {
     Outcome {
         installed: vec![("login shell profile".into(), path.clone())],
         written: vec![path.clone()],
-        remove_on_stop: vec![path],
+        withdraw: vec![Withdrawal::File {
+            path,
+            content: text.into_bytes(),
+        }],
         ..Outcome::default()
     }
 }
@@ -72,7 +75,7 @@ pub fn install(plan: &Plan) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
-    use super::super::{Target, install_all, remove_on_stop};
+    use super::super::{Target, install_all};
     use super::*;
     use crate::test_support::TempDir;
     use std::fs;
@@ -100,7 +103,7 @@ mod tests {
     }
 
     #[test]
-    fn installed_listed_for_removal_and_removed() {
+    fn installed_listed_for_withdrawal_and_withdrawn() {
         let dir = TempDir::new("profile");
         let mut plan = plan(&dir.0, &[Target::ProfileD]);
         assert!(install(&plan).skipped.is_some(), "no profile.d");
@@ -108,13 +111,20 @@ mod tests {
         plan.ca_vars = vec!["SSL_CERT_FILE".into()];
         let report = install_all(&plan);
         let path = dir.0.join("etc/profile.d").join(FILE_NAME);
-        assert_eq!(report.to_remove_on_stop, std::slice::from_ref(&path));
-        assert_eq!(report.written_outside, std::slice::from_ref(&path));
+        let text = script_text(&plan.bundle, &plan.ca_vars);
         assert_eq!(
-            fs::read_to_string(&path).unwrap(),
-            script_text(&plan.bundle, &plan.ca_vars)
+            report.to_withdraw,
+            [Withdrawal::File {
+                path: path.clone(),
+                content: text.clone().into_bytes()
+            }]
         );
-        assert!(remove_on_stop(&report).is_empty());
+        assert_eq!(report.written_outside, std::slice::from_ref(&path));
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        assert!(
+            super::super::withdraw::withdraw_all(&report.to_withdraw, &[], deadline).is_empty()
+        );
         assert!(!path.exists());
     }
 }

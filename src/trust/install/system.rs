@@ -9,9 +9,9 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{NAME, Outcome, Plan, SYSTEM_TRUST_FAILED, SYSTEM_TRUST_UNAVAILABLE};
+use super::{NAME, Outcome, Plan, SYSTEM_TRUST_FAILED, SYSTEM_TRUST_UNAVAILABLE, Withdrawal};
 use crate::sys::atomic_file;
-use crate::sys::command::{find_on_path, run_bounded};
+use crate::sys::command::find_on_path;
 
 /// One family of distributions' store.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,6 +73,28 @@ fn stale_anchors(dir: &Path, keep: &[String]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Temp files of ours left in `dir` by a relay that died while writing an
+/// anchor (`.ccr-relay-gateway….tmp.PID.N`, see [`atomic_file::write`])
+/// whose process is gone.
+fn orphaned_temp_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(&format!(".{NAME}"))?;
+            let (_, tail) = rest.split_once(".tmp.")?;
+            let pid: libc::pid_t = tail.split('.').next()?.parse().ok()?;
+            // SAFETY: kill(2) with signal 0 only checks that the pid exists.
+            let gone = unsafe { libc::kill(pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            gone.then(|| e.path())
+        })
+        .collect()
+}
+
 pub fn install(plan: &Plan) -> Outcome {
     if !plan.is_root {
         return Outcome::skipped("not running as root");
@@ -89,26 +111,43 @@ pub fn install(plan: &Plan) -> Outcome {
     };
     let names = anchor_names(plan.gateway_certs.len());
     let mut outcome = Outcome::default();
-    for stale in stale_anchors(&store.dir, &names) {
+    for stale in stale_anchors(&store.dir, &names)
+        .into_iter()
+        .chain(orphaned_temp_files(&store.dir))
+    {
         let _ = fs::remove_file(stale);
     }
+    let mut files = Vec::new();
+    let mut failure = None;
     for (name, cert) in names.iter().zip(&plan.gateway_certs) {
+        if plan.cancelled() {
+            break;
+        }
         let path = store.dir.join(name);
         let pem = format!("{}\n", cert.trim_end());
         if let Err(e) = atomic_file::write(&path, pem.as_bytes(), 0o644) {
-            return outcome.fail(SYSTEM_TRUST_FAILED, format!("{}: {e}", path.display()));
+            failure = Some(format!("{}: {e}", path.display()));
+            break;
         }
-        outcome.written.push(path);
+        outcome.written.push(path.clone());
+        files.push((path, pem.into_bytes()));
+    }
+    if !files.is_empty() {
+        outcome.withdraw.push(Withdrawal::Anchors {
+            files,
+            tool: store.tool.clone(),
+            args: store.args.iter().map(|a| a.to_string()).collect(),
+        });
+    }
+    if let Some(why) = failure {
+        return outcome.fail(SYSTEM_TRUST_FAILED, why);
+    }
+    if plan.cancelled() {
+        return outcome.fail(SYSTEM_TRUST_FAILED, "the relay stopped first");
     }
     let args: Vec<&OsStr> = store.args.iter().map(OsStr::new).collect();
     let tool_name = store.tool.display().to_string();
-    match run_bounded(
-        &store.tool,
-        &args,
-        &plan.roots.helper_env(),
-        None,
-        plan.command_timeout,
-    ) {
+    match plan.run_helper(&store.tool, &args, None) {
         Ok(out) if out.status.success() => {
             outcome.installed.push((
                 format!("system trust store ({tool_name})"),
