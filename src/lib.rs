@@ -39,6 +39,7 @@ pub mod heap;
 pub mod http1;
 pub mod install;
 pub mod listener;
+pub mod liveness;
 pub mod message_v2;
 pub mod outside;
 pub mod pool;

@@ -443,6 +443,7 @@ fn handle_connection(shared: &Shared, client: TcpStream, pending: PendingHead<'_
         v2: opened.v2,
         fin_grace: limits.fin_grace,
         upload_stall: limits.upload_stall,
+        liveness: Some(gateway.liveness.clone()),
     };
     let (reused, opened_at, wire_name) = (
         opened.reused,

@@ -87,7 +87,9 @@ impl FrameCursor {
     fn step(&mut self, buf: &[u8]) -> (bool, usize) {
         if self.left > 0 {
             let pong = self.pong;
-            let n = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            let n = buf
+                .len()
+                .min(usize::try_from(self.left).unwrap_or(usize::MAX));
             self.left -= n as u64;
             if self.left == 0 {
                 *self = FrameCursor::default();
@@ -233,14 +235,20 @@ mod tests {
         // Both lengths with an extended length field, and the short one.
         let big = vec![7u8; 70_000];
         let mid = vec![9u8; 300];
-        server.send(Message::Pong(b"dropped".to_vec().into())).unwrap();
+        server
+            .send(Message::Pong(b"dropped".to_vec().into()))
+            .unwrap();
         server.send(Message::Binary(big.clone().into())).unwrap();
         server.send(Message::Pong(Vec::new().into())).unwrap();
         server.send(Message::Binary(mid.clone().into())).unwrap();
         // The library's own answer to a ping is dropped too.
-        client.send(Message::Ping(b"are you there".to_vec().into())).unwrap();
+        client
+            .send(Message::Ping(b"are you there".to_vec().into()))
+            .unwrap();
         assert!(matches!(server.read().unwrap(), Message::Ping(_)));
-        server.send(Message::Binary(b"last".to_vec().into())).unwrap();
+        server
+            .send(Message::Binary(b"last".to_vec().into()))
+            .unwrap();
         let mut got = Vec::new();
         while got.len() < 3 {
             match client.read().unwrap() {
