@@ -140,8 +140,12 @@ pub struct Limits {
     /// Time to reach the gateway and finish the WebSocket upgrade, TCP
     /// connect and TLS included (504 past it).
     pub upgrade_timeout: Duration,
-    /// An idle tunnel sends an empty chunk this often.
+    /// An idle tunnel sends an empty chunk this often; a WebSocket that
+    /// heard nothing from the gateway this long gets a WebSocket Ping.
     pub keepalive_interval: Duration,
+    /// Liveness: a Ping unanswered (no frame of any kind back) this long
+    /// ends the WebSocket, once the gateway is known to answer pings.
+    pub gateway_deadline: Duration,
     /// Largest data payload of one chunk the relay sends.
     pub max_chunk: usize,
     /// The whole CA fetch, connect to last byte.
@@ -183,6 +187,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             upgrade_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
+            gateway_deadline: Duration::from_secs(30),
             max_chunk: crate::gateway::chunk::MAX_CHUNK_DATA,
             ca_fetch_timeout: Duration::from_secs(5),
             max_ca_bytes: 1024 * 1024,

@@ -19,8 +19,8 @@
 //!
 //! What it saw goes to an event file ([`crate::events`]) that tests read.
 //! Misbehaviour on demand: `--stall-upgrade` (never answers the upgrade),
-//! `--refuse-upgrade STATUS`, `--refuse-first N`, `--answer-delay MS`, and
-//! for the agent proxy `--close-idle-after MS` and `--on-reuse` (a reused
+//! `--refuse-upgrade STATUS`, `--refuse-first N`, `--answer-delay MS`,
+//! `--no-pong` (never answers a WebSocket ping), and for the agent proxy `--close-idle-after MS` and `--on-reuse` (a reused
 //! WebSocket that fails, [`ReuseFault`]).
 
 use std::collections::HashMap;
@@ -117,6 +117,8 @@ A development stand-in for the CCR upstream-proxy gateway.
                          answers the CONNECT with 200 and a partial response,
                          then closes the TCP connection without FIN
   --answer-delay MS      wait this long before answering a CONNECT
+  --no-pong              never answer a WebSocket ping (pings are still read,
+                         and recorded as `ping-received` events in tunnels)
   --token-file PATH      re-read on every upgrade and CONNECT: a non-empty
                          token in it is the one accepted (else --token)
   -h, --help             this text
@@ -227,6 +229,8 @@ pub struct GatewayConfig {
     pub on_reuse: Option<ReuseFault>,
     /// `--answer-delay MS`: a pause before each CONNECT's answer.
     pub answer_delay: Option<Duration>,
+    /// `--no-pong`: pings are read but never answered.
+    pub no_pong: bool,
 }
 
 /// How a reused agent-proxy WebSocket fails (`--on-reuse`): faults the
@@ -271,7 +275,7 @@ impl GatewayConfig {
         let (mut upstream_ca, mut inject) = (None, Vec::new());
         let (mut generation, mut server) = (Generation::UpstreamProxy, None);
         let (mut refuse_first, mut close_idle_after, mut token_file) = (0, None, None);
-        let (mut on_reuse, mut answer_delay) = (None, None);
+        let (mut on_reuse, mut answer_delay, mut no_pong) = (None, None, false);
         while let Some(flag) = args.next_flag()? {
             match flag.as_str() {
                 "--help" | "-h" => return Ok(None),
@@ -360,6 +364,7 @@ impl GatewayConfig {
                     let ms: u64 = args.parsed("a number of milliseconds")?;
                     answer_delay = Some(Duration::from_millis(ms));
                 }
+                "--no-pong" => no_pong = true,
                 "--upstream-ca" => upstream_ca = Some(PathBuf::from(args.value()?)),
                 "--inject" => {
                     let text = args.value()?;
@@ -426,6 +431,7 @@ impl GatewayConfig {
             token_file,
             on_reuse,
             answer_delay,
+            no_pong,
         }))
     }
 }
@@ -626,6 +632,11 @@ fn handle(shared: &Shared, id: u64, tcp: TcpStream) -> io::Result<()> {
     shared.events.record(&format!("upgrade ok ws={ws_no}"));
     stream.write_all(answer.as_bytes())?;
     stream.flush()?;
+    let stream = if shared.cfg.no_pong {
+        stream.without_pongs()
+    } else {
+        stream
+    };
     let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config()));
     match shared.cfg.generation {
         Generation::UpstreamProxy => tunnel(shared, id, ws),
@@ -783,6 +794,7 @@ fn run_tunnel(
         PumpEvent::ChunkIn(_) => {}
         PumpEvent::PingSent => events.record("ping-sent"),
         PumpEvent::PongReceived => events.record("pong-received"),
+        PumpEvent::PingReceived => events.record("ping-received"),
         PumpEvent::Control(c) => events.record(&format!("control-ignored {c}{tag}")),
         PumpEvent::FinSent => events.record(&format!("fin-sent{tag}")),
         PumpEvent::AfterFin(n) => events.record(&format!("data-after-fin {n}{tag}")),
@@ -1058,11 +1070,14 @@ mod tests {
             "--on-reuse",
             "answer-then-cut",
             "--answer-delay=1500",
+            "--no-pong",
         ])
         .unwrap()
         .unwrap();
         assert_eq!(v2.on_reuse, Some(ReuseFault::AnswerThenCut));
         assert_eq!(v2.answer_delay, Some(Duration::from_millis(1500)));
+        assert!(v2.no_pong);
+        assert!(!with(&[]).unwrap().unwrap().no_pong);
         assert!(with_err(&["--on-reuse", "cut"]).contains("needs --generation agent-proxy"));
         assert!(
             with_err(&["--generation", "agent-proxy", "--on-reuse", "later"])

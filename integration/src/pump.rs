@@ -63,6 +63,8 @@ pub enum PumpEvent {
     ChunkIn(usize),
     PingSent,
     PongReceived,
+    /// A WebSocket ping came from the relay (the library answers it).
+    PingReceived,
     /// A v2 control message (other than an awaited FIN_ACK), ignored.
     Control(u64),
     /// The gateway sent FIN.
@@ -320,7 +322,8 @@ impl Shared {
                 Ok(Message::Text(_)) if draining => {}
                 Ok(Message::Text(_)) => return "relay sent a text frame".into(),
                 Ok(Message::Pong(_)) => observe(PumpEvent::PongReceived),
-                Ok(Message::Ping(_) | Message::Frame(_)) => {}
+                Ok(Message::Ping(_)) => observe(PumpEvent::PingReceived),
+                Ok(Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => {
                     // Send the queued close reply if the socket takes it now.
                     let _ = self.lock_ws().flush();

@@ -49,7 +49,12 @@ OPTIONS
                       NSS, bazelrc, login shells) when the relay stops
 
 TUNING (mostly for tests)
-  --keepalive SECS        idle tunnel keepalive interval [default: 30]
+  --keepalive SECS        idle tunnel keepalive interval; also how long a gateway
+                          WebSocket may be silent before it gets a Ping [default: 30]
+  --gateway-deadline SECS how long a Ping may go unanswered (nothing at all back)
+                          before the WebSocket is given up: its tunnel's client
+                          is reset; applies once the gateway has answered a Ping
+                          [default: 30]
   --head-timeout SECS     time a client has to send its request head [default: 10]
   --upgrade-timeout SECS  time to reach the gateway and upgrade [default: 10]
   --max-head BYTES        largest request head [default: 8192]
@@ -324,6 +329,7 @@ fn apply_option(
         "--fin-grace" => config.limits.fin_grace = seconds(flag, &value()?)?,
         "--hello-timeout" => config.limits.hello_ack_timeout = seconds(flag, &value()?)?,
         "--keepalive" => config.limits.keepalive_interval = seconds(flag, &value()?)?,
+        "--gateway-deadline" => config.limits.gateway_deadline = seconds(flag, &value()?)?,
         "--head-timeout" => config.limits.head_timeout = seconds(flag, &value()?)?,
         "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(flag, &value()?)?,
         "--upload-stall" => config.limits.upload_stall = seconds(flag, &value()?)?,
@@ -467,6 +473,25 @@ mod tests {
             let err = parse_strs(&["serve", "--max-connections", bad]).unwrap_err();
             assert!(err.0.contains("--max-connections"), "{bad}: {}", err.0);
         }
+    }
+
+    #[test]
+    fn the_liveness_deadline_is_a_flag() {
+        let Command::Serve { config, .. } =
+            parse_strs(&["serve", "--gateway-deadline", "0.75"]).unwrap()
+        else {
+            panic!("not serve")
+        };
+        assert_eq!(config.limits.gateway_deadline, Duration::from_millis(750));
+        assert_eq!(
+            crate::config::Limits::default().gateway_deadline,
+            Duration::from_secs(30)
+        );
+        for bad in ["0", "-1", "soon"] {
+            let err = parse_strs(&["serve", "--gateway-deadline", bad]).unwrap_err();
+            assert!(err.0.contains("--gateway-deadline"), "{bad}: {}", err.0);
+        }
+        assert!(USAGE.contains("--gateway-deadline SECS"));
     }
 
     #[test]

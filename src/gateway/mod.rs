@@ -9,9 +9,12 @@
 //! [`Gateway`] also holds what the relay learns about its gateway while it
 //! runs ([`GatewayState`]): whether it acknowledges tunnel protocol v2, and
 //! the start-up probe's error, which makes tunnels dial once instead of
-//! retrying.
+//! retrying; and whether it answers WebSocket pings ([`Liveness`]). The
+//! gateway's TCP socket gets `TCP_USER_TIMEOUT`
+//! ([`liveness::TCP_USER_TIMEOUT`]).
 
 pub mod chunk;
+pub mod liveness;
 pub mod message_v2;
 pub mod pool;
 pub mod wire;
@@ -19,8 +22,8 @@ pub mod wire;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tungstenite::WebSocket;
@@ -34,6 +37,7 @@ use crate::http::request_head::Authority;
 use crate::startup::gates::Generation;
 use crate::startup::token::TokenSource;
 use crate::sys::socket::{self, Mode};
+use liveness::Liveness;
 
 /// Path of the first generation's WebSocket under the base URL.
 pub const WS_PATH: &str = "/v1/code/upstreamproxy/ws";
@@ -436,8 +440,11 @@ pub struct Gateway {
     /// `--require-v2`: tunnels of a gateway that does not acknowledge
     /// protocol v2 are refused instead of falling back.
     pub require_v2: bool,
-    /// Counters and recent failures, for the status page.
-    pub monitor: crate::proxy::status::Monitor,
+    /// Counters and recent failures, for the status page (shared with
+    /// the pool, through `liveness`).
+    pub monitor: Arc<crate::proxy::status::Monitor>,
+    /// Whether the gateway answers pings, and the deadline for an answer.
+    pub liveness: Liveness,
     /// Selective mode (agent proxy): only hosts on this list go through
     /// the gateway; the others are dialled directly. `None`: all tunnelled.
     pub selective: Option<crate::proxy::route::IncludeList>,
@@ -462,7 +469,12 @@ impl Gateway {
         tls: native_tls::TlsConnector,
         upgrade_timeout: Duration,
     ) -> Gateway {
+        let monitor = Arc::new(crate::proxy::status::Monitor::default());
         Gateway {
+            liveness: Liveness::with_monitor(
+                liveness::DEFAULT_DEADLINE,
+                Some(Arc::clone(&monitor)),
+            ),
             endpoint,
             generation: Generation::UpstreamProxy,
             credentials,
@@ -471,7 +483,7 @@ impl Gateway {
             state: GatewayState::default(),
             pool: None,
             require_v2: false,
-            monitor: crate::proxy::status::Monitor::default(),
+            monitor,
             selective: None,
         }
     }
@@ -484,6 +496,13 @@ impl Gateway {
         self
     }
 
+    /// Gives up on a WebSocket whose Ping went unanswered this long (once
+    /// the gateway is known to answer pings).
+    pub fn with_liveness_deadline(mut self, deadline: Duration) -> Gateway {
+        self.liveness = Liveness::with_monitor(deadline, Some(Arc::clone(&self.monitor)));
+        self
+    }
+
     /// The tunnel WebSocket's URL for this gateway's generation.
     pub fn ws_url(&self) -> String {
         self.endpoint.ws_url(self.generation.ws_path())
@@ -493,6 +512,11 @@ impl Gateway {
     pub fn open_websocket(&self) -> Result<WebSocket<GatewayStream>, GatewayError> {
         let deadline = Instant::now() + self.upgrade_timeout;
         let tcp = self.endpoint.connect_tcp(deadline)?;
+        // Bytes the gateway's host never acknowledges end the connection
+        // in a minute, not the kernel's default of about fifteen.
+        if let Err(e) = socket::set_user_timeout(&tcp, liveness::TCP_USER_TIMEOUT) {
+            log::debug!("cannot set TCP_USER_TIMEOUT on the gateway socket: {e}");
+        }
         let stream = if self.endpoint.tls {
             GatewayStream::Tls(Box::new(self.tls_handshake(tcp, deadline)?))
         } else {
@@ -688,6 +712,28 @@ mod tests {
             Duration::from_secs(1),
         )
         .with_generation(generation, None)
+    }
+
+    #[test]
+    fn the_gateway_socket_gives_up_on_unacknowledged_bytes_in_a_minute() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut ws = tungstenite::accept(conn).unwrap();
+            while ws.read().is_ok() {}
+        });
+        let mut gw = gateway(Generation::UpstreamProxy);
+        gw.endpoint = Endpoint::parse(&format!("http://{addr}")).unwrap();
+        let mut ws = gw.open_websocket().unwrap();
+        assert_eq!(
+            socket::user_timeout(ws.get_ref().tcp()).unwrap(),
+            liveness::TCP_USER_TIMEOUT
+        );
+        assert_eq!(liveness::TCP_USER_TIMEOUT, Duration::from_secs(60));
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+        server.join().unwrap();
     }
 
     #[test]

@@ -25,6 +25,10 @@
 //!   is retired (a best-effort close frame, then dropped).
 //! - A keepalive (`0A 00`, the v2 empty data message) goes out on a pooled
 //!   socket when `keepalive_interval` has passed since the last send.
+//! - Liveness ([`crate::gateway::liveness`]): a pooled socket that heard nothing
+//!   from the gateway for `keepalive_interval` gets a WebSocket Ping; when
+//!   nothing comes back within the deadline (once the gateway is known to
+//!   answer pings) it is retired and `gateway_unresponsive` recorded.
 //! - The keeper never maps an fd back to a socket: it polls a snapshot of
 //!   fds without the lock, then re-examines the pool under the lock. An fd
 //!   number reused once a tunnel took its socket and closed it can only cause
@@ -66,6 +70,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::gateway::GatewayStream;
+use crate::gateway::liveness::{self, Liveness, Step, Watch};
 
 /// Stack for the keeper thread: it reads small control frames (TLS
 /// included) and writes keepalives; untouched pages cost no memory.
@@ -95,8 +100,12 @@ pub struct PoolConfig {
     /// (and refused by `put`).
     pub max_age: Duration,
     /// A keepalive goes out on a pooled WebSocket when nothing was sent on it
-    /// for this long. `Duration::ZERO` disables keepalives.
+    /// for this long. `Duration::ZERO` disables keepalives (and Pings).
     pub keepalive_interval: Duration,
+    /// The gateway's liveness: a pooled WebSocket silent for
+    /// `keepalive_interval` gets a Ping, and is retired when the deadline
+    /// passes without an answer. `None`: no Pings.
+    pub liveness: Option<Liveness>,
 }
 
 impl Default for PoolConfig {
@@ -106,6 +115,7 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(10),
             max_age: Duration::from_secs(45 * 60),
             keepalive_interval: Duration::from_secs(30),
+            liveness: None,
         }
     }
 }
@@ -194,6 +204,8 @@ struct Entry {
     /// The last look stopped at [`MAX_READS_PER_LOOK`]: what is left may sit
     /// inside TLS, where it does not wake `poll`, so look again soon.
     more_to_read: bool,
+    /// When the gateway was last heard on it, and the Ping out, if any.
+    watch: Watch,
 }
 
 /// Why a WebSocket left the pool other than by `take`.
@@ -205,6 +217,8 @@ enum Retire {
     /// The gateway sent something a pooled socket must not get.
     Unexpected(&'static str),
     Error(String),
+    /// Nothing came back within the liveness deadline of a Ping.
+    Unresponsive,
     Full,
     Shutdown,
 }
@@ -217,6 +231,7 @@ impl fmt::Display for Retire {
             Retire::TooOld => f.write_str("too old"),
             Retire::Unexpected(what) => write!(f, "gateway sent {what} while pooled"),
             Retire::Error(e) => write!(f, "error while pooled: {e}"),
+            Retire::Unresponsive => f.write_str("gateway unresponsive: a Ping went unanswered"),
             Retire::Full => f.write_str("pool full, oldest makes room"),
             Retire::Shutdown => f.write_str("pool shutting down"),
         }
@@ -300,6 +315,7 @@ impl Pool {
                 last_sent: now,
                 flush_pending: false,
                 more_to_read: false,
+                watch: Watch::new(now),
             });
             log::debug!("websocket #{id} pooled ({} idle)", state.entries.len());
         }
@@ -427,9 +443,17 @@ fn look_after(entry: &mut Entry, config: &PoolConfig, now: Instant) -> Result<()
     // Until WouldBlock: bytes already decrypted inside TLS do not wake poll.
     entry.more_to_read = true;
     for _ in 0..MAX_READS_PER_LOOK {
-        match entry.ws.read() {
+        let message = entry.ws.read();
+        if message.is_ok() {
+            entry.watch.heard(now);
+        }
+        match message {
             Ok(Message::Ping(_)) => entry.flush_pending = true,
-            Ok(Message::Pong(_)) => {}
+            Ok(Message::Pong(payload)) => {
+                if let Some(liveness) = &config.liveness {
+                    liveness.pong(&payload);
+                }
+            }
             Ok(Message::Binary(data)) if data.is_empty() || data[..] == KEEPALIVE => {}
             Ok(Message::Binary(_)) => return Err(Retire::Unexpected("data")),
             Ok(Message::Text(_)) => return Err(Retire::Unexpected("text")),
@@ -444,6 +468,32 @@ fn look_after(entry: &mut Entry, config: &PoolConfig, now: Instant) -> Result<()
                 return Err(Retire::Closed);
             }
             Err(e) => return Err(Retire::Error(e.to_string())),
+        }
+    }
+    if let Some(liveness) = config
+        .liveness
+        .as_ref()
+        .filter(|_| !config.keepalive_interval.is_zero())
+    {
+        match entry
+            .watch
+            .step(now, config.keepalive_interval, liveness.enforced_deadline())
+        {
+            Step::WaitUntil(_) => {}
+            Step::Ping => {
+                match entry.ws.write(liveness::ping()) {
+                    Ok(()) => {}
+                    // Queued; the flush below or a later one sends it.
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(Retire::Error(e.to_string())),
+                }
+                entry.watch.pinged(now);
+                entry.flush_pending = true;
+            }
+            Step::Unresponsive => {
+                liveness.record_pooled_unresponsive();
+                return Err(Retire::Unresponsive);
+            }
         }
     }
     if !config.keepalive_interval.is_zero()
@@ -478,10 +528,25 @@ fn next_due(entry: &Entry, config: &PoolConfig) -> Option<Instant> {
     } else {
         entry.last_sent.checked_add(config.keepalive_interval)
     };
+    let liveness = match &config.liveness {
+        Some(liveness) if !config.keepalive_interval.is_zero() => {
+            match entry.watch.step(
+                Instant::now(),
+                config.keepalive_interval,
+                liveness.enforced_deadline(),
+            ) {
+                Step::WaitUntil(at) => Some(at),
+                // Due now: the next look does it.
+                Step::Ping | Step::Unresponsive => Some(Instant::now()),
+            }
+        }
+        _ => None,
+    };
     [
         entry.opened.checked_add(config.max_age),
         entry.pooled_at.checked_add(config.idle_timeout),
         keepalive,
+        liveness,
     ]
     .into_iter()
     .flatten()
@@ -798,7 +863,83 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             max_age: Duration::from_secs(600),
             keepalive_interval: Duration::from_secs(60),
+            liveness: None,
         }
+    }
+
+    /// A WebSocket whose server side, after the handshake, never reads or
+    /// writes again (a frozen gateway) until the returned sender drops.
+    fn connect_silent() -> (WebSocket<GatewayStream>, Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hold, held) = mpsc::channel::<()>();
+        thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let ws = tungstenite::accept(tcp).unwrap();
+            let _ = held.recv_timeout(Duration::from_secs(60));
+            drop(ws);
+        });
+        let tcp = TcpStream::connect(addr).unwrap();
+        let (ws, _) = tungstenite::client("ws://localhost/ws", GatewayStream::Plain(tcp)).unwrap();
+        (ws, hold)
+    }
+
+    /// Pings after 200 ms of silence, a 300 ms deadline.
+    fn watched(liveness: &Liveness) -> PoolConfig {
+        PoolConfig {
+            keepalive_interval: Duration::from_millis(200),
+            liveness: Some(liveness.clone()),
+            ..quiet()
+        }
+    }
+
+    #[test]
+    fn a_silent_gateway_known_to_answer_pings_is_retired_and_recorded() {
+        let monitor = Arc::new(crate::proxy::status::Monitor::default());
+        let liveness = Liveness::with_monitor(Duration::from_millis(300), Some(monitor.clone()));
+        liveness.pong(liveness::PING_PAYLOAD);
+        let pool = Pool::new(watched(&liveness)).unwrap();
+        let (ws, _hold) = connect_silent();
+        let put_at = Instant::now();
+        assert!(pool.put(ws, Instant::now()));
+        assert!(eventually(|| pool.is_empty()), "still pooled");
+        let took = put_at.elapsed();
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        let failures = monitor.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(
+            failures[0].kind,
+            crate::proxy::status::Kind::GatewayUnresponsive
+        );
+    }
+
+    #[test]
+    fn a_silent_gateway_not_known_to_answer_pings_stays_pooled() {
+        let liveness = Liveness::new(Duration::from_millis(300));
+        let pool = Pool::new(watched(&liveness)).unwrap();
+        let (ws, _hold) = connect_silent();
+        assert!(pool.put(ws, Instant::now()));
+        thread::sleep(Duration::from_millis(1500));
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn a_gateway_answering_pings_stays_pooled_past_many_deadlines() {
+        let liveness = Liveness::new(Duration::from_millis(300));
+        let pool = Pool::new(watched(&liveness)).unwrap();
+        let (ws, far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        assert!(far.saw(
+            |e| matches!(e, Event::Msg(Message::Ping(p)) if p[..] == *liveness::PING_PAYLOAD)
+        ));
+        assert!(
+            eventually(|| liveness.answers_pings()),
+            "the pong was not noted"
+        );
+        thread::sleep(Duration::from_millis(1500));
+        assert_eq!(pool.len(), 1);
+        let mut pooled = pool.take().expect("still pooled");
+        still_works(&mut pooled.ws, &far);
     }
 
     #[test]

@@ -18,7 +18,6 @@ use super::forward;
 use super::route::Route;
 use super::shared::{EVICTED, Shared, track_pending};
 use super::status::{self, Rejection};
-use crate::config::Limits;
 use crate::http::reply;
 use crate::http::request_head::{Authority, ProxyRequest, RequestHead, read_head};
 use crate::startup::gates::Generation;
@@ -314,7 +313,7 @@ struct Ended {
 /// a WebSocket that may carry another tunnel back to the pool.
 fn pump(shared: &Shared, client: TcpStream, opened: Opened) -> Option<Ended> {
     let gateway = &shared.gateway;
-    let opts = pump_options(&shared.limits, &opened);
+    let opts = pump_options(shared, &opened);
     let opened_at = opened.opened_at;
     let tunnel = match Tunnel::new(client, opened.ws, opts) {
         Ok(t) => t,
@@ -336,7 +335,8 @@ fn pump(shared: &Shared, client: TcpStream, opened: Opened) -> Option<Ended> {
 }
 
 /// The pumps' settings for one opened tunnel.
-fn pump_options(limits: &Limits, opened: &Opened) -> PumpOptions {
+fn pump_options(shared: &Shared, opened: &Opened) -> PumpOptions {
+    let limits = &shared.limits;
     PumpOptions {
         keepalive_interval: limits.keepalive_interval,
         read_size: limits.max_chunk.min(64 * 1024),
@@ -345,6 +345,7 @@ fn pump_options(limits: &Limits, opened: &Opened) -> PumpOptions {
         v2: opened.v2,
         fin_grace: limits.fin_grace,
         upload_stall: limits.upload_stall,
+        liveness: Some(shared.gateway.liveness.clone()),
     }
 }
 

@@ -60,6 +60,10 @@ pub enum Kind {
     V2NotAcked,
     /// The gateway took no client byte for the stall bound.
     UploadStalled,
+    /// The gateway, known to answer WebSocket pings, answered nothing
+    /// within the liveness deadline (a frozen process or host), or its
+    /// kernel stopped acknowledging bytes (`TCP_USER_TIMEOUT`).
+    GatewayUnresponsive,
     /// Upstream proxy: the gateway could not be reached.
     GatewayUnreachable,
     /// Upstream proxy: connect, TLS and upgrade did not finish in time.
@@ -91,6 +95,7 @@ impl Kind {
             Kind::WsClosedMidExchange => "ws_closed_mid_exchange",
             Kind::V2NotAcked => "v2_not_acked",
             Kind::UploadStalled => "upload_stalled",
+            Kind::GatewayUnresponsive => "gateway_unresponsive",
             Kind::GatewayUnreachable => "gateway_unreachable",
             Kind::UpgradeTimeout => "upgrade_timeout",
             Kind::UpgradeRefused => "upgrade_refused",
@@ -352,6 +357,13 @@ impl Monitor {
         self.add_bytes(up, down);
         let kind = match end {
             End::UploadStalled(_) => Kind::UploadStalled,
+            End::GatewayUnresponsive(_) => Kind::GatewayUnresponsive,
+            // The kernel gave up on bytes the gateway's host never acknowledged.
+            End::WsError(tungstenite::Error::Io(e))
+                if e.raw_os_error() == Some(libc::ETIMEDOUT) =>
+            {
+                Kind::GatewayUnresponsive
+            }
             End::WsError(_) | End::Malformed(_) => Kind::WsError,
             End::WsClosed if v2 => Kind::WsClosedMidExchange,
             _ => return,
@@ -979,7 +991,31 @@ mod tests {
             6,
             "d:443",
         );
-        assert_eq!(m.tunnels_served.load(Ordering::Relaxed), 5);
+        m.tunnel_ended(
+            &End::GatewayUnresponsive(Duration::from_secs(30)),
+            false,
+            0,
+            0,
+            "e:443",
+        );
+        let kernel_gave_up = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+        m.tunnel_ended(
+            &End::WsError(tungstenite::Error::Io(kernel_gave_up)),
+            true,
+            0,
+            0,
+            "f:443",
+        );
+        // A bound of the relay's own (FIN_ACK's) is not the gateway's silence.
+        let own_bound = io::Error::from(io::ErrorKind::TimedOut);
+        m.tunnel_ended(
+            &End::WsError(tungstenite::Error::Io(own_bound)),
+            true,
+            0,
+            0,
+            "g:443",
+        );
+        assert_eq!(m.tunnels_served.load(Ordering::Relaxed), 8);
         assert_eq!(m.bytes_up.load(Ordering::Relaxed), 317);
         assert_eq!(m.bytes_down.load(Ordering::Relaxed), 4030);
         let got: Vec<(&str, String, String)> = m
@@ -987,13 +1023,23 @@ mod tests {
             .into_iter()
             .map(|f| (f.kind.name(), f.host, f.detail))
             .collect();
-        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got.len(), 5, "{got:?}");
         assert_eq!(
             (got[0].0, got[0].1.as_str()),
             ("ws_closed_mid_exchange", "c:443")
         );
         assert!(got[0].2.contains("up 300 B, down 4000 B"), "{got:?}");
         assert_eq!((got[1].0, got[1].1.as_str()), ("upload_stalled", "d:443"));
+        assert_eq!(
+            (got[2].0, got[2].1.as_str()),
+            ("gateway_unresponsive", "e:443")
+        );
+        assert!(got[2].2.contains("30 s"), "{got:?}");
+        assert_eq!(
+            (got[3].0, got[3].1.as_str()),
+            ("gateway_unresponsive", "f:443")
+        );
+        assert_eq!((got[4].0, got[4].1.as_str()), ("ws_error", "g:443"));
     }
 
     #[test]

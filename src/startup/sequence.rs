@@ -172,9 +172,20 @@ pub fn activate_dry(config: &Config, env: impl Fn(&str) -> Option<String>) -> ga
 /// The gateway client `apply` serves with (and `doctor` probes with).
 pub fn gateway(config: &Config, plan: &Plan) -> Gateway {
     let generation = plan.activation.generation();
+    let gateway = Gateway::new(
+        plan.endpoint.clone(),
+        Credentials {
+            session_id: plan.activation.session_id.clone(),
+            token: plan.activation.token.clone(),
+        },
+        plan.tls.clone(),
+        config.limits.upgrade_timeout,
+    )
+    .with_liveness_deadline(config.limits.gateway_deadline);
     let pool = match generation {
         Generation::AgentProxy => match Pool::new(PoolConfig {
             keepalive_interval: config.limits.keepalive_interval,
+            liveness: Some(gateway.liveness.clone()),
             ..PoolConfig::default()
         }) {
             Ok(pool) => Some(pool),
@@ -185,16 +196,7 @@ pub fn gateway(config: &Config, plan: &Plan) -> Gateway {
         },
         Generation::UpstreamProxy => None,
     };
-    let mut gateway = Gateway::new(
-        plan.endpoint.clone(),
-        Credentials {
-            session_id: plan.activation.session_id.clone(),
-            token: plan.activation.token.clone(),
-        },
-        plan.tls.clone(),
-        config.limits.upgrade_timeout,
-    )
-    .with_generation(generation, pool);
+    let mut gateway = gateway.with_generation(generation, pool);
     gateway.require_v2 = config.require_v2;
     if generation == Generation::AgentProxy {
         gateway.selective = selective_list(env_lookup);

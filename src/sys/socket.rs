@@ -143,6 +143,49 @@ pub fn reset_now(socket: &TcpStream) -> io::Result<()> {
     socket.shutdown(std::net::Shutdown::Both)
 }
 
+/// Sets `TCP_USER_TIMEOUT`: bytes sent and not acknowledged for `timeout`
+/// (retransmissions, zero-window probes) end the connection with
+/// `ETIMEDOUT` instead of the kernel's default of about 15 minutes.
+pub fn set_user_timeout(socket: &TcpStream, timeout: Duration) -> io::Result<()> {
+    let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: an open socket and a c_uint of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The socket's `TCP_USER_TIMEOUT` (zero: the kernel's default).
+pub fn user_timeout(socket: &TcpStream) -> io::Result<Duration> {
+    let mut ms: libc::c_uint = 0;
+    let mut len = std::mem::size_of::<libc::c_uint>() as libc::socklen_t;
+    // SAFETY: an open socket, a c_uint and its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&mut ms as *mut libc::c_uint).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(Duration::from_millis(u64::from(ms)))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Makes the socket's close send RST (SO_LINGER 0), whatever it still holds.
 pub fn reset_on_close(socket: &TcpStream) -> io::Result<()> {
     let linger = libc::linger {

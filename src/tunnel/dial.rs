@@ -13,6 +13,9 @@
 //! redial"). After the first answer byte there is never a replay: the
 //! opening is over.
 //!
+//! A fresh WebSocket also carries the liveness Ping after its opening
+//! ([`crate::gateway::liveness`]): its Pong shows whether the gateway answers pings.
+//!
 //! Generation 1: one attempt, no HELLO. Agent proxy: up to three attempts
 //! (100 ms, then 200 ms apart), one while the start-up probe's error
 //! stands; 401 and 403 are never retried.
@@ -27,6 +30,7 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::config::Limits;
 use crate::gateway::chunk;
+use crate::gateway::liveness;
 use crate::gateway::message_v2;
 use crate::gateway::wire::{Incoming, Malformed, Wire};
 use crate::gateway::{Gateway, GatewayError, GatewayStream};
@@ -268,6 +272,10 @@ impl Attempt<'_> {
             ws.write(Message::Binary(message.into()))
                 .map_err(OpenError::Ws)?;
         }
+        if !self.reused {
+            // After the opening, which a gateway may require to come first.
+            ws.write(liveness::ping()).map_err(OpenError::Ws)?;
+        }
         ws.flush().map_err(OpenError::Ws)?;
 
         let answer_deadline = started
@@ -328,8 +336,12 @@ impl Attempt<'_> {
                 Message::Binary(encoded) => encoded,
                 Message::Text(_) => return Err(OpenError::Malformed(wire.text_frame())),
                 Message::Close(_) => return Err(OpenError::ClosedSilently),
+                Message::Pong(payload) => {
+                    gateway.liveness.pong(&payload);
+                    continue;
+                }
                 // Pongs to pings go out with the next read or send.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Message::Ping(_) | Message::Frame(_) => continue,
             };
             match wire.decode(&encoded).map_err(OpenError::Malformed)? {
                 Incoming::Data([]) | Incoming::Ignored => {}

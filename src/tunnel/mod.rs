@@ -29,6 +29,11 @@
 //! connection: the answer was cut, and a FIN would make it look complete.
 //! Opening a tunnel (HELLO, preamble, the wait for the answer) is not done
 //! here but in [`crate::tunnel::dial`], before the pumps start.
+//!
+//! Liveness ([`crate::gateway::liveness`]): the thread reading the WebSocket, when it
+//! would wait anyway, pings a gateway it has heard nothing from for one
+//! keepalive interval, and ends the tunnel ([`End::GatewayUnresponsive`],
+//! the client reset) when nothing at all comes back within the deadline.
 
 pub mod dial;
 
@@ -46,6 +51,7 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::gateway::GatewayStream;
 use crate::gateway::chunk;
+use crate::gateway::liveness::{self, Liveness, Step, Watch};
 use crate::gateway::message_v2;
 use crate::gateway::wire::{Incoming, Malformed, Wire};
 pub use crate::sys::socket::wait_ready;
@@ -88,6 +94,10 @@ pub struct PumpOptions {
     /// No client byte taken by the WebSocket for this long: the tunnel ends
     /// ([`End::UploadStalled`]).
     pub upload_stall: Duration,
+    /// The gateway's liveness: Pings after a keepalive interval of silence,
+    /// and the deadline once the gateway is known to answer them. `None`:
+    /// no Pings.
+    pub liveness: Option<Liveness>,
 }
 
 impl Default for PumpOptions {
@@ -100,6 +110,7 @@ impl Default for PumpOptions {
             v2: false,
             fin_grace: Duration::from_secs(10),
             upload_stall: Duration::from_secs(180),
+            liveness: None,
         }
     }
 }
@@ -117,6 +128,9 @@ pub enum End {
     ServerFin,
     /// The WebSocket took no client byte for the stall bound.
     UploadStalled(Duration),
+    /// Nothing came back from the gateway within this deadline of a Ping
+    /// (a gateway known to answer them): frozen.
+    GatewayUnresponsive(Duration),
     /// The WebSocket failed (I/O, TLS or protocol).
     WsError(tungstenite::Error),
     /// The far side sent something the relay cannot read.
@@ -138,6 +152,11 @@ impl std::fmt::Display for End {
                 f,
                 "upload stalled: the gateway took no byte for {} s",
                 t.as_secs()
+            ),
+            End::GatewayUnresponsive(t) => write!(
+                f,
+                "gateway unresponsive: nothing back within {} of a WebSocket Ping",
+                liveness::show_secs(*t)
             ),
             End::WsError(e) => write!(f, "websocket error: {e}"),
             End::Malformed(e) => write!(f, "{e}"),
@@ -498,6 +517,10 @@ impl Tunnel {
         // v2: the client went away (reset); the gateway's bytes are dropped
         // until its FIN, so that the WebSocket can still be reused.
         let mut client_gone = false;
+        let mut watch = Watch::new(Instant::now());
+        // A frame arrived since the last look: set per message, looked at
+        // only when the thread would wait (no clock read per chunk).
+        let mut heard = false;
         loop {
             let message = {
                 let mut guard = self.lock_ws();
@@ -515,6 +538,9 @@ impl Tunnel {
                 }
                 message
             };
+            if message.is_ok() {
+                heard = true;
+            }
             match message {
                 Ok(Message::Binary(encoded)) => match wire.decode(&encoded) {
                     Ok(Incoming::Data([]) | Incoming::HelloAck { .. } | Incoming::Ignored) => {}
@@ -540,10 +566,42 @@ impl Tunnel {
                 },
                 Ok(Message::Text(_)) => return End::Malformed(wire.text_frame()),
                 // Pongs to pings are queued by `read` and go out on the next call.
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(Message::Ping(_) | Message::Frame(_)) => {}
+                Ok(Message::Pong(payload)) => {
+                    if let Some(liveness) = &self.opts.liveness {
+                        liveness.pong(&payload);
+                    }
+                }
                 Ok(Message::Close(_)) => return End::WsClosed,
                 Err(tungstenite::Error::Io(e)) if is_transient(&e) => {
                     let mut wait = self.opts.keepalive_interval;
+                    if let Some(liveness) = &self.opts.liveness
+                        && !self.closing.load(Ordering::SeqCst)
+                    {
+                        let now = Instant::now();
+                        if std::mem::take(&mut heard) {
+                            watch.heard(now);
+                        }
+                        match watch.step(
+                            now,
+                            self.opts.keepalive_interval,
+                            liveness.enforced_deadline(),
+                        ) {
+                            Step::WaitUntil(at) => {
+                                wait = wait.min(at.saturating_duration_since(now))
+                            }
+                            Step::Ping => {
+                                if let Err(end) = self.send_ping() {
+                                    return end;
+                                }
+                                watch.pinged(now);
+                                continue;
+                            }
+                            Step::Unresponsive => {
+                                return End::GatewayUnresponsive(liveness.deadline());
+                            }
+                        }
+                    }
                     if self.closing.load(Ordering::SeqCst) {
                         let linger = *self.linger_until.lock().unwrap_or_else(|p| p.into_inner());
                         match linger.map(|t| t.saturating_duration_since(Instant::now())) {
@@ -584,6 +642,25 @@ impl Tunnel {
                 }
                 Err(e) => return End::WsError(e),
             }
+        }
+    }
+
+    /// Queues the liveness Ping and pushes out what the socket takes now;
+    /// the rest goes with the next write or flush (the Ping waits behind
+    /// data already queued, so its deadline also covers a gateway that
+    /// stopped reading).
+    fn send_ping(&self) -> Result<(), End> {
+        let mut guard = self.lock_ws();
+        let Some(ws) = guard.as_mut() else {
+            return Err(End::Aborted);
+        };
+        match ws.write(liveness::ping()).and_then(|()| ws.flush()) {
+            Ok(()) => Ok(()),
+            Err(tungstenite::Error::Io(e)) if is_transient(&e) => Ok(()),
+            // A full write buffer: the gateway takes nothing; the deadline
+            // runs all the same.
+            Err(tungstenite::Error::WriteBufferFull(_)) => Ok(()),
+            Err(e) => Err(End::WsError(e)),
         }
     }
 
@@ -671,11 +748,12 @@ impl Tunnel {
         }
         if matches!(
             self.end.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
-            Some(End::UploadStalled(_))
+            Some(End::UploadStalled(_) | End::GatewayUnresponsive(_))
         ) {
-            // The client's bytes were not delivered: it gets a reset, not a
-            // FIN. A client blocked writing into the full connection never
-            // notices a FIN (it waits on a zero window for many minutes).
+            // The client's bytes were not delivered (or the answer is cut):
+            // it gets a reset, not a FIN. A client blocked writing into the
+            // full connection never notices a FIN (it waits on a zero window
+            // for many minutes).
             self.reset_client();
         }
         self.shut_down_both();
@@ -762,9 +840,11 @@ impl Side {
     fn of(end: &End) -> Side {
         match end {
             End::SocketClosed => Side::Socket,
-            End::SocketError(_) | End::Aborted | End::Internal(_) | End::UploadStalled(_) => {
-                Side::Abort
-            }
+            End::SocketError(_)
+            | End::Aborted
+            | End::Internal(_)
+            | End::UploadStalled(_)
+            | End::GatewayUnresponsive(_) => Side::Abort,
             End::ServerFin => Side::Fin,
             End::WsClosed | End::WsError(_) | End::Malformed(_) => Side::Ws,
         }
@@ -1072,6 +1152,124 @@ mod tests {
         }
         tunnel.abort();
         runner.join().unwrap();
+    }
+
+    /// Pings after 100 ms of silence; a 300 ms deadline once `liveness`
+    /// knows the gateway answers.
+    fn watched(liveness: &Liveness) -> PumpOptions {
+        PumpOptions {
+            keepalive_interval: Duration::from_millis(100),
+            liveness: Some(liveness.clone()),
+            ..PumpOptions::default()
+        }
+    }
+
+    /// A tunnel whose server side never reads (a frozen gateway); its
+    /// WebSocket is returned so that it stays open.
+    fn frozen_gateway(
+        opts: PumpOptions,
+    ) -> (
+        TcpStream,
+        WebSocket<TcpStream>,
+        thread::JoinHandle<TunnelReport>,
+    ) {
+        let (ws_client, ws_server) = socket_pair();
+        let (near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let server_ws = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        let tunnel = Tunnel::new(near_inner, client_ws, opts).unwrap();
+        (near, server_ws, thread::spawn(move || tunnel.run()))
+    }
+
+    #[test]
+    fn a_silent_gateway_known_to_answer_pings_ends_the_tunnel_and_resets_the_client() {
+        for v2 in [false, true] {
+            let liveness = Liveness::new(Duration::from_millis(300));
+            liveness.pong(liveness::PING_PAYLOAD);
+            let opts = PumpOptions {
+                wire: if v2 { Wire::V2 } else { Wire::V1 },
+                v2,
+                ..watched(&liveness)
+            };
+            let started = Instant::now();
+            let (near, _server, runner) = frozen_gateway(opts);
+            let (_, err) = read_until_end(&near);
+            let report = runner.join().unwrap();
+            let took = started.elapsed();
+            assert!(
+                matches!(report.end, End::GatewayUnresponsive(d) if d == Duration::from_millis(300)),
+                "v2 {v2}: {}",
+                report.end
+            );
+            assert!(took >= Duration::from_millis(400), "v2 {v2}: {took:?}");
+            assert!(took < Duration::from_secs(5), "v2 {v2}: {took:?}");
+            let err = err.expect("a reset, not a clean end");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "v2 {v2}: {err}");
+            assert!(report.end.to_string().contains("0.3 s"), "{}", report.end);
+        }
+    }
+
+    #[test]
+    fn a_silent_gateway_not_known_to_answer_pings_keeps_the_tunnel() {
+        let liveness = Liveness::new(Duration::from_millis(300));
+        let opts = watched(&liveness);
+        let (ws_client, ws_server) = socket_pair();
+        let (_near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let _server = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        let tunnel = Tunnel::new(near_inner, client_ws, opts).unwrap();
+        let runner = {
+            let t = Arc::clone(&tunnel);
+            thread::spawn(move || t.run())
+        };
+        thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !runner.is_finished(),
+            "ended: {}",
+            runner.join().unwrap().end
+        );
+        tunnel.abort();
+        assert!(matches!(runner.join().unwrap().end, End::Aborted));
+    }
+
+    #[test]
+    fn an_idle_gateway_that_answers_pings_keeps_the_tunnel() {
+        let liveness = Liveness::new(Duration::from_millis(300));
+        let (ws_client, ws_server) = socket_pair();
+        let (_near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let mut server = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        let tunnel = Tunnel::new(near_inner, client_ws, watched(&liveness)).unwrap();
+        let runner = {
+            let t = Arc::clone(&tunnel);
+            thread::spawn(move || t.run())
+        };
+        // The gateway reads (so answers pings) and sends nothing else.
+        let gateway = thread::spawn(move || {
+            let mut pings = 0;
+            while let Ok(message) = server.read() {
+                if matches!(message, Message::Ping(p) if p[..] == *liveness::PING_PAYLOAD) {
+                    pings += 1;
+                }
+            }
+            pings
+        });
+        thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !runner.is_finished(),
+            "ended: {}",
+            runner.join().unwrap().end
+        );
+        assert!(liveness.answers_pings());
+        tunnel.abort();
+        assert!(matches!(runner.join().unwrap().end, End::Aborted));
+        assert!(
+            gateway.join().unwrap() >= 3,
+            "a Ping after each silent interval"
+        );
     }
 
     /// A tunnel on a v2 WebSocket with its far (server) side in the test's
