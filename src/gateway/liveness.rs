@@ -27,8 +27,6 @@ use std::time::{Duration, Instant};
 
 use tungstenite::{Bytes, Message};
 
-use crate::proxy::status::{Kind, Monitor};
-
 /// How long a Ping may go unanswered by default (`--gateway-deadline`).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -55,8 +53,9 @@ struct Shared {
     deadline: Duration,
     /// The gateway answered one of the relay's Pings at least once.
     answers_pings: AtomicBool,
-    /// Where a dropped pooled WebSocket is recorded.
-    monitor: Option<Arc<Monitor>>,
+    /// Where a dropped pooled WebSocket is recorded (the relay's monitor,
+    /// which lives above this layer: handed down as a callback).
+    on_pooled_unresponsive: Option<Recorder>,
 }
 
 impl fmt::Debug for Liveness {
@@ -68,21 +67,39 @@ impl fmt::Debug for Liveness {
     }
 }
 
+/// Records a pooled WebSocket dropped for its gateway's silence, with what
+/// happened (`gateway_unresponsive` on the status page).
+pub type Recorder = Arc<dyn Fn(&str) + Send + Sync>;
+
 impl Liveness {
     /// A gateway not yet known to answer pings, with this deadline.
     pub fn new(deadline: Duration) -> Liveness {
-        Liveness::with_monitor(deadline, None)
+        Liveness::with_recorder(deadline, None)
     }
 
-    /// The same, recording dropped pooled WebSockets to `monitor`.
-    pub fn with_monitor(deadline: Duration, monitor: Option<Arc<Monitor>>) -> Liveness {
+    /// The same, telling `record` of dropped pooled WebSockets.
+    pub fn with_recorder(deadline: Duration, record: Option<Recorder>) -> Liveness {
         Liveness {
             shared: Arc::new(Shared {
                 deadline,
                 answers_pings: AtomicBool::new(false),
-                monitor,
+                on_pooled_unresponsive: record,
             }),
         }
+    }
+
+    /// The same, recording to the relay's monitor (for tests).
+    #[cfg(test)]
+    pub fn with_monitor(
+        deadline: Duration,
+        monitor: Option<Arc<crate::proxy::status::Monitor>>,
+    ) -> Liveness {
+        let record = monitor.map(|monitor| -> Recorder {
+            Arc::new(move |detail: &str| {
+                monitor.record(crate::proxy::status::Kind::GatewayUnresponsive, detail, "")
+            })
+        });
+        Liveness::with_recorder(deadline, record)
     }
 
     pub fn deadline(&self) -> Duration {
@@ -111,15 +128,11 @@ impl Liveness {
 
     /// A pooled WebSocket was dropped for its gateway's silence.
     pub fn record_pooled_unresponsive(&self) {
-        if let Some(monitor) = &self.shared.monitor {
-            monitor.record(
-                Kind::GatewayUnresponsive,
-                &format!(
-                    "pooled WebSocket: nothing back within {} of a Ping; dropped",
-                    show_secs(self.shared.deadline)
-                ),
-                "",
-            );
+        if let Some(record) = &self.shared.on_pooled_unresponsive {
+            record(&format!(
+                "pooled WebSocket: nothing back within {} of a Ping; dropped",
+                show_secs(self.shared.deadline)
+            ));
         }
     }
 }
@@ -198,6 +211,7 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::status::{Kind, Monitor};
 
     const INTERVAL: Duration = Duration::from_secs(30);
     const DEADLINE: Duration = Duration::from_secs(30);

@@ -471,9 +471,9 @@ impl Gateway {
     ) -> Gateway {
         let monitor = Arc::new(crate::proxy::status::Monitor::default());
         Gateway {
-            liveness: Liveness::with_monitor(
+            liveness: Liveness::with_recorder(
                 liveness::DEFAULT_DEADLINE,
-                Some(Arc::clone(&monitor)),
+                Some(unresponsive_recorder(&monitor)),
             ),
             endpoint,
             generation: Generation::UpstreamProxy,
@@ -499,7 +499,8 @@ impl Gateway {
     /// Gives up on a WebSocket whose Ping went unanswered this long (once
     /// the gateway is known to answer pings).
     pub fn with_liveness_deadline(mut self, deadline: Duration) -> Gateway {
-        self.liveness = Liveness::with_monitor(deadline, Some(Arc::clone(&self.monitor)));
+        self.liveness =
+            Liveness::with_recorder(deadline, Some(unresponsive_recorder(&self.monitor)));
         self
     }
 
@@ -632,6 +633,14 @@ fn set_timeouts_off(tcp: &TcpStream) -> Result<(), GatewayError> {
 /// Standard base64 with padding (RFC 4648), for the Basic credentials.
 pub fn base64(input: &[u8]) -> String {
     data_encoding::BASE64.encode(input)
+}
+
+/// Records a pooled WebSocket that liveness dropped on the relay's monitor.
+fn unresponsive_recorder(monitor: &Arc<crate::proxy::status::Monitor>) -> liveness::Recorder {
+    let monitor = Arc::clone(monitor);
+    Arc::new(move |detail: &str| {
+        monitor.record(crate::proxy::status::Kind::GatewayUnresponsive, detail, "")
+    })
 }
 
 #[cfg(test)]

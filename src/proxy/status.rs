@@ -21,11 +21,11 @@ use log::warn;
 
 use crate::gateway::{Gateway, GatewayError};
 use crate::http::request_head::{HeadError, RequestHead};
-use crate::proxy::direct::{Direction, PipeEnd, PipeSide};
 use crate::startup::gates::Generation;
 use crate::sys::lock::lock;
 use crate::tunnel::End;
 use crate::tunnel::dial::OpenError;
+use crate::tunnel::pipe::{Direction, PipeEnd, PipeSide};
 
 /// The path of the relay's own page.
 pub const STATUS_PATH: &str = "/__agentproxy/status";

@@ -36,6 +36,7 @@
 //! the client reset) when nothing at all comes back within the deadline.
 
 pub mod dial;
+pub mod pipe;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
