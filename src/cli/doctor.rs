@@ -16,6 +16,7 @@
 //! ([`usage_prediction`]).
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,10 +25,11 @@ use crate::cli::args::{self, Command};
 use crate::cli::version::version_text;
 use crate::config::Config;
 use crate::env::{self, ProxyEnv};
-use crate::startup::gates::{self, Generation, UnreadDescriptor};
-use crate::startup::sequence::{self, Plan, ProbeVerdict, SessionError};
+use crate::gateway::Endpoint;
+use crate::startup::gates::{self, Activated, GateClosed, Generation, UnreadDescriptor};
+use crate::startup::sequence::{self, Plan, ProbeVerdict, SessionError, TlsSetupError};
 use crate::startup::token::AUTH_FD_VAR;
-use crate::trust;
+use crate::trust::{self, Bundle};
 
 /// The gates' labels, in order (gate 4's names the token).
 const GATES: [&str; 3] = [
@@ -50,6 +52,45 @@ pub fn run(config: &Config) -> i32 {
     let undecided = dry.undecided().cloned();
     let descriptor = dry.descriptor.clone();
     let activation = dry.result;
+    gates_report(&mut report, config, &activation, undecided.as_ref());
+    let generation = generation_report(config);
+    token_report(&activation, descriptor.as_ref());
+
+    out!();
+    out!("start-up steps");
+    let gateway = gateway_settings_report(&mut report, config);
+    // Set when the CA fetch failed: what run and serve would each do next.
+    let mut serve_retry_note: Option<bool> = None;
+    if let (Ok(endpoint), Ok(tls)) = &gateway {
+        let found = ca_and_plan(
+            config,
+            endpoint,
+            tls,
+            activation,
+            generation,
+            undecided.as_ref(),
+        );
+        serve_retry_note = ca_report(&mut report, endpoint, generation, &found);
+        gateway_websocket_report(&mut report, config, found.plan, undecided.as_ref());
+    }
+    state_dir_report(&mut report, config);
+    let bound = listen_report(&mut report, config);
+
+    out!();
+    out!("children would get");
+    children_env_report(config, generation, bound);
+    crate::startup::outside::print_doctor(&config.ca_bundle, config.keep_trust, env_lookup);
+    out!();
+    verdict(&report, undecided.as_ref(), serve_retry_note)
+}
+
+/// Gates 1 to 4, each ok, failed (with why) or skipped for an earlier one.
+fn gates_report(
+    report: &mut Report,
+    config: &Config,
+    activation: &Result<Activated, GateClosed>,
+    undecided: Option<&UnreadDescriptor>,
+) {
     let labels: Vec<&str> = GATES
         .iter()
         .copied()
@@ -58,9 +99,9 @@ pub fn run(config: &Config) -> i32 {
     let closed_at = activation.as_ref().err().map(|c| c.gate());
     for (i, label) in labels.iter().enumerate() {
         let gate = i as u8 + 1;
-        match (closed_at, &activation) {
+        match (closed_at, activation) {
             (Some(4), Err(_)) if gate == 4 && undecided.is_some() => {
-                if let Some(d) = &undecided {
+                if let Some(d) = undecided {
                     out!(
                         "  ?     {label}: would be read from descriptor {} ({AUTH_FD_VAR}), which doctor leaves unread since it can be read only once ({}); every other source failed",
                         d.fd,
@@ -85,6 +126,11 @@ pub fn run(config: &Config) -> i32 {
             _ => report.line(label, true, ""),
         }
     }
+}
+
+/// The generation gate 2 chose and the modes that go with it; returns the
+/// generation (the upstream proxy when none was chosen).
+fn generation_report(config: &Config) -> Generation {
     let choice = gates::choose_generation(env_lookup, config.standalone.is_active());
     let generation = choice
         .as_ref()
@@ -110,7 +156,12 @@ pub fn run(config: &Config) -> i32 {
     if config.standalone.token_ignored() {
         out!("  warn  AGENT_PROXY_AUTH_TOKEN is set without AGENT_PROXY_URL and is ignored");
     }
-    match (&activation, &descriptor) {
+    generation
+}
+
+/// Where the token comes from, and what run would do with a descriptor.
+fn token_report(activation: &Result<Activated, GateClosed>, descriptor: Option<&UnreadDescriptor>) {
+    match (activation, descriptor) {
         (
             Ok(_),
             Some(UnreadDescriptor {
@@ -135,15 +186,23 @@ pub fn run(config: &Config) -> i32 {
         }
         (Err(_), _) => {}
     }
+}
 
-    out!();
-    out!("start-up steps");
+/// The gateway's URL and TLS settings (each a check), the system bundle
+/// and who may use the proxy; returns the URL and TLS settings.
+fn gateway_settings_report(
+    report: &mut Report,
+    config: &Config,
+) -> (
+    Result<Endpoint, SessionError>,
+    Result<native_tls::TlsConnector, TlsSetupError>,
+) {
     let endpoint = sequence::endpoint(config);
     report.line(
         &format!("gateway URL {}", sequence::base_url(config)),
         endpoint.is_ok(),
         // The label names the URL; the detail says only what is wrong.
-        &crate::gateway::Endpoint::from_url(sequence::base_url(config))
+        &Endpoint::from_url(sequence::base_url(config))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default(),
@@ -162,75 +221,115 @@ pub fn run(config: &Config) -> i32 {
         Ok(access) => out!("  info  who may use the proxy: {access}"),
         Err(e) => report.line("who may use the proxy", false, &e.to_string()),
     }
-    // Set when the CA fetch failed: what run and serve would each do next.
-    let mut serve_retry_note: Option<bool> = None;
-    if let (Ok(endpoint), Ok(tls)) = (&endpoint, &tls) {
-        let ca_label = format!(
-            "gateway CA  {}",
-            endpoint.http_url(generation.ca_cert_path())
-        );
-        // With the gates open, the very plan `run` and `serve` make;
-        // otherwise the CA fetch alone, to show whether it would work.
-        let (bundle, plan, ca_failure) = match activation {
-            Ok(activated) => match sequence::plan(config, activated, env_lookup) {
-                Ok(plan) => (Ok(plan.bundle.clone()), Some(plan), None),
-                Err(SessionError::CaFetch(failure, from)) => {
-                    let retry = CaRetry::of(&failure);
-                    (
-                        Err(SessionError::CaFetch(failure, from).to_string()),
-                        None,
-                        Some(retry),
-                    )
-                }
-                Err(e) => (Err(e.to_string()), None, None),
-            },
-            Err(_) => {
-                match sequence::prepare_trust(config, endpoint, tls, generation, env_lookup) {
-                    Ok(bundle) => (Ok(bundle), None, None),
-                    Err(failure) => {
-                        // Only when the descriptor may still open gate 4
-                        // does what run and serve do next matter.
-                        let retry = undecided.as_ref().map(|_| CaRetry::of(&failure));
-                        let text = failure
-                            .to_string()
-                            .replace(trust::BASE_URL_HINT, config.base_url_name());
-                        (Err(text), None, retry)
-                    }
-                }
+    (endpoint, tls)
+}
+
+/// The CA bundle start-up would build, or why it cannot: with the gates
+/// open, the very plan `run` and `serve` make; otherwise the CA fetch alone.
+struct CaOutcome {
+    bundle: Result<Bundle, String>,
+    plan: Option<Plan>,
+    /// Set when the CA fetch failed and what follows depends on why.
+    retry: Option<CaRetry>,
+}
+
+/// Builds [`CaOutcome`] as start-up would, without writing anything.
+fn ca_and_plan(
+    config: &Config,
+    endpoint: &Endpoint,
+    tls: &native_tls::TlsConnector,
+    activation: Result<Activated, GateClosed>,
+    generation: Generation,
+    undecided: Option<&UnreadDescriptor>,
+) -> CaOutcome {
+    let outcome = |bundle, plan, retry| CaOutcome {
+        bundle,
+        plan,
+        retry,
+    };
+    match activation {
+        Ok(activated) => match sequence::plan(config, activated, env_lookup) {
+            Ok(plan) => outcome(Ok(plan.bundle.clone()), Some(plan), None),
+            Err(SessionError::CaFetch(failure, from)) => {
+                let retry = CaRetry::of(&failure);
+                let text = SessionError::CaFetch(failure, from).to_string();
+                outcome(Err(text), None, Some(retry))
             }
-        };
-        let detail = match &bundle {
-            Ok(bundle) => format!("{} certificate(s)", bundle.built.gateway_certs),
-            Err(e) => e.clone(),
-        };
-        report.line_with(&ca_label, bundle.is_ok(), &detail);
-        if let Some(retry) = &ca_failure {
-            serve_retry_note = retry.explain(generation);
+            Err(e) => outcome(Err(e.to_string()), None, None),
+        },
+        Err(_) => match sequence::prepare_trust(config, endpoint, tls, generation, env_lookup) {
+            Ok(bundle) => outcome(Ok(bundle), None, None),
+            Err(failure) => {
+                // Only when the descriptor may still open gate 4 does
+                // what run and serve do next matter.
+                let retry = undecided.map(|_| CaRetry::of(&failure));
+                let text = failure
+                    .to_string()
+                    .replace(trust::BASE_URL_HINT, config.base_url_name());
+                outcome(Err(text), None, retry)
+            }
+        },
+    }
+}
+
+/// The gateway CA check, what run and serve would do after a failed
+/// fetch, and the user's CA files and warnings; returns whether `serve`
+/// would keep asking for the CA (when the fetch failed).
+fn ca_report(
+    report: &mut Report,
+    endpoint: &Endpoint,
+    generation: Generation,
+    found: &CaOutcome,
+) -> Option<bool> {
+    let ca_label = format!(
+        "gateway CA  {}",
+        endpoint.http_url(generation.ca_cert_path())
+    );
+    let detail = match &found.bundle {
+        Ok(bundle) => format!("{} certificate(s)", bundle.built.gateway_certs),
+        Err(e) => e.clone(),
+    };
+    report.line_with(&ca_label, found.bundle.is_ok(), &detail);
+    let serve_retry_note = found
+        .retry
+        .as_ref()
+        .and_then(|retry| retry.explain(generation));
+    if let Ok(bundle) = &found.bundle {
+        for (path, added) in &bundle.built.user_files {
+            out!(
+                "  info  your CA file {}: {added} certificate(s) added",
+                path.display()
+            );
         }
-        if let Ok(bundle) = &bundle {
-            for (path, added) in &bundle.built.user_files {
-                out!(
-                    "  info  your CA file {}: {added} certificate(s) added",
-                    path.display()
-                );
-            }
-            for warning in &bundle.built.warnings {
-                out!("  warn  {warning}");
-            }
-        }
-        match (plan, &undecided) {
-            (Some(plan), _) => probe_report(&mut report, config, &plan),
-            (None, Some(d)) => out!(
-                "  skip  gateway WebSocket: needs the token, which is in descriptor {} and not read by doctor",
-                d.fd
-            ),
-            (None, None) => {
-                out!("  skip  gateway WebSocket: needs the gates and the CA to pass")
-            }
+        for warning in &bundle.built.warnings {
+            out!("  warn  {warning}");
         }
     }
-    // Where start-up would keep the bundle (and the files next to it), or
-    // why it would refuse the directory (the proxy then stays off).
+    serve_retry_note
+}
+
+/// The start-up probe when there is a plan, or why it is skipped.
+fn gateway_websocket_report(
+    report: &mut Report,
+    config: &Config,
+    plan: Option<Plan>,
+    undecided: Option<&UnreadDescriptor>,
+) {
+    match (plan, undecided) {
+        (Some(plan), _) => probe_report(report, config, &plan),
+        (None, Some(d)) => out!(
+            "  skip  gateway WebSocket: needs the token, which is in descriptor {} and not read by doctor",
+            d.fd
+        ),
+        (None, None) => {
+            out!("  skip  gateway WebSocket: needs the gates and the CA to pass")
+        }
+    }
+}
+
+/// Where start-up would keep the bundle (and the files next to it), or
+/// why it would refuse the directory (the proxy then stays off).
+fn state_dir_report(report: &mut Report, config: &Config) {
     let where_state = crate::sys::state_dir::inspect(&config.ca_bundle);
     report.line_with(
         &format!("CA bundle {}", config.ca_bundle.display()),
@@ -239,7 +338,10 @@ pub fn run(config: &Config) -> i32 {
             Ok(what) | Err(what) => what,
         },
     );
-    // Bound and released at once: whether apply's bind would succeed.
+}
+
+/// Whether apply's bind would succeed: bound and released at once.
+fn listen_report(report: &mut Report, config: &Config) -> std::io::Result<SocketAddr> {
     let bound = std::net::TcpListener::bind(config.listen).and_then(|l| l.local_addr());
     report.line(
         &format!("listen on {}", config.listen),
@@ -250,9 +352,15 @@ pub fn run(config: &Config) -> i32 {
             .map(|e| e.to_string())
             .unwrap_or_default(),
     );
+    bound
+}
 
-    out!();
-    out!("children would get");
+/// The proxy variables children would get (`PORT` when the bind failed).
+fn children_env_report(
+    config: &Config,
+    generation: Generation,
+    bound: std::io::Result<SocketAddr>,
+) {
     let port = bound
         .map(|a| a.port().to_string())
         .unwrap_or_else(|_| "PORT".into());
@@ -272,10 +380,16 @@ pub fn run(config: &Config) -> i32 {
     for (name, value) in &vars {
         out!("  {name}={value}");
     }
-    crate::startup::outside::print_doctor(&config.ca_bundle, config.keep_trust, env_lookup);
-    out!();
+}
+
+/// The last line, whether the proxy would start; returns the exit status.
+fn verdict(
+    report: &Report,
+    undecided: Option<&UnreadDescriptor>,
+    serve_retry_note: Option<bool>,
+) -> i32 {
     if report.failed == 0 {
-        match &undecided {
+        match undecided {
             Some(d) => out!(
                 "verdict: the proxy would start if descriptor {} holds a token (doctor did not read it)",
                 d.fd

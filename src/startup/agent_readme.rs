@@ -3,9 +3,9 @@
 //! agent, when a request fails: what the proxy is, how to diagnose, what
 //! to do about certificate errors and tools that ignore the proxy
 //! variables, what the proxy's own answers mean, and what cannot work.
-//! [`render`] builds the text from what start-up really set (the
-//! children's variables, the files it wrote), so each variable and path it
-//! names is the one the session's processes have; [`write`] puts it in
+//! [`render`] fills the text's template (`agent_readme.md.in`) from what
+//! start-up really set (the children's variables, the files it wrote), so
+//! each variable and path it names is the one the session's processes have; [`write`] puts it in
 //! place atomically.
 
 use std::io;
@@ -114,173 +114,138 @@ const CA_TOOLS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The README's text, with `{{name}}` placeholders that [`render`] fills.
+const TEMPLATE: &str = include_str!("agent_readme.md.in");
+
+/// How a placeholder opens and closes in [`TEMPLATE`].
+const OPEN: &str = "{{";
+const CLOSE: &str = "}}";
+
 /// The README's text.
 pub fn render(facts: &Facts) -> String {
-    let var = |name: &str| {
-        facts
-            .child_vars
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let var = |name: &str| var_of(facts, name);
     let bundle = facts.bundle.display().to_string();
-    let proxy = var("HTTPS_PROXY").unwrap_or("(not set)");
-    let mut t = String::with_capacity(8 * 1024);
-    let mut line = |s: &str| {
-        t.push_str(s);
-        t.push('\n');
+    let https_proxy = var("HTTPS_PROXY").unwrap_or("(not set)");
+    let http_proxy = var("HTTP_PROXY").unwrap_or("(not set)");
+    let no_proxy_paragraph = match var("NO_PROXY") {
+        Some(no_proxy) => format!(
+            "Hosts on this list are reached directly, not through the proxy:\n\n    \
+             `NO_PROXY={no_proxy}`\n"
+        ),
+        None => String::new(),
     };
-    line("# This session's network proxy");
-    line("");
-    line(&format!(
-        "Written by ccr-relay {} when it started ({}). Every variable and path \
-         below is what this session's processes were given.",
-        env!("CARGO_PKG_VERSION"),
-        facts.generation.title()
-    ));
-    line("");
-    line("## What it is");
-    line("");
-    line(&format!(
-        "Outbound HTTP(S) from this session goes through a local proxy, ccr-relay, \
-         at `HTTPS_PROXY={proxy}` (plain `http://` too: `HTTP_PROXY={}`). It carries \
-         each connection over a WebSocket to the session's security gateway, which \
-         re-terminates TLS: the certificate a client sees for an HTTPS origin is issued \
-         by the gateway's CA. That CA, after the system's roots, is in the bundle \
-         `{bundle}`, which the variables below name.",
-        var("HTTP_PROXY").unwrap_or("(not set)")
-    ));
-    line("");
-    if let Some(no_proxy) = var("NO_PROXY") {
-        line("Hosts on this list are reached directly, not through the proxy:");
-        line("");
-        line(&format!("    `NO_PROXY={no_proxy}`"));
-        line("");
-    }
-    line("## Diagnosing a failure");
-    line("");
-    line("The proxy's state and its recent failures, with the reason for each:");
-    line("");
-    line("    curl -sS \"$HTTPS_PROXY/__agentproxy/status\"");
-    line("");
-    line(
-        "`curl -sv https://HOST/ -o /dev/null` shows the proxy's answer to the \
-         CONNECT and the certificate the gateway presented.",
-    );
-    line("");
-    line("## What the proxy's answers mean");
-    line("");
-    line(
-        "- `403`: the gateway's policy refuses this host or request. Report it; \
-         do not route around it.",
-    );
-    line(
-        "- `405`: the proxy was sent a method it does not carry (it takes \
-         `CONNECT` and plain `http://` requests).",
-    );
-    line(
-        "- `407`: the gateway did not accept the session's id or token (the \
-         session may have ended). Nothing inside the session can fix it: report it.",
-    );
-    line(
-        "- `502`, `504`: the gateway could not be reached, or did not answer in \
-         time; the status page above says why.",
-    );
-    line("");
-    line("## Certificate errors");
-    line("");
-    line(&format!(
-        "A certificate error means the tool does not trust the gateway's CA. \
-         Point it at `{bundle}`; never turn verification off. The relay set:"
-    ));
-    line("");
+    fill(
+        TEMPLATE,
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("generation", facts.generation.title()),
+            ("https_proxy", https_proxy),
+            ("http_proxy", http_proxy),
+            ("bundle", &bundle),
+            ("no_proxy_paragraph", &no_proxy_paragraph),
+            (
+                "certificate_settings",
+                &certificate_settings(facts, &bundle),
+            ),
+            (
+                "node_use_env_proxy",
+                var("NODE_USE_ENV_PROXY").unwrap_or("1"),
+            ),
+        ],
+    )
+}
+
+/// The value children got for the variable `name`, if any.
+fn var_of<'a>(facts: &Facts<'a>, name: &str) -> Option<&'a str> {
+    facts
+        .child_vars
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// One line per tool: the variable the relay set for it, or the config
+/// key that does the same; then wget's and Java's files.
+fn certificate_settings(facts: &Facts, bundle: &str) -> String {
+    let var = |name: &str| var_of(facts, name);
+    let mut lines = Vec::new();
     for (tool, name, key) in CA_TOOLS {
-        let key = key.replace("{bundle}", &bundle);
+        let key = key.replace("{bundle}", bundle);
         let set = if name.is_empty() {
             None
         } else {
             var(name).map(|v| format!("`{name}={v}`"))
         };
         match (set, key.is_empty()) {
-            (Some(set), true) => line(&format!("- {tool}: {set}")),
-            (Some(set), false) => line(&format!("- {tool}: {set}; or {key}")),
-            (None, false) => line(&format!("- {tool}: not set by the relay; use {key}")),
+            (Some(set), true) => lines.push(format!("- {tool}: {set}")),
+            (Some(set), false) => lines.push(format!("- {tool}: {set}; or {key}")),
+            (None, false) => lines.push(format!("- {tool}: not set by the relay; use {key}")),
             (None, true) => {}
         }
     }
     if let Some(wgetrc) = &facts.files.wgetrc
         && let Some(v) = var("WGETRC")
     {
-        line(&format!(
+        lines.push(format!(
             "- wget: `WGETRC={v}` (`ca_certificate` and the proxy; it starts with a \
              copy of your own wgetrc, {})",
             wgetrc.display()
         ));
     }
-    match &facts.files.truststore {
-        Some(store) => {
-            line(&format!(
-                "- Java (keytool, Maven, Gradle, sbt): the truststore `{}`, password \
-                 `{}`, type JKS, which `JAVA_TOOL_OPTIONS` names \
-                 (`-Djavax.net.ssl.trustStore={}` \
-                 `-Djavax.net.ssl.trustStorePassword={}`). A JVM that does not read \
-                 `JAVA_TOOL_OPTIONS` takes the same `-D` options on its command line; \
-                 Gradle also reads them as `systemProp.javax.net.ssl.trustStore` and \
-                 `systemProp.javax.net.ssl.trustStorePassword` in `gradle.properties`.",
-                store.display(),
-                facts.truststore_password,
-                store.display(),
-                facts.truststore_password
-            ));
-        }
-        None => line(
-            "- Java: no truststore was written this time (see the relay's warning); \
-             import the bundle with `keytool -importcert`.",
+    lines.push(match &facts.files.truststore {
+        Some(store) => format!(
+            "- Java (keytool, Maven, Gradle, sbt): the truststore `{store}`, password \
+             `{password}`, type JKS, which `JAVA_TOOL_OPTIONS` names \
+             (`-Djavax.net.ssl.trustStore={store}` \
+             `-Djavax.net.ssl.trustStorePassword={password}`). A JVM that does not read \
+             `JAVA_TOOL_OPTIONS` takes the same `-D` options on its command line; \
+             Gradle also reads them as `systemProp.javax.net.ssl.trustStore` and \
+             `systemProp.javax.net.ssl.trustStorePassword` in `gradle.properties`.",
+            store = store.display(),
+            password = facts.truststore_password,
         ),
+        None => "- Java: no truststore was written this time (see the relay's warning); \
+                 import the bundle with `keytool -importcert`."
+            .to_string(),
+    });
+    lines.join("\n")
+}
+
+/// `template` with each `{{name}}` replaced by its value from `values`, in
+/// one pass (a value is never searched for placeholders, so a path holding
+/// `{{` stays as it is). A line holding nothing but a placeholder whose
+/// value is empty is left out whole, so an absent paragraph leaves no blank
+/// line. An unknown name is left in place.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let value = |name: &str| values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let mut out = String::with_capacity(template.len() * 2);
+    for line in template.split_inclusive('\n') {
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        let alone = body.strip_prefix(OPEN).and_then(|b| b.strip_suffix(CLOSE));
+        if alone.and_then(value) == Some("") {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find(OPEN) {
+            let after = &rest[start + OPEN.len()..];
+            let found = after
+                .find(CLOSE)
+                .and_then(|end| value(&after[..end]).map(|v| (end, v)));
+            match found {
+                Some((end, v)) => {
+                    out.push_str(&rest[..start]);
+                    out.push_str(v);
+                    rest = &after[end + CLOSE.len()..];
+                }
+                None => {
+                    out.push_str(&rest[..start + OPEN.len()]);
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
     }
-    line("");
-    line("## Tools that ignore the proxy variables");
-    line("");
-    line(&format!(
-        "- Node's built-in `fetch` and `http`: honour the variables only with \
-         `NODE_USE_ENV_PROXY={}` (set) on Node 22.21 or later; on older Node, use \
-         undici's `EnvHttpProxyAgent` with `setGlobalDispatcher`.",
-        var("NODE_USE_ENV_PROXY").unwrap_or("1")
-    ));
-    line("- Python aiohttp: `aiohttp.ClientSession(trust_env=True)`.");
-    line(&format!(
-        "- Ruby bundler reads only `HTTP_PROXY` (set: `HTTP_PROXY={}`), not `HTTPS_PROXY`.",
-        var("HTTP_PROXY").unwrap_or("(not set)")
-    ));
-    line(&format!(
-        "- Docker containers cannot reach the relay: it listens on this machine's \
-         loopback ({proxy}). Fetch what a build needs outside the container, or \
-         run it with `--network host` and pass the proxy variables and the bundle in."
-    ));
-    line("");
-    line("## What is not supported");
-    line("");
-    line(
-        "- Raw TCP and protocols other than HTTP and HTTPS (ssh, `git://`, \
-         database and mail protocols).",
-    );
-    line(
-        "- Client certificates to origins (mutual TLS): the gateway ends the \
-         client's TLS, so the origin never sees them.",
-    );
-    line("- Clients that pin an origin's certificate: they reject the gateway's.");
-    line("");
-    line("## Never");
-    line("");
-    line(
-        "- Never disable TLS verification (`curl -k`, `requests.get(url, verify=False)`, \
-         `NODE_TLS_REJECT_UNAUTHORIZED`, `GIT_SSL_NO_VERIFY`): name the bundle instead.",
-    );
-    line(
-        "- Never unset `HTTPS_PROXY` or point it elsewhere: the proxy is the \
-         session's way out, and going around it goes around its policy.",
-    );
-    t
+    out
 }
 
 #[cfg(test)]
@@ -381,6 +346,30 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# This session's network proxy\n"));
         assert_eq!(path_of_relative(), PathBuf::from("README.md"));
+    }
+
+    #[test]
+    fn every_placeholder_is_filled() {
+        let env = sample(&["a.test"]);
+        let files = ClientFiles::expected(&env.ca_bundle);
+        let vars = child_vars(&env, &files, no_parent);
+        assert!(vars.iter().any(|(n, _)| n == "NO_PROXY"));
+        assert!(vars.iter().any(|(n, _)| n == "WGETRC"));
+        assert!(TEMPLATE.contains(OPEN), "the template has placeholders");
+        let text = render(&facts_for(&vars, &files, &env.ca_bundle));
+        assert!(!text.contains(OPEN), "{text}");
+        assert!(!text.contains(CLOSE), "{text}");
+        assert!(
+            text.contains("`NO_PROXY="),
+            "the optional paragraph is there"
+        );
+    }
+
+    #[test]
+    fn fill_is_one_pass_and_drops_empty_lines() {
+        let template = "a {{x}} b\n{{gone}}\n{{y}}\nend {{unknown}}\n";
+        let text = fill(template, &[("x", "{{y}}"), ("gone", ""), ("y", "Y")]);
+        assert_eq!(text, "a {{y}} b\nY\nend {{unknown}}\n");
     }
 
     fn path_of_relative() -> PathBuf {
