@@ -39,6 +39,8 @@
 //!   more (non-blocking) before handing it out, so a close that arrived a
 //!   moment ago is noticed even if the keeper has not run yet.
 //!
+//! The keeper thread and its look at each socket are in `keeper`.
+//!
 //! Pooled sockets are non-blocking, and [`Pool::take`] hands them back that
 //! way. A pooled socket holds nothing beyond the WebSocket itself and a few
 //! timestamps.
@@ -58,19 +60,23 @@
 //! ```
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use tungstenite::WebSocket;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::gateway::GatewayStream;
-use crate::gateway::liveness::{self, Liveness, Step, Watch};
+use crate::gateway::liveness::{Liveness, Watch};
+
+mod keeper;
+
+use keeper::{keeper, look_after};
 
 /// Stack for the keeper thread: it reads small control frames (TLS
 /// included) and writes keepalives; untouched pages cost no memory.
@@ -78,15 +84,6 @@ const KEEPER_STACK: usize = 128 * 1024;
 
 /// The v2 keepalive: a data message with empty data.
 const KEEPALIVE: [u8; 2] = [0x0A, 0x00];
-
-/// Most messages read from one pooled socket in one look, so a gateway that
-/// floods pings cannot hold the pool's lock for long; the rest waits for the
-/// next wake.
-const MAX_READS_PER_LOOK: usize = 64;
-
-/// How soon the keeper looks again at a socket it stopped reading at
-/// [`MAX_READS_PER_LOOK`].
-const FLOOD_PAUSE: Duration = Duration::from_millis(10);
 
 /// How the pool behaves. The defaults are the contract's.
 #[derive(Debug, Clone)]
@@ -201,7 +198,7 @@ struct Entry {
     last_sent: Instant,
     /// A pong or keepalive is queued but the socket would not take it yet.
     flush_pending: bool,
-    /// The last look stopped at [`MAX_READS_PER_LOOK`]: what is left may sit
+    /// The last look stopped at [`keeper::MAX_READS_PER_LOOK`]: what is left may sit
     /// inside TLS, where it does not wake `poll`, so look again soon.
     more_to_read: bool,
     /// When the gateway was last heard on it, and the Ping out, if any.
@@ -428,219 +425,6 @@ impl Shared {
     }
 }
 
-/// Checks one pooled WebSocket and does its chores: expiry, reading what
-/// the gateway sent, keepalive, flushing. `Err` means it must be retired.
-fn look_after(entry: &mut Entry, config: &PoolConfig, now: Instant) -> Result<(), Retire> {
-    if !entry.ws.can_write() {
-        return Err(Retire::Closed);
-    }
-    if now.saturating_duration_since(entry.opened) >= config.max_age {
-        return Err(Retire::TooOld);
-    }
-    if now.saturating_duration_since(entry.pooled_at) >= config.idle_timeout {
-        return Err(Retire::Idle);
-    }
-    // Until WouldBlock: bytes already decrypted inside TLS do not wake poll.
-    entry.more_to_read = true;
-    for _ in 0..MAX_READS_PER_LOOK {
-        let message = entry.ws.read();
-        if message.is_ok() {
-            entry.watch.heard(now);
-        }
-        match message {
-            Ok(Message::Ping(_)) => entry.flush_pending = true,
-            Ok(Message::Pong(payload)) => {
-                if let Some(liveness) = &config.liveness {
-                    liveness.pong(&payload);
-                }
-            }
-            Ok(Message::Binary(data)) if data.is_empty() || data[..] == KEEPALIVE => {}
-            Ok(Message::Binary(_)) => return Err(Retire::Unexpected("data")),
-            Ok(Message::Text(_)) => return Err(Retire::Unexpected("text")),
-            Ok(Message::Close(_)) => return Err(Retire::Unexpected("a close")),
-            Ok(Message::Frame(_)) => return Err(Retire::Unexpected("a raw frame")),
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                entry.more_to_read = false;
-                break;
-            }
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                return Err(Retire::Closed);
-            }
-            Err(e) => return Err(Retire::Error(e.to_string())),
-        }
-    }
-    if let Some(liveness) = config
-        .liveness
-        .as_ref()
-        .filter(|_| !config.keepalive_interval.is_zero())
-    {
-        match entry
-            .watch
-            .step(now, config.keepalive_interval, liveness.enforced_deadline())
-        {
-            Step::WaitUntil(_) => {}
-            Step::Ping => {
-                match entry.ws.write(liveness::ping()) {
-                    Ok(()) => {}
-                    // Queued; the flush below or a later one sends it.
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(Retire::Error(e.to_string())),
-                }
-                entry.watch.pinged(now);
-                entry.flush_pending = true;
-            }
-            Step::Unresponsive => {
-                liveness.record_pooled_unresponsive();
-                return Err(Retire::Unresponsive);
-            }
-        }
-    }
-    if !config.keepalive_interval.is_zero()
-        && now.saturating_duration_since(entry.last_sent) >= config.keepalive_interval
-    {
-        match entry
-            .ws
-            .write(Message::Binary(Bytes::from_static(&KEEPALIVE)))
-        {
-            Ok(()) => {}
-            // Queued; the flush below or a later one sends it.
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Retire::Error(e.to_string())),
-        }
-        entry.last_sent = now;
-        entry.flush_pending = true;
-    }
-    if entry.flush_pending {
-        match entry.ws.flush() {
-            Ok(()) => entry.flush_pending = false,
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Retire::Error(e.to_string())),
-        }
-    }
-    Ok(())
-}
-
-/// When the keeper must next look at `entry` even if nothing arrives.
-fn next_due(entry: &Entry, config: &PoolConfig) -> Option<Instant> {
-    let keepalive = if config.keepalive_interval.is_zero() {
-        None
-    } else {
-        entry.last_sent.checked_add(config.keepalive_interval)
-    };
-    let liveness = match &config.liveness {
-        Some(liveness) if !config.keepalive_interval.is_zero() => {
-            match entry.watch.step(
-                Instant::now(),
-                config.keepalive_interval,
-                liveness.enforced_deadline(),
-            ) {
-                Step::WaitUntil(at) => Some(at),
-                // Due now: the next look does it.
-                Step::Ping | Step::Unresponsive => Some(Instant::now()),
-            }
-        }
-        _ => None,
-    };
-    [
-        entry.opened.checked_add(config.max_age),
-        entry.pooled_at.checked_add(config.idle_timeout),
-        keepalive,
-        liveness,
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-}
-
-/// The keeper thread: sleeps in `poll(2)` until a pooled socket is readable
-/// (or writable, with a flush pending), a deadline passes, or a wake byte
-/// arrives; then looks after every pooled socket under the lock.
-fn keeper(shared: &Shared, wake_rx: UnixStream) {
-    // However the loop ends (panics included), stop the pool and close
-    // whatever is left, so nothing sits pooled without a keeper.
-    struct OnExit<'a>(&'a Shared);
-    impl Drop for OnExit<'_> {
-        fn drop(&mut self) {
-            let entries = {
-                let mut state = self.0.lock();
-                state.stopped = true;
-                std::mem::take(&mut state.entries)
-            };
-            retire_all(entries.into_iter().map(|e| (e, Retire::Shutdown)).collect());
-        }
-    }
-    let _on_exit = OnExit(shared);
-
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(shared.config.max_idle.min(64) + 1);
-    loop {
-        let mut retired = Vec::new();
-        let timeout = {
-            let mut state = shared.lock();
-            if state.stopped {
-                return;
-            }
-            let now = Instant::now();
-            let mut i = 0;
-            while i < state.entries.len() {
-                match look_after(&mut state.entries[i], &shared.config, now) {
-                    Ok(()) => i += 1,
-                    Err(why) => retired.push((state.entries.remove(i), why)),
-                }
-            }
-            fds.clear();
-            fds.push(pollfd(wake_rx.as_raw_fd(), libc::POLLIN));
-            for entry in &state.entries {
-                let mut events = libc::POLLIN;
-                if entry.flush_pending {
-                    events |= libc::POLLOUT;
-                }
-                fds.push(pollfd(entry.ws.get_ref().tcp().as_raw_fd(), events));
-            }
-            let due = state
-                .entries
-                .iter()
-                .filter_map(|e| next_due(e, &shared.config))
-                .min()
-                .map(|due| due.saturating_duration_since(now));
-            if state.entries.iter().any(|e| e.more_to_read) {
-                Some(due.map_or(FLOOD_PAUSE, |d| d.min(FLOOD_PAUSE)))
-            } else {
-                due
-            }
-        };
-        retire_all(retired);
-
-        let ms = match timeout {
-            None => -1,
-            // Round up, so the next look is at or after the deadline.
-            Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
-        };
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds. An fd in it
-        // may be closed meanwhile (its socket taken by a tunnel); poll then
-        // reports on a stale or reused fd, which only makes a spurious wake.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                log::warn!("websocket pool keeper: poll failed: {err}");
-                thread::sleep(Duration::from_millis(100));
-            }
-        }
-        // Drain the wake-ups; the loop re-reads the state anyway.
-        let mut sink = [0u8; 64];
-        while matches!((&wake_rx).read(&mut sink), Ok(n) if n > 0) {}
-    }
-}
-
-fn pollfd(fd: i32, events: i16) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
 /// Closes retired WebSockets; called without the pool's lock.
 fn retire_all(entries: Vec<(Entry, Retire)>) {
     for (entry, why) in entries {
@@ -673,10 +457,14 @@ fn close_quietly(mut ws: WebSocket<GatewayStream>) {
 
 #[cfg(test)]
 mod tests {
+    use super::keeper::MAX_READS_PER_LOOK;
     use super::*;
+    use crate::gateway::liveness;
+    use std::io::Read;
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::OnceLock;
     use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+    use tungstenite::{Bytes, Message};
 
     /// Every wait in these tests ends by this bound.
     const BOUND: Duration = Duration::from_secs(10);

@@ -16,13 +16,8 @@
 //! in the background. `doctor` runs the same probe.
 
 use std::fmt;
-use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -34,15 +29,12 @@ use crate::gateway::{Credentials, Endpoint, Gateway, GatewayError};
 use crate::proxy::access::Access;
 use crate::proxy::listener::Relay;
 use crate::startup::gates::{self, Activated, GateClosed, Generation};
+use crate::startup::probe::start_probe;
+pub use crate::startup::probe::{PROBE_VERDICT_WAIT, ProbeVerdict, probe, startup_error_text};
+pub use crate::startup::tls::{TlsSetupError, tls_connector};
 use crate::startup::token;
 use crate::trust::fetch::CaFetchFailure;
 use crate::trust::{self, Bundle, TrustError};
-
-/// How long `run` and `serve` wait for the probe's verdict before going on.
-pub const PROBE_VERDICT_WAIT: Duration = Duration::from_secs(2);
-
-/// Pauses between the probe's three attempts.
-const PROBE_PAUSES: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(400)];
 
 /// What start-up ended with.
 pub enum Startup {
@@ -228,122 +220,6 @@ pub fn selective_list(
     Some(list)
 }
 
-/// What the start-up probe found.
-#[derive(Debug)]
-pub enum ProbeVerdict {
-    /// A WebSocket opened (and was closed again).
-    Opened,
-    /// The upgrade was refused with 401 or 403: the proxy stays off.
-    CredentialsRefused(GatewayError),
-    /// No WebSocket opened in three attempts: the proxy serves with a
-    /// start-up error.
-    Unreachable(GatewayError),
-}
-
-/// The probe: one WebSocket opened and closed, three attempts 200 ms then
-/// 400 ms apart, each within the upgrade bound. 401 and 403 end it at once.
-pub fn probe(gateway: &Gateway) -> ProbeVerdict {
-    let mut attempt = 0;
-    loop {
-        match gateway.open_websocket() {
-            Ok(mut ws) => {
-                let _ = ws.close(None);
-                let _ = ws.flush();
-                return ProbeVerdict::Opened;
-            }
-            Err(e) if e.refuses_credentials() => return ProbeVerdict::CredentialsRefused(e),
-            Err(e) if attempt < PROBE_PAUSES.len() => {
-                thread::sleep(PROBE_PAUSES[attempt]);
-                attempt += 1;
-                let _ = e;
-            }
-            Err(e) => return ProbeVerdict::Unreachable(e),
-        }
-    }
-}
-
-/// The start-up error a probe that found no gateway leaves, as tunnels'
-/// `502` answers end with it.
-pub fn startup_error_text(e: &GatewayError) -> String {
-    format!("gateway unreachable at start-up: {e}")
-}
-
-/// Why the TLS settings for the gateway cannot be made.
-#[derive(Debug)]
-pub enum TlsSetupError {
-    /// `--gateway-ca` cannot be read.
-    ReadGatewayCa { path: PathBuf, error: io::Error },
-    /// `--gateway-ca` holds no PEM certificate.
-    NoCertificate(PathBuf),
-    /// A certificate in `--gateway-ca` is not one the TLS library takes.
-    BadCertificate {
-        path: PathBuf,
-        error: native_tls::Error,
-    },
-    /// The TLS library cannot make a connector.
-    Build(native_tls::Error),
-}
-
-impl fmt::Display for TlsSetupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TlsSetupError::ReadGatewayCa { path, error } => {
-                write!(f, "cannot read --gateway-ca {}: {error}", path.display())
-            }
-            TlsSetupError::NoCertificate(path) => {
-                write!(
-                    f,
-                    "--gateway-ca {} holds no PEM certificate",
-                    path.display()
-                )
-            }
-            TlsSetupError::BadCertificate { path, error } => {
-                write!(f, "--gateway-ca {}: {error}", path.display())
-            }
-            TlsSetupError::Build(error) => write!(f, "{error}"),
-        }
-    }
-}
-
-impl std::error::Error for TlsSetupError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            TlsSetupError::ReadGatewayCa { error, .. } => Some(error),
-            TlsSetupError::BadCertificate { error, .. } | TlsSetupError::Build(error) => {
-                Some(error)
-            }
-            TlsSetupError::NoCertificate(_) => None,
-        }
-    }
-}
-
-/// The TLS settings of the relay's own connections to the gateway: the
-/// system roots (OpenSSL's defaults, which honour `SSL_CERT_FILE` and
-/// `SSL_CERT_DIR`) plus any `--gateway-ca` certificates.
-pub fn tls_connector(gateway_ca: Option<&Path>) -> Result<native_tls::TlsConnector, TlsSetupError> {
-    let mut builder = native_tls::TlsConnector::builder();
-    if let Some(path) = gateway_ca {
-        let pem = fs::read(path).map_err(|error| TlsSetupError::ReadGatewayCa {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        let certs = trust::extract_certificates(&pem);
-        if certs.is_empty() {
-            return Err(TlsSetupError::NoCertificate(path.to_path_buf()));
-        }
-        for cert in certs {
-            let cert = native_tls::Certificate::from_pem(cert.as_bytes()).map_err(|error| {
-                TlsSetupError::BadCertificate {
-                    path: path.to_path_buf(),
-                    error,
-                }
-            })?;
-            builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(TlsSetupError::Build)
-}
-
 /// Step 3 without its writes: the gateway's CA fetched, the system bundle
 /// and the user's CA files (named in `parent`, the relay's environment)
 /// read, the bundle built in memory.
@@ -446,6 +322,44 @@ pub fn apply(
     // Decided before anything is written: with --require-uid-check on a
     // machine that cannot tell owners apart, nothing happens at all.
     let access = access_rule(config)?;
+    let mut client_files = write_trust_files(config, &plan, &parent)?;
+    let generation = plan.activation.generation();
+    let (relay, addr) = bind_listener(config, &plan, access)?;
+    await_probe(&relay)?;
+    remove_token_file(config, &plan);
+    let proxy_url = format!("http://{addr}");
+    let proxy_env = proxy_env(config, &plan, &relay, proxy_url.clone());
+    write_wgetrc(&proxy_env, &mut client_files, &parent);
+    let child_vars = env::child_vars(&proxy_env, &client_files, &parent);
+    let installed = crate::startup::outside::after_listen(
+        &plan.bundle,
+        client_files.truststore.as_deref(),
+        &parent,
+    );
+    publish_status(config, &plan, &relay, addr, &child_vars);
+    write_agent_readme(config, generation, &client_files, &child_vars);
+    info!(
+        "{} on {addr}: bundle {} ({} certificates), installed: {}",
+        generation.name(),
+        config.ca_bundle.display(),
+        plan.bundle.certificates().len(),
+        installed_summary(&installed.now)
+    );
+    Ok(Started {
+        relay,
+        proxy_url,
+        child_vars,
+        installed,
+    })
+}
+
+/// Writes the bundle (one atomic write) into the relay's own directory, and
+/// the Java truststore (a warning if it cannot be written).
+fn write_trust_files(
+    config: &Config,
+    plan: &Plan,
+    parent: &impl Fn(&str) -> Option<String>,
+) -> Result<ClientFiles, SessionError> {
     // The bundle's directory holds what children trust: the relay's own,
     // or nothing is written there at all.
     if let Some(dir) = config
@@ -459,13 +373,22 @@ pub fn apply(
     let mut client_files = ClientFiles::default();
     match plan
         .bundle
-        .write_truststore_with(&crate::startup::outside::jdk_certificates(&parent))
+        .write_truststore_with(&crate::startup::outside::jdk_certificates(parent))
     {
         Ok(store) => client_files.truststore = Some(store),
         Err(warning) => eprintln!("ccr-relay: warning: {warning}"),
     }
-    let generation = plan.activation.generation();
-    let gateway = gateway(config, &plan);
+    Ok(client_files)
+}
+
+/// Binds the listener with the gateway client and the access rule, and
+/// warns when it is not on loopback.
+fn bind_listener(
+    config: &Config,
+    plan: &Plan,
+    access: Access,
+) -> Result<(Relay, SocketAddr), SessionError> {
+    let gateway = gateway(config, plan);
     let rule = access.clone();
     let relay = Relay::bind(config.listen, gateway, config.limits, access).map_err(|error| {
         SessionError::Listen {
@@ -477,8 +400,12 @@ pub fn apply(
     if let Some(warning) = listen_warning(addr, &rule) {
         warn!("{warning}");
     }
-    // The probe: its verdict within the wait decides; a later one is
-    // recorded by the probe's thread.
+    Ok((relay, addr))
+}
+
+/// The probe: its verdict within the wait decides; a later one is
+/// recorded by the probe's thread.
+fn await_probe(relay: &Relay) -> Result<(), SessionError> {
     match start_probe(relay.gateway()).recv_timeout(PROBE_VERDICT_WAIT) {
         Ok(ProbeVerdict::CredentialsRefused(e)) => return Err(SessionError::CredentialsRefused(e)),
         Ok(_) => {}
@@ -487,6 +414,12 @@ pub fn apply(
             PROBE_VERDICT_WAIT.as_secs()
         ),
     }
+    Ok(())
+}
+
+/// Unlinks the token file, only if it is still the file the token was read
+/// from; a failure is a warning.
+fn remove_token_file(config: &Config, plan: &Plan) {
     match token::remove_token_file(&config.token_file, &plan.activation.token) {
         Ok(token::TokenFileRemoval::Replaced) => info!(
             "the token file {} was rewritten since start-up; the new one is left in place",
@@ -498,31 +431,47 @@ pub fn apply(
             config.token_file.display()
         ),
     }
-    let proxy_url = format!("http://{addr}");
-    let proxy_env = ProxyEnv {
-        proxy_url: proxy_url.clone(),
+}
+
+/// What the children's environment and the wgetrc are computed from.
+fn proxy_env(config: &Config, plan: &Plan, relay: &Relay, proxy_url: String) -> ProxyEnv {
+    ProxyEnv {
+        proxy_url,
         ca_bundle: config.ca_bundle.clone(),
         no_proxy_extra: config.no_proxy_extra.clone(),
         no_proxy_default: config.no_proxy_default,
         mode: env::Mode {
-            generation,
+            generation: plan.activation.generation(),
             standalone: plan.activation.standalone,
             selective: relay.gateway().selective.is_some(),
         },
         system_bundle: plan.bundle.built.system_bundle.is_some(),
-    };
-    match env::write_wgetrc(&proxy_env, &parent) {
+    }
+}
+
+/// Writes the wgetrc (it names the port); a failure is a warning and
+/// leaves `WGETRC` unset.
+fn write_wgetrc(
+    proxy_env: &ProxyEnv,
+    client_files: &mut ClientFiles,
+    parent: &impl Fn(&str) -> Option<String>,
+) {
+    match env::write_wgetrc(proxy_env, parent) {
         Ok(path) => client_files.wgetrc = Some(path),
         Err(e) => eprintln!(
             "ccr-relay: warning: cannot write the wgetrc for wget ({e}); WGETRC is not set, so wget will not trust the gateway"
         ),
     }
-    let child_vars = env::child_vars(&proxy_env, &client_files, &parent);
-    let installed = crate::startup::outside::after_listen(
-        &plan.bundle,
-        client_files.truststore.as_deref(),
-        &parent,
-    );
+}
+
+/// Gives the status page what start-up decided.
+fn publish_status(
+    config: &Config,
+    plan: &Plan,
+    relay: &Relay,
+    addr: SocketAddr,
+    child_vars: &[(String, String)],
+) {
     relay
         .gateway()
         .monitor
@@ -538,29 +487,26 @@ pub fn apply(
             standalone: plan.activation.standalone,
             selective: relay.gateway().selective.is_some(),
         });
+}
+
+/// Writes the README for the agent next to the bundle; a failure is a
+/// warning.
+fn write_agent_readme(
+    config: &Config,
+    generation: Generation,
+    client_files: &ClientFiles,
+    child_vars: &[(String, String)],
+) {
     let readme = crate::startup::agent_readme::write(&crate::startup::agent_readme::Facts {
         generation,
         bundle: &config.ca_bundle,
-        files: &client_files,
+        files: client_files,
         truststore_password: crate::trust::jks::PASSWORD,
-        child_vars: &child_vars,
+        child_vars,
     });
     if let Err(e) = &readme {
         eprintln!("ccr-relay: warning: cannot write the README next to the CA bundle: {e}");
     }
-    info!(
-        "{} on {addr}: bundle {} ({} certificates), installed: {}",
-        generation.name(),
-        config.ca_bundle.display(),
-        plan.bundle.certificates().len(),
-        installed_summary(&installed.now)
-    );
-    Ok(Started {
-        relay,
-        proxy_url,
-        child_vars,
-        installed,
-    })
 }
 
 /// Runs the start-up sequence. Never panics and never fails: any problem
@@ -641,76 +587,10 @@ fn fail_open(why: SessionError) -> Startup {
     Startup::Disabled
 }
 
-/// Runs the probe in its own thread; its verdict comes on the channel and
-/// is also recorded on the gateway: an unreachable gateway (while no
-/// tunnel has opened yet) leaves the start-up error, and a refusal that
-/// comes after the wait is a warning and a start-up error too.
-fn start_probe(gateway: Arc<Gateway>) -> mpsc::Receiver<ProbeVerdict> {
-    let (tx, rx) = mpsc::channel();
-    let spawned = thread::Builder::new()
-        .name("probe".into())
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            let verdict = probe(&gateway);
-            match &verdict {
-                ProbeVerdict::Opened => gateway.state.set_startup_error(None),
-                ProbeVerdict::Unreachable(e) => {
-                    let text = startup_error_text(e);
-                    // Not a warning on stderr: the proxy is on, and each
-                    // tunnel's answer says it (doctor too).
-                    info!("{text}; tunnels will try once each");
-                    gateway.state.set_startup_error_unless_opened(text);
-                }
-                ProbeVerdict::CredentialsRefused(e) => {
-                    let text = format!("the gateway refused the session's credentials: {e}");
-                    gateway.state.set_startup_error_unless_opened(text);
-                }
-            }
-            if let Err(mpsc::SendError(ProbeVerdict::CredentialsRefused(e))) = tx.send(verdict) {
-                eprintln!(
-                    "ccr-relay: warning: the gateway refused the session's credentials ({e}); tunnels will fail"
-                );
-            }
-        });
-    if let Err(e) = spawned {
-        warn!("cannot start the gateway probe: {e}");
-    }
-    rx
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::BaseUrlFrom;
-
-    #[test]
-    fn gateway_ca_problems_are_named_with_the_file() {
-        let dir = crate::test_support::TempDir::new("tls-setup");
-        let missing = dir.0.join("missing.pem");
-        let err = tls_connector(Some(&missing)).expect_err("a missing file");
-        assert!(
-            matches!(err, TlsSetupError::ReadGatewayCa { .. }),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().starts_with("cannot read --gateway-ca "),
-            "{err}"
-        );
-        assert!(std::error::Error::source(&err).is_some());
-
-        let empty = dir.0.join("empty.pem");
-        fs::write(&empty, "not a certificate\n").unwrap();
-        let err = tls_connector(Some(&empty)).expect_err("no certificate");
-        assert_eq!(
-            err.to_string(),
-            format!("--gateway-ca {} holds no PEM certificate", empty.display())
-        );
-
-        let good = dir.0.join("ca.pem");
-        fs::write(&good, crate::test_support::self_signed("gateway ca").pem).unwrap();
-        assert!(tls_connector(Some(&good)).is_ok());
-        assert!(tls_connector(None).is_ok());
-    }
 
     fn unreachable() -> CaFetchFailure {
         CaFetchFailure {

@@ -231,22 +231,60 @@ enum Hello {
 }
 
 impl Attempt<'_> {
+    /// Sends the opening on `ws`, then waits for the gateway's first answer
+    /// bytes (HELLO_ACK, keepalives and the deadlines on the way).
     fn run(
         &self,
         mut ws: WebSocket<GatewayStream>,
         opened_at: Instant,
     ) -> Result<Opened, OpenError> {
-        let gateway = self.gateway;
-        let agent = gateway.generation == Generation::AgentProxy;
         let started = Instant::now();
-        let mut hello = if self.reused {
+        let hello = self.initial_hello(started);
+        let wire = if self.agent() { Wire::V2 } else { Wire::V1 };
+        self.send_opening(&mut ws, hello)?;
+        let (hello, answer) = self.await_answer(&mut ws, wire, hello, started)?;
+        Ok(Opened {
+            ws,
+            wire,
+            v2: hello == Hello::Acknowledged,
+            fell_back: match hello {
+                Hello::FellBack(why) => Some(why),
+                _ => None,
+            },
+            reused: self.reused,
+            opened_at,
+            answer,
+            attempts: 0,
+        })
+    }
+
+    fn agent(&self) -> bool {
+        self.gateway.generation == Generation::AgentProxy
+    }
+
+    /// Whether this attempt sends HELLO: on a fresh agent-proxy WebSocket,
+    /// unless the gateway is known not to acknowledge it (and `--require-v2`
+    /// is off); a reused WebSocket was acknowledged already.
+    fn initial_hello(&self, started: Instant) -> Hello {
+        if self.reused {
             Hello::Acknowledged
-        } else if agent && (self.gateway.require_v2 || !gateway.state.v2_unacknowledged()) {
+        } else if self.agent()
+            && (self.gateway.require_v2 || !self.gateway.state.v2_unacknowledged())
+        {
             Hello::Awaited(started + self.limits.hello_ack_timeout)
         } else {
             Hello::NotSent
-        };
-        let wire = if agent { Wire::V2 } else { Wire::V1 };
+        }
+    }
+
+    /// Sends the opening: HELLO if awaited, the CONNECT preamble, the
+    /// client's bytes that came with the request head, and on a fresh
+    /// WebSocket the liveness Ping.
+    fn send_opening(
+        &self,
+        ws: &mut WebSocket<GatewayStream>,
+        hello: Hello,
+    ) -> Result<(), OpenError> {
         // Sends are blocking, bounded like the upgrade.
         socket::set_mode(
             ws.get_ref().tcp(),
@@ -257,7 +295,7 @@ impl Attempt<'_> {
         if matches!(hello, Hello::Awaited(_)) {
             opening.push(message_v2::HELLO.to_vec());
         }
-        let preamble = gateway.connect_head(
+        let preamble = self.gateway.connect_head(
             self.request.target,
             &(self.request.client_process)(self.reused),
         );
@@ -276,8 +314,20 @@ impl Attempt<'_> {
             // After the opening, which a gateway may require to come first.
             ws.write(liveness::ping()).map_err(OpenError::Ws)?;
         }
-        ws.flush().map_err(OpenError::Ws)?;
+        ws.flush().map_err(OpenError::Ws)
+    }
 
+    /// Waits for the first answer bytes: falls back when HELLO_ACK does not
+    /// come in time or the answer comes first, sends keepalives while the
+    /// gateway is silent, and gives up at the answer deadline. Returns where
+    /// HELLO ended and the answer's first bytes.
+    fn await_answer(
+        &self,
+        ws: &mut WebSocket<GatewayStream>,
+        wire: Wire,
+        mut hello: Hello,
+        started: Instant,
+    ) -> Result<(Hello, Bytes), OpenError> {
         let answer_deadline = started
             + if self.reused {
                 self.limits.reuse_answer_timeout
@@ -307,41 +357,9 @@ impl Attempt<'_> {
             if let Hello::Awaited(until) = hello {
                 wake = wake.min(until);
             }
-            socket::set_mode(
-                ws.get_ref().tcp(),
-                Mode::Blocking {
-                    read: Some(wake.saturating_duration_since(now)),
-                    write: Some(self.limits.upgrade_timeout),
-                },
-            )
-            .map_err(|e| OpenError::Ws(tungstenite::Error::Io(e)))?;
-            let message = match ws.read() {
-                Ok(message) => message,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue;
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Err(OpenError::ClosedSilently);
-                }
-                Err(e) => return Err(OpenError::Ws(e)),
-            };
-            let encoded = match message {
-                Message::Binary(encoded) => encoded,
-                Message::Text(_) => return Err(OpenError::Malformed(wire.text_frame())),
-                Message::Close(_) => return Err(OpenError::ClosedSilently),
-                Message::Pong(payload) => {
-                    gateway.liveness.pong(&payload);
-                    continue;
-                }
-                // Pongs to pings go out with the next read or send.
-                Message::Ping(_) | Message::Frame(_) => continue,
+            let Some(encoded) = self.read_binary(ws, wire, wake.saturating_duration_since(now))?
+            else {
+                continue;
             };
             match wire.decode(&encoded).map_err(OpenError::Malformed)? {
                 Incoming::Data([]) | Incoming::Ignored => {}
@@ -350,20 +368,7 @@ impl Attempt<'_> {
                         hello = self.fall_back("the gateway answered before HELLO_ACK")?;
                     }
                     let start = data.as_ptr() as usize - encoded.as_ptr() as usize;
-                    let answer = encoded.slice(start..start + data.len());
-                    return Ok(Opened {
-                        ws,
-                        wire,
-                        v2: hello == Hello::Acknowledged,
-                        fell_back: match hello {
-                            Hello::FellBack(why) => Some(why),
-                            _ => None,
-                        },
-                        reused: self.reused,
-                        opened_at,
-                        answer,
-                        attempts: 0,
-                    });
+                    return Ok((hello, encoded.slice(start..start + data.len())));
                 }
                 Incoming::HelloAck { v2: true } if matches!(hello, Hello::Awaited(_)) => {
                     self.gateway.state.remember_v2_acknowledged();
@@ -375,6 +380,53 @@ impl Attempt<'_> {
                 Incoming::HelloAck { .. } => {}
                 Incoming::Fin => return Err(OpenError::ClosedSilently),
             }
+        }
+    }
+
+    /// Reads one message within `wait`: a binary message's payload, or
+    /// `None` when the wait ran out or the message was a control frame
+    /// (a Pong goes to the liveness check).
+    fn read_binary(
+        &self,
+        ws: &mut WebSocket<GatewayStream>,
+        wire: Wire,
+        wait: Duration,
+    ) -> Result<Option<Bytes>, OpenError> {
+        socket::set_mode(
+            ws.get_ref().tcp(),
+            Mode::Blocking {
+                read: Some(wait),
+                write: Some(self.limits.upgrade_timeout),
+            },
+        )
+        .map_err(|e| OpenError::Ws(tungstenite::Error::Io(e)))?;
+        let message = match ws.read() {
+            Ok(message) => message,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                return Err(OpenError::ClosedSilently);
+            }
+            Err(e) => return Err(OpenError::Ws(e)),
+        };
+        match message {
+            Message::Binary(encoded) => Ok(Some(encoded)),
+            Message::Text(_) => Err(OpenError::Malformed(wire.text_frame())),
+            Message::Close(_) => Err(OpenError::ClosedSilently),
+            Message::Pong(payload) => {
+                self.gateway.liveness.pong(&payload);
+                Ok(None)
+            }
+            // Pongs to pings go out with the next read or send.
+            Message::Ping(_) | Message::Frame(_) => Ok(None),
         }
     }
 
