@@ -178,12 +178,27 @@ pub fn resolve(bundle: &Path) -> Result<PathBuf, StateDirError> {
     if let Some(dir) = fresh.as_ref().filter(|d| check(d).is_ok()) {
         return Ok(dir.join(BUNDLE_FILE));
     }
-    let dir = mkdtemp(template).map_err(|error| StateDirError::Create {
+    let dir = make_fresh(template).map_err(|error| StateDirError::Create {
         dir: template.to_path_buf(),
         error,
     })?;
     *fresh = Some(dir.clone());
     Ok(dir.join(BUNDLE_FILE))
+}
+
+/// A fresh directory from `template`. A temp directory that does not exist
+/// (an image with no `/tmp`) is made first, mode 0700: made by the relay,
+/// it is its own, so no other user can have put anything in it.
+fn make_fresh(template: &Path) -> io::Result<PathBuf> {
+    if let Some(parent) = template.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    mkdtemp(template)
 }
 
 fn mkdtemp(template: &Path) -> io::Result<PathBuf> {
@@ -254,6 +269,17 @@ pub fn writable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_temp_directory_is_made_private_first() {
+        let base = TempDir::new("state-dir-missing-tmp");
+        let template = base.0.join("no-tmp-here").join(FRESH_TEMPLATE);
+        let dir = make_fresh(&template).unwrap();
+        assert!(dir.starts_with(base.0.join("no-tmp-here")));
+        let parent = fs::metadata(base.0.join("no-tmp-here")).unwrap();
+        assert_eq!(parent.mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    }
     use crate::test_support::TempDir;
     use std::os::unix::fs::PermissionsExt;
 
