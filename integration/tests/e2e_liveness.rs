@@ -157,7 +157,15 @@ fn frozen_gateway_ends_an_idle_tunnel(generation: Generation) {
     );
     let err = err.expect("the client is reset, not ended as if the answer were whole");
     assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
-    let page = status(&relay);
+    // The client is reset before the tunnel's thread records its end: poll.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut page = status(&relay);
+    while !(page.contains("\"gateway_unresponsive\"") && page.contains("origin.test:80"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        page = status(&relay);
+    }
     assert!(
         page.contains("\"gateway_unresponsive\"") && page.contains("origin.test:80"),
         "no gateway_unresponsive failure for the tunnel on the status page:\n{page}\nrelay log:\n{}",
