@@ -57,42 +57,45 @@ pub fn anchor_names(count: usize) -> Vec<String> {
         .collect()
 }
 
-/// Anchors of ours in `dir` that are not in `keep` (left by a start whose
-/// gateway had more certificates).
-fn stale_anchors(dir: &Path, keep: &[String]) -> Vec<PathBuf> {
+/// The files in `dir` whose names `pick` takes (none when `dir` cannot be
+/// read).
+fn files_named(dir: &Path, pick: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let ours = name.starts_with(NAME) && name.ends_with(".crt");
-            (ours && !keep.contains(&name)).then(|| e.path())
-        })
+        .filter(|e| pick(&e.file_name().to_string_lossy()))
+        .map(|e| e.path())
         .collect()
+}
+
+/// Anchors of ours in `dir` that are not in `keep` (left by a start whose
+/// gateway had more certificates).
+fn stale_anchors(dir: &Path, keep: &[String]) -> Vec<PathBuf> {
+    files_named(dir, |name| {
+        name.starts_with(NAME) && name.ends_with(".crt") && !keep.iter().any(|k| k == name)
+    })
 }
 
 /// Temp files of ours left in `dir` by a relay that died while writing an
 /// anchor (`.ccr-relay-gateway….tmp.PID.N`, see [`atomic_file::write`])
 /// whose process is gone.
 fn orphaned_temp_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rest = name.strip_prefix(&format!(".{NAME}"))?;
-            let (_, tail) = rest.split_once(".tmp.")?;
-            let pid: libc::pid_t = tail.split('.').next()?.parse().ok()?;
+    files_named(dir, |name| {
+        orphan_pid(name).is_some_and(|pid| {
             // SAFETY: kill(2) with signal 0 only checks that the pid exists.
-            let gone = unsafe { libc::kill(pid, 0) } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-            gone.then(|| e.path())
+            let probed = unsafe { libc::kill(pid, 0) };
+            probed != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
         })
-        .collect()
+    })
+}
+
+/// The writer's pid in a temp file name of ours (`.ccr-relay-gateway….tmp.PID.N`).
+fn orphan_pid(name: &str) -> Option<libc::pid_t> {
+    let rest = name.strip_prefix(&format!(".{NAME}"))?;
+    let (_, tail) = rest.split_once(".tmp.")?;
+    tail.split('.').next()?.parse().ok()
 }
 
 pub fn install(plan: &Plan) -> Outcome {
@@ -169,6 +172,34 @@ mod tests {
     use super::super::test_util::*;
     use super::*;
     use crate::test_support::TempDir;
+
+    #[test]
+    fn leftovers_of_ours_are_told_apart() {
+        let dir = TempDir::new("system-leftovers");
+        // A pid that cannot exist (above the kernel's limit) and our own.
+        let me = std::process::id();
+        for name in [
+            "ccr-relay-gateway.crt".to_string(),
+            "ccr-relay-gateway-2.crt".to_string(),
+            "ccr-relay-gateway-3.crt".to_string(),
+            "someone-else.crt".to_string(),
+            ".ccr-relay-gateway.crt.tmp.2147483646.1".to_string(),
+            format!(".ccr-relay-gateway.crt.tmp.{me}.1"),
+            ".other.crt.tmp.2147483646.1".to_string(),
+        ] {
+            fs::write(dir.0.join(name), "x").unwrap();
+        }
+        let keep = anchor_names(2);
+        let stale = stale_anchors(&dir.0, &keep);
+        assert_eq!(stale, [dir.0.join("ccr-relay-gateway-3.crt")]);
+        let orphans = orphaned_temp_files(&dir.0);
+        assert_eq!(
+            orphans,
+            [dir.0.join(".ccr-relay-gateway.crt.tmp.2147483646.1")]
+        );
+        assert_eq!(orphan_pid(".ccr-relay-gateway-2.crt.tmp.42.7"), Some(42));
+        assert_eq!(orphan_pid("ccr-relay-gateway.crt"), None);
+    }
 
     #[test]
     fn names_one_file_per_certificate() {
