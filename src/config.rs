@@ -145,6 +145,8 @@ pub struct Limits {
     pub keepalive_interval: Duration,
     /// Liveness: a Ping unanswered (no frame of any kind back) this long
     /// ends the WebSocket, once the gateway is known to answer pings.
+    /// Protocol v2: how long an idle WebSocket stays in the pool.
+    pub pool_idle: Duration,
     pub gateway_deadline: Duration,
     /// Largest data payload of one chunk the relay sends.
     pub max_chunk: usize,
@@ -188,6 +190,7 @@ impl Default for Limits {
             upgrade_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             gateway_deadline: Duration::from_secs(30),
+            pool_idle: Duration::from_secs(10),
             max_chunk: crate::gateway::chunk::MAX_CHUNK_DATA,
             ca_fetch_timeout: Duration::from_secs(5),
             max_ca_bytes: 1024 * 1024,

@@ -59,6 +59,7 @@ TUNING (mostly for tests)
   --upgrade-timeout SECS  time to reach the gateway and upgrade [default: 10]
   --max-head BYTES        largest request head [default: 8192]
   --fin-grace SECS        (v2) wait for the server's FIN after the client closed [default: 10]
+  --pool-idle SECS        (v2) how long an idle WebSocket stays pooled [default: 10]
   --hello-timeout SECS    (v2) wait for HELLO_ACK on a fresh WebSocket [default: 10]
   --upload-stall SECS     end a tunnel whose gateway takes no byte this long [default: 180]
   --response-timeout SECS plain http://: time an origin has to send its response head [default: 60]
@@ -330,6 +331,7 @@ fn apply_option(
         "--hello-timeout" => config.limits.hello_ack_timeout = seconds(flag, &value()?)?,
         "--keepalive" => config.limits.keepalive_interval = seconds(flag, &value()?)?,
         "--gateway-deadline" => config.limits.gateway_deadline = seconds(flag, &value()?)?,
+        "--pool-idle" => config.limits.pool_idle = seconds(flag, &value()?)?,
         "--head-timeout" => config.limits.head_timeout = seconds(flag, &value()?)?,
         "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(flag, &value()?)?,
         "--upload-stall" => config.limits.upload_stall = seconds(flag, &value()?)?,
@@ -492,6 +494,21 @@ mod tests {
             assert!(err.0.contains("--gateway-deadline"), "{bad}: {}", err.0);
         }
         assert!(USAGE.contains("--gateway-deadline SECS"));
+    }
+
+    #[test]
+    fn the_pool_idle_limit_is_a_flag() {
+        let Command::Serve { config, .. } = parse_strs(&["serve", "--pool-idle", "2.5"]).unwrap()
+        else {
+            panic!("not serve")
+        };
+        assert_eq!(config.limits.pool_idle, Duration::from_millis(2500));
+        assert_eq!(
+            crate::config::Limits::default().pool_idle,
+            Duration::from_secs(10)
+        );
+        let err = parse_strs(&["serve", "--pool-idle", "0"]).unwrap_err();
+        assert!(err.0.contains("--pool-idle"), "{}", err.0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! trip per connection.
 //!
 //! The contract's rules: at most 4 pooled; the most recently pooled is taken
-//! first (last in, first out); one idle over 10 s or older than 45 min, or
+//! first (last in, first out); one idle over 10 s (`--pool-idle`) or older than 45 min, or
 //! one the gateway has closed, is never handed out; keepalives continue while
 //! pooled.
 //!

@@ -177,6 +177,7 @@ pub fn gateway(config: &Config, plan: &Plan) -> Gateway {
     let pool = match generation {
         Generation::AgentProxy => match Pool::new(PoolConfig {
             keepalive_interval: config.limits.keepalive_interval,
+            idle_timeout: config.limits.pool_idle,
             liveness: Some(gateway.liveness.clone()),
             ..PoolConfig::default()
         }) {
