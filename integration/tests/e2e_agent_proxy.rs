@@ -952,8 +952,13 @@ fn serve_brings_the_proxy_up_when_the_ca_can_be_fetched_at_last() {
         .stdout(std::process::Stdio::null())
         .stderr(fs::File::create(&stderr_log).unwrap());
     let mut child = cmd.spawn().expect("start ccr-relay serve");
-    thread::sleep(Duration::from_millis(1500));
-    let log = fs::read_to_string(&stderr_log).unwrap_or_default();
+    // Until the first retry is announced (the CA fetch has failed).
+    let deadline = Instant::now() + WAIT;
+    let mut log = String::new();
+    while !log.contains("trying the gateway's CA again in") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        log = fs::read_to_string(&stderr_log).unwrap_or_default();
+    }
     assert!(!env_file.exists(), "no proxy without the CA: {log}");
     assert!(
         log.contains("trying the gateway's CA again in"),
