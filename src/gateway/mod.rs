@@ -33,6 +33,7 @@ use tungstenite::http::{HeaderValue, Uri};
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::gateway::pool::Pool;
+use crate::http::host::is_dns_name;
 use crate::http::request_head::Authority;
 use crate::startup::gates::Generation;
 use crate::startup::token::TokenSource;
@@ -137,6 +138,7 @@ impl Endpoint {
                 .ok_or(EndpointError::Host)?;
             ip.to_string()
         } else if host.parse::<std::net::Ipv4Addr>().is_ok() || is_dns_name(host) {
+            // No trailing dot: the gateway's URL names it plainly.
             host.to_ascii_lowercase()
         } else {
             return Err(EndpointError::Host);
@@ -206,19 +208,6 @@ impl Endpoint {
         }
         Err(GatewayError::Unreachable(last))
     }
-}
-
-/// Labels of letters, digits, `-` and `_`, joined by single dots.
-fn is_dns_name(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        })
 }
 
 /// The two layers of credentials the gateway checks. The token is read
@@ -705,6 +694,24 @@ mod tests {
             (e.tls, e.host.as_str(), e.port, e.prefix.as_str()),
             (false, "gw.example", 80, "/pre")
         );
+    }
+
+    #[test]
+    fn endpoint_hosts_follow_the_dns_rule() {
+        let label63 = "a".repeat(63);
+        let e = Endpoint::parse(&format!("https://{label63}.example")).unwrap();
+        assert_eq!(e.host, format!("{label63}.example"));
+        assert!(Endpoint::parse("https://_gw.example").is_ok());
+        // A label over 63 characters, or ending with `-`, is not a host
+        // name (the old rule took both).
+        for bad in [
+            format!("https://{label63}a.example"),
+            "https://gw-.example".to_string(),
+            "https://-gw.example".to_string(),
+            "https://gw.example.".to_string(),
+        ] {
+            assert_eq!(Endpoint::from_url(&bad), Err(EndpointError::Host), "{bad}");
+        }
     }
 
     fn gateway(generation: Generation) -> Gateway {
