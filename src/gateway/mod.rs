@@ -38,6 +38,7 @@ use crate::http::request_head::Authority;
 use crate::startup::gates::Generation;
 use crate::startup::token::TokenSource;
 use crate::sys::socket::{self, Mode};
+use crate::sys::text::{self, Keep, Unfit};
 use liveness::Liveness;
 
 /// Path of the first generation's WebSocket under the base URL.
@@ -583,11 +584,7 @@ impl Gateway {
         );
         if self.generation == Generation::AgentProxy {
             // Printable ASCII only: nothing in it can start a header line.
-            let name: String = client_process
-                .chars()
-                .filter(|c| c.is_ascii_graphic() || *c == ' ')
-                .take(64)
-                .collect();
+            let name = text::clean(client_process, 64, Keep::PrintableAscii, Unfit::Drop);
             head.push_str(&format!("X-Agent-Proxy-Client-Process: {name}\r\n"));
         }
         head.push_str("\r\n");

@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::http::host::is_dns_name;
 use crate::http::reply::Status;
 use crate::http::request_head::Host;
+use crate::sys::text::sanitize;
 
 /// The answer for a refused direct dial.
 pub const FORBIDDEN: Status = (403, "Forbidden");
@@ -117,10 +118,7 @@ impl fmt::Display for Refusal {
 /// Host text fit for a log line or an answer: control characters become
 /// `?`, and it is cut at a bound.
 fn shown_host(host: &str) -> String {
-    host.chars()
-        .take(HOST_SHOWN_MAX)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    sanitize(host, HOST_SHOWN_MAX)
 }
 
 /// One label of a pattern: `*` inside a label stands for one or more
