@@ -37,6 +37,7 @@ use crate::http::host::is_dns_name;
 use crate::http::request_head::Authority;
 use crate::startup::gates::Generation;
 use crate::startup::token::TokenSource;
+use crate::sys::lock::lock;
 use crate::sys::socket::{self, Mode};
 use crate::sys::text::{self, Keep, Unfit};
 use liveness::Liveness;
@@ -267,20 +268,17 @@ impl GatewayState {
     }
 
     pub fn startup_error(&self) -> Option<String> {
-        self.startup_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.startup_error).clone()
     }
 
     pub fn set_startup_error(&self, error: Option<String>) {
-        *self.startup_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        *lock(&self.startup_error) = error;
     }
 
     /// Records the probe's error, unless a tunnel has opened meanwhile
     /// (the gateway is reachable after all).
     pub fn set_startup_error_unless_opened(&self, error: String) {
-        let mut slot = self.startup_error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.startup_error);
         if !self.opened_any.load(Ordering::SeqCst) {
             *slot = Some(error);
         }
@@ -288,7 +286,7 @@ impl GatewayState {
 
     /// A tunnel's WebSocket opened: the start-up error no longer stands.
     pub fn record_open(&self) {
-        let mut slot = self.startup_error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.startup_error);
         self.opened_any.store(true, Ordering::SeqCst);
         *slot = None;
     }
