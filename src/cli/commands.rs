@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::env;
 use crate::proxy::listener::StopHandle;
 use crate::startup::sequence::{self, Startup};
+use crate::sys::lock::{lock, wait_timeout_while};
 use crate::sys::signals;
 use crate::trust;
 
@@ -245,21 +246,17 @@ struct ServeStop {
 
 impl ServeStop {
     fn request(&self) {
-        *self.requested.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock(&self.requested) = true;
         self.wake.notify_all();
-        if let Some(relay) = &*self.relay.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(relay) = &*lock(&self.relay) {
             relay.stop();
         }
     }
 
     /// Waits `delay` unless a stop comes first; true when one did.
     fn wait(&self, delay: Duration) -> bool {
-        let guard = self.requested.lock().unwrap_or_else(|p| p.into_inner());
-        let (guard, _) = self
-            .wake
-            .wait_timeout_while(guard, delay, |stopped| !*stopped)
-            .unwrap_or_else(|p| p.into_inner());
-        *guard
+        let guard = lock(&self.requested);
+        *wait_timeout_while(&self.wake, guard, delay, |stopped| !*stopped)
     }
 }
 
@@ -311,9 +308,9 @@ fn serve(config: &Config, env_file: Option<&Path>) -> i32 {
         );
     }
 
-    *stop.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.relay.stop_handle());
+    *lock(&stop.relay) = Some(started.relay.stop_handle());
     // A stop that came while starting up: serve returns at once.
-    if *stop.requested.lock().unwrap_or_else(|p| p.into_inner()) {
+    if *lock(&stop.requested) {
         started.relay.stop_handle().stop();
     }
     info!("serving on {}", started.proxy_url);

@@ -33,10 +33,13 @@ use tungstenite::http::{HeaderValue, Uri};
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::gateway::pool::Pool;
+use crate::http::host::is_dns_name;
 use crate::http::request_head::Authority;
 use crate::startup::gates::Generation;
 use crate::startup::token::TokenSource;
+use crate::sys::lock::lock;
 use crate::sys::socket::{self, Mode};
+use crate::sys::text::{self, Keep, Unfit};
 use liveness::Liveness;
 
 /// Path of the first generation's WebSocket under the base URL.
@@ -137,6 +140,7 @@ impl Endpoint {
                 .ok_or(EndpointError::Host)?;
             ip.to_string()
         } else if host.parse::<std::net::Ipv4Addr>().is_ok() || is_dns_name(host) {
+            // No trailing dot: the gateway's URL names it plainly.
             host.to_ascii_lowercase()
         } else {
             return Err(EndpointError::Host);
@@ -208,19 +212,6 @@ impl Endpoint {
     }
 }
 
-/// Labels of letters, digits, `-` and `_`, joined by single dots.
-fn is_dns_name(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        })
-}
-
 /// The two layers of credentials the gateway checks. The token is read
 /// from its source each time a header is built, so a rotated session-ingress
 /// token reaches the next WebSocket and the next CONNECT.
@@ -277,20 +268,17 @@ impl GatewayState {
     }
 
     pub fn startup_error(&self) -> Option<String> {
-        self.startup_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.startup_error).clone()
     }
 
     pub fn set_startup_error(&self, error: Option<String>) {
-        *self.startup_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        *lock(&self.startup_error) = error;
     }
 
     /// Records the probe's error, unless a tunnel has opened meanwhile
     /// (the gateway is reachable after all).
     pub fn set_startup_error_unless_opened(&self, error: String) {
-        let mut slot = self.startup_error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.startup_error);
         if !self.opened_any.load(Ordering::SeqCst) {
             *slot = Some(error);
         }
@@ -298,7 +286,7 @@ impl GatewayState {
 
     /// A tunnel's WebSocket opened: the start-up error no longer stands.
     pub fn record_open(&self) {
-        let mut slot = self.startup_error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.startup_error);
         self.opened_any.store(true, Ordering::SeqCst);
         *slot = None;
     }
@@ -594,11 +582,7 @@ impl Gateway {
         );
         if self.generation == Generation::AgentProxy {
             // Printable ASCII only: nothing in it can start a header line.
-            let name: String = client_process
-                .chars()
-                .filter(|c| c.is_ascii_graphic() || *c == ' ')
-                .take(64)
-                .collect();
+            let name = text::clean(client_process, 64, Keep::PrintableAscii, Unfit::Drop);
             head.push_str(&format!("X-Agent-Proxy-Client-Process: {name}\r\n"));
         }
         head.push_str("\r\n");
@@ -705,6 +689,24 @@ mod tests {
             (e.tls, e.host.as_str(), e.port, e.prefix.as_str()),
             (false, "gw.example", 80, "/pre")
         );
+    }
+
+    #[test]
+    fn endpoint_hosts_follow_the_dns_rule() {
+        let label63 = "a".repeat(63);
+        let e = Endpoint::parse(&format!("https://{label63}.example")).unwrap();
+        assert_eq!(e.host, format!("{label63}.example"));
+        assert!(Endpoint::parse("https://_gw.example").is_ok());
+        // A label over 63 characters, or ending with `-`, is not a host
+        // name (the old rule took both).
+        for bad in [
+            format!("https://{label63}a.example"),
+            "https://gw-.example".to_string(),
+            "https://-gw.example".to_string(),
+            "https://gw.example.".to_string(),
+        ] {
+            assert_eq!(Endpoint::from_url(&bad), Err(EndpointError::Host), "{bad}");
+        }
     }
 
     fn gateway(generation: Generation) -> Gateway {

@@ -73,6 +73,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::gateway::GatewayStream;
 use crate::gateway::liveness::{Liveness, Watch};
+use crate::sys::lock::lock;
 
 mod keeper;
 
@@ -395,7 +396,7 @@ impl Handle {
         };
         self.shared.wake();
         retire_all(entries.into_iter().map(|e| (e, Retire::Shutdown)).collect());
-        let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let keeper = lock(&self.keeper).take();
         if let Some(keeper) = keeper {
             // The keeper only ever holds the lock briefly and wakes on the
             // byte just written, so this join is short.
@@ -416,7 +417,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere must not leave the pool unusable: sockets in it
         // are still whole (every change to `entries` is a single push/pop).
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     fn wake(&self) {

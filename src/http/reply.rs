@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::sys::socket::{self, Mode};
+use crate::sys::text::sanitize;
 
 /// A status line's code and reason.
 pub type Status = (u16, &'static str);
@@ -43,10 +44,7 @@ const DRAIN_MAX: usize = 256 * 1024;
 /// assert!(r.contains("\r\n\r\nccr-relay: no??way\nGET /__agentproxy/status"));
 /// ```
 pub fn error_response((code, reason): Status, problem: &str) -> Vec<u8> {
-    let problem: String = problem
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let problem = sanitize(problem, usize::MAX);
     let body = format!("ccr-relay: {problem}\n{SEE_STATUS}\n");
     format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

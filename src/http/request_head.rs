@@ -11,6 +11,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::http::host::is_dns_name;
+
 /// Why a client's request cannot be served; each maps to one answer.
 #[derive(Debug)]
 pub enum HeadError {
@@ -73,7 +75,7 @@ impl fmt::Display for HeadError {
 /// A host the relay may connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
-    /// A DNS name (letters, digits, `-`, `_`, `.`).
+    /// A DNS name ([`crate::http::host`]'s rule; one trailing dot kept).
     Name(String),
     Ipv4(Ipv4Addr),
     Ipv6(Ipv6Addr),
@@ -168,19 +170,10 @@ fn parse_port(text: &str) -> Result<u16, HeadError> {
     }
 }
 
-/// A DNS name: labels of 1 to 63 letters, digits, `-` or `_`, not starting
-/// with `-`, joined by single dots (one trailing dot allowed).
+/// A host name by [`is_dns_name`], or its absolute form with one trailing
+/// dot (`example.com.`), which clients may send.
 fn is_host_name(text: &str) -> bool {
-    let name = text.strip_suffix('.').unwrap_or(text);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && !label.starts_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        })
+    is_dns_name(text.strip_suffix('.').unwrap_or(text))
 }
 
 pub use crate::http::http1::RequestHead;
@@ -423,6 +416,25 @@ mod tests {
             "a..b:443",
             "a.b..:443",
             ".:443",
+        ] {
+            assert!(Authority::parse(bad, None).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn host_names_follow_the_dns_rule() {
+        let label63 = "a".repeat(63);
+        for good in [
+            format!("{label63}.test:443"),
+            "_svc.a-b.test.:443".to_string(),
+        ] {
+            assert!(Authority::parse(&good, None).is_ok(), "{good:?} refused");
+        }
+        // A label may not end with `-` (the old rule let it through).
+        for bad in [
+            "a-.test:443",
+            "a.test-:443",
+            &format!("{label63}a.test:443"),
         ] {
             assert!(Authority::parse(bad, None).is_err(), "{bad:?} accepted");
         }

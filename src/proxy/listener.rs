@@ -17,7 +17,7 @@ use super::shared::{Abort, Shared};
 use crate::config::Limits;
 use crate::gateway::Gateway;
 use crate::http::reply;
-use crate::sys::lock::lock;
+use crate::sys::lock::{lock, wait_timeout};
 use log::{debug, info, warn};
 
 /// Stack of a connection thread. It runs the TLS handshake to the gateway,
@@ -131,11 +131,7 @@ impl Relay {
                 debug!("{} connection thread(s) still running at exit", *live);
                 break;
             }
-            live = shared
-                .all_done
-                .wait_timeout(live, left)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|p| p.into_inner().0);
+            live = wait_timeout(&shared.all_done, live, left);
         }
     }
 }

@@ -11,8 +11,10 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::http::host::is_dns_name;
 use crate::http::reply::Status;
 use crate::http::request_head::Host;
+use crate::sys::text::sanitize;
 
 /// The answer for a refused direct dial.
 pub const FORBIDDEN: Status = (403, "Forbidden");
@@ -116,10 +118,7 @@ impl fmt::Display for Refusal {
 /// Host text fit for a log line or an answer: control characters become
 /// `?`, and it is cut at a bound.
 fn shown_host(host: &str) -> String {
-    host.chars()
-        .take(HOST_SHOWN_MAX)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    sanitize(host, HOST_SHOWN_MAX)
 }
 
 /// One label of a pattern: `*` inside a label stands for one or more
@@ -362,15 +361,9 @@ pub fn check_direct_name(host: &str, port: u32) -> Result<(), Refusal> {
         return blocked("IPv6 literals are not dialled directly");
     }
     let name = normalise(host);
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        });
-    if !valid {
+    // Trailing dots are gone (`normalise`); IPv4 literals pass as names
+    // here and are judged below.
+    if !is_dns_name(&name) {
         return blocked("not a valid host name");
     }
     if BLOCKED_NAMES.contains(&name.as_str()) || name.ends_with(".localhost") {
@@ -729,6 +722,27 @@ mod tests {
             let r = check_direct_name(host, 443).unwrap_err();
             assert_eq!(r.kind, FailureKind::DirectBlocked, "{host:?}");
             assert!(!r.to_string().contains('\r') && !r.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn names_follow_the_dns_rule() {
+        // A label may neither begin nor end with `-` (the old rule took both).
+        for host in [
+            "-a.example.com",
+            "a.-example.com",
+            "a-.example.com",
+            "a.example-",
+        ] {
+            let r = check_direct_name(host, 443).unwrap_err();
+            assert_eq!(r.kind, FailureKind::DirectBlocked, "{host:?}");
+            assert_eq!(r.reason, "not a valid host name", "{host:?}");
+        }
+        let label63 = "a".repeat(63);
+        assert_eq!(check_direct_name(&format!("{label63}.test"), 443), Ok(()));
+        assert!(check_direct_name(&format!("{label63}a.test"), 443).is_err());
+        for host in ["_svc.a-b.example.com", "Example.COM.", "a.example.com.."] {
+            assert_eq!(check_direct_name(host, 443), Ok(()), "{host:?}");
         }
     }
 

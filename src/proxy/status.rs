@@ -23,6 +23,7 @@ use crate::gateway::{Gateway, GatewayError};
 use crate::http::request_head::{HeadError, RequestHead};
 use crate::startup::gates::Generation;
 use crate::sys::lock::lock;
+use crate::sys::text::sanitize;
 use crate::tunnel::End;
 use crate::tunnel::dial::OpenError;
 use crate::tunnel::pipe::{Direction, PipeEnd, PipeSide};
@@ -221,14 +222,6 @@ pub fn note_trust_failure(code: &str) {
     if !trust.failure_codes.iter().any(|c| c == code) {
         trust.failure_codes.push(code.to_string());
     }
-}
-
-/// Control characters become `?`; at most `max` characters are kept.
-pub fn sanitize(text: &str, max: usize) -> String {
-    text.chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// Decrements the open-tunnel count when the tunnel ends.

@@ -20,6 +20,8 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::sys::lock::lock;
+
 /// The bundle's file name in a default directory.
 pub const BUNDLE_FILE: &str = "ca-bundle.crt";
 /// The directory under `HOME`.
@@ -174,7 +176,7 @@ pub fn resolve(bundle: &Path) -> Result<PathBuf, StateDirError> {
         return Ok(bundle.to_path_buf());
     }
     let template = bundle.parent().unwrap_or(Path::new(FRESH_TEMPLATE));
-    let mut fresh = FRESH.lock().unwrap_or_else(|p| p.into_inner());
+    let mut fresh = lock(&FRESH);
     if let Some(dir) = fresh.as_ref().filter(|d| check(d).is_ok()) {
         return Ok(dir.join(BUNDLE_FILE));
     }

@@ -19,6 +19,7 @@ use super::pem::extract_certificates;
 use crate::gateway::{Endpoint, GatewayError, GatewayStream};
 use crate::http::http1::{self, BodyCopier, BodyError, BodyFraming, Http1Error};
 use crate::startup::gates::Generation;
+use crate::sys::text::{Keep, Unfit, clean};
 
 /// Default bound on the gateway's answer: 1 MiB (a CA certificate is ~1 KiB).
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
@@ -336,8 +337,9 @@ fn tls_handshake(
     }
 }
 
+/// Control characters left out; at most `max` characters.
 fn printable(text: &str, max: usize) -> String {
-    text.chars().filter(|c| !c.is_control()).take(max).collect()
+    clean(text, max, Keep::NonControl, Unfit::Drop)
 }
 
 fn http_error(e: Http1Error) -> TrustError {

@@ -55,6 +55,7 @@ use crate::gateway::chunk;
 use crate::gateway::liveness::{self, Liveness, Step, Watch};
 use crate::gateway::message_v2;
 use crate::gateway::wire::{Incoming, Malformed, Wire};
+use crate::sys::lock::lock;
 pub use crate::sys::socket::wait_ready;
 use crate::sys::socket::{self, Mode};
 
@@ -314,10 +315,7 @@ impl Tunnel {
             }
             Err(e) => self.finish(End::Internal(Internal::Spawn(e)), Side::Abort),
         }
-        let end = self
-            .end
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let end = lock(&self.end)
             .take()
             .unwrap_or(End::Internal(Internal::NoReason));
         TunnelReport {
@@ -389,7 +387,7 @@ impl Tunnel {
         if !self.reusable.load(Ordering::SeqCst) {
             return None;
         }
-        self.ws.lock().unwrap_or_else(|p| p.into_inner()).take()
+        lock(&self.ws).take()
     }
 
     /// Ends the tunnel from outside: both sockets are shut down, which wakes
@@ -557,8 +555,7 @@ impl Tunnel {
                         }
                         self.bytes_ws_to_socket
                             .fetch_add(data.len() as u64, Ordering::Relaxed);
-                        let mut linger =
-                            self.linger_until.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut linger = lock(&self.linger_until);
                         if let Some(until) = linger.as_mut() {
                             *until = (*until).max(Instant::now() + LINGER);
                         }
@@ -604,7 +601,7 @@ impl Tunnel {
                         }
                     }
                     if self.closing.load(Ordering::SeqCst) {
-                        let linger = *self.linger_until.lock().unwrap_or_else(|p| p.into_inner());
+                        let linger = *lock(&self.linger_until);
                         match linger.map(|t| t.saturating_duration_since(Instant::now())) {
                             Some(left) if !left.is_zero() => wait = left,
                             // The linger is over: the socket side's own end
@@ -713,7 +710,7 @@ impl Tunnel {
             }
             return;
         }
-        *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        *lock(&self.end) = Some(end);
         if broken {
             self.reset_client();
         }
@@ -730,8 +727,7 @@ impl Tunnel {
                 } else {
                     LINGER
                 };
-                *self.linger_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Instant::now() + wait);
+                *lock(&self.linger_until) = Some(Instant::now() + wait);
                 return;
             }
             Side::Fin => {
@@ -748,7 +744,7 @@ impl Tunnel {
             _ => {}
         }
         if matches!(
-            self.end.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
+            lock(&self.end).as_ref(),
             Some(End::UploadStalled(_) | End::GatewayUnresponsive(_))
         ) {
             // The client's bytes were not delivered (or the answer is cut):
@@ -787,7 +783,7 @@ impl Tunnel {
 
     fn lock_ws(&self) -> MutexGuard<'_, Option<WebSocket<GatewayStream>>> {
         // A panic elsewhere cannot leave a tunnel stuck: take the WebSocket anyway.
-        self.ws.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.ws)
     }
 }
 

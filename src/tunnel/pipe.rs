@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::sys::lock::lock;
 use crate::sys::socket::{self, Mode};
 
 /// Stack for the second pipe thread: the copy buffer is on the heap.
@@ -164,12 +165,7 @@ impl Pipe {
             }
             Err(_) => self.finish(PipeEnd::Internal("cannot start a pipe thread")),
         }
-        let end = self
-            .end
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .unwrap_or(PipeEnd::Closed);
+        let end = lock(&self.end).take().unwrap_or(PipeEnd::Closed);
         PipeReport {
             up: self.up.load(Ordering::Relaxed),
             down: self.down.load(Ordering::Relaxed),
@@ -255,7 +251,7 @@ impl Pipe {
     /// other direction wherever it waits.
     fn finish(&self, end: PipeEnd) {
         if !self.closing.swap(true, Ordering::SeqCst) {
-            *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+            *lock(&self.end) = Some(end);
         }
         let _ = self.client.shutdown(Shutdown::Both);
         let _ = self.target.shutdown(Shutdown::Both);
