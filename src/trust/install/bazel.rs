@@ -139,7 +139,7 @@ pub fn target(path: &Path) -> Result<Option<(PathBuf, u32)>, String> {
 }
 
 /// Reads an rc file of at most [`MAX_RC`] bytes.
-fn read_rc(path: &Path) -> io::Result<String> {
+pub(super) fn read_rc(path: &Path) -> io::Result<String> {
     let f = fs::File::open(path)?;
     let mut s = String::new();
     io::Read::read_to_string(&mut io::Read::take(f, MAX_RC + 1), &mut s)?;
