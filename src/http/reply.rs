@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sys::socket::{self, Mode};
 use crate::sys::text::sanitize;
@@ -29,8 +29,8 @@ pub const SERVICE_UNAVAILABLE: Status = (503, "Service Unavailable");
 const SEE_STATUS: &str =
     "GET /__agentproxy/status on this port shows the proxy's state and recent failures.";
 
-/// How long writing an answer may take, and how long the unread rest of
-/// the request is drained after it.
+/// How long writing an answer may take, and how long (in all) the unread
+/// rest of the request is drained after it.
 const WRITE_BOUND: Duration = Duration::from_secs(2);
 const DRAIN_BOUND: Duration = Duration::from_millis(500);
 const DRAIN_MAX: usize = 256 * 1024;
@@ -74,6 +74,9 @@ pub fn send_and_close(client: &TcpStream, response: &[u8]) {
         return;
     }
     let _ = client.shutdown(Shutdown::Write);
+    // Bounded in all, not per read: a client trickling bytes (another uid
+    // refused) must not hold the connection's thread and slot.
+    let deadline = Instant::now() + DRAIN_BOUND;
     let _ = socket::set_mode(
         client,
         Mode::Blocking {
@@ -84,6 +87,10 @@ pub fn send_and_close(client: &TcpStream, response: &[u8]) {
     let mut sink = [0u8; 4096];
     let mut drained = 0;
     while drained < DRAIN_MAX {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || client.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match (&*client).read(&mut sink) {
             Ok(n) if n > 0 => drained += n,
             _ => break,
@@ -137,5 +144,38 @@ mod tests {
             "{got}"
         );
         assert!(got.contains("\r\n\r\nccr-relay: too many\n"), "{got}");
+    }
+
+    #[test]
+    fn answer_drains_for_a_bounded_time_in_all() {
+        // A client that keeps trickling bytes after its answer (another
+        // uid refused, holding a connection slot) cannot keep the
+        // connection's thread draining: the drain is bounded in all, not
+        // per read.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trickle = {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let end = std::time::Instant::now() + Duration::from_secs(10);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                    && std::time::Instant::now() < end
+                    && client.write_all(b"x").is_ok()
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        answer(&server, FORBIDDEN, "not yours");
+        let took = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        trickle.join().unwrap();
+        assert!(
+            took < DRAIN_BOUND + Duration::from_millis(500),
+            "answer drained a trickling client for {took:?}"
+        );
     }
 }

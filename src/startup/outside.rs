@@ -344,9 +344,7 @@ pub fn would_write(
 fn bazel_lines(plan: &Plan, after: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let machine_wide = plan.roots.etc.join("bazel.bazelrc");
-    if std::fs::read_to_string(&machine_wide)
-        .is_ok_and(|t| t.lines().any(|l| l.trim_end() == install::bazel::BEGIN))
-    {
+    if install::bazel::machine_wide_block_removal(&machine_wide).is_some() {
         lines.push(format!(
             "would  bazelrc: remove the managed block an earlier relay left in {} (it names a truststore other users cannot read)",
             machine_wide.display()
@@ -500,5 +498,36 @@ mod tests {
         assert!(!root.join("etc/profile.d/ccr-relay-ca.sh").exists());
         assert!(!root.join("etc/bazel.bazelrc").exists());
         assert!(!home.join(".bazelrc").exists());
+    }
+
+    #[test]
+    fn doctor_predicts_the_machine_wide_bazelrc_as_the_installer_treats_it() {
+        // The installer removes an earlier relay's block from
+        // /etc/bazel.bazelrc only when that is a regular file it may write
+        // (a link is left alone): doctor says the same.
+        let dir = crate::test_support::TempDir::new("outside-bazel-etc");
+        let root = dir.0.join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let elsewhere = dir.0.join("elsewhere.bazelrc");
+        let block = install::bazel::block("/x/ts.jks", "changeit").unwrap();
+        std::fs::write(&elsewhere, &block).unwrap();
+        let machine_wide = root.join("etc/bazel.bazelrc");
+        std::os::unix::fs::symlink(&elsewhere, &machine_wide).unwrap();
+        let r = root.to_string_lossy().into_owned();
+        let parent = move |n: &str| match n {
+            INSTALL_ROOT_VAR => Some(r.clone()),
+            "PATH" => Some("/nonexistent".into()),
+            _ => None,
+        };
+        let text = would_write(&dir.0.join("b.crt"), false, &parent).join("\n");
+        assert!(
+            !text.contains("remove the managed block"),
+            "a link is left alone, so doctor must not say it would be changed: {text}"
+        );
+        // A regular file with the block: both say it goes.
+        std::fs::remove_file(&machine_wide).unwrap();
+        std::fs::write(&machine_wide, format!("build --x\n{block}")).unwrap();
+        let text = would_write(&dir.0.join("b.crt"), false, &parent).join("\n");
+        assert!(text.contains("remove the managed block"), "{text}");
     }
 }

@@ -139,7 +139,7 @@ pub fn target(path: &Path) -> Result<Option<(PathBuf, u32)>, String> {
 }
 
 /// Reads an rc file of at most [`MAX_RC`] bytes.
-fn read_rc(path: &Path) -> io::Result<String> {
+pub(super) fn read_rc(path: &Path) -> io::Result<String> {
     let f = fs::File::open(path)?;
     let mut s = String::new();
     io::Read::read_to_string(&mut io::Read::take(f, MAX_RC + 1), &mut s)?;
@@ -159,23 +159,27 @@ pub fn without_block(existing: &str) -> String {
     replace_block(existing, marker).replace(marker, "")
 }
 
+/// The machine-wide rc file's text without the managed block an earlier
+/// relay left there, and the file's mode; `None` when nothing is to be
+/// done: no block, or not a regular file the relay may write (a link
+/// there is left alone). What the installer does and `doctor` predicts.
+pub fn machine_wide_block_removal(path: &Path) -> Option<(String, u32)> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || !writable(path) {
+        return None;
+    }
+    let old = read_rc(path).ok()?;
+    let new = without_block(&old);
+    (new != old).then(|| (new, meta.permissions().mode() & 0o7777))
+}
+
 /// Removes a managed block an earlier relay left in the machine-wide
 /// `/etc/bazel.bazelrc` (it names a truststore other users cannot read).
 /// Only a regular file (a link there is left alone), its mode kept.
 fn remove_machine_wide_block(plan: &Plan, outcome: &mut Outcome) {
     let path = plan.roots.etc.join("bazel.bazelrc");
-    let Ok(meta) = fs::symlink_metadata(&path) else {
-        return;
-    };
-    if !meta.is_file() || !writable(&path) {
-        return;
-    }
-    let Ok(old) = read_rc(&path) else {
-        return;
-    };
-    let new = without_block(&old);
-    if new != old
-        && atomic_file::write(&path, new.as_bytes(), meta.permissions().mode() & 0o7777).is_ok()
+    if let Some((new, mode)) = machine_wide_block_removal(&path)
+        && atomic_file::write(&path, new.as_bytes(), mode).is_ok()
     {
         outcome.written.push(path);
     }

@@ -8,7 +8,8 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -47,17 +48,39 @@ fn left(deadline: Instant) -> Duration {
 
 /// Removes `path` if it holds `content`; true when it was removed.
 fn remove_if_ours(path: &Path, content: &[u8]) -> Result<bool, String> {
-    match fs::read(path) {
-        Ok(now) if now == content => match fs::remove_file(path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(format!(
-                "cannot remove {}: {e}; remove it by hand",
-                path.display()
-            )),
-        },
-        _ => Ok(false),
+    if !holds(path, content) {
+        return Ok(false);
     }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!(
+            "cannot remove {}: {e}; remove it by hand",
+            path.display()
+        )),
+    }
+}
+
+/// Whether `path` is what the relay wrote there: a regular file, not a
+/// link, holding exactly `content`. Opened without following a link or
+/// blocking (a FIFO put there cannot hang the stop), and read no further
+/// than one byte past `content`.
+fn holds(path: &Path, content: &[u8]) -> bool {
+    let Ok(file) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut now = Vec::with_capacity(content.len() + 1);
+    file.take(content.len() as u64 + 1)
+        .read_to_end(&mut now)
+        .is_ok()
+        && now == content
 }
 
 /// The base64 body of the first PEM block in `text`, whitespace removed:
@@ -166,7 +189,7 @@ fn withdraw_block(path: &Path, block: &str, created: bool) -> Result<(), String>
         Ok(None) => return Ok(()),
         Err(why) => return Err(format!("the bazelrc block stays: {why}")),
     };
-    let Ok(text) = fs::read_to_string(&real) else {
+    let Ok(text) = bazel::read_rc(&real) else {
         return Ok(());
     };
     if !text.contains(block) {
@@ -294,6 +317,43 @@ mod tests {
             0o600
         );
         assert!(!made.exists());
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_at_the_path_is_left_alone_at_once() {
+        // What stands at a withdrawn path now is not what the relay wrote
+        // (a regular file): a FIFO must not hang the stop (reading it would
+        // wait for a writer for ever), a link is not followed.
+        let dir = TempDir::new("withdraw-fifo");
+        let fifo = dir.0.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let copy = dir.0.join("copy");
+        fs::write(&copy, "relay").unwrap();
+        let link = dir.0.join("link");
+        std::os::unix::fs::symlink(&copy, &link).unwrap();
+        let items = vec![
+            Withdrawal::File {
+                path: fifo.clone(),
+                content: b"relay".to_vec(),
+            },
+            Withdrawal::File {
+                path: link.clone(),
+                content: b"relay".to_vec(),
+            },
+        ];
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(withdraw_all(&items, &[], soon()));
+        });
+        let problems = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the withdrawal returned (a FIFO at the path hung it)");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(fs::symlink_metadata(&fifo).is_ok(), "the FIFO stays");
+        assert!(fs::symlink_metadata(&link).is_ok(), "the link stays");
+        assert!(copy.exists());
     }
 
     #[test]
