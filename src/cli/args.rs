@@ -166,85 +166,135 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
             )));
         }
     };
+    scan_options(&sub, &mut args, base)?.into_command(&sub)
+}
+
+/// What the arguments after `run`, `serve` or `doctor` came to.
+struct Scan {
+    config: Config,
+    env_file: Option<PathBuf>,
+    command: Vec<OsString>,
+    /// `run` only: the options it could not parse.
+    problems: Vec<UsageError>,
+    /// Arguments were passed over while looking for `--` after an unknown
+    /// option written without `=`.
+    skipped: bool,
+    /// A `--` ended the options.
+    separator: bool,
+    /// `--help` among the options: the rest was not read.
+    help: bool,
+}
+
+/// Reads the options of `sub` from `args` onto `base`, up to the command
+/// (by the rule [`parse`] gives); `run` collects the options it cannot
+/// parse as problems, the others refuse the first.
+fn scan_options(
+    sub: &str,
+    args: &mut std::iter::Peekable<impl Iterator<Item = OsString>>,
+    base: Config,
+) -> Result<Scan, UsageError> {
     let run = sub == "run";
-    let mut config = base;
-    let mut env_file = None;
-    let mut command = Vec::new();
-    // `run` only: the options it could not parse.
-    let mut problems: Vec<UsageError> = Vec::new();
+    let mut scan = Scan {
+        config: base,
+        env_file: None,
+        command: Vec::new(),
+        problems: Vec::new(),
+        skipped: false,
+        separator: false,
+        help: false,
+    };
     // Set after an unknown option written without `=`: only `--` ends the
-    // options now; `skipped` says whether anything was passed over.
+    // options now.
     let mut seeking_separator = false;
-    let mut skipped = false;
-    let mut separator = false;
     while let Some(arg) = args.next() {
         if arg == "--" {
-            separator = true;
-            command.extend(args.by_ref());
+            scan.separator = true;
+            scan.command.extend(args.by_ref());
             break;
         }
         if seeking_separator {
-            skipped = true;
+            scan.skipped = true;
             continue;
         }
         let Some(text) = arg.to_str().map(str::to_string) else {
             if run {
-                command.push(arg);
-                command.extend(args.by_ref());
+                scan.command.push(arg);
+                scan.command.extend(args.by_ref());
                 break;
             }
             return Err(UsageError(format!("argument {arg:?} is not UTF-8")));
         };
         if !text.starts_with("--") {
             if run {
-                command.push(arg);
-                command.extend(args.by_ref());
+                scan.command.push(arg);
+                scan.command.extend(args.by_ref());
                 break;
             }
             return Err(UsageError(format!("unexpected argument {text:?}")));
         }
         if text == "--help" {
-            return Ok(Command::Help);
+            scan.help = true;
+            break;
         }
         let (flag, inline) = match text.split_once('=') {
             Some((f, v)) => (f.to_string(), Some(v.to_string())),
             None => (text.clone(), None),
         };
-        let mut value = || option_value(&flag, inline.as_deref(), &mut args);
-        match apply_option(
-            &sub,
+        let mut value = || option_value(&flag, inline.as_deref(), args);
+        let applied = apply_option(
+            sub,
             &flag,
             inline.is_some(),
             &mut value,
-            &mut config,
-            &mut env_file,
-        ) {
+            &mut scan.config,
+            &mut scan.env_file,
+        );
+        match applied {
             Ok(()) => {}
             Err(Rejected::Unknown(e) | Rejected::Invalid(e)) if !run => return Err(e),
             Err(Rejected::Unknown(e)) => {
                 seeking_separator = inline.is_none();
-                problems.push(e);
+                scan.problems.push(e);
             }
-            Err(Rejected::Invalid(e)) => problems.push(e),
+            Err(Rejected::Invalid(e)) => scan.problems.push(e),
         }
     }
-    match sub.as_str() {
-        "run" if command.is_empty() && skipped && !separator => Err(UsageError(format!(
-            "{}, and no -- after it: what follows may be its value or the command; put -- before the command",
-            describe(&problems)
-        ))),
-        "run" if command.is_empty() => {
-            let needs = "run needs a command: ccr-relay run -- COMMAND [ARG...]";
-            Err(UsageError(if problems.is_empty() {
-                needs.to_string()
-            } else {
-                format!("{}; {needs}", describe(&problems))
-            }))
+    Ok(scan)
+}
+
+impl Scan {
+    /// The command `sub` with these options: for `run`, the relay's run,
+    /// a run without it (problems, but a command), or a usage error (no
+    /// command found).
+    fn into_command(self, sub: &str) -> Result<Command, UsageError> {
+        let Scan {
+            config,
+            env_file,
+            command,
+            problems,
+            skipped,
+            separator,
+            help,
+        } = self;
+        match sub {
+            _ if help => Ok(Command::Help),
+            "run" if command.is_empty() && skipped && !separator => Err(UsageError(format!(
+                "{}, and no -- after it: what follows may be its value or the command; put -- before the command",
+                describe(&problems)
+            ))),
+            "run" if command.is_empty() => {
+                let needs = "run needs a command: ccr-relay run -- COMMAND [ARG...]";
+                Err(UsageError(if problems.is_empty() {
+                    needs.to_string()
+                } else {
+                    format!("{}; {needs}", describe(&problems))
+                }))
+            }
+            "run" if !problems.is_empty() => Ok(Command::RunWithoutRelay { command, problems }),
+            "run" => Ok(Command::Run { config, command }),
+            "serve" => Ok(Command::Serve { config, env_file }),
+            _ => Ok(Command::Doctor { config }),
         }
-        "run" if !problems.is_empty() => Ok(Command::RunWithoutRelay { command, problems }),
-        "run" => Ok(Command::Run { config, command }),
-        "serve" => Ok(Command::Serve { config, env_file }),
-        _ => Ok(Command::Doctor { config }),
     }
 }
 

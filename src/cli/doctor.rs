@@ -334,9 +334,7 @@ fn state_dir_report(report: &mut Report, config: &Config) {
     report.line_with(
         &format!("CA bundle {}", config.ca_bundle.display()),
         where_state.is_ok(),
-        match &where_state {
-            Ok(what) | Err(what) => what,
-        },
+        &where_state.unwrap_or_else(|e| e.to_string()),
     );
 }
 

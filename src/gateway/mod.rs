@@ -66,44 +66,48 @@ pub struct Endpoint {
     pub prefix: String,
 }
 
-/// Why a gateway base URL is not usable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a gateway base URL is not usable. The texts follow the URL: the
+/// callers name it first ("gateway URL \"x\" ...", see [`GatewayUrlError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
     /// Not a URL at all.
+    #[error("is not a URL ({0})")]
     NotAUrl(String),
     /// A scheme other than `http` or `https`.
+    #[error("must start with http:// or https://")]
     Scheme,
     /// No host, or a host that is not a name or an IP address.
+    #[error("has a bad host")]
     Host,
     /// A port that is not 1 to 65535.
+    #[error("has a bad port")]
     Port,
     /// User name or password in the URL.
+    #[error("must not carry credentials")]
     Credentials,
     /// A query or fragment.
+    #[error("must not carry a query or fragment")]
     QueryOrFragment,
 }
 
-impl fmt::Display for EndpointError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            // The callers name the URL first ("gateway URL \"x\" ...").
-            EndpointError::NotAUrl(e) => write!(f, "is not a URL ({e})"),
-            EndpointError::Scheme => f.write_str("must start with http:// or https://"),
-            EndpointError::Host => f.write_str("has a bad host"),
-            EndpointError::Port => f.write_str("has a bad port"),
-            EndpointError::Credentials => f.write_str("must not carry credentials"),
-            EndpointError::QueryOrFragment => f.write_str("must not carry a query or fragment"),
-        }
-    }
+/// A gateway base URL that is not usable, and why ([`Endpoint::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("gateway URL {url:?} {reason}")]
+pub struct GatewayUrlError {
+    /// The URL as given, trimmed.
+    pub url: String,
+    #[source]
+    pub reason: EndpointError,
 }
 
-impl std::error::Error for EndpointError {}
-
 impl Endpoint {
-    /// Parses `http[s]://host[:port][/prefix]`; errors as text (the URL
-    /// included). [`Endpoint::from_url`] gives the typed error.
-    pub fn parse(base_url: &str) -> Result<Endpoint, String> {
-        Endpoint::from_url(base_url).map_err(|e| format!("gateway URL {:?} {e}", base_url.trim()))
+    /// Parses `http[s]://host[:port][/prefix]`; the error names the URL
+    /// ([`Endpoint::from_url`]'s does not).
+    pub fn parse(base_url: &str) -> Result<Endpoint, GatewayUrlError> {
+        Endpoint::from_url(base_url).map_err(|reason| GatewayUrlError {
+            url: base_url.trim().to_string(),
+            reason,
+        })
     }
 
     /// Parses `http[s]://host[:port][/prefix]`.

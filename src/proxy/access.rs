@@ -121,16 +121,18 @@ impl fmt::Display for Access {
 /// assert_eq!(ccr_relay::proxy::access::parse_uids("1000, 0"), Ok(vec![1000, 0]));
 /// assert!(ccr_relay::proxy::access::parse_uids("root").is_err());
 /// ```
-pub fn parse_uids(text: &str) -> Result<Vec<u32>, String> {
+pub fn parse_uids(text: &str) -> Result<Vec<u32>, NotAUid> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<u32>()
-                .map_err(|_| format!("{s:?} is not a numeric uid"))
-        })
+        .map(|s| s.parse::<u32>().map_err(|_| NotAUid(s.to_string())))
         .collect()
 }
+
+/// An entry of a uid list that is not a number ([`parse_uids`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a numeric uid")]
+pub struct NotAUid(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -173,6 +175,10 @@ mod tests {
     fn uid_lists() {
         assert_eq!(parse_uids("1000,,1001"), Ok(vec![1000, 1001]));
         assert!(parse_uids("-1").is_err());
+        assert_eq!(
+            parse_uids("7, root").unwrap_err().to_string(),
+            "\"root\" is not a numeric uid"
+        );
         let Access::Uids(uids) = Access::session(&[7, 0, 7]) else {
             panic!("a uid rule");
         };

@@ -67,7 +67,7 @@ pub enum SessionError {
     /// An activation gate is closed.
     Gates(GateClosed),
     /// The gateway base URL does not parse.
-    GatewayUrl(String),
+    GatewayUrl(crate::gateway::GatewayUrlError),
     /// The TLS settings for the gateway cannot be made.
     Tls(TlsSetupError),
     /// The gateway's CA could not be fetched; the second field names what

@@ -219,7 +219,7 @@ fn mkdtemp(template: &Path) -> io::Result<PathBuf> {
 /// For `doctor`: where the bundle's directory would be and whether start-up
 /// would take it, without making anything. `Ok` says what start-up would
 /// do; `Err` why it would refuse (the proxy then stays off).
-pub fn inspect(bundle: &Path) -> Result<String, String> {
+pub fn inspect(bundle: &Path) -> Result<String, InspectError> {
     if is_fresh_template(bundle) {
         let parent = bundle
             .parent()
@@ -235,11 +235,11 @@ pub fn inspect(bundle: &Path) -> Result<String, String> {
         _ => Path::new("."),
     };
     if fs::symlink_metadata(dir).is_ok() {
-        check(dir).map_err(|e| e.to_string())?;
+        check(dir)?;
         return if writable(dir) {
             Ok(format!("in {}, the relay's own", dir.display()))
         } else {
-            Err(format!("{} is not writable", dir.display()))
+            Err(InspectError::NotWritable(dir.to_path_buf()))
         };
     }
     let mut probe = dir;
@@ -250,12 +250,26 @@ pub fn inspect(bundle: &Path) -> Result<String, String> {
         }
     }
     if !probe.is_dir() {
-        return Err(format!("{} is not a directory", probe.display()));
+        return Err(InspectError::NotADirectory(probe.to_path_buf()));
     }
     if !writable(probe) {
-        return Err(format!("{} is not writable", probe.display()));
+        return Err(InspectError::NotWritable(probe.to_path_buf()));
     }
     Ok(format!("{} would be created (mode 0700)", dir.display()))
+}
+
+/// Why start-up would refuse the bundle's directory ([`inspect`]).
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// It is there and not the relay's own ([`check`]).
+    #[error(transparent)]
+    Refused(#[from] StateDirError),
+    /// It (or the nearest existing directory above it) is not writable.
+    #[error("{} is not writable", .0.display())]
+    NotWritable(PathBuf),
+    /// The nearest existing path above it is not a directory.
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
 }
 
 /// Whether this process may write `path` (access(2) with W_OK: the real
@@ -284,6 +298,26 @@ mod tests {
     }
     use crate::test_support::TempDir;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn inspect_says_why_a_directory_would_be_refused() {
+        let base = TempDir::new("state-dir-inspect");
+        let file = base.0.join("file");
+        fs::write(&file, "x").unwrap();
+        let under_file = file.join("sub").join(BUNDLE_FILE);
+        assert_eq!(
+            inspect(&under_file).unwrap_err().to_string(),
+            format!("{} is not a directory", file.display())
+        );
+        let fresh = base.0.join("new").join(BUNDLE_FILE);
+        assert_eq!(
+            inspect(&fresh).unwrap(),
+            format!(
+                "{} would be created (mode 0700)",
+                base.0.join("new").display()
+            )
+        );
+    }
 
     fn env(pairs: &[(&'static str, String)]) -> impl Fn(&str) -> Option<OsString> + use<> {
         let pairs = pairs.to_vec();

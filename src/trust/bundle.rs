@@ -234,25 +234,31 @@ fn merge_fetched(
 }
 
 /// The system text, if usable, or a warning saying why not.
-fn read_system(path: &Path) -> Result<Vec<u8>, String> {
-    let alone = "the merged bundle holds the gateway's certificates alone, so children will not trust public sites";
+fn read_system(path: &Path) -> Result<Vec<u8>, SystemBundleError> {
     let mut text = Vec::new();
     fs::File::open(path)
         .and_then(|f| f.take(MAX_SYSTEM_BUNDLE + 1).read_to_end(&mut text))
-        .map_err(|e: io::Error| {
-            format!(
-                "cannot read the system CA bundle {} ({e}); {alone}",
-                path.display()
-            )
+        .map_err(|error| SystemBundleError::Read {
+            path: path.to_path_buf(),
+            error,
         })?;
     if text.len() as u64 > MAX_SYSTEM_BUNDLE {
-        return Err(format!(
-            "the system CA bundle {} is larger than {MAX_SYSTEM_BUNDLE} bytes and was skipped; {alone}",
-            path.display()
-        ));
+        return Err(SystemBundleError::TooLarge(path.to_path_buf()));
     }
     Ok(text)
 }
+
+/// The system CA bundle is not used; `Display` is the warning.
+#[derive(Debug, thiserror::Error)]
+enum SystemBundleError {
+    #[error("cannot read the system CA bundle {} ({error}); {ALONE}", .path.display())]
+    Read { path: PathBuf, error: io::Error },
+    #[error("the system CA bundle {} is larger than {MAX_SYSTEM_BUNDLE} bytes and was skipped; {ALONE}", .0.display())]
+    TooLarge(PathBuf),
+}
+
+/// What a merged bundle without the system's certificates means.
+const ALONE: &str = "the merged bundle holds the gateway's certificates alone, so children will not trust public sites";
 
 /// Builds the bundle for `target`: the system text (if usable), then the
 /// `fetched` gateway certificates it lacks, then the certificates of
@@ -272,7 +278,7 @@ pub fn merge(
             "no system CA bundle found (pass --system-ca); the merged bundle holds the gateway's certificates alone, so children will not trust public sites".to_string(),
         ),
         Some(path) => match read_system(path) {
-            Err(warning) => warnings.push(warning),
+            Err(warning) => warnings.push(warning.to_string()),
             Ok(text) => {
                 system_certs = extract_certificates(&text);
                 if system_certs.is_empty() {
@@ -338,6 +344,19 @@ mod tests {
     use std::sync::OnceLock;
 
     use crate::test_support::{TestCert, self_signed};
+
+    #[test]
+    fn an_unreadable_system_bundle_is_a_warning_saying_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.crt");
+        let warning = read_system(&missing).unwrap_err().to_string();
+        let start = format!("cannot read the system CA bundle {} (", missing.display());
+        assert!(warning.starts_with(&start), "{warning}");
+        assert!(
+            warning.ends_with("); the merged bundle holds the gateway's certificates alone, so children will not trust public sites"),
+            "{warning}"
+        );
+    }
     use crate::trust::fetch::tests::{answer, connector, serve, serve_sequence};
 
     struct Pki {

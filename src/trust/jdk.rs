@@ -7,7 +7,7 @@
 //! [`JAVA_CACERTS_UNREADABLE`].
 
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use openssl::x509::X509;
@@ -43,22 +43,45 @@ pub fn find_cacerts(parent: impl Fn(&str) -> Option<String>) -> Option<PathBuf> 
 }
 
 /// The trusted certificates of the JKS keystore at `path` as canonical PEM;
-/// `Err` says why not (prefixed with [`JAVA_CACERTS_UNREADABLE`]).
-pub fn read_cacerts(path: &Path) -> Result<Vec<String>, String> {
-    let fail = |why: String| format!("{JAVA_CACERTS_UNREADABLE}: {}: {why}", path.display());
+/// `Err` says why not (its text prefixed with [`JAVA_CACERTS_UNREADABLE`]).
+pub fn read_cacerts(path: &Path) -> Result<Vec<String>, CacertsError> {
     let mut bytes = Vec::new();
     fs::File::open(path)
         .and_then(|f| {
             f.take(jks::MAX_JKS_BYTES as u64 + 1)
                 .read_to_end(&mut bytes)
         })
-        .map_err(|e| fail(e.to_string()))?;
-    let ders = jks::read_jks_certificates(&bytes, jks::PASSWORD).map_err(fail)?;
+        .map_err(|error| CacertsError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    let ders =
+        jks::read_jks_certificates(&bytes, jks::PASSWORD).map_err(|error| CacertsError::Parse {
+            path: path.to_path_buf(),
+            error,
+        })?;
     Ok(ders
         .iter()
         .filter_map(|der| X509::from_der(der).ok()?.to_pem().ok())
         .filter_map(|pem| String::from_utf8(pem).ok())
         .collect())
+}
+
+/// The JDK's `cacerts` could not be used ([`read_cacerts`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CacertsError {
+    #[error("{JAVA_CACERTS_UNREADABLE}: {}: {error}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("{JAVA_CACERTS_UNREADABLE}: {}: {error}", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        error: jks::JksError,
+    },
 }
 
 #[cfg(test)]
@@ -92,6 +115,7 @@ mod tests {
         assert!(
             read_cacerts(&path)
                 .unwrap_err()
+                .to_string()
                 .starts_with("java_cacerts_unreadable: ")
         );
     }

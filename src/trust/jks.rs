@@ -145,24 +145,24 @@ pub fn write_jks(path: &Path, pem_certs: &[String]) -> io::Result<Written> {
 pub const MAX_JKS_BYTES: usize = 8 << 20;
 
 /// Reads a big-endian `u32` at `*at`, advancing it.
-fn take_u32(bytes: &[u8], at: &mut usize) -> Result<u32, String> {
+fn take_u32(bytes: &[u8], at: &mut usize) -> Result<u32, JksError> {
     let b = take(bytes, at, 4)?;
     Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// `len` bytes at `*at`, advancing it; an error past the end.
-fn take<'a>(bytes: &'a [u8], at: &mut usize, len: usize) -> Result<&'a [u8], String> {
+fn take<'a>(bytes: &'a [u8], at: &mut usize, len: usize) -> Result<&'a [u8], JksError> {
     let end = at
         .checked_add(len)
         .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| format!("truncated at byte {at}"))?;
+        .ok_or(JksError::Truncated(*at))?;
     let out = &bytes[*at..end];
     *at = end;
     Ok(out)
 }
 
 /// Skips a Java UTF string (u16 length, then bytes).
-fn skip_utf(bytes: &[u8], at: &mut usize) -> Result<(), String> {
+fn skip_utf(bytes: &[u8], at: &mut usize) -> Result<(), JksError> {
     let b = take(bytes, at, 2)?;
     let len = u16::from_be_bytes([b[0], b[1]]) as usize;
     take(bytes, at, len).map(|_| ())
@@ -173,24 +173,24 @@ fn skip_utf(bytes: &[u8], at: &mut usize) -> Result<(), String> {
 /// about CAs), in order. The integrity digest is checked with `password`
 /// (a keystore that does not match it is refused: it is not what it
 /// claims). Every length is checked against what is left.
-pub fn read_jks_certificates(bytes: &[u8], password: &str) -> Result<Vec<Vec<u8>>, String> {
+pub fn read_jks_certificates(bytes: &[u8], password: &str) -> Result<Vec<Vec<u8>>, JksError> {
     if bytes.len() > MAX_JKS_BYTES {
-        return Err(format!("larger than {MAX_JKS_BYTES} bytes"));
+        return Err(JksError::TooLarge);
     }
     if bytes.len() < 12 + 20 {
-        return Err("too short for a JKS keystore".into());
+        return Err(JksError::TooShort);
     }
     let (body, digest) = bytes.split_at(bytes.len() - 20);
     if jks_digest(password, body) != digest {
-        return Err("the integrity digest does not match (not JKS, or another password)".into());
+        return Err(JksError::Digest);
     }
     let mut at = 0;
     if take_u32(body, &mut at)? != MAGIC {
-        return Err("not a JKS keystore".into());
+        return Err(JksError::NotJks);
     }
     let version = take_u32(body, &mut at)?;
     if version != 1 && version != VERSION {
-        return Err(format!("JKS version {version} is not supported"));
+        return Err(JksError::Version(version));
     }
     let count = take_u32(body, &mut at)?;
     let mut certs = Vec::new();
@@ -218,10 +218,30 @@ pub fn read_jks_certificates(bytes: &[u8], password: &str) -> Result<Vec<Vec<u8>
                     take(body, &mut at, len)?;
                 }
             }
-            other => return Err(format!("unknown JKS entry tag {other}")),
+            other => return Err(JksError::EntryTag(other)),
         }
     }
     Ok(certs)
+}
+
+/// Why [`read_jks_certificates`] refused a keystore.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JksError {
+    #[error("larger than {MAX_JKS_BYTES} bytes")]
+    TooLarge,
+    #[error("too short for a JKS keystore")]
+    TooShort,
+    #[error("the integrity digest does not match (not JKS, or another password)")]
+    Digest,
+    #[error("not a JKS keystore")]
+    NotJks,
+    #[error("JKS version {0} is not supported")]
+    Version(u32),
+    #[error("unknown JKS entry tag {0}")]
+    EntryTag(u32),
+    /// A length runs past the end; the offset it was read at.
+    #[error("truncated at byte {0}")]
+    Truncated(usize),
 }
 
 #[cfg(test)]
@@ -265,6 +285,46 @@ mod tests {
                 0xB8, 0x80
             ]
         );
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let why = |bytes: &[u8]| {
+            read_jks_certificates(bytes, PASSWORD)
+                .unwrap_err()
+                .to_string()
+        };
+        let sealed = |body: &[u8]| {
+            let mut out = body.to_vec();
+            out.extend_from_slice(&jks_digest(PASSWORD, body));
+            out
+        };
+        let head = |magic: u32, version: u32, count: u32| {
+            [magic, version, count]
+                .iter()
+                .flat_map(|n| n.to_be_bytes())
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(
+            why(&vec![0; MAX_JKS_BYTES + 1]),
+            "larger than 8388608 bytes"
+        );
+        assert_eq!(why(b"short"), "too short for a JKS keystore");
+        assert_eq!(
+            why(&[0; 40]),
+            "the integrity digest does not match (not JKS, or another password)"
+        );
+        assert_eq!(why(&sealed(&head(1, 2, 0))), "not a JKS keystore");
+        assert_eq!(
+            why(&sealed(&head(MAGIC, 3, 0))),
+            "JKS version 3 is not supported"
+        );
+        assert_eq!(why(&sealed(&head(MAGIC, 2, 1))), "truncated at byte 12");
+        let mut odd = head(MAGIC, 2, 1);
+        odd.extend_from_slice(&7u32.to_be_bytes());
+        odd.extend_from_slice(b"\x00\x01a");
+        odd.extend_from_slice(&[0; 8]);
+        assert_eq!(why(&sealed(&odd)), "unknown JKS entry tag 7");
     }
 
     #[test]

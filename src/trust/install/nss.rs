@@ -5,7 +5,9 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::io;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 
 use super::{NAME, NSS_ADD_FAILED, Outcome, Plan, Withdrawal};
 use crate::sys::command::{Output, RunError, find_on_path};
@@ -51,7 +53,7 @@ pub fn our_nicknames(listing: &str) -> Vec<String> {
 }
 
 pub fn install(plan: &Plan) -> Outcome {
-    let Some(certutil) = find_on_path("certutil", &plan.roots.path) else {
+    let Some(path) = find_on_path("certutil", &plan.roots.path) else {
         return Outcome::skipped("certutil not on PATH");
     };
     let Some(home) = &plan.roots.home else {
@@ -61,95 +63,155 @@ pub fn install(plan: &Plan) -> Outcome {
         return Outcome::skipped("no gateway certificate");
     }
     let db_dir = home.join(".pki/nssdb");
-    let db: OsString = {
-        let mut s = OsString::from("sql:");
-        s.push(&db_dir);
-        s
-    };
-    let run = |args: &[&OsStr], stdin: Option<&[u8]>| -> Result<Output, RunError> {
-        let mut all: Vec<&OsStr> = args.to_vec();
-        all.push(OsStr::new("-d"));
-        all.push(&db);
-        plan.run_helper(&certutil, &all, stdin)
-    };
-    let os = OsStr::new;
+    let certutil = Certutil::new(plan, path, &db_dir);
     let mut outcome = Outcome::default();
-
     if !db_dir.join("cert9.db").exists() {
-        if let Err(e) = fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&db_dir)
-        {
-            return Outcome::failed(NSS_ADD_FAILED, format!("{}: {e}", db_dir.display()));
-        }
-        match run(&[os("-N"), os("--empty-password")], None) {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                return Outcome::failed(NSS_ADD_FAILED, format!("certutil -N: {}", out.reason()));
-            }
-            Err(e) => return Outcome::failed(NSS_ADD_FAILED, e.to_string()),
+        if let Err(e) = create_database(&certutil, &db_dir) {
+            return Outcome::failed(NSS_ADD_FAILED, e.to_string());
         }
         outcome.written.push(db_dir.clone());
     }
-
     // Earlier entries of ours go first: a gateway CA that changed must not
     // leave the old one trusted.
-    let listing = match run(&[os("-L")], None) {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        Ok(out) => return outcome.fail(NSS_ADD_FAILED, format!("certutil -L: {}", out.reason())),
-        Err(e) => return outcome.fail(NSS_ADD_FAILED, e.to_string()),
-    };
-    for nick in our_nicknames(&listing) {
-        for _ in 0..MAX_DELETES {
-            match run(&[os("-D"), os("-n"), os(&nick)], None) {
-                Ok(out) if out.status.success() => {}
-                _ => break,
-            }
-        }
+    if let Err(e) = delete_earlier_entries(&certutil) {
+        return outcome.fail(NSS_ADD_FAILED, e.to_string());
     }
-
-    let mut added = Vec::new();
-    let mut failure = None;
-    for (nick, cert) in nicknames(plan.gateway_certs.len())
-        .iter()
-        .zip(&plan.gateway_certs)
-    {
-        if plan.cancelled() {
-            failure = Some("the relay stopped first".to_string());
-            break;
-        }
-        let pem = format!("{}\n", cert.trim_end());
-        let args = [os("-A"), os("-n"), os(nick), os("-t"), os(TRUST), os("-a")];
-        match run(&args, Some(pem.as_bytes())) {
-            Ok(out) if out.status.success() => added.push((nick.clone(), pem)),
-            Ok(out) => {
-                failure = Some(format!("certutil -A: {}", out.reason()));
-                break;
-            }
-            // Killed mid-way, it may have added the entry.
-            Err(e) => {
-                added.push((nick.clone(), pem));
-                failure = Some(e.to_string());
-                break;
-            }
-        }
-    }
+    let (added, failure) = add_gateway_certificates(plan, &certutil);
     if !added.is_empty() {
         outcome.withdraw.push(Withdrawal::Nss {
-            certutil: certutil.clone(),
-            db: db.clone(),
+            certutil: certutil.program,
+            db: certutil.db,
             entries: added,
         });
     }
-    if let Some(why) = failure {
-        return outcome.fail(NSS_ADD_FAILED, why);
+    if let Some(e) = failure {
+        return outcome.fail(NSS_ADD_FAILED, e.to_string());
     }
     if !outcome.written.contains(&db_dir) {
         outcome.written.push(db_dir.clone());
     }
     outcome.installed.push(("NSS database".into(), db_dir));
     outcome
+}
+
+/// `certutil` on one database (`-d sql:<dir>`), run as the plan runs its
+/// helpers.
+struct Certutil<'a> {
+    plan: &'a Plan,
+    program: PathBuf,
+    db: OsString,
+}
+
+impl<'a> Certutil<'a> {
+    fn new(plan: &'a Plan, program: PathBuf, db_dir: &Path) -> Certutil<'a> {
+        let mut db = OsString::from("sql:");
+        db.push(db_dir);
+        Certutil { plan, program, db }
+    }
+
+    fn run(&self, args: &[&OsStr], stdin: Option<&[u8]>) -> Result<Output, RunError> {
+        let mut all: Vec<&OsStr> = args.to_vec();
+        all.push(OsStr::new("-d"));
+        all.push(&self.db);
+        self.plan.run_helper(&self.program, &all, stdin)
+    }
+
+    /// Runs `certutil <args>` (`step` names it in errors); an error unless
+    /// it succeeds.
+    fn succeed(
+        &self,
+        step: &'static str,
+        args: &[&OsStr],
+        stdin: Option<&[u8]>,
+    ) -> Result<Output, NssError> {
+        match self.run(args, stdin)? {
+            out if out.status.success() => Ok(out),
+            out => Err(NssError::Failed {
+                step,
+                reason: out.reason(),
+            }),
+        }
+    }
+}
+
+/// Why the gateway's CA is not (all) in the NSS database; `Display` is the
+/// failure's detail.
+#[derive(Debug, thiserror::Error)]
+enum NssError {
+    #[error("{}: {error}", .dir.display())]
+    CreateDir { dir: PathBuf, error: io::Error },
+    #[error("certutil {step}: {reason}")]
+    Failed { step: &'static str, reason: String },
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("the relay stopped first")]
+    Cancelled,
+}
+
+/// A new, empty database in `db_dir` (made mode 0700 if missing).
+fn create_database(certutil: &Certutil, db_dir: &Path) -> Result<(), NssError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(db_dir)
+        .map_err(|error| NssError::CreateDir {
+            dir: db_dir.to_path_buf(),
+            error,
+        })?;
+    certutil.succeed(
+        "-N",
+        &[OsStr::new("-N"), OsStr::new("--empty-password")],
+        None,
+    )?;
+    Ok(())
+}
+
+/// Deletes the entries under our nicknames (each up to [`MAX_DELETES`]
+/// times: a nickname may hold several); only the listing must succeed.
+fn delete_earlier_entries(certutil: &Certutil) -> Result<(), NssError> {
+    let os = OsStr::new;
+    let out = certutil.succeed("-L", &[os("-L")], None)?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for nick in our_nicknames(&listing) {
+        for _ in 0..MAX_DELETES {
+            match certutil.run(&[os("-D"), os("-n"), os(&nick)], None) {
+                Ok(out) if out.status.success() => {}
+                _ => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds the gateway's certificates under [`nicknames`], trusted [`TRUST`];
+/// returns the entries that may be in the database (nickname and PEM), and
+/// why it stopped early, if it did.
+fn add_gateway_certificates(
+    plan: &Plan,
+    certutil: &Certutil,
+) -> (Vec<(String, String)>, Option<NssError>) {
+    let os = OsStr::new;
+    let mut added = Vec::new();
+    for (nick, cert) in nicknames(plan.gateway_certs.len())
+        .iter()
+        .zip(&plan.gateway_certs)
+    {
+        if plan.cancelled() {
+            return (added, Some(NssError::Cancelled));
+        }
+        let pem = format!("{}\n", cert.trim_end());
+        let args = [os("-A"), os("-n"), os(nick), os("-t"), os(TRUST), os("-a")];
+        match certutil.succeed("-A", &args, Some(pem.as_bytes())) {
+            Ok(_) => added.push((nick.clone(), pem)),
+            Err(e @ NssError::Run(_)) => {
+                // Killed mid-way, it may have added the entry.
+                added.push((nick.clone(), pem));
+                return (added, Some(e));
+            }
+            Err(e) => return (added, Some(e)),
+        }
+    }
+    (added, None)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -47,17 +47,17 @@ fn left(deadline: Instant) -> Duration {
 }
 
 /// Removes `path` if it holds `content`; true when it was removed.
-fn remove_if_ours(path: &Path, content: &[u8]) -> Result<bool, String> {
+fn remove_if_ours(path: &Path, content: &[u8]) -> Result<bool, NotRemoved> {
     if !holds(path, content) {
         return Ok(false);
     }
     match fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!(
-            "cannot remove {}: {e}; remove it by hand",
-            path.display()
-        )),
+        Err(error) => Err(NotRemoved {
+            path: path.to_path_buf(),
+            error,
+        }),
     }
 }
 
@@ -83,6 +83,14 @@ fn holds(path: &Path, content: &[u8]) -> bool {
         && now == content
 }
 
+/// A file of the relay's that could not be removed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot remove {}: {error}; remove it by hand", .path.display())]
+struct NotRemoved {
+    path: PathBuf,
+    error: io::Error,
+}
+
 /// The base64 body of the first PEM block in `text`, whitespace removed:
 /// comparable across tools that wrap lines differently.
 fn pem_body(text: &str) -> String {
@@ -95,87 +103,108 @@ fn pem_body(text: &str) -> String {
 }
 
 fn withdraw_one(item: &Withdrawal, env: &[(OsString, OsString)], deadline: Instant) -> Vec<String> {
-    let mut problems = Vec::new();
     match item {
-        Withdrawal::File { path, content } => {
-            if let Err(why) = remove_if_ours(path, content) {
-                problems.push(why);
-            }
-        }
+        Withdrawal::File { path, content } => match remove_if_ours(path, content) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        },
         Withdrawal::Anchors { files, tool, args } => {
-            let mut removed = false;
-            for (path, content) in files {
-                match remove_if_ours(path, content) {
-                    Ok(r) => removed |= r,
-                    Err(why) => problems.push(why),
-                }
-            }
-            if removed {
-                let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-                match run_bounded(tool, &args, env, None, left(deadline)) {
-                    Ok(out) if out.status.success() => {}
-                    Ok(out) => problems.push(format!(
-                        "{}: {}; run it by hand, or the gateway's CA stays in the system bundle",
-                        tool.display(),
-                        out.reason()
-                    )),
-                    Err(e) => problems.push(format!(
-                        "{e}; run {} by hand, or the gateway's CA stays in the system bundle",
-                        tool.display()
-                    )),
-                }
-            }
+            withdraw_anchors(files, tool, args, env, deadline)
         }
         Withdrawal::Nss {
             certutil,
             db,
             entries,
-        } => {
-            for (nick, pem) in entries {
-                let list = [
-                    OsStr::new("-L"),
-                    OsStr::new("-a"),
-                    OsStr::new("-n"),
-                    OsStr::new(nick),
-                    OsStr::new("-d"),
-                    db,
-                ];
-                let ours = match run_bounded(certutil, &list, env, None, left(deadline)) {
-                    Ok(out) if out.status.success() => {
-                        pem_body(&String::from_utf8_lossy(&out.stdout)) == pem_body(pem)
-                    }
-                    _ => false,
-                };
-                if !ours {
-                    continue;
-                }
-                let delete = [
-                    OsStr::new("-D"),
-                    OsStr::new("-n"),
-                    OsStr::new(nick),
-                    OsStr::new("-d"),
-                    db,
-                ];
-                match run_bounded(certutil, &delete, env, None, left(deadline)) {
-                    Ok(out) if out.status.success() => {}
-                    Ok(out) => problems.push(format!(
-                        "certutil -D -n {nick}: {}; delete it by hand",
-                        out.reason()
-                    )),
-                    Err(e) => {
-                        problems.push(format!("{e}; delete {nick} from the NSS database by hand"))
-                    }
-                }
-            }
-        }
+        } => withdraw_nss(certutil, db, entries, env, deadline),
         Withdrawal::Block {
             path,
             block,
             created,
-        } => {
-            if let Err(why) = withdraw_block(path, block, *created) {
-                problems.push(why);
+        } => match withdraw_block(path, block, *created) {
+            Ok(()) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        },
+    }
+}
+
+/// Removes the anchor `files` still ours, then, if any went, runs the
+/// store's update `tool` with `args`; the problems.
+fn withdraw_anchors(
+    files: &[(PathBuf, Vec<u8>)],
+    tool: &Path,
+    args: &[String],
+    env: &[(OsString, OsString)],
+    deadline: Instant,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut removed = false;
+    for (path, content) in files {
+        match remove_if_ours(path, content) {
+            Ok(r) => removed |= r,
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if !removed {
+        return problems;
+    }
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    match run_bounded(tool, &args, env, None, left(deadline)) {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => problems.push(format!(
+            "{}: {}; run it by hand, or the gateway's CA stays in the system bundle",
+            tool.display(),
+            out.reason()
+        )),
+        Err(e) => problems.push(format!(
+            "{e}; run {} by hand, or the gateway's CA stays in the system bundle",
+            tool.display()
+        )),
+    }
+    problems
+}
+
+/// Deletes from the NSS database `db` each of `entries` (nickname, PEM)
+/// that still holds the PEM the relay added; the problems.
+fn withdraw_nss(
+    certutil: &Path,
+    db: &OsStr,
+    entries: &[(String, String)],
+    env: &[(OsString, OsString)],
+    deadline: Instant,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (nick, pem) in entries {
+        let list = [
+            OsStr::new("-L"),
+            OsStr::new("-a"),
+            OsStr::new("-n"),
+            OsStr::new(nick),
+            OsStr::new("-d"),
+            db,
+        ];
+        let ours = match run_bounded(certutil, &list, env, None, left(deadline)) {
+            Ok(out) if out.status.success() => {
+                pem_body(&String::from_utf8_lossy(&out.stdout)) == pem_body(pem)
             }
+            _ => false,
+        };
+        if !ours {
+            continue;
+        }
+        let delete = [
+            OsStr::new("-D"),
+            OsStr::new("-n"),
+            OsStr::new(nick),
+            OsStr::new("-d"),
+            db,
+        ];
+        match run_bounded(certutil, &delete, env, None, left(deadline)) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => problems.push(format!(
+                "certutil -D -n {nick}: {}; delete it by hand",
+                out.reason()
+            )),
+            Err(e) => problems.push(format!("{e}; delete {nick} from the NSS database by hand")),
         }
     }
     problems
@@ -183,11 +212,11 @@ fn withdraw_one(item: &Withdrawal, env: &[(OsString, OsString)], deadline: Insta
 
 /// Removes `block` from the rc file `path` while it is there as written;
 /// removes the file when the relay created it and nothing else is left.
-fn withdraw_block(path: &Path, block: &str, created: bool) -> Result<(), String> {
+fn withdraw_block(path: &Path, block: &str, created: bool) -> Result<(), BlockNotRemoved> {
     let (real, mode) = match bazel::target(path) {
         Ok(Some(found)) => found,
         Ok(None) => return Ok(()),
-        Err(why) => return Err(format!("the bazelrc block stays: {why}")),
+        Err(why) => return Err(BlockNotRemoved::Target(why)),
     };
     let Ok(text) = bazel::read_rc(&real) else {
         return Ok(());
@@ -201,12 +230,17 @@ fn withdraw_block(path: &Path, block: &str, created: bool) -> Result<(), String>
     } else {
         atomic_file::write(&real, rest.as_bytes(), mode)
     };
-    done.map_err(|e| {
-        format!(
-            "cannot remove the bazelrc block from {}: {e}; remove it by hand",
-            real.display()
-        )
-    })
+    done.map_err(|error| BlockNotRemoved::Write { path: real, error })
+}
+
+/// Why the bazelrc block stays.
+#[derive(Debug, thiserror::Error)]
+enum BlockNotRemoved {
+    /// The rc file cannot be looked at safely (`bazel::target`'s reason).
+    #[error("the bazelrc block stays: {0}")]
+    Target(String),
+    #[error("cannot remove the bazelrc block from {}: {error}; remove it by hand", .path.display())]
+    Write { path: PathBuf, error: io::Error },
 }
 
 #[cfg(test)]
