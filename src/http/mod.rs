@@ -1,7 +1,8 @@
 //! HTTP/1 as the relay speaks it: heads and framing on `httparse`
-//! ([`http1`]), what a client asks the proxy ([`request_head`]), and the
-//! relay's own answers ([`reply`]).
+//! ([`http1`]), bodies as that framing says ([`body`]), what a client asks
+//! the proxy ([`request_head`]), and the relay's own answers ([`reply`]).
 
+pub mod body;
 pub mod http1;
 pub mod reply;
 pub mod request_head;

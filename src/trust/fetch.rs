@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use super::TrustError;
 use super::pem::extract_certificates;
 use crate::gateway::{Endpoint, GatewayError, GatewayStream};
-use crate::http::http1::{self, BodyCopier, BodyError, BodyFraming, Http1Error};
+use crate::http::body::{BodyCopier, BodyError};
+use crate::http::http1::{self, BodyFraming, Http1Error};
 use crate::startup::gates::Generation;
 
 /// Default bound on the gateway's answer: 1 MiB (a CA certificate is ~1 KiB).
