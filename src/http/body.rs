@@ -276,22 +276,45 @@ fn trailer_fields(section: &[u8]) -> Result<Headers, BodyError> {
 /// assert_eq!(ccr_relay::http::body::read_chunked_body(&mut body, 100).unwrap(), b"abc");
 /// ```
 pub fn read_chunked_body<R: BufRead>(from: &mut R, max: usize) -> Result<Vec<u8>, BodyError> {
-    let mut out = CappedSink {
-        buf: Vec::new(),
-        max,
-    };
+    let mut out = CappedSink::new(max);
     BodyCopier::chunked_data_only().copy(from, &mut out)?;
-    Ok(out.buf)
+    Ok(out.into_bytes())
 }
 
-struct CappedSink {
+/// A body collected up to a cap; writing past it fails.
+pub struct CappedSink {
     buf: Vec<u8>,
     max: usize,
 }
 
+impl CappedSink {
+    /// An empty sink that takes at most `max` bytes.
+    pub fn new(max: usize) -> CappedSink {
+        CappedSink {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    /// Bytes taken so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing was taken.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// What was taken.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
 impl Write for CappedSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len() + data.len() > self.max {
+        if self.buf.len().saturating_add(data.len()) > self.max {
             return Err(io::Error::other("body larger than allowed"));
         }
         self.buf.extend_from_slice(data);

@@ -10,13 +10,14 @@
 //! in details and hosts become `?`.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::gateway::Gateway;
+use crate::http::client::{self, ClientError, Exchange};
 use crate::http::request_head::RequestHead;
 use crate::startup::gates::Generation;
 use crate::sys::lock::lock;
@@ -362,7 +363,7 @@ pub enum StatusError {
     /// Nothing answers there.
     Connect { addr: String, error: io::Error },
     /// Sending the request or reading the answer failed.
-    Io(io::Error),
+    Fetch(ClientError),
     /// Something answered, but not a ccr-relay status page.
     NotARelay(String),
 }
@@ -380,7 +381,7 @@ impl fmt::Display for StatusError {
             StatusError::Connect { addr, error } => {
                 write!(f, "no relay running at {addr}: {error}")
             }
-            StatusError::Io(e) => write!(f, "reading the relay's status failed: {e}"),
+            StatusError::Fetch(e) => write!(f, "reading the relay's status failed: {e}"),
             StatusError::NotARelay(why) => write!(f, "not a ccr-relay: {why}"),
         }
     }
@@ -391,7 +392,7 @@ impl std::error::Error for StatusError {}
 /// How long `ccr-relay status` waits for the relay.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest status answer read.
-const FETCH_MAX: u64 = 1 << 20;
+const FETCH_MAX: usize = 1 << 20;
 
 /// `host:port` of an `http://host:port[/]` proxy URL.
 fn proxy_authority(url: &str) -> Result<String, StatusError> {
@@ -415,65 +416,52 @@ fn proxy_authority(url: &str) -> Result<String, StatusError> {
     }
 }
 
-/// Fetches the text status page from the relay at `proxy_url`.
+/// Fetches the text status page from the relay at `proxy_url`: one
+/// request, its answer framed as its head says, all within
+/// [`FETCH_TIMEOUT`] and [`FETCH_MAX`].
 pub fn fetch_text(proxy_url: &str) -> Result<String, StatusError> {
     let authority = proxy_authority(proxy_url)?;
-    let connect_err = |error| StatusError::Connect {
+    let deadline = client::deadline_after(FETCH_TIMEOUT);
+    let tcp = client::connect(&authority, deadline).map_err(|error| StatusError::Connect {
         addr: authority.clone(),
         error,
-    };
-    let addrs: Vec<_> = authority.to_socket_addrs().map_err(connect_err)?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, FETCH_TIMEOUT) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let stream = stream.ok_or_else(|| connect_err(last))?;
-    stream
-        .set_read_timeout(Some(FETCH_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(FETCH_TIMEOUT)))
-        .map_err(StatusError::Io)?;
+    })?;
+    let mut exchange = Exchange::new(tcp, deadline);
     let request = format!(
         "GET {STATUS_PATH}?format=text HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     );
-    (&stream)
-        .write_all(request.as_bytes())
-        .map_err(StatusError::Io)?;
-    let mut raw = Vec::new();
-    (&stream)
-        .take(FETCH_MAX)
-        .read_to_end(&mut raw)
-        .map_err(StatusError::Io)?;
-    let _ = stream.shutdown(Shutdown::Both);
-    let text = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Err(StatusError::NotARelay("no HTTP answer".into()));
-    };
-    let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.starts_with("HTTP/1.1 200 ") {
+    exchange
+        .send(request.as_bytes())
+        .map_err(StatusError::Fetch)?;
+    let head = exchange.read_head().map_err(|e| match e {
+        ClientError::ClosedBeforeAnswer | ClientError::Malformed(_) => {
+            StatusError::NotARelay("no HTTP answer".into())
+        }
+        other => StatusError::Fetch(other),
+    })?;
+    if head.status != 200 || head.minor_version != 1 {
         return Err(StatusError::NotARelay(format!(
             "it answered {:?}",
-            sanitize(status_line, 100)
+            sanitize(&head.status_line(), 100)
         )));
     }
+    let body = exchange
+        .read_body(&head.headers, FETCH_MAX)
+        .map_err(StatusError::Fetch)?;
+    let body = String::from_utf8_lossy(&body);
     if !body.starts_with("relay: ccr-relay\n") {
         return Err(StatusError::NotARelay(
             "the answer is not the relay's status page".into(),
         ));
     }
-    Ok(body.to_string())
+    Ok(body.into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tunnel::dial::OpenError;
+    use std::io::{Read, Write};
 
     fn escaped(s: &str) -> String {
         let mut out = String::new();
@@ -595,6 +583,43 @@ mod tests {
         assert!(!is_status_request(&head(
             "GET http://x/__agentproxy/status HTTP/1.1\r\n\r\n"
         )));
+    }
+
+    /// A one-shot relay stand-in at a local port: reads the request head,
+    /// writes `answer`, closes. Returns the proxy URL and the request.
+    fn one_answer(answer: Vec<u8>) -> (String, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            stream.write_all(&answer).unwrap();
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn the_status_client_honours_content_length() {
+        let page = "relay: ccr-relay\nversion: 1\n";
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{page}EXTRA BYTES\r\n\r\nmore",
+            page.len()
+        );
+        let (url, server) = one_answer(answer.into_bytes());
+        assert_eq!(fetch_text(&url).unwrap(), page);
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("GET /__agentproxy/status?format=text HTTP/1.1\r\n"),
+            "{request}"
+        );
     }
 
     #[test]
