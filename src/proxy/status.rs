@@ -623,6 +623,24 @@ mod tests {
     }
 
     #[test]
+    fn the_status_client_reads_chunked_and_close_delimited_pages() {
+        let page = "relay: ccr-relay\nversion: 1\n";
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\nEXTRA",
+            &page[..5],
+            page.len() - 5,
+            &page[5..]
+        );
+        let (url, server) = one_answer(chunked.into_bytes());
+        assert_eq!(fetch_text(&url).unwrap(), page);
+        server.join().unwrap();
+        let to_the_close = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{page}");
+        let (url, server) = one_answer(to_the_close.into_bytes());
+        assert_eq!(fetch_text(&url).unwrap(), page);
+        server.join().unwrap();
+    }
+
+    #[test]
     fn proxy_urls_must_be_plain_http_with_a_port() {
         assert_eq!(
             proxy_authority("http://127.0.0.1:8080/").unwrap(),
