@@ -16,7 +16,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use ccr_relay::gateway::chunk;
 use ccr_relay::gateway::message_v2;
-use ccr_relay::http::http1::{self, BodyCopier, BodyFraming};
+use ccr_relay::http::body::{self, BodyCopier};
+use ccr_relay::http::http1::BodyFraming;
 use ccr_relay::http::request_head::{
     Authority, ProxyRequest, head_end, parse_head, read_head_bytes,
 };
@@ -455,13 +456,13 @@ fn chunked_like(rng: &mut Rng) -> Vec<u8> {
 #[test]
 fn chunked_bodies_decode_or_fail_and_round_trip() {
     run("chunked", 5, chunked_like, |input| {
-        let data = http1::read_chunked_body(&mut BufReader::with_capacity(5, input), 1 << 16);
+        let data = body::read_chunked_body(&mut BufReader::with_capacity(5, input), 1 << 16);
         let mut canonical = Vec::new();
         let copied = BodyCopier::new(BodyFraming::Chunked)
             .copy(&mut BufReader::with_capacity(3, input), &mut canonical);
         if let (Ok(data), Ok(_)) = (data, copied) {
             // The canonical re-encoding carries the same data.
-            let again = http1::read_chunked_body(&mut &canonical[..], 1 << 16)
+            let again = body::read_chunked_body(&mut &canonical[..], 1 << 16)
                 .expect("the relay's own chunked encoding parses");
             assert_eq!(again, data);
             return true;

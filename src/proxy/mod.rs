@@ -8,6 +8,7 @@ mod connection;
 pub mod direct;
 pub mod forward;
 pub mod listener;
+mod monitor;
 pub mod route;
 mod shared;
 pub mod status;

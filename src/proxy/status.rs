@@ -1,183 +1,31 @@
-//! The relay explains itself while it runs: a [`Monitor`] (held by the
-//! [`Gateway`], so every connection thread reaches it) keeps counters and a
-//! bounded history of the last [`MAX_FAILURES`] failures, recorded where
-//! they happen; `GET /__agentproxy/status` on the proxy port answers with
-//! them as pretty-printed JSON (or, with `?format=text`, plain text for a
-//! person), and `ccr-relay status` fetches the text form.
+//! The relay explains itself while it runs: `GET /__agentproxy/status` on
+//! the proxy port answers with what the [`Monitor`] holds (counters and
+//! the last failures) and what start-up decided, as pretty-printed JSON
+//! (or, with `?format=text`, plain text for a person); `ccr-relay status`
+//! fetches the text form with the crate's one HTTP client
+//! ([`crate::http::client`]).
 //!
 //! Nothing here ever holds the token: failure details are the Display texts
 //! of the relay's error types, which never carry it, and control characters
 //! in details and hosts become `?`.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::warn;
-
-use crate::gateway::{Gateway, GatewayError};
-use crate::http::request_head::{HeadError, RequestHead};
+use crate::gateway::Gateway;
+use crate::http::client::{self, ClientError, Exchange};
+use crate::http::request_head::RequestHead;
 use crate::startup::gates::Generation;
 use crate::sys::lock::lock;
-use crate::sys::text::sanitize;
-use crate::tunnel::End;
-use crate::tunnel::dial::OpenError;
-use crate::tunnel::pipe::{Direction, PipeEnd, PipeSide};
+
+pub use super::monitor::{Failure, Info, Kind, MAX_FAILURES, Monitor, Rejection, sanitize};
 
 /// The path of the relay's own page.
 pub const STATUS_PATH: &str = "/__agentproxy/status";
-/// How many failures the history keeps.
-pub const MAX_FAILURES: usize = 20;
-/// Longest detail and host kept per failure, in characters.
-const MAX_DETAIL: usize = 400;
-const MAX_HOST: usize = 260;
-
-/// What went wrong, by where it happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A TLS ClientHello came to the proxy port (`HTTPS_PROXY=https://…`).
-    TlsToRelay,
-    /// The request head grew past its bound.
-    HeaderTooLong,
-    /// The request head was not complete in time.
-    HeadTimeout,
-    /// The request line or a header was not HTTP/1.x.
-    BadRequest,
-    /// A request that is neither CONNECT nor a forwardable absolute URL.
-    NotConnect,
-    /// The gateway answered the CONNECT with 4xx or 5xx.
-    ConnectRejected,
-    /// The WebSocket failed (I/O, TLS, protocol, unreadable message).
-    WsError,
-    /// No WebSocket could be opened (agent proxy, any reason).
-    WsOpenFailed,
-    /// The WebSocket closed before the exchange was over.
-    WsClosedMidExchange,
-    /// The gateway did not acknowledge tunnel protocol v2.
-    V2NotAcked,
-    /// The gateway took no client byte for the stall bound.
-    UploadStalled,
-    /// The gateway, known to answer WebSocket pings, answered nothing
-    /// within the liveness deadline (a frozen process or host), or its
-    /// kernel stopped acknowledging bytes (`TCP_USER_TIMEOUT`).
-    GatewayUnresponsive,
-    /// Upstream proxy: the gateway could not be reached.
-    GatewayUnreachable,
-    /// Upstream proxy: connect, TLS and upgrade did not finish in time.
-    UpgradeTimeout,
-    /// Upstream proxy: the upgrade was answered with another status.
-    UpgradeRefused,
-    /// The gateway did not answer the CONNECT in time.
-    NoAnswer,
-    /// A local process the access rule does not allow.
-    ClientRefused,
-    /// Selective mode: a direct connection cut short by the target, a
-    /// client that took nothing for the stall bound, or an internal error.
-    DirectFailed,
-    /// Selective mode: a routing or direct-dial failure.
-    Selective(crate::proxy::route::FailureKind),
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::TlsToRelay => "tls_to_relay",
-            Kind::HeaderTooLong => "header_too_long",
-            Kind::HeadTimeout => "head_timeout",
-            Kind::BadRequest => "bad_request",
-            Kind::NotConnect => "not_connect",
-            Kind::ConnectRejected => "connect_rejected",
-            Kind::WsError => "ws_error",
-            Kind::WsOpenFailed => "ws_open_failed",
-            Kind::WsClosedMidExchange => "ws_closed_mid_exchange",
-            Kind::V2NotAcked => "v2_not_acked",
-            Kind::UploadStalled => "upload_stalled",
-            Kind::GatewayUnresponsive => "gateway_unresponsive",
-            Kind::GatewayUnreachable => "gateway_unreachable",
-            Kind::UpgradeTimeout => "upgrade_timeout",
-            Kind::UpgradeRefused => "upgrade_refused",
-            Kind::NoAnswer => "no_answer",
-            Kind::ClientRefused => "client_refused",
-            Kind::DirectFailed => "direct_failed",
-            Kind::Selective(kind) => kind.as_str(),
-        }
-    }
-}
-
-/// A CONNECT the gateway answered with 4xx or 5xx, for the tunnel's log
-/// line: `HTTP/1.1 407 Proxy Authentication Required: wrong session id or
-/// token` (the status line, control characters replaced, and a hint when
-/// the status has a usual cause).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub status: u16,
-    /// The gateway's status line.
-    pub line: String,
-    /// What the status usually means here; empty when nothing is known.
-    pub hint: &'static str,
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.line)?;
-        if !self.hint.is_empty() {
-            write!(f, ": {}", self.hint)?;
-        }
-        Ok(())
-    }
-}
-
-/// One recorded failure.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub ts: SystemTime,
-    pub kind: Kind,
-    pub detail: String,
-    pub host: String,
-}
-
-/// Facts start-up decided, set once the relay is bound.
-#[derive(Debug, Clone, Default)]
-pub struct Info {
-    pub port: u16,
-    pub ca_bundle_path: String,
-    pub has_system_ca: bool,
-    /// The `NO_PROXY` children get.
-    pub no_proxy: String,
-    pub standalone: bool,
-    pub selective: bool,
-}
-
-/// Counters and the failure history of one relay.
-pub struct Monitor {
-    started: Instant,
-    failures: Mutex<VecDeque<Failure>>,
-    open_tunnels: AtomicU64,
-    tunnels_served: AtomicU64,
-    http_requests: AtomicU64,
-    bytes_up: AtomicU64,
-    bytes_down: AtomicU64,
-    info: Mutex<Option<Info>>,
-}
-
-impl Default for Monitor {
-    fn default() -> Monitor {
-        Monitor {
-            started: Instant::now(),
-            failures: Mutex::new(VecDeque::with_capacity(MAX_FAILURES)),
-            open_tunnels: AtomicU64::new(0),
-            tunnels_served: AtomicU64::new(0),
-            http_requests: AtomicU64::new(0),
-            bytes_up: AtomicU64::new(0),
-            bytes_down: AtomicU64::new(0),
-            info: Mutex::new(None),
-        }
-    }
-}
 
 /// The git settings start-up found that send git around the proxy (set by
 /// the background check once it finishes).
@@ -221,184 +69,6 @@ pub fn note_trust_failure(code: &str) {
     let mut trust = lock(&TRUST);
     if !trust.failure_codes.iter().any(|c| c == code) {
         trust.failure_codes.push(code.to_string());
-    }
-}
-
-/// Decrements the open-tunnel count when the tunnel ends.
-pub struct OpenTunnel<'a>(&'a Monitor);
-
-impl Drop for OpenTunnel<'_> {
-    fn drop(&mut self) {
-        self.0.open_tunnels.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Monitor {
-    /// Sets what start-up decided.
-    pub fn set_info(&self, info: Info) {
-        *lock(&self.info) = Some(info);
-    }
-
-    /// Records a tunnel that fell back to the first generation's semantics
-    /// because the gateway did not acknowledge HELLO (`why`), if it did.
-    pub fn opened(&self, opened: &crate::tunnel::dial::Opened, target: &str) {
-        if let Some(why) = opened.fell_back {
-            self.record(
-                Kind::V2NotAcked,
-                &format!("{why}; falling back to the first generation's semantics"),
-                target,
-            );
-        }
-    }
-
-    /// Adds a failure, dropping the oldest beyond [`MAX_FAILURES`].
-    pub fn record(&self, kind: Kind, detail: &str, host: &str) {
-        let failure = Failure {
-            ts: SystemTime::now(),
-            kind,
-            detail: sanitize(detail, MAX_DETAIL),
-            host: sanitize(host, MAX_HOST),
-        };
-        let mut ring = lock(&self.failures);
-        while ring.len() >= MAX_FAILURES {
-            ring.pop_front();
-        }
-        ring.push_back(failure);
-    }
-
-    /// The history, oldest first.
-    pub fn failures(&self) -> Vec<Failure> {
-        lock(&self.failures).iter().cloned().collect()
-    }
-
-    /// A request head that could not be read or served; `head` when it was
-    /// read (its target is the host). A TLS handshake is also a warning.
-    pub fn head_failed(&self, e: &HeadError, head: Option<&RequestHead>) {
-        let kind = match e {
-            HeadError::TlsHandshake => {
-                warn!("{e}");
-                Kind::TlsToRelay
-            }
-            HeadError::TooLarge => Kind::HeaderTooLong,
-            HeadError::Timeout => Kind::HeadTimeout,
-            HeadError::MethodNotAllowed(_) => Kind::NotConnect,
-            HeadError::Malformed(_) if head.is_some_and(|h| h.method != "CONNECT") => {
-                Kind::NotConnect
-            }
-            HeadError::Malformed(_) => Kind::BadRequest,
-            HeadError::Closed(_) => return,
-        };
-        self.record(kind, &e.to_string(), head.map_or("", |h| &h.target));
-    }
-
-    /// A tunnel that could not be opened (`generation` picks the kinds).
-    pub fn open_failed(&self, generation: Generation, e: &OpenError, host: &str) {
-        let kind = match e {
-            OpenError::Dial { error, .. } => match (generation, error) {
-                (Generation::AgentProxy, _) => Kind::WsOpenFailed,
-                (_, GatewayError::Unreachable(_)) => Kind::GatewayUnreachable,
-                (_, GatewayError::Timeout) => Kind::UpgradeTimeout,
-                (_, GatewayError::Refused(_)) => Kind::UpgradeRefused,
-                _ => Kind::WsOpenFailed,
-            },
-            OpenError::NotAcknowledged(_) => Kind::V2NotAcked,
-            OpenError::ClosedSilently => Kind::WsClosedMidExchange,
-            OpenError::NoAnswer(_) => Kind::NoAnswer,
-            OpenError::Ws(_) | OpenError::Malformed(_) => Kind::WsError,
-        };
-        self.record(kind, &e.to_string(), host);
-    }
-
-    /// The gateway's first answer bytes: a 4xx or 5xx status line is a
-    /// rejected CONNECT (recorded, and returned for the tunnel's log line).
-    pub fn check_answer(&self, answer: &[u8], host: &str) -> Option<Rejection> {
-        let line_end = answer
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-            .unwrap_or(answer.len());
-        let line = sanitize(&String::from_utf8_lossy(&answer[..line_end.min(200)]), 200);
-        let status = line
-            .strip_prefix("HTTP/1.")
-            .and_then(|rest| rest.get(2..5))
-            .and_then(|code| code.parse::<u16>().ok())?;
-        if !(400..=599).contains(&status) {
-            return None;
-        }
-        let rejection = Rejection {
-            status,
-            hint: match status {
-                407 => "wrong session id or token",
-                _ => "",
-            },
-            line,
-        };
-        let detail = format!("the gateway answered the CONNECT with {rejection}");
-        self.record(Kind::ConnectRejected, &detail, host);
-        Some(rejection)
-    }
-
-    /// A tunnel starts: counted open until the guard drops.
-    pub fn tunnel_opened(&self) -> OpenTunnel<'_> {
-        self.open_tunnels.fetch_add(1, Ordering::Relaxed);
-        OpenTunnel(self)
-    }
-
-    /// A tunnel ended: totals, and its end if that is a failure (`v2`: a
-    /// WebSocket close without FIN cut the exchange).
-    pub fn tunnel_ended(&self, end: &End, v2: bool, up: u64, down: u64, host: &str) {
-        self.tunnels_served.fetch_add(1, Ordering::Relaxed);
-        self.add_bytes(up, down);
-        let kind = match end {
-            End::UploadStalled(_) => Kind::UploadStalled,
-            End::GatewayUnresponsive(_) => Kind::GatewayUnresponsive,
-            // The kernel gave up on bytes the gateway's host never acknowledged.
-            End::WsError(tungstenite::Error::Io(e))
-                if e.raw_os_error() == Some(libc::ETIMEDOUT) =>
-            {
-                Kind::GatewayUnresponsive
-            }
-            End::WsError(_) | End::Malformed(_) => Kind::WsError,
-            End::WsClosed if v2 => Kind::WsClosedMidExchange,
-            _ => return,
-        };
-        let detail = match kind {
-            Kind::WsClosedMidExchange => {
-                format!("WebSocket closed without FIN after up {up} B, down {down} B")
-            }
-            _ => format!("{end} (after up {up} B, down {down} B)"),
-        };
-        self.record(kind, &detail, host);
-    }
-
-    /// A direct connection (selective mode) ended: its bytes count (`up`
-    /// includes what came with the request head), and an end that cut it
-    /// short is a failure: a stall toward the target is `upload_stalled`,
-    /// as for a tunnel; the target failing, a stall toward the client or
-    /// an internal error is `direct_failed`. A client that goes away or
-    /// resets is the client's choice, not recorded.
-    pub fn direct_ended(&self, end: &PipeEnd, up: u64, down: u64, host: &str) {
-        self.tunnels_served.fetch_add(1, Ordering::Relaxed);
-        self.add_bytes(up, down);
-        let kind = match end {
-            PipeEnd::Stalled(Direction::Up, _) => Kind::UploadStalled,
-            PipeEnd::Stalled(Direction::Down, _)
-            | PipeEnd::Error(PipeSide::Target, _)
-            | PipeEnd::Internal(_) => Kind::DirectFailed,
-            PipeEnd::Closed | PipeEnd::Aborted | PipeEnd::Error(PipeSide::Client, _) => return,
-        };
-        let detail = format!("direct connection: {end} (after up {up} B, down {down} B)");
-        self.record(kind, &detail, host);
-    }
-
-    /// One plain-HTTP request forwarded.
-    pub fn http_served(&self, up: u64, down: u64) {
-        self.http_requests.fetch_add(1, Ordering::Relaxed);
-        self.add_bytes(up, down);
-    }
-
-    fn add_bytes(&self, up: u64, down: u64) {
-        self.bytes_up.fetch_add(up, Ordering::Relaxed);
-        self.bytes_down.fetch_add(down, Ordering::Relaxed);
     }
 }
 
@@ -693,7 +363,7 @@ pub enum StatusError {
     /// Nothing answers there.
     Connect { addr: String, error: io::Error },
     /// Sending the request or reading the answer failed.
-    Io(io::Error),
+    Fetch(ClientError),
     /// Something answered, but not a ccr-relay status page.
     NotARelay(String),
 }
@@ -711,7 +381,7 @@ impl fmt::Display for StatusError {
             StatusError::Connect { addr, error } => {
                 write!(f, "no relay running at {addr}: {error}")
             }
-            StatusError::Io(e) => write!(f, "reading the relay's status failed: {e}"),
+            StatusError::Fetch(e) => write!(f, "reading the relay's status failed: {e}"),
             StatusError::NotARelay(why) => write!(f, "not a ccr-relay: {why}"),
         }
     }
@@ -722,7 +392,7 @@ impl std::error::Error for StatusError {}
 /// How long `ccr-relay status` waits for the relay.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest status answer read.
-const FETCH_MAX: u64 = 1 << 20;
+const FETCH_MAX: usize = 1 << 20;
 
 /// `host:port` of an `http://host:port[/]` proxy URL.
 fn proxy_authority(url: &str) -> Result<String, StatusError> {
@@ -746,64 +416,52 @@ fn proxy_authority(url: &str) -> Result<String, StatusError> {
     }
 }
 
-/// Fetches the text status page from the relay at `proxy_url`.
+/// Fetches the text status page from the relay at `proxy_url`: one
+/// request, its answer framed as its head says, all within
+/// [`FETCH_TIMEOUT`] and [`FETCH_MAX`].
 pub fn fetch_text(proxy_url: &str) -> Result<String, StatusError> {
     let authority = proxy_authority(proxy_url)?;
-    let connect_err = |error| StatusError::Connect {
+    let deadline = client::deadline_after(FETCH_TIMEOUT);
+    let tcp = client::connect(&authority, deadline).map_err(|error| StatusError::Connect {
         addr: authority.clone(),
         error,
-    };
-    let addrs: Vec<_> = authority.to_socket_addrs().map_err(connect_err)?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, FETCH_TIMEOUT) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let stream = stream.ok_or_else(|| connect_err(last))?;
-    stream
-        .set_read_timeout(Some(FETCH_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(FETCH_TIMEOUT)))
-        .map_err(StatusError::Io)?;
+    })?;
+    let mut exchange = Exchange::new(tcp, deadline);
     let request = format!(
         "GET {STATUS_PATH}?format=text HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     );
-    (&stream)
-        .write_all(request.as_bytes())
-        .map_err(StatusError::Io)?;
-    let mut raw = Vec::new();
-    (&stream)
-        .take(FETCH_MAX)
-        .read_to_end(&mut raw)
-        .map_err(StatusError::Io)?;
-    let _ = stream.shutdown(Shutdown::Both);
-    let text = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Err(StatusError::NotARelay("no HTTP answer".into()));
-    };
-    let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.starts_with("HTTP/1.1 200 ") {
+    exchange
+        .send(request.as_bytes())
+        .map_err(StatusError::Fetch)?;
+    let head = exchange.read_head().map_err(|e| match e {
+        ClientError::ClosedBeforeAnswer | ClientError::Malformed(_) => {
+            StatusError::NotARelay("no HTTP answer".into())
+        }
+        other => StatusError::Fetch(other),
+    })?;
+    if head.status != 200 || head.minor_version != 1 {
         return Err(StatusError::NotARelay(format!(
             "it answered {:?}",
-            sanitize(status_line, 100)
+            sanitize(&head.status_line(), 100)
         )));
     }
+    let body = exchange
+        .read_body(&head.headers, FETCH_MAX)
+        .map_err(StatusError::Fetch)?;
+    let body = String::from_utf8_lossy(&body);
     if !body.starts_with("relay: ccr-relay\n") {
         return Err(StatusError::NotARelay(
             "the answer is not the relay's status page".into(),
         ));
     }
-    Ok(body.to_string())
+    Ok(body.into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tunnel::dial::OpenError;
+    use std::io::{Read, Write};
 
     fn escaped(s: &str) -> String {
         let mut out = String::new();
@@ -831,65 +489,6 @@ mod tests {
         assert_eq!(
             v.pretty(),
             "{\n  \"a\": 1,\n  \"b\": [\n    true,\n    null\n  ],\n  \"c\": [],\n  \"d\": {\n    \"e\": \"x\\\"y\"\n  }\n}\n"
-        );
-    }
-
-    #[test]
-    fn the_ring_keeps_the_last_twenty_and_replaces_controls() {
-        let m = Monitor::default();
-        for i in 0..25 {
-            m.record(
-                Kind::WsError,
-                &format!("failure {i}\r\nX: y"),
-                "h\u{1b}st:443",
-            );
-        }
-        let all = m.failures();
-        assert_eq!(all.len(), MAX_FAILURES);
-        assert_eq!(all[0].detail, "failure 5??X: y");
-        assert_eq!(all[19].detail, "failure 24??X: y");
-        assert_eq!(all[19].host, "h?st:443");
-    }
-
-    #[test]
-    fn rejected_connect_answers_are_recorded_and_200_is_not() {
-        let m = Monitor::default();
-        assert_eq!(
-            m.check_answer(b"HTTP/1.1 200 Connection Established\r\n\r\n", "a:443"),
-            None
-        );
-        let auth = m
-            .check_answer(
-                b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
-                "b:443",
-            )
-            .unwrap();
-        assert_eq!(
-            auth.to_string(),
-            "HTTP/1.1 407 Proxy Authentication Required: wrong session id or token"
-        );
-        let bad = m
-            .check_answer(b"HTTP/1.0 502 Bad\x1bGateway\r\n", "c:443")
-            .unwrap();
-        assert_eq!(
-            (bad.status, bad.to_string()),
-            (502, "HTTP/1.0 502 Bad?Gateway".into())
-        );
-        assert_eq!(m.check_answer(b"junk", "d:443"), None);
-        assert_eq!(m.check_answer(b"HTTP/1.1 3", "e:443"), None);
-        let all = m.failures();
-        let got: Vec<(&str, &str)> = all
-            .iter()
-            .map(|f| (f.kind.name(), f.host.as_str()))
-            .collect();
-        assert_eq!(
-            got,
-            [("connect_rejected", "b:443"), ("connect_rejected", "c:443")]
-        );
-        assert!(
-            all[0]
-                .detail
-                .contains("407 Proxy Authentication Required: wrong session id")
         );
     }
 
@@ -967,162 +566,6 @@ mod tests {
     }
 
     #[test]
-    fn tunnel_ends_count_and_record_only_failures() {
-        let m = Monitor::default();
-        let guard = m.tunnel_opened();
-        assert_eq!(m.open_tunnels.load(Ordering::Relaxed), 1);
-        drop(guard);
-        assert_eq!(m.open_tunnels.load(Ordering::Relaxed), 0);
-        m.tunnel_ended(&End::ServerFin, true, 10, 20, "a:443");
-        m.tunnel_ended(&End::WsClosed, false, 1, 2, "v1:443");
-        m.tunnel_ended(&End::SocketClosed, true, 1, 2, "b:443");
-        m.tunnel_ended(&End::WsClosed, true, 300, 4000, "c:443");
-        m.tunnel_ended(
-            &End::UploadStalled(Duration::from_secs(180)),
-            true,
-            5,
-            6,
-            "d:443",
-        );
-        m.tunnel_ended(
-            &End::GatewayUnresponsive(Duration::from_secs(30)),
-            false,
-            0,
-            0,
-            "e:443",
-        );
-        let kernel_gave_up = io::Error::from_raw_os_error(libc::ETIMEDOUT);
-        m.tunnel_ended(
-            &End::WsError(tungstenite::Error::Io(kernel_gave_up)),
-            true,
-            0,
-            0,
-            "f:443",
-        );
-        // A bound of the relay's own (FIN_ACK's) is not the gateway's silence.
-        let own_bound = io::Error::from(io::ErrorKind::TimedOut);
-        m.tunnel_ended(
-            &End::WsError(tungstenite::Error::Io(own_bound)),
-            true,
-            0,
-            0,
-            "g:443",
-        );
-        assert_eq!(m.tunnels_served.load(Ordering::Relaxed), 8);
-        assert_eq!(m.bytes_up.load(Ordering::Relaxed), 317);
-        assert_eq!(m.bytes_down.load(Ordering::Relaxed), 4030);
-        let got: Vec<(&str, String, String)> = m
-            .failures()
-            .into_iter()
-            .map(|f| (f.kind.name(), f.host, f.detail))
-            .collect();
-        assert_eq!(got.len(), 5, "{got:?}");
-        assert_eq!(
-            (got[0].0, got[0].1.as_str()),
-            ("ws_closed_mid_exchange", "c:443")
-        );
-        assert!(got[0].2.contains("up 300 B, down 4000 B"), "{got:?}");
-        assert_eq!((got[1].0, got[1].1.as_str()), ("upload_stalled", "d:443"));
-        assert_eq!(
-            (got[2].0, got[2].1.as_str()),
-            ("gateway_unresponsive", "e:443")
-        );
-        assert!(got[2].2.contains("30 s"), "{got:?}");
-        assert_eq!(
-            (got[3].0, got[3].1.as_str()),
-            ("gateway_unresponsive", "f:443")
-        );
-        assert_eq!((got[4].0, got[4].1.as_str()), ("ws_error", "g:443"));
-    }
-
-    #[test]
-    fn direct_ends_count_and_record_what_cut_them_short() {
-        use std::io::ErrorKind;
-        let m = Monitor::default();
-        let stall = Duration::from_secs(3);
-        m.direct_ended(&PipeEnd::Closed, 10, 20, "a:443");
-        m.direct_ended(&PipeEnd::Aborted, 1, 1, "b:443");
-        let reset = io::Error::from(ErrorKind::ConnectionReset);
-        m.direct_ended(&PipeEnd::Error(PipeSide::Client, reset), 1, 1, "c:443");
-        m.direct_ended(&PipeEnd::Stalled(Direction::Up, stall), 500, 0, "d:443");
-        let reset = io::Error::from(ErrorKind::ConnectionReset);
-        m.direct_ended(&PipeEnd::Error(PipeSide::Target, reset), 7, 8, "e:443");
-        m.direct_ended(&PipeEnd::Stalled(Direction::Down, stall), 0, 9, "f:443");
-        m.direct_ended(&PipeEnd::Internal("x"), 0, 0, "g:443");
-        assert_eq!(m.tunnels_served.load(Ordering::Relaxed), 7);
-        assert_eq!(m.bytes_up.load(Ordering::Relaxed), 519);
-        assert_eq!(m.bytes_down.load(Ordering::Relaxed), 39);
-        let got: Vec<(&str, String)> = m
-            .failures()
-            .into_iter()
-            .map(|f| (f.kind.name(), f.host))
-            .collect();
-        let want = [
-            ("upload_stalled", "d:443"),
-            ("direct_failed", "e:443"),
-            ("direct_failed", "f:443"),
-            ("direct_failed", "g:443"),
-        ];
-        assert_eq!(got.len(), want.len(), "{got:?}");
-        for ((k, h), (wk, wh)) in got.iter().zip(want) {
-            assert_eq!((*k, h.as_str()), (wk, wh));
-        }
-        assert!(m.failures()[1].detail.contains("after up 7 B, down 8 B"));
-    }
-
-    #[test]
-    fn head_failures_get_their_kinds() {
-        let m = Monitor::default();
-        let connect =
-            crate::http::request_head::parse_head(b"CONNECT a..b:443 HTTP/1.1\r\n\r\n").unwrap();
-        let get = crate::http::request_head::parse_head(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
-        m.head_failed(&HeadError::TlsHandshake, None);
-        m.head_failed(&HeadError::TooLarge, None);
-        m.head_failed(&HeadError::Timeout, None);
-        m.head_failed(&HeadError::Malformed("x"), None);
-        m.head_failed(&HeadError::Malformed("x"), Some(&get));
-        m.head_failed(&HeadError::MethodNotAllowed("TRACE".into()), None);
-        m.head_failed(&HeadError::Closed(None), None);
-        m.head_failed(&HeadError::Malformed("bad host name"), Some(&connect));
-        let kinds: Vec<&str> = m.failures().iter().map(|f| f.kind.name()).collect();
-        let want = [
-            "tls_to_relay",
-            "header_too_long",
-            "head_timeout",
-            "bad_request",
-            "not_connect",
-            "not_connect",
-            "bad_request",
-        ];
-        assert_eq!(kinds, want);
-        assert_eq!(m.failures()[4].host, "/x");
-    }
-
-    #[test]
-    fn a_tls_client_hello_is_told_apart_at_once() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        // The start of a ClientHello record: no blank line ever comes.
-        client
-            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
-            .unwrap();
-        let started = Instant::now();
-        let got = crate::http::request_head::read_head(&server, 8192, Duration::from_secs(10));
-        assert!(matches!(got, Err(HeadError::TlsHandshake)), "{got:?}");
-        assert!(started.elapsed() < Duration::from_secs(5));
-        // An ordinary request still reads.
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        client
-            .write_all(b"CONNECT a.test:443 HTTP/1.1\r\n\r\n")
-            .unwrap();
-        let (head, _) =
-            crate::http::request_head::read_head(&server, 8192, Duration::from_secs(10)).unwrap();
-        assert_eq!(head.target, "a.test:443");
-    }
-
-    #[test]
     fn status_requests_are_recognised() {
         let head = |line: &str| crate::http::request_head::parse_head(line.as_bytes()).unwrap();
         assert!(is_status_request(&head(
@@ -1140,6 +583,61 @@ mod tests {
         assert!(!is_status_request(&head(
             "GET http://x/__agentproxy/status HTTP/1.1\r\n\r\n"
         )));
+    }
+
+    /// A one-shot relay stand-in at a local port: reads the request head,
+    /// writes `answer`, closes. Returns the proxy URL and the request.
+    fn one_answer(answer: Vec<u8>) -> (String, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            stream.write_all(&answer).unwrap();
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn the_status_client_honours_content_length() {
+        let page = "relay: ccr-relay\nversion: 1\n";
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{page}EXTRA BYTES\r\n\r\nmore",
+            page.len()
+        );
+        let (url, server) = one_answer(answer.into_bytes());
+        assert_eq!(fetch_text(&url).unwrap(), page);
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("GET /__agentproxy/status?format=text HTTP/1.1\r\n"),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn the_status_client_reads_chunked_and_close_delimited_pages() {
+        let page = "relay: ccr-relay\nversion: 1\n";
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\nEXTRA",
+            &page[..5],
+            page.len() - 5,
+            &page[5..]
+        );
+        let (url, server) = one_answer(chunked.into_bytes());
+        assert_eq!(fetch_text(&url).unwrap(), page);
+        server.join().unwrap();
+        let to_the_close = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{page}");
+        let (url, server) = one_answer(to_the_close.into_bytes());
+        assert_eq!(fetch_text(&url).unwrap(), page);
+        server.join().unwrap();
     }
 
     #[test]

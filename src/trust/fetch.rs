@@ -1,25 +1,25 @@
 //! The fetch of the gateway's CA certificate: `GET {base}{path}` (the path
 //! is the generation's, e.g. `/v1/code/upstreamproxy/ca-cert`) over
-//! `http://` or `https://` with a small HTTP/1.1 client whose whole exchange
-//! (connect, TLS, request, every byte of the answer) runs under one
-//! deadline, its answer capped in size and read with the crate's one HTTP/1
-//! parser ([`crate::http::http1`]). [`fetch_ca_with_retries`] makes up to three
+//! `http://` or `https://` with the crate's one HTTP/1.1 client
+//! ([`crate::http::client`]), whose whole exchange (connect, TLS, request,
+//! every byte of the answer) runs under one deadline, its answer capped in
+//! size. [`fetch_ca_with_retries`] makes up to three
 //! tries within one time budget, retrying only what may pass on its own;
 //! [`backoff`] spaces out the background retries of a long-lived process.
 //! No credentials are sent: the endpoint is public.
 
 use std::fmt;
-use std::io::{self, BufRead, Read, Write};
-use std::net::TcpStream;
+use std::io;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::TrustError;
 use super::pem::extract_certificates;
-use crate::gateway::{Endpoint, GatewayError, GatewayStream};
-use crate::http::http1::{self, BodyCopier, BodyError, BodyFraming, Http1Error};
+use crate::gateway::{Endpoint, GatewayError};
+use crate::http::client::printable;
+use crate::http::client::{self, ClientError, Exchange, Transport};
+use crate::http::http1;
 use crate::startup::gates::Generation;
-use crate::sys::text::{Keep, Unfit, clean};
 
 /// Default bound on the gateway's answer: 1 MiB (a CA certificate is ~1 KiB).
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
@@ -31,8 +31,6 @@ const RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(100), Duration::from_
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// Longest pause of the background retry, `Retry-After` included.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
-/// Bound on the answer's status line and headers.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Characters of an unexpected answer quoted in [`TrustError::NoCertificate`].
 const PREVIEW_CHARS: usize = 24;
 
@@ -85,42 +83,23 @@ pub fn fetch_ca_at(
     timeout: Duration,
     max_bytes: usize,
 ) -> Result<Vec<String>, TrustError> {
-    let now = Instant::now();
-    let deadline = now
-        .checked_add(timeout)
-        .unwrap_or(now + Duration::from_secs(3600));
+    let deadline = client::deadline_after(timeout);
     let request = request_text(endpoint, path)?;
     let tcp = endpoint
         .connect_tcp(deadline)
         .map_err(|e| from_gateway_error(e, timeout))?;
-    let stream = if endpoint.tls {
-        GatewayStream::Tls(Box::new(tls_handshake(
-            tls,
-            &endpoint.host,
-            tcp,
-            deadline,
+    let body = if endpoint.tls {
+        let stream = client::tls_handshake(tls, &endpoint.host, tcp, deadline)
+            .map_err(|e| from_client_error(e, timeout))?;
+        answer_body(
+            Exchange::new(stream, deadline),
+            &request,
             timeout,
-        )?))
+            max_bytes,
+        )?
     } else {
-        GatewayStream::Plain(tcp)
+        answer_body(Exchange::new(tcp, deadline), &request, timeout, max_bytes)?
     };
-    let mut conn = Conn {
-        stream,
-        buf: Vec::new(),
-        pos: 0,
-        deadline,
-        timeout,
-    };
-    conn.send(request.as_bytes())?;
-    let head = conn.read_head()?;
-    if head.status != 200 {
-        return Err(TrustError::Status {
-            code: head.status,
-            reason: printable(&head.reason, 60),
-            retry_after: retry_after(&head.headers),
-        });
-    }
-    let body = conn.read_body(&head.headers, max_bytes)?;
     let certs = extract_certificates(&body);
     if certs.is_empty() {
         return Err(TrustError::NoCertificate {
@@ -129,6 +108,27 @@ pub fn fetch_ca_at(
         });
     }
     Ok(certs)
+}
+
+/// Sends `request` and returns the body of a `200` answer; any other
+/// status is [`TrustError::Status`].
+fn answer_body<S: Transport>(
+    mut exchange: Exchange<S>,
+    request: &str,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<Vec<u8>, TrustError> {
+    let failed = |e| from_client_error(e, timeout);
+    exchange.send(request.as_bytes()).map_err(failed)?;
+    let head = exchange.read_head().map_err(failed)?;
+    if head.status != 200 {
+        return Err(TrustError::Status {
+            code: head.status,
+            reason: printable(&head.reason, 60),
+            retry_after: retry_after(&head.headers),
+        });
+    }
+    exchange.read_body(&head.headers, max_bytes).map_err(failed)
 }
 
 /// Why [`fetch_ca_with_retries`] gave up: the last try's error, how many
@@ -272,240 +272,25 @@ fn from_gateway_error(e: GatewayError, timeout: Duration) -> TrustError {
     }
 }
 
-/// What is left of the deadline; an I/O time-out once none is.
-fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
-    } else {
-        Ok(left)
-    }
-}
-
-fn set_timeouts(tcp: &TcpStream, left: Duration) -> io::Result<()> {
-    tcp.set_read_timeout(Some(left))
-        .and_then(|_| tcp.set_write_timeout(Some(left)))
-}
-
-/// An I/O error as the fetch reports it: socket time-outs and the passed
-/// deadline are [`TrustError::Timeout`].
-fn io_error(e: io::Error, timeout: Duration) -> TrustError {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TrustError::Timeout(timeout),
-        _ => TrustError::Io(e),
-    }
-}
-
-/// A failed handshake: the connection breaking under it (reset, time-out)
-/// is an I/O error and may pass; anything else, a certificate refused
-/// above all, is [`TrustError::Tls`] and will not.
-fn tls_failure(e: native_tls::Error, timeout: Duration) -> TrustError {
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            return io_error(io::Error::new(io.kind(), io.to_string()), timeout);
+/// A failed exchange as the CA fetch reports it.
+fn from_client_error(e: ClientError, timeout: Duration) -> TrustError {
+    match e {
+        ClientError::Timeout => TrustError::Timeout(timeout),
+        ClientError::Io(e) => TrustError::Io(e),
+        ClientError::Tls(why) => TrustError::Tls(why),
+        ClientError::ClosedBeforeAnswer => {
+            TrustError::Malformed("the gateway closed the connection without answering".into())
         }
-        source = cause.source();
-    }
-    TrustError::Tls(e.to_string())
-}
-
-fn tls_handshake(
-    tls: &native_tls::TlsConnector,
-    host: &str,
-    tcp: TcpStream,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<native_tls::TlsStream<TcpStream>, TrustError> {
-    let bound = |tcp: &TcpStream| {
-        remaining(deadline)
-            .and_then(|left| set_timeouts(tcp, left))
-            .map_err(|e| io_error(e, timeout))
-    };
-    bound(&tcp)?;
-    let mut attempt = tls.connect(host, tcp);
-    loop {
-        match attempt {
-            Ok(stream) => return Ok(stream),
-            Err(native_tls::HandshakeError::Failure(e)) => return Err(tls_failure(e, timeout)),
-            Err(native_tls::HandshakeError::WouldBlock(mid)) => {
-                // A socket timeout fired mid-handshake: go on if time is left.
-                bound(mid.get_ref())?;
-                attempt = mid.handshake();
-            }
-        }
-    }
-}
-
-/// Control characters left out; at most `max` characters.
-fn printable(text: &str, max: usize) -> String {
-    clean(text, max, Keep::NonControl, Unfit::Drop)
-}
-
-fn http_error(e: Http1Error) -> TrustError {
-    let (Http1Error::Malformed(why) | Http1Error::Ambiguous(why) | Http1Error::Unsupported(why)) =
-        e;
-    TrustError::Malformed(why.to_string())
-}
-
-/// A body collected up to a cap; writing past it fails.
-struct Capped {
-    buf: Vec<u8>,
-    max: usize,
-}
-
-impl Write for Capped {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len().saturating_add(data.len()) > self.max {
-            return Err(io::Error::other("body larger than allowed"));
-        }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// One connection to the gateway, read through a buffer (`buf[pos..]` not
-/// yet consumed), every I/O bounded by what is left of the deadline.
-struct Conn {
-    stream: GatewayStream,
-    buf: Vec<u8>,
-    pos: usize,
-    deadline: Instant,
-    timeout: Duration,
-}
-
-impl Conn {
-    fn send(&mut self, bytes: &[u8]) -> Result<(), TrustError> {
-        let sent = remaining(self.deadline)
-            .and_then(|left| set_timeouts(self.stream.tcp(), left))
-            .and_then(|_| self.stream.write_all(bytes))
-            .and_then(|_| self.stream.flush());
-        sent.map_err(|e| io_error(e, self.timeout))
-    }
-
-    /// Reads more onto the end of the buffer; 0 at end of stream.
-    fn fill(&mut self) -> io::Result<usize> {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        let mut chunk = [0u8; 8192];
-        loop {
-            set_timeouts(self.stream.tcp(), remaining(self.deadline)?)?;
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Reads the answer's head, skipping interim `1xx` answers.
-    fn read_head(&mut self) -> Result<http1::ResponseHead, TrustError> {
-        loop {
-            let head = loop {
-                let unread = &self.buf[self.pos..];
-                if let Some((head, used)) =
-                    http1::parse_response_head(unread).map_err(http_error)?
-                {
-                    self.pos += used;
-                    break head;
-                }
-                if unread.len() > MAX_HEAD_BYTES {
-                    return Err(TrustError::Malformed(format!(
-                        "response head larger than {MAX_HEAD_BYTES} bytes"
-                    )));
-                }
-                if self.fill().map_err(|e| io_error(e, self.timeout))? == 0 {
-                    return Err(TrustError::Malformed(if self.pos == self.buf.len() {
-                        "the gateway closed the connection without answering".into()
-                    } else {
-                        "the connection closed in the middle of the response head".into()
-                    }));
-                }
-            };
-            if (100..200).contains(&head.status) && head.status != 101 {
-                continue;
-            }
-            return Ok(head);
-        }
-    }
-
-    /// The body of a 200 answer, framed as its head says, at most `max` bytes.
-    fn read_body(
-        &mut self,
-        headers: &[(String, String)],
-        max: usize,
-    ) -> Result<Vec<u8>, TrustError> {
-        if let Some(coding) = http1::header_values(headers, "content-encoding")
-            .map(str::trim)
-            .find(|v| !v.is_empty() && !v.eq_ignore_ascii_case("identity"))
-        {
-            return Err(TrustError::Malformed(format!(
-                "compressed answer (Content-Encoding '{}')",
-                printable(coding, 20)
-            )));
-        }
-        let framing = http1::response_framing(headers).map_err(http_error)?;
-        let mut copier = match framing.body {
-            BodyFraming::Length(len) if len > max as u64 => {
-                // Declared too large: refused before reading.
-                return Err(TrustError::TooLarge { max });
-            }
-            BodyFraming::Chunked => BodyCopier::chunked_data_only(),
-            other => BodyCopier::new(other),
-        };
-        let mut body = Capped {
-            buf: Vec::new(),
-            max,
-        };
-        match copier.copy(self, &mut body) {
-            Ok(_) => Ok(body.buf),
-            Err(BodyError::Read(e)) => Err(io_error(e, self.timeout)),
-            Err(BodyError::Eof) => Err(TrustError::Malformed(format!(
-                "the connection closed after {} body bytes, before the body's end",
-                body.buf.len()
-            ))),
-            Err(BodyError::Malformed(why)) => Err(TrustError::Malformed(why.to_string())),
-            Err(BodyError::Write(_)) => Err(TrustError::TooLarge { max }),
-        }
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(out.len());
-        out[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for Conn {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if self.pos == self.buf.len() {
-            self.fill()?;
-        }
-        Ok(&self.buf[self.pos..])
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.buf.len());
+        ClientError::Malformed(why) => TrustError::Malformed(why),
+        ClientError::TooLarge { max } => TrustError::TooLarge { max },
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::io::BufRead;
-    use std::net::TcpListener;
+    use std::io::{BufRead, Read, Write};
+    use std::net::{TcpListener, TcpStream};
     use std::sync::OnceLock;
     use std::thread::{self, JoinHandle};
 

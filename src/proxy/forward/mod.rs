@@ -44,7 +44,8 @@ use log::{info, warn};
 
 use crate::config::Limits;
 use crate::gateway::Gateway;
-use crate::http::http1::{BodyCopier, BodyFraming, has_token};
+use crate::http::body::BodyCopier;
+use crate::http::http1::{BodyFraming, has_token};
 use crate::http::reply::{self, Status};
 use crate::http::request_head::{Authority, HeadError, RequestHead, parse_head, read_head_bytes};
 use crate::sys::socket::{self, Mode};

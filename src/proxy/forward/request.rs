@@ -9,9 +9,8 @@ use std::net::TcpStream;
 use super::rewrite::origin_request;
 use super::upstream::Upstream;
 use super::{BODY_TIMEOUT, Broken, ClientEnd, Failure, is_other_side, link_lost};
-use crate::http::http1::{
-    BodyCopier, BodyError, BodyFraming, Framing, has_token, header_values, request_framing,
-};
+use crate::http::body::{BodyCopier, BodyError};
+use crate::http::http1::{BodyFraming, Framing, has_token, header_values, request_framing};
 use crate::http::reply;
 use crate::http::request_head::{Authority, ProxyRequest, RequestHead};
 use crate::sys::socket::{self, Mode};

@@ -13,9 +13,8 @@ use super::rewrite::client_response;
 use super::upstream::Upstream;
 use super::{Broken, ClientEnd, Failure, is_other_side};
 use crate::config::Limits;
-use crate::http::http1::{
-    BodyCopier, BodyError, BodyFraming, Framing, ResponseHead, forwarded_response_framing,
-};
+use crate::http::body::{BodyCopier, BodyError};
+use crate::http::http1::{BodyFraming, Framing, ResponseHead, forwarded_response_framing};
 use crate::http::reply;
 use crate::http::request_head::{Authority, RequestHead};
 
