@@ -94,7 +94,7 @@ mod tests {
     use super::*;
     use crate::env::test_util::*;
     use crate::env::{AGENT_NO_PROXY_LIST, NO_PROXY_LIST};
-    use crate::startup::gates::Generation;
+    use crate::gateway::Generation;
 
     fn agent(standalone: bool, selective: bool) -> Mode {
         Mode {

@@ -10,7 +10,7 @@ use super::{
     REFERENCE_PROXY, WGETRC,
 };
 use crate::env::credentials;
-use crate::startup::gates::Generation;
+use crate::gateway::Generation;
 
 /// Every variable children get, in a stable order: the reference relay's
 /// eight (`HTTPS_PROXY`, `https_proxy`, `NO_PROXY`, `no_proxy`,

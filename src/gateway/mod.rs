@@ -14,9 +14,11 @@
 //! ([`liveness::TCP_USER_TIMEOUT`]).
 
 pub mod chunk;
+pub mod generation;
 pub mod liveness;
 pub mod message_v2;
 pub mod pool;
+pub mod token;
 pub mod wire;
 
 use std::fmt;
@@ -35,12 +37,12 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::gateway::pool::Pool;
 use crate::http::host::is_dns_name;
 use crate::http::request_head::Authority;
-use crate::startup::gates::Generation;
-use crate::startup::token::TokenSource;
 use crate::sys::lock::lock;
 use crate::sys::socket::{self, Mode};
 use crate::sys::text::{self, Keep, Unfit};
+pub use generation::Generation;
 use liveness::Liveness;
+use token::TokenSource;
 
 /// Path of the first generation's WebSocket under the base URL.
 pub const WS_PATH: &str = "/v1/code/upstreamproxy/ws";
@@ -719,8 +721,8 @@ mod tests {
             Credentials {
                 session_id: "sess".into(),
                 token: TokenSource::fixed(
-                    crate::startup::token::SessionToken::new("Zq7xK2").unwrap(),
-                    crate::startup::token::TokenOrigin::TokenFile,
+                    token::SessionToken::new("Zq7xK2").unwrap(),
+                    token::TokenOrigin::TokenFile,
                 ),
             },
             native_tls::TlsConnector::new().unwrap(),

@@ -19,8 +19,8 @@ use std::time::{Instant, SystemTime};
 use log::warn;
 
 use crate::gateway::GatewayError;
+use crate::gateway::Generation;
 use crate::http::request_head::{HeadError, RequestHead};
-use crate::startup::gates::Generation;
 use crate::sys::lock::lock;
 use crate::tunnel::End;
 use crate::tunnel::dial::OpenError;

@@ -17,9 +17,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::gateway::Gateway;
+use crate::gateway::Generation;
 use crate::http::client::{self, ClientError, Exchange};
 use crate::http::request_head::RequestHead;
-use crate::startup::gates::Generation;
 use crate::sys::lock::lock;
 
 pub use super::monitor::{Failure, Info, Kind, MAX_FAILURES, Monitor, Rejection, sanitize};

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::env::ClientFiles;
-use crate::startup::gates::Generation;
+use crate::gateway::Generation;
 
 /// The README's file name, in the bundle's directory.
 pub const FILE_NAME: &str = "README.md";

@@ -58,60 +58,13 @@ pub fn child_removed_vars() -> impl Iterator<Item = &'static str> {
     TOKEN_SOURCE_VARS.iter().chain(STANDALONE_VARS).copied()
 }
 
-/// Which contract the relay speaks to the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Generation {
-    /// Generation 1, tunnel protocol v1.
-    UpstreamProxy,
-    /// Generation 2, tunnel protocol v2.
-    AgentProxy,
-}
+pub use crate::gateway::generation::Generation;
 
-impl Generation {
-    /// The name used on the status page and in logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Generation::UpstreamProxy => "upstream-proxy",
-            Generation::AgentProxy => "agent-proxy",
-        }
-    }
-
-    /// The name in a sentence.
-    pub fn title(self) -> &'static str {
-        match self {
-            Generation::UpstreamProxy => "the upstream proxy",
-            Generation::AgentProxy => "the agent proxy",
-        }
-    }
-
-    /// The gate-2 variable of this generation.
-    pub fn enabled_var(self) -> &'static str {
-        match self {
-            Generation::UpstreamProxy => PROXY_ENABLED_VAR,
-            Generation::AgentProxy => AGENT_PROXY_ENABLED_VAR,
-        }
-    }
-
-    /// The WebSocket path, appended to the base URL.
-    pub fn ws_path(self) -> &'static str {
-        match self {
-            Generation::UpstreamProxy => "/v1/code/upstreamproxy/ws",
-            Generation::AgentProxy => "/v1/code/agent-proxy/ws",
-        }
-    }
-
-    /// The CA certificate path, appended to the base URL.
-    pub fn ca_cert_path(self) -> &'static str {
-        match self {
-            Generation::UpstreamProxy => "/v1/code/upstreamproxy/ca-cert",
-            Generation::AgentProxy => "/v1/code/agent-proxy/ca-cert",
-        }
-    }
-}
-
-impl fmt::Display for Generation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// The gate-2 variable of `generation`.
+pub fn enabled_var(generation: Generation) -> &'static str {
+    match generation {
+        Generation::UpstreamProxy => PROXY_ENABLED_VAR,
+        Generation::AgentProxy => AGENT_PROXY_ENABLED_VAR,
     }
 }
 
@@ -706,7 +659,7 @@ mod tests {
     fn generations_name_their_paths() {
         let g = Generation::UpstreamProxy;
         assert_eq!(
-            (g.name(), g.enabled_var(), g.ws_path(), g.ca_cert_path()),
+            (g.name(), enabled_var(g), g.ws_path(), g.ca_cert_path()),
             (
                 "upstream-proxy",
                 "CCR_UPSTREAM_PROXY_ENABLED",
@@ -716,7 +669,7 @@ mod tests {
         );
         let g = Generation::AgentProxy;
         assert_eq!(
-            (g.name(), g.enabled_var(), g.ws_path(), g.ca_cert_path()),
+            (g.name(), enabled_var(g), g.ws_path(), g.ca_cert_path()),
             (
                 "agent-proxy",
                 "CCR_AGENT_PROXY_ENABLED",

@@ -603,7 +603,7 @@ mod tests {
         let mut config = Config::from_env();
         config.ca_bundle = dir.path().join("ca-bundle.crt");
         config.system_ca = Some(dir.path().join("no-system.pem"));
-        let path = crate::startup::gates::Generation::AgentProxy.ca_cert_path();
+        let path = crate::gateway::Generation::AgentProxy.ca_cert_path();
         let (endpoint, server) = serve_sequence(
             vec![
                 answer("HTTP/1.1 503 Busy\nContent-Length: 0\n", b""),

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use super::TrustError;
 use super::pem::extract_certificates;
+use crate::gateway::Generation;
 use crate::gateway::{Endpoint, GatewayError};
 use crate::http::client::printable;
 use crate::http::client::{self, ClientError, Exchange, Transport};
 use crate::http::http1;
-use crate::startup::gates::Generation;
 
 /// Default bound on the gateway's answer: 1 MiB (a CA certificate is ~1 KiB).
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;

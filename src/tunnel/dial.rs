@@ -29,6 +29,7 @@ use log::debug;
 use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::config::Limits;
+use crate::gateway::Generation;
 use crate::gateway::chunk;
 use crate::gateway::liveness;
 use crate::gateway::message_v2;
@@ -36,7 +37,6 @@ use crate::gateway::wire::{Incoming, Malformed, Wire};
 use crate::gateway::{Gateway, GatewayError, GatewayStream};
 use crate::http::reply;
 use crate::http::request_head::Authority;
-use crate::startup::gates::Generation;
 use crate::sys::socket::{self, Mode};
 
 /// Pauses before the second and third dial attempts.
