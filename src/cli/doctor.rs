@@ -504,7 +504,7 @@ impl CaRetry {
 /// that comes within [`sequence::PROBE_VERDICT_WAIT`] decides; a later one
 /// is what happens once the proxy is already on.
 fn probe_report(report: &mut Report, config: &Config, plan: &Plan) {
-    let gateway = sequence::gateway(config, plan);
+    let gateway = sequence::gateway(config, plan, &Default::default());
     let label = format!("gateway WebSocket  {}", gateway.ws_url());
     let (tx, rx) = mpsc::channel();
     let started = Instant::now();

@@ -24,8 +24,8 @@ pub mod wire;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tungstenite::WebSocket;
@@ -434,14 +434,8 @@ pub struct Gateway {
     /// `--require-v2`: tunnels of a gateway that does not acknowledge
     /// protocol v2 are refused instead of falling back.
     pub require_v2: bool,
-    /// Counters and recent failures, for the status page (shared with
-    /// the pool, through `liveness`).
-    pub monitor: Arc<crate::proxy::status::Monitor>,
     /// Whether the gateway answers pings, and the deadline for an answer.
     pub liveness: Liveness,
-    /// Selective mode (agent proxy): only hosts on this list go through
-    /// the gateway; the others are dialled directly. `None`: all tunnelled.
-    pub selective: Option<crate::proxy::route::IncludeList>,
 }
 
 /// WebSocket settings for a tunnel. The read buffer is what an idle tunnel
@@ -463,12 +457,8 @@ impl Gateway {
         tls: native_tls::TlsConnector,
         upgrade_timeout: Duration,
     ) -> Gateway {
-        let monitor = Arc::new(crate::proxy::status::Monitor::default());
         Gateway {
-            liveness: Liveness::with_recorder(
-                liveness::DEFAULT_DEADLINE,
-                Some(unresponsive_recorder(&monitor)),
-            ),
+            liveness: Liveness::new(liveness::DEFAULT_DEADLINE),
             endpoint,
             generation: Generation::UpstreamProxy,
             credentials,
@@ -477,8 +467,6 @@ impl Gateway {
             state: GatewayState::default(),
             pool: None,
             require_v2: false,
-            monitor,
-            selective: None,
         }
     }
 
@@ -491,10 +479,10 @@ impl Gateway {
     }
 
     /// Gives up on a WebSocket whose Ping went unanswered this long (once
-    /// the gateway is known to answer pings).
-    pub fn with_liveness_deadline(mut self, deadline: Duration) -> Gateway {
-        self.liveness =
-            Liveness::with_recorder(deadline, Some(unresponsive_recorder(&self.monitor)));
+    /// the gateway is known to answer pings), telling `record` of each
+    /// pooled WebSocket dropped so.
+    pub fn with_liveness(mut self, deadline: Duration, record: liveness::Recorder) -> Gateway {
+        self.liveness = Liveness::with_recorder(deadline, Some(record));
         self
     }
 
@@ -623,14 +611,6 @@ fn set_timeouts_off(tcp: &TcpStream) -> Result<(), GatewayError> {
 /// Standard base64 with padding (RFC 4648), for the Basic credentials.
 pub fn base64(input: &[u8]) -> String {
     data_encoding::BASE64.encode(input)
-}
-
-/// Records a pooled WebSocket that liveness dropped on the relay's monitor.
-fn unresponsive_recorder(monitor: &Arc<crate::proxy::status::Monitor>) -> liveness::Recorder {
-    let monitor = Arc::clone(monitor);
-    Arc::new(move |detail: &str| {
-        monitor.record(crate::proxy::status::Kind::GatewayUnresponsive, detail, "")
-    })
 }
 
 #[cfg(test)]

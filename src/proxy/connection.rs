@@ -39,23 +39,23 @@ pub(super) fn handle(shared: &Shared, client: TcpStream, peer: SocketAddr, conn:
         return;
     };
     if status::is_status_request(&head) {
-        return status::serve(&shared.gateway, &client, &head);
+        return status::serve(shared, &client, &head);
     }
     let target = match ProxyRequest::from_head(&head) {
         Ok(ProxyRequest::Connect(target)) => target,
         Ok(ProxyRequest::Forward { .. }) => {
-            return forward::serve(&shared.gateway, &shared.limits, &client, head, leftover);
+            return forward::serve(shared, &client, head, leftover);
         }
         Err(e) => {
             debug!("client {peer}: {e}");
-            shared.gateway.monitor.head_failed(&e, Some(&head));
+            shared.monitor.head_failed(&e, Some(&head));
             if let Some(status) = e.status() {
                 reply::answer(&client, status, &e.to_string());
             }
             return;
         }
     };
-    match direct::route_target(&shared.gateway, &target) {
+    match direct::route_target(shared, &target) {
         Route::Direct => serve_direct(shared, client, &target, &leftover),
         Route::Tunnel => serve_tunnel(shared, client, peer, &target, &leftover),
     }
@@ -137,7 +137,6 @@ fn refuse(shared: &Shared, client: &TcpStream, peer: SocketAddr, refusal: &Refus
     }
     reply::answer(client, reply::FORBIDDEN, &problem);
     shared
-        .gateway
         .monitor
         .record(status::Kind::ClientRefused, &problem, &peer.to_string());
 }
@@ -174,7 +173,7 @@ fn read_request(
         Ok(read) => Some(read),
         Err(e) => {
             debug!("client {peer}: {e}");
-            shared.gateway.monitor.head_failed(&e, None);
+            shared.monitor.head_failed(&e, None);
             if let Some(status) = e.status() {
                 reply::answer(client, status, &e.to_string());
             }
@@ -200,7 +199,7 @@ fn serve_tunnel(
     let Some(opened) = open_tunnel(shared, &client, target, leftover, &lookup) else {
         return;
     };
-    let rejection = gateway.monitor.check_answer(&opened.answer, &host);
+    let rejection = shared.monitor.check_answer(&opened.answer, &host);
     let answered = TunnelFacts::of(&opened, gateway.generation, rejection);
     let Some(ended) = pump(shared, client, opened) else {
         return;
@@ -209,7 +208,7 @@ fn serve_tunnel(
         ended.report.bytes_socket_to_ws,
         ended.report.bytes_ws_to_socket + answered.answer_len,
     );
-    gateway.monitor.tunnel_ended(
+    shared.monitor.tunnel_ended(
         &ended.report.end,
         answered.v2 && answered.rejection.is_none(),
         up,
@@ -259,14 +258,14 @@ fn open_tunnel(
         Ok(opened) => opened,
         Err(e) => {
             warn!("tunnel {target}: {e}");
-            gateway
+            shared
                 .monitor
                 .open_failed(gateway.generation, &e, &target.to_string());
             reply::answer(client, e.status(), &e.to_string());
             return None;
         }
     };
-    gateway.monitor.opened(&opened, &target.to_string());
+    shared.monitor.opened(&opened, &target.to_string());
     if let Err(e) = socket::set_mode(client, Mode::bounded(shared.limits.upgrade_timeout))
         .and_then(|()| (&*client).write_all(&opened.answer))
     {
@@ -323,7 +322,7 @@ fn pump(shared: &Shared, client: TcpStream, opened: Opened) -> Option<Ended> {
         }
     };
     let registration = shared.register(tunnel.clone());
-    let open_tunnel = gateway.monitor.tunnel_opened();
+    let open_tunnel = shared.monitor.tunnel_opened();
     let report = tunnel.run();
     drop(open_tunnel);
     drop(registration);
@@ -411,7 +410,7 @@ impl ClientLookup {
 /// it reached), answered with the relay's own `200`, and piped raw.
 fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover: &[u8]) {
     let started = Instant::now();
-    let monitor = &shared.gateway.monitor;
+    let monitor = &shared.monitor;
     let host = target.to_string();
     let stream = match direct::dial_target(monitor, target) {
         Ok(stream) => stream,

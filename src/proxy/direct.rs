@@ -25,7 +25,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::gateway::Gateway;
+use super::shared::Shared;
 use crate::http::reply::{self, Status};
 use crate::http::request_head::Authority;
 use crate::proxy::route::{self, FailureKind, Refusal, Route};
@@ -104,13 +104,13 @@ impl fmt::Display for DirectError {
 /// through the gateway, or (selective mode, a host off the include list)
 /// dialled by the relay. A host with control characters is tunnelled and
 /// recorded on the status page.
-pub fn route_target(gateway: &Gateway, target: &Authority) -> Route {
-    let Some(list) = &gateway.selective else {
+pub(super) fn route_target(shared: &Shared, target: &Authority) -> Route {
+    let Some(list) = &shared.selective else {
         return Route::Tunnel;
     };
     let (route, note) = route::route_host(&target.host, list);
     if let Some(kind) = note {
-        gateway.monitor.record(
+        shared.monitor.record(
             status::Kind::Selective(kind),
             "a host with control characters goes through the gateway",
             &target.to_string(),

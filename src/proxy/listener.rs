@@ -11,10 +11,10 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::access::Access;
 use super::connection;
+use super::monitor::Monitor;
+pub use super::shared::ProxyState;
 use super::shared::{Abort, Shared};
-use crate::config::Limits;
 use crate::gateway::Gateway;
 use crate::http::reply;
 use crate::sys::lock::{lock, wait_timeout};
@@ -37,16 +37,21 @@ pub struct StopHandle {
 
 impl Relay {
     /// Binds the listener. Nothing is accepted until [`Relay::serve`].
-    pub fn bind(
-        addr: SocketAddr,
-        gateway: Gateway,
-        limits: Limits,
-        access: Access,
-    ) -> io::Result<Relay> {
+    pub fn bind(addr: SocketAddr, gateway: Gateway, state: ProxyState) -> io::Result<Relay> {
         let listener = TcpListener::bind(addr)?;
         Ok(Relay {
-            shared: Arc::new(Shared::new(listener, gateway, limits, access)),
+            shared: Arc::new(Shared::new(listener, gateway, state)),
         })
+    }
+
+    /// The monitor the status page reads (start-up hands it its report).
+    pub fn monitor(&self) -> Arc<Monitor> {
+        Arc::clone(&self.shared.monitor)
+    }
+
+    /// Whether selective mode is on (some hosts are dialled directly).
+    pub fn is_selective(&self) -> bool {
+        self.shared.selective.is_some()
     }
 
     /// The gateway client the relay serves with (for the start-up probe).

@@ -12,8 +12,8 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use log::warn;
@@ -202,6 +202,13 @@ impl Monitor {
                 target,
             );
         }
+    }
+
+    /// What the gateway client's liveness check calls when it drops a
+    /// pooled WebSocket: a `gateway_unresponsive` failure here.
+    pub fn unresponsive_recorder(self: &Arc<Self>) -> crate::gateway::liveness::Recorder {
+        let monitor = Arc::clone(self);
+        Arc::new(move |detail: &str| monitor.record(Kind::GatewayUnresponsive, detail, ""))
     }
 
     /// Adds a failure, dropping the oldest beyond [`MAX_FAILURES`].

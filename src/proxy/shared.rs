@@ -10,11 +10,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use super::access::Access;
-use super::direct::Pipe;
+use super::monitor::Monitor;
+use super::route::IncludeList;
 use crate::config::Limits;
 use crate::gateway::Gateway;
 use crate::sys::lock::lock;
 use crate::tunnel::Tunnel;
+use crate::tunnel::pipe::Pipe;
+
+/// The proxy's own state, apart from the gateway client: who may use it,
+/// its limits, its routes, and the monitor the status page reads.
+pub struct ProxyState {
+    pub access: Access,
+    pub limits: Limits,
+    pub monitor: Arc<Monitor>,
+    pub selective: Option<IncludeList>,
+}
 
 /// The relay's shared state.
 pub(super) struct Shared {
@@ -23,6 +34,11 @@ pub(super) struct Shared {
     /// Who may use the proxy.
     pub(super) access: Access,
     pub(super) limits: Limits,
+    /// Counters and recent failures, for the status page.
+    pub(super) monitor: Arc<Monitor>,
+    /// Selective mode (agent proxy): only hosts on this list go through
+    /// the gateway; the others are dialled directly. `None`: all tunnelled.
+    pub(super) selective: Option<IncludeList>,
     pub(super) stopping: AtomicBool,
     pub(super) tunnels: Mutex<HashMap<u64, Weak<dyn Abort>>>,
     pub(super) next_id: AtomicU64,
@@ -116,17 +132,14 @@ impl Drop for PendingHead<'_> {
 }
 
 impl Shared {
-    pub(super) fn new(
-        listener: TcpListener,
-        gateway: Gateway,
-        limits: Limits,
-        access: Access,
-    ) -> Shared {
+    pub(super) fn new(listener: TcpListener, gateway: Gateway, state: ProxyState) -> Shared {
         Shared {
             listener,
             gateway: Arc::new(gateway),
-            access,
-            limits,
+            access: state.access,
+            limits: state.limits,
+            monitor: state.monitor,
+            selective: state.selective,
             stopping: AtomicBool::new(false),
             tunnels: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),

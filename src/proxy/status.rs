@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::shared::Shared;
 use crate::gateway::Gateway;
 use crate::gateway::Generation;
 use crate::http::client::{self, ClientError, Exchange};
@@ -253,8 +254,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// The relay's state as JSON (see the module's documentation).
-pub fn snapshot(gateway: &Gateway) -> Json {
-    let m = &gateway.monitor;
+pub fn snapshot(gateway: &Gateway, m: &Monitor) -> Json {
     let info = lock(&m.info).clone();
     let agent = gateway.generation == Generation::AgentProxy;
     let protocol = match gateway.generation {
@@ -335,12 +335,12 @@ pub fn is_status_request(head: &RequestHead) -> bool {
 
 /// Answers the status request `head`: `200`, JSON (or text with
 /// `format=text` in the query), then close.
-pub fn serve(gateway: &Gateway, client: &TcpStream, head: &RequestHead) {
+pub(super) fn serve(shared: &Shared, client: &TcpStream, head: &RequestHead) {
     let text = head
         .target
         .split_once('?')
         .is_some_and(|(_, q)| q.split('&').any(|p| p == "format=text"));
-    let state = snapshot(gateway);
+    let state = snapshot(&shared.gateway, &shared.monitor);
     let (body, content_type) = if text {
         (state.text(), "text/plain; charset=utf-8")
     } else {
@@ -536,12 +536,13 @@ mod tests {
                     attempts: 1,
                     startup_error: None,
                 };
-                gw.monitor.open_failed(generation, &e, "origin.test:443");
-                gw.monitor.check_answer(
+                let monitor = Monitor::default();
+                monitor.open_failed(generation, &e, "origin.test:443");
+                monitor.check_answer(
                     b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
                     "origin.test:443",
                 );
-                let page = snapshot(&gw);
+                let page = snapshot(&gw, &monitor);
                 let basic = crate::gateway::base64(format!("sess-id:{TOKEN}").as_bytes());
                 for form in [page.pretty(), page.text()] {
                     assert!(form.contains("origin.test:443"), "{form}");
@@ -549,12 +550,7 @@ mod tests {
                         assert!(!form.contains(secret), "{secret} in {form}");
                     }
                 }
-                let kinds: Vec<&str> = gw
-                    .monitor
-                    .failures()
-                    .iter()
-                    .map(|f| f.kind.name())
-                    .collect();
+                let kinds: Vec<&str> = monitor.failures().iter().map(|f| f.kind.name()).collect();
                 let first = match (generation, answer.is_empty()) {
                     (Generation::AgentProxy, _) => "ws_open_failed",
                     (_, false) => "upgrade_refused",

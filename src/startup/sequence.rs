@@ -18,6 +18,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -27,7 +28,8 @@ use crate::env::{self, ClientFiles, ProxyEnv};
 use crate::gateway::pool::{Pool, PoolConfig};
 use crate::gateway::{Credentials, Endpoint, Gateway, GatewayError};
 use crate::proxy::access::Access;
-use crate::proxy::listener::Relay;
+use crate::proxy::listener::{ProxyState, Relay};
+use crate::proxy::status::Monitor;
 use crate::startup::gates::{self, Activated, GateClosed, Generation};
 use crate::startup::probe::start_probe;
 pub use crate::startup::probe::{PROBE_VERDICT_WAIT, ProbeVerdict, probe, startup_error_text};
@@ -161,8 +163,9 @@ pub fn activate_dry(config: &Config, env: impl Fn(&str) -> Option<String>) -> ga
     gates::activate_leaving_fd(env, &config.token_file, &config.standalone)
 }
 
-/// The gateway client `apply` serves with (and `doctor` probes with).
-pub fn gateway(config: &Config, plan: &Plan) -> Gateway {
+/// The gateway client `apply` serves with (and `doctor` probes with); its
+/// liveness check records dropped pooled WebSockets on `monitor`.
+pub fn gateway(config: &Config, plan: &Plan, monitor: &Arc<Monitor>) -> Gateway {
     let generation = plan.activation.generation();
     let gateway = Gateway::new(
         plan.endpoint.clone(),
@@ -173,7 +176,10 @@ pub fn gateway(config: &Config, plan: &Plan) -> Gateway {
         plan.tls.clone(),
         config.limits.upgrade_timeout,
     )
-    .with_liveness_deadline(config.limits.gateway_deadline);
+    .with_liveness(
+        config.limits.gateway_deadline,
+        monitor.unresponsive_recorder(),
+    );
     let pool = match generation {
         Generation::AgentProxy => match Pool::new(PoolConfig {
             keepalive_interval: config.limits.keepalive_interval,
@@ -191,9 +197,6 @@ pub fn gateway(config: &Config, plan: &Plan) -> Gateway {
     };
     let mut gateway = gateway.with_generation(generation, pool);
     gateway.require_v2 = config.require_v2;
-    if generation == Generation::AgentProxy {
-        gateway.selective = selective_list(env_lookup);
-    }
     gateway
 }
 
@@ -389,14 +392,23 @@ fn bind_listener(
     plan: &Plan,
     access: Access,
 ) -> Result<(Relay, SocketAddr), SessionError> {
-    let gateway = gateway(config, plan);
+    let monitor = Arc::new(Monitor::default());
+    let gateway = gateway(config, plan, &monitor);
     let rule = access.clone();
-    let relay = Relay::bind(config.listen, gateway, config.limits, access).map_err(|error| {
-        SessionError::Listen {
+    let state = ProxyState {
+        access,
+        limits: config.limits,
+        monitor,
+        selective: match plan.activation.generation() {
+            Generation::AgentProxy => selective_list(env_lookup),
+            Generation::UpstreamProxy => None,
+        },
+    };
+    let relay =
+        Relay::bind(config.listen, gateway, state).map_err(|error| SessionError::Listen {
             addr: config.listen,
             error,
-        }
-    })?;
+        })?;
     let addr = relay.local_addr().map_err(SessionError::Listener)?;
     if let Some(warning) = listen_warning(addr, &rule) {
         warn!("{warning}");
@@ -444,7 +456,7 @@ fn proxy_env(config: &Config, plan: &Plan, relay: &Relay, proxy_url: String) -> 
         mode: env::Mode {
             generation: plan.activation.generation(),
             standalone: plan.activation.standalone,
-            selective: relay.gateway().selective.is_some(),
+            selective: relay.is_selective(),
         },
         system_bundle: plan.bundle.built.system_bundle.is_some(),
     }
@@ -473,21 +485,18 @@ fn publish_status(
     addr: SocketAddr,
     child_vars: &[(String, String)],
 ) {
-    relay
-        .gateway()
-        .monitor
-        .set_info(crate::proxy::status::Info {
-            port: addr.port(),
-            ca_bundle_path: config.ca_bundle.display().to_string(),
-            has_system_ca: plan.bundle.built.system_bundle.is_some(),
-            no_proxy: child_vars
-                .iter()
-                .find(|(n, _)| n == "NO_PROXY")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default(),
-            standalone: plan.activation.standalone,
-            selective: relay.gateway().selective.is_some(),
-        });
+    relay.monitor().set_info(crate::proxy::status::Info {
+        port: addr.port(),
+        ca_bundle_path: config.ca_bundle.display().to_string(),
+        has_system_ca: plan.bundle.built.system_bundle.is_some(),
+        no_proxy: child_vars
+            .iter()
+            .find(|(n, _)| n == "NO_PROXY")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        standalone: plan.activation.standalone,
+        selective: relay.is_selective(),
+    });
 }
 
 /// Writes the README for the agent next to the bundle; a failure is a

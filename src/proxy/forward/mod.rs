@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
+use super::shared::Shared;
 use crate::config::Limits;
-use crate::gateway::Gateway;
 use crate::http::body::BodyCopier;
 use crate::http::http1::{BodyFraming, has_token};
 use crate::http::reply::{self, Status};
@@ -179,13 +179,13 @@ pub(super) struct ClientEnd<'a, R> {
 
 /// Serves a client connection whose first request is plain HTTP; returns
 /// when the connection should close.
-pub fn serve(
-    gateway: &Gateway,
-    limits: &Limits,
+pub(in crate::proxy) fn serve(
+    shared: &Shared,
     client: &TcpStream,
     first: RequestHead,
     leftover: Vec<u8>,
 ) {
+    let (monitor, limits) = (&shared.monitor, &shared.limits);
     let watch = Cell::new(None);
     let watched = WatchedClient {
         socket: client,
@@ -201,11 +201,11 @@ pub fn serve(
             reader: &mut reader,
             watch: &watch,
         };
-        let outcome = forward_one(gateway, limits, &mut end, &mut upstream, &head);
+        let outcome = forward_one(shared, &mut end, &mut upstream, &head);
         watch.set(None);
         match outcome {
             Ok(done) => {
-                gateway.monitor.http_served(done.up, done.down);
+                monitor.http_served(done.up, done.down);
                 info!(
                     "http {} {} -> {}: up {} B, down {} B, {:.3} s",
                     head.method,
@@ -243,7 +243,7 @@ pub fn serve(
             Ok(head) => head,
             Err(HeadError::Closed(_) | HeadError::Timeout) => return,
             Err(e) => {
-                gateway.monitor.head_failed(&e, None);
+                monitor.head_failed(&e, None);
                 if let Some(status) = e.status() {
                     reply::answer(client, status, &e.to_string());
                 }
@@ -257,15 +257,14 @@ pub fn serve(
 /// request when it can carry this one; a link that cannot carry the next
 /// is closed.
 fn forward_one<R: BufRead>(
-    gateway: &Gateway,
-    limits: &Limits,
+    shared: &Shared,
     client: &mut ClientEnd<'_, R>,
     upstream: &mut Option<Upstream>,
     head: &RequestHead,
 ) -> Result<Exchange, Failure> {
     let request = Outbound::from_head(head)?;
-    let up = upstream::link_for(gateway, limits, client.socket, upstream, &request.authority)?;
-    match exchange(limits, client, up, head, &request) {
+    let up = upstream::link_for(shared, client.socket, upstream, &request.authority)?;
+    match exchange(&shared.limits, client, up, head, &request) {
         Ok((done, reusable)) => {
             if !reusable {
                 *upstream = None;

@@ -12,12 +12,11 @@ use log::warn;
 use super::Failure;
 use super::head::read_response;
 use super::link::{ChunkStream, DirectStream, Link};
-use crate::config::Limits;
-use crate::gateway::Gateway;
 use crate::http::reply;
 use crate::http::request_head::Authority;
 use crate::proxy::direct;
 use crate::proxy::route::Route;
+use crate::proxy::shared::Shared;
 use crate::tunnel::dial;
 
 /// The link plain requests to one origin go through.
@@ -59,8 +58,7 @@ impl Upstream {
 /// last request if it goes to the same origin and is clean, else a new one
 /// along the route (the old one closed first).
 pub(super) fn link_for<'u>(
-    gateway: &Gateway,
-    limits: &Limits,
+    shared: &Shared,
     client: &TcpStream,
     upstream: &'u mut Option<Upstream>,
     authority: &Authority,
@@ -70,9 +68,9 @@ pub(super) fn link_for<'u>(
         .is_none_or(|u| u.authority != *authority || !u.is_clean())
     {
         *upstream = None;
-        *upstream = Some(match direct::route_target(gateway, authority) {
-            Route::Tunnel => open_upstream(gateway, limits, client, authority)?,
-            Route::Direct => open_direct(gateway, authority)?,
+        *upstream = Some(match direct::route_target(shared, authority) {
+            Route::Tunnel => open_upstream(shared, client, authority)?,
+            Route::Direct => open_direct(shared, authority)?,
         });
     }
     upstream
@@ -84,11 +82,11 @@ pub(super) fn link_for<'u>(
 /// CONNECT. A refusal (say, a blocked host) is passed to the client as the
 /// gateway wrote it.
 fn open_upstream(
-    gateway: &Gateway,
-    limits: &Limits,
+    shared: &Shared,
     client: &TcpStream,
     authority: &Authority,
 ) -> Result<Upstream, Failure> {
+    let (gateway, limits, monitor) = (&*shared.gateway, &shared.limits, &shared.monitor);
     let request = dial::Request {
         target: authority,
         client_process: &|_| "<plain-http>".to_string(),
@@ -97,12 +95,10 @@ fn open_upstream(
     // Each plain-HTTP tunnel is closed after use, never pooled.
     let opened = dial::open(gateway, limits, &request).map_err(|e| {
         warn!("http tunnel {authority}: {e}");
-        gateway
-            .monitor
-            .open_failed(gateway.generation, &e, &authority.to_string());
+        monitor.open_failed(gateway.generation, &e, &authority.to_string());
         Failure::Answer(e.status(), e.to_string())
     })?;
-    gateway.monitor.opened(&opened, &authority.to_string());
+    monitor.opened(&opened, &authority.to_string());
     let stream = ChunkStream::new(
         opened.ws,
         opened.wire,
@@ -118,7 +114,7 @@ fn open_upstream(
     // The deadline stays on while a refusal's body is passed on.
     let (bytes, resp) = read_response(&mut stream, "the gateway (answering the CONNECT)")?;
     if !(200..300).contains(&resp.status) {
-        gateway.monitor.check_answer(&bytes, &authority.to_string());
+        monitor.check_answer(&bytes, &authority.to_string());
         let mut to_client = client;
         let _ = to_client.write_all(&bytes);
         let _ = io::copy(&mut stream.take(1 << 20), &mut to_client);
@@ -136,8 +132,8 @@ fn open_upstream(
 
 /// Dials `authority` directly (selective mode, a host off the include
 /// list), refusing what a direct CONNECT refuses, with its answers.
-fn open_direct(gateway: &Gateway, authority: &Authority) -> Result<Upstream, Failure> {
-    let socket = direct::dial_target(&gateway.monitor, authority)
+fn open_direct(shared: &Shared, authority: &Authority) -> Result<Upstream, Failure> {
+    let socket = direct::dial_target(&shared.monitor, authority)
         .map_err(|e| Failure::Answer(e.status(), e.to_string()))?;
     let stream = DirectStream::new(socket);
     Ok(Upstream {
