@@ -359,6 +359,15 @@ fn bazel_lines(plan: &Plan, after: &str) -> Vec<String> {
     };
     let rc = home.join(install::bazel::RC_NAME);
     lines.push(match install::bazel::target(&rc) {
+        Ok(Some((real, _)))
+            if install::bazel::left_by_a_relay(&real) =>
+        {
+            format!(
+                "would  bazelrc: a managed block in {}, which holds only the block a relay that did not stop cleanly left (the file goes with the block; {after}; on failure {})",
+                real.display(),
+                install::BAZELRC_WRITE_FAILED
+            )
+        }
         Ok(Some((real, _))) => format!(
             "would  bazelrc: a managed block in {} (the user's own; {after}; on failure {})",
             real.display(),
@@ -486,6 +495,19 @@ mod tests {
         );
         assert!(!text.contains("etc/bazel.bazelrc"), "{text}");
         assert_eq!(lines.len(), 6);
+        // A ~/.bazelrc a crashed relay left holding only its block: this
+        // start takes the file as its own (a clean stop removes it).
+        let left = install::bazel::block("/x/ts.jks", "changeit").unwrap();
+        std::fs::write(home.join(".bazelrc"), left).unwrap();
+        let text = would_write(&dir.0.join("b.crt"), false, &parent).join("\n");
+        assert!(
+            text.contains("a relay that did not stop cleanly left (the file goes with the block; removed on a clean stop"),
+            "{text}"
+        );
+        std::fs::write(home.join(".bazelrc"), "build --a\n").unwrap();
+        let text = would_write(&dir.0.join("b.crt"), false, &parent).join("\n");
+        assert!(text.contains("(the user's own; "), "{text}");
+        std::fs::remove_file(home.join(".bazelrc")).unwrap();
         let kept = would_write(&dir.0.join("b.crt"), true, &parent).join("\n");
         assert!(!kept.contains("removed on a clean stop"), "{kept}");
         assert_eq!(

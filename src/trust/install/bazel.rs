@@ -159,6 +159,19 @@ pub fn without_block(existing: &str) -> String {
     replace_block(existing, marker).replace(marker, "")
 }
 
+/// Whether `text` holds a relay's managed block and nothing else but
+/// blank lines: a file a relay made and did not take back.
+fn only_a_relay_block(text: &str) -> bool {
+    let rest = without_block(text);
+    rest != text && rest.trim().is_empty()
+}
+
+/// Whether the rc file at `real` holds only a relay's block (what the
+/// installer then takes as made by the relay; for `doctor`).
+pub fn left_by_a_relay(real: &Path) -> bool {
+    read_rc(real).is_ok_and(|t| only_a_relay_block(&t))
+}
+
 /// The machine-wide rc file's text without the managed block an earlier
 /// relay left there, and the file's mode; `None` when nothing is to be
 /// done: no block, or not a regular file the relay may write (a link
@@ -212,7 +225,10 @@ pub fn install(plan: &Plan) -> Outcome {
         Ok(None) => return Outcome::skipped(format!("{} is not a directory", home.display())),
         Err(why) => return outcome.fail(BAZELRC_WRITE_FAILED, why),
     };
-    let created = old.is_none();
+    // A file holding nothing but a relay's block was made by a relay that
+    // did not stop cleanly (a crash leaves its entries): this start owns
+    // it, so its clean stop removes the file as the first one would have.
+    let created = old.as_deref().is_none_or(only_a_relay_block);
     let old = old.unwrap_or_default();
     let new = replace_block(&old, &block);
     if plan.cancelled() {
@@ -347,6 +363,30 @@ mod tests {
         );
         // Unchanged content is not rewritten.
         assert!(install(&plan).written.is_empty());
+    }
+
+    fn created_flag(plan: &Plan) -> bool {
+        match install(plan).withdraw.as_slice() {
+            [Withdrawal::Block { created, .. }] => *created,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_left_holding_only_a_block_is_the_relays_to_remove() {
+        let dir = TempDir::new("bazel-left");
+        let mut plan = plan(&dir.0, &[Target::Bazel]);
+        plan.truststore = Some((dir.0.join("ts.jks"), "changeit".into()));
+        let rc = dir.0.join("home/.bazelrc");
+        assert!(created_flag(&plan), "no file: the relay makes it");
+        // What a relay that crashed left: its block alone.
+        fs::write(&rc, b("/crashed/ts.jks")).unwrap();
+        assert!(created_flag(&plan), "a crashed relay's file");
+        // Anything of the user's in it, or an empty file of theirs: kept.
+        fs::write(&rc, format!("build --a\n{}", b("/crashed/ts.jks"))).unwrap();
+        assert!(!created_flag(&plan));
+        fs::write(&rc, "").unwrap();
+        assert!(!created_flag(&plan));
     }
 
     #[test]
