@@ -204,8 +204,10 @@ fn serve_tunnel(
     let Some(ended) = pump(shared, client, opened) else {
         return;
     };
+    // The bytes that came with the head went up with the opening, the
+    // answer's first bytes came down with it: neither passed the pumps.
     let (up, down) = (
-        ended.report.bytes_socket_to_ws,
+        ended.report.bytes_socket_to_ws + leftover.len() as u64,
         ended.report.bytes_ws_to_socket + answered.answer_len,
     );
     shared.monitor.tunnel_ended(
@@ -456,6 +458,288 @@ fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Limits;
+    use crate::gateway::Gateway;
+    use crate::gateway::chunk;
+    use crate::proxy::access::Access;
+    use crate::test_support::gateway::{
+        BOUND, FakeGateway, hold, next_binary, send, stay_silent, upgrade,
+    };
+    use std::io::Read;
+    use std::net::Shutdown;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::{self, Receiver};
+    use std::thread::{self, JoinHandle};
+    use std::time::Duration;
+
+    const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+
+    fn limits() -> Limits {
+        Limits {
+            head_timeout: Duration::from_secs(5),
+            upgrade_timeout: Duration::from_secs(2),
+            answer_timeout: Duration::from_secs(5),
+            ..Limits::default()
+        }
+    }
+
+    /// The proxy's shared state around a fresh loopback listener.
+    fn shared(gateway: Gateway, limits: Limits, access: Access) -> Arc<Shared> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Arc::new(Shared::new(listener, gateway, limits, access))
+    }
+
+    /// A client connected to the proxy's listener, its connection handled
+    /// (as number `conn`) on a thread of its own.
+    fn connect(shared: &Arc<Shared>, conn: u64) -> (TcpStream, JoinHandle<()>) {
+        let client = TcpStream::connect(shared.listener.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(BOUND)).unwrap();
+        let (accepted, peer) = shared.listener.accept().unwrap();
+        let shared = Arc::clone(shared);
+        let handler = thread::spawn(move || handle(&shared, accepted, peer, conn));
+        (client, handler)
+    }
+
+    /// Everything the proxy sends until it closes.
+    fn read_all(mut client: &TcpStream) -> String {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    fn kinds(shared: &Shared) -> Vec<&'static str> {
+        shared
+            .gateway
+            .monitor
+            .failures()
+            .iter()
+            .map(|f| f.kind.name())
+            .collect()
+    }
+
+    /// A first-generation gateway that answers every CONNECT with `answer`
+    /// and then sends back each chunk it gets upper-cased; what each
+    /// connection received (the preamble first) goes to the channel.
+    fn answering(answer: &'static [u8], then_close: bool) -> (FakeGateway, Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let fake = FakeGateway::start(move |_, stream| {
+            let Some(mut ws) = upgrade(stream) else {
+                return;
+            };
+            let Some(preamble) = next_binary(&mut ws) else {
+                return;
+            };
+            let _ = tx
+                .lock()
+                .unwrap()
+                .send(chunk::decode(&preamble).unwrap().to_vec());
+            send(&mut ws, &chunk::encode(answer));
+            if then_close {
+                let _ = ws.close(None);
+                return hold(&mut ws);
+            }
+            while let Some(message) = next_binary(&mut ws) {
+                let data = chunk::decode(&message).unwrap();
+                if !data.is_empty() {
+                    let _ = tx.lock().unwrap().send(data.to_vec());
+                    send(&mut ws, &chunk::encode(&data.to_ascii_uppercase()));
+                }
+            }
+        });
+        (fake, rx)
+    }
+
+    #[test]
+    fn a_connect_reaches_the_gateway_and_bytes_flow_both_ways() {
+        let (fake, received) = answering(ESTABLISHED, false);
+        let gateway = fake.client(Generation::UpstreamProxy, Duration::from_secs(2), None);
+        let shared = shared(gateway, limits(), Access::Anyone);
+        let (mut client, handler) = connect(&shared, 1);
+        client
+            .write_all(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\nhello")
+            .unwrap();
+        let mut got = vec![0; ESTABLISHED.len() + 5];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, [ESTABLISHED, b"HELLO"].concat());
+        client.write_all(b"ping").unwrap();
+        let mut got = [0; 4];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"PING");
+        // The preamble, then the bytes that came with the head, then later ones.
+        let preamble = received.recv_timeout(BOUND).unwrap();
+        assert_eq!(
+            preamble,
+            shared
+                .gateway
+                .connect_head(&Authority::parse("origin.test:443", None).unwrap(), "")
+        );
+        assert_eq!(received.recv_timeout(BOUND).unwrap(), b"hello");
+        assert_eq!(received.recv_timeout(BOUND).unwrap(), b"ping");
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_all(&client), "", "nothing after the tunnel ends");
+        handler.join().unwrap();
+        let monitor = &shared.gateway.monitor;
+        assert_eq!(monitor.tunnels_served.load(Ordering::Relaxed), 1);
+        assert_eq!(monitor.open_tunnels.load(Ordering::Relaxed), 0);
+        assert_eq!(monitor.bytes_up.load(Ordering::Relaxed), 9);
+        assert_eq!(
+            monitor.bytes_down.load(Ordering::Relaxed),
+            ESTABLISHED.len() as u64 + 9
+        );
+        assert_eq!(kinds(&shared), Vec::<&str>::new());
+        assert_eq!(fake.accepted(), 1);
+    }
+
+    #[test]
+    fn the_gateways_refusal_of_the_connect_is_passed_to_the_client() {
+        for answer in [
+            &b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"[..],
+            &b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"[..],
+        ] {
+            let (fake, _received) = answering(answer, true);
+            let gateway = fake.client(Generation::UpstreamProxy, Duration::from_secs(2), None);
+            let shared = shared(gateway, limits(), Access::Anyone);
+            let (mut client, handler) = connect(&shared, 1);
+            client
+                .write_all(b"CONNECT origin.test:443 HTTP/1.1\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_all(&client).as_bytes(), answer);
+            handler.join().unwrap();
+            let failures = shared.gateway.monitor.failures();
+            assert_eq!(kinds(&shared), ["connect_rejected"]);
+            assert!(
+                failures[0]
+                    .detail
+                    .contains(&String::from_utf8_lossy(&answer[..12]).to_string())
+            );
+            assert_eq!(failures[0].host, "origin.test:443");
+        }
+    }
+
+    #[test]
+    fn a_gateway_that_cannot_be_dialled_is_answered_502() {
+        let fake = FakeGateway::start(|_, stream| {
+            crate::test_support::gateway::refuse_upgrade(stream, "503 Service Unavailable")
+        });
+        let gateway = fake.client(Generation::UpstreamProxy, Duration::from_secs(2), None);
+        let shared = shared(gateway, limits(), Access::Anyone);
+        let (mut client, handler) = connect(&shared, 1);
+        client
+            .write_all(b"CONNECT origin.test:443 HTTP/1.1\r\n\r\n")
+            .unwrap();
+        let answer = read_all(&client);
+        assert!(
+            answer.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("HTTP 503"), "{answer}");
+        handler.join().unwrap();
+        assert_eq!(kinds(&shared), ["upgrade_refused"]);
+        assert_eq!(fake.accepted(), 1);
+    }
+
+    /// A gateway that must not be reached: it only counts.
+    fn untouched() -> (FakeGateway, Gateway) {
+        let fake = FakeGateway::start(|_, stream| stay_silent(stream));
+        let gateway = fake.client(Generation::UpstreamProxy, Duration::from_secs(2), None);
+        (fake, gateway)
+    }
+
+    #[test]
+    fn a_malformed_head_is_answered_400_and_nothing_reaches_the_gateway() {
+        let (fake, gateway) = untouched();
+        let shared = shared(gateway, limits(), Access::Anyone);
+        let (mut client, handler) = connect(&shared, 1);
+        client
+            .write_all(b"CONNECT origin.test:443 HTTP/1.1\r\nno colon here\r\n\r\n")
+            .unwrap();
+        let answer = read_all(&client);
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        handler.join().unwrap();
+        assert_eq!(kinds(&shared), ["bad_request"]);
+        assert_eq!(fake.accepted(), 0);
+    }
+
+    #[test]
+    fn the_oldest_pending_head_gives_way_with_503() {
+        let (fake, gateway) = untouched();
+        let limits = Limits {
+            max_pending_heads: 1,
+            ..limits()
+        };
+        let shared = shared(gateway, limits, Access::Anyone);
+        let (older, older_handler) = connect(&shared, 1);
+        // The older connection holds the one slot before the newer comes.
+        let deadline = Instant::now() + BOUND;
+        while lock(&shared.pending_heads).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the first connection took no slot"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+        let (mut newer, newer_handler) = connect(&shared, 2);
+        let answer = read_all(&older);
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains(EVICTED), "{answer}");
+        older_handler.join().unwrap();
+        // The newer one is served as usual.
+        newer
+            .write_all(b"GET /__agentproxy/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert!(read_all(&newer).starts_with("HTTP/1.1 200 OK\r\n"));
+        newer_handler.join().unwrap();
+        assert!(lock(&shared.pending_heads).is_empty());
+        assert_eq!(fake.accepted(), 0);
+    }
+
+    #[test]
+    fn a_client_of_another_uid_is_refused_403_and_nothing_reaches_the_gateway() {
+        let (fake, gateway) = untouched();
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let shared = shared(gateway, limits(), Access::Uids(vec![me.wrapping_add(1)]));
+        let (mut client, handler) = connect(&shared, 1);
+        client
+            .write_all(b"CONNECT origin.test:443 HTTP/1.1\r\n\r\n")
+            .unwrap();
+        let answer = read_all(&client);
+        assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+        assert!(
+            answer.contains("the proxy serves only the session's own processes"),
+            "{answer}"
+        );
+        handler.join().unwrap();
+        assert_eq!(kinds(&shared), ["client_refused"]);
+        assert_eq!(fake.accepted(), 0);
+    }
+
+    #[test]
+    fn the_status_request_is_served() {
+        let (fake, gateway) = untouched();
+        let shared = shared(gateway, limits(), Access::Anyone);
+        let (mut client, handler) = connect(&shared, 1);
+        client
+            .write_all(b"GET /__agentproxy/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let answer = read_all(&client);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.contains("Content-Type: application/json"),
+            "{answer}"
+        );
+        assert!(answer.contains("\"recentRelayFailures\""), "{answer}");
+        handler.join().unwrap();
+        assert_eq!(fake.accepted(), 0);
+    }
 
     #[test]
     fn local_end_is_the_listeners_port_on_the_address_reached() {

@@ -1,10 +1,12 @@
 //! What the unit tests of several modules share: self-signed certificates
 //! made in memory (so no test needs the `openssl` tool; the code is in
-//! `cert.rs`, which the integration crate compiles too), and
+//! `cert.rs`, which the integration crate compiles too), an in-test
+//! gateway (`gateway.rs`) for the dial and the connection flow, and
 //! [`TempDir`], a thin shim over the `tempfile` crate for the modules whose
 //! tests still name it by its old shape (`dir.0`).
 
 mod cert;
+pub mod gateway;
 
 use std::path::PathBuf;
 

@@ -445,3 +445,349 @@ impl Attempt<'_> {
         Ok(Hello::FellBack(why))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::pool::{Pool, PoolConfig};
+    use crate::test_support::gateway::{
+        FakeGateway, hold, next_binary, refuse_upgrade, send, stay_silent, upgrade,
+    };
+    use std::net::TcpStream;
+    use std::sync::Mutex;
+    use std::sync::mpsc::{self, Receiver};
+
+    const ANSWER: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+    const HELLO_ACK: [u8; 4] = [0x10, 0x02, 0x18, 0x02];
+
+    fn target() -> Authority {
+        Authority::parse("origin.test:443", None).unwrap()
+    }
+
+    /// Short bounds: no test waits long.
+    fn limits() -> Limits {
+        Limits {
+            upgrade_timeout: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(5),
+            hello_ack_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(5),
+            reuse_answer_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        }
+    }
+
+    /// Opens a tunnel to `origin.test:443` with `leftover`, the client
+    /// process named `curl`; also returns the `reused` flags it was asked for.
+    fn open_with(
+        gateway: &Gateway,
+        limits: &Limits,
+        leftover: &[u8],
+    ) -> (Result<Opened, OpenError>, Vec<bool>) {
+        let asked = Mutex::new(Vec::new());
+        let client_process = |reused: bool| {
+            asked.lock().unwrap().push(reused);
+            "curl".to_string()
+        };
+        let target = target();
+        let request = Request {
+            target: &target,
+            client_process: &client_process,
+            leftover,
+        };
+        let result = open(gateway, limits, &request);
+        (result, asked.into_inner().unwrap())
+    }
+
+    /// What one gateway connection received: (connection, payload).
+    type Seen = Receiver<(usize, Vec<u8>)>;
+
+    fn decoded(payload: &[u8]) -> Vec<u8> {
+        chunk::decode(payload).unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_fresh_first_generation_dial_returns_the_gateways_first_answer() {
+        let (tx, seen): (_, Seen) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let fake = FakeGateway::start(move |n, stream| {
+            let Some(mut ws) = upgrade(stream) else {
+                return;
+            };
+            for _ in 0..2 {
+                let Some(payload) = next_binary(&mut ws) else {
+                    return;
+                };
+                tx.lock().unwrap().send((n, payload)).unwrap();
+            }
+            send(&mut ws, &chunk::encode(ANSWER));
+            hold(&mut ws);
+        });
+        let gateway = fake.client(Generation::UpstreamProxy, Duration::from_secs(2), None);
+        let (opened, _) = open_with(&gateway, &limits(), b"early bytes");
+        let opened = opened.unwrap();
+        assert_eq!(&opened.answer[..], ANSWER);
+        assert_eq!(opened.attempts, 1);
+        assert!(!opened.reused && !opened.v2 && opened.fell_back.is_none());
+        assert_eq!(opened.wire, Wire::V1);
+        // No HELLO: the preamble first, then the bytes that came with the head.
+        let (n, preamble) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            (n, decoded(&preamble)),
+            (0, gateway.connect_head(&target(), ""))
+        );
+        let (_, early) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(decoded(&early), b"early bytes");
+        assert_eq!(fake.accepted(), 1);
+    }
+
+    #[test]
+    fn a_fresh_agent_proxy_dial_says_hello_and_is_acknowledged() {
+        let (tx, seen): (_, Seen) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let fake = FakeGateway::start(move |n, stream| {
+            let Some(mut ws) = upgrade(stream) else {
+                return;
+            };
+            let Some(hello) = next_binary(&mut ws) else {
+                return;
+            };
+            tx.lock().unwrap().send((n, hello)).unwrap();
+            send(&mut ws, &HELLO_ACK);
+            let Some(preamble) = next_binary(&mut ws) else {
+                return;
+            };
+            tx.lock().unwrap().send((n, preamble)).unwrap();
+            send(&mut ws, &chunk::encode(ANSWER));
+            hold(&mut ws);
+        });
+        let gateway = fake.client(Generation::AgentProxy, Duration::from_secs(2), None);
+        let (opened, asked) = open_with(&gateway, &limits(), b"");
+        let opened = opened.unwrap();
+        assert_eq!(&opened.answer[..], ANSWER);
+        assert!(opened.v2 && !opened.reused && opened.fell_back.is_none());
+        assert_eq!(opened.attempts, 1);
+        assert!(gateway.state.v2_acknowledged());
+        assert_eq!(asked, [false], "a fresh WebSocket's lookup gets its budget");
+        let (_, hello) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(hello, message_v2::HELLO);
+        let (_, preamble) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(decoded(&preamble), gateway.connect_head(&target(), "curl"));
+    }
+
+    /// A gateway whose every upgrade is answered `status`.
+    fn refusing(status: &'static str) -> FakeGateway {
+        FakeGateway::start(move |_, stream| refuse_upgrade(stream, status))
+    }
+
+    #[test]
+    fn a_refused_upgrade_is_retried_as_the_rules_say() {
+        // (generation, the gateway's answer, a start-up error, dials expected)
+        let cases = [
+            (Generation::AgentProxy, "503 Service Unavailable", false, 3),
+            (Generation::AgentProxy, "403 Forbidden", false, 1),
+            (Generation::AgentProxy, "401 Unauthorized", false, 1),
+            (Generation::AgentProxy, "503 Service Unavailable", true, 1),
+            (
+                Generation::UpstreamProxy,
+                "503 Service Unavailable",
+                false,
+                1,
+            ),
+        ];
+        for (generation, status, startup_error, dials) in cases {
+            let fake = refusing(status);
+            let gateway = fake.client(generation, Duration::from_secs(2), None);
+            if startup_error {
+                gateway
+                    .state
+                    .set_startup_error(Some("gateway unreachable at start-up: x".into()));
+            }
+            let case = format!("{generation:?} {status} startup_error={startup_error}");
+            let error = open_with(&gateway, &limits(), b"").0.err().unwrap();
+            let code: u16 = status[..3].parse().unwrap();
+            assert!(
+                matches!(
+                    &error,
+                    OpenError::Dial { error: GatewayError::Refused(c), attempts, .. }
+                        if *c == code && *attempts == dials
+                ),
+                "{case}: {error:?}"
+            );
+            assert_eq!(error.status(), reply::BAD_GATEWAY, "{case}");
+            assert_eq!(fake.accepted(), dials as usize, "{case}");
+            let text = error.to_string();
+            assert_eq!(
+                text.contains(&format!("after {dials} attempts")),
+                dials > 1,
+                "{text}"
+            );
+            assert_eq!(text.contains("at start-up"), startup_error, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_upgrade_that_never_finishes_is_retried_and_answered_504() {
+        let fake = FakeGateway::start(|_, stream| stay_silent(stream));
+        let gateway = fake.client(Generation::AgentProxy, Duration::from_millis(200), None);
+        let error = open_with(&gateway, &limits(), b"").0.err().unwrap();
+        assert!(
+            matches!(
+                &error,
+                OpenError::Dial {
+                    error: GatewayError::Timeout,
+                    attempts: 3,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(error.status(), reply::GATEWAY_TIMEOUT);
+        assert_eq!(fake.accepted(), 3);
+    }
+
+    /// An agent-proxy gateway whose first connection (pooled by the test)
+    /// runs `pooled` once the preamble came, and whose later connections
+    /// answer HELLO and the CONNECT; every preamble goes to the channel.
+    fn with_pooled_script(
+        pooled: impl Fn(&mut WebSocket<TcpStream>) + Send + Sync + 'static,
+    ) -> (FakeGateway, Gateway, Seen) {
+        let (tx, seen): (_, Seen) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let fake = FakeGateway::start(move |n, stream| {
+            let Some(mut ws) = upgrade(stream) else {
+                return;
+            };
+            if n > 0 {
+                let Some(_hello) = next_binary(&mut ws) else {
+                    return;
+                };
+                send(&mut ws, &HELLO_ACK);
+            }
+            let Some(preamble) = next_binary(&mut ws) else {
+                return;
+            };
+            tx.lock().unwrap().send((n, decoded(&preamble))).unwrap();
+            if n == 0 {
+                pooled(&mut ws);
+            } else {
+                send(&mut ws, &chunk::encode(ANSWER));
+            }
+            hold(&mut ws);
+        });
+        let pool = Pool::new(PoolConfig {
+            keepalive_interval: Duration::ZERO,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let gateway = fake.client(Generation::AgentProxy, Duration::from_secs(2), Some(pool));
+        let ws = gateway.open_websocket().unwrap();
+        assert!(gateway.pool.as_ref().unwrap().put(ws, Instant::now()));
+        (fake, gateway, seen)
+    }
+
+    #[test]
+    fn a_reused_websocket_that_does_not_answer_in_time_is_redialled_with_the_same_opening() {
+        let (fake, gateway, seen) = with_pooled_script(|_| {});
+        let started = Instant::now();
+        let (opened, asked) = open_with(&gateway, &limits(), b"");
+        let opened = opened.unwrap();
+        assert!(started.elapsed() >= limits().reuse_answer_timeout);
+        assert!(!opened.reused && opened.v2, "answered on a fresh WebSocket");
+        assert_eq!(&opened.answer[..], ANSWER);
+        assert_eq!(asked, [true, false]);
+        let (first, on_reused) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (second, on_fresh) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((first, second), (0, 1));
+        assert_eq!(on_reused, on_fresh, "the opening is replayed as it was");
+        assert_eq!(fake.accepted(), 2);
+    }
+
+    #[test]
+    fn a_reused_websocket_the_gateway_closes_before_answering_is_redialled() {
+        let (fake, gateway, _seen) = with_pooled_script(|ws| {
+            let _ = ws.close(None);
+        });
+        let opened = open_with(&gateway, &limits(), b"").0.unwrap();
+        assert!(!opened.reused);
+        assert_eq!(&opened.answer[..], ANSWER);
+        assert_eq!(fake.accepted(), 2);
+    }
+
+    #[test]
+    fn a_reused_websocket_that_began_to_answer_is_never_redialled() {
+        // The answer's first bytes, then the gateway goes: the opening is
+        // over, what follows is the tunnel's.
+        let (fake, gateway, _seen) = with_pooled_script(|ws| {
+            send(ws, &chunk::encode(b"HTTP/1.1 200"));
+            let _ = ws.close(None);
+        });
+        let opened = open_with(&gateway, &limits(), b"").0.unwrap();
+        assert!(opened.reused && opened.v2);
+        assert_eq!(opened.attempts, 0);
+        assert_eq!(&opened.answer[..], b"HTTP/1.1 200");
+        assert_eq!(fake.accepted(), 1, "no fresh dial");
+    }
+
+    #[test]
+    fn no_hello_ack_within_the_wait_falls_back_and_is_remembered() {
+        let fake = FakeGateway::start(|n, stream| {
+            let Some(mut ws) = upgrade(stream) else {
+                return;
+            };
+            if n == 0 {
+                let _hello = next_binary(&mut ws);
+                let _preamble = next_binary(&mut ws);
+                // A keepalive comes only after the HELLO_ACK wait is over
+                // (it is due later): answer then.
+                while next_binary(&mut ws).is_some_and(|m| !decoded(&m).is_empty()) {}
+                send(&mut ws, &chunk::encode(ANSWER));
+            } else {
+                // The gateway is known not to acknowledge: no HELLO.
+                let first = next_binary(&mut ws).unwrap_or_default();
+                if decoded(&first).starts_with(b"CONNECT ") {
+                    send(&mut ws, &chunk::encode(ANSWER));
+                }
+            }
+            hold(&mut ws);
+        });
+        let gateway = fake.client(Generation::AgentProxy, Duration::from_secs(2), None);
+        let limits = Limits {
+            hello_ack_timeout: Duration::from_millis(100),
+            keepalive_interval: Duration::from_millis(300),
+            ..limits()
+        };
+        let opened = open_with(&gateway, &limits, b"").0.unwrap();
+        assert_eq!(opened.fell_back, Some("no HELLO_ACK within the wait"));
+        assert!(!opened.v2);
+        assert_eq!(&opened.answer[..], ANSWER);
+        assert!(gateway.state.v2_unacknowledged());
+        let again = open_with(&gateway, &limits, b"").0.unwrap();
+        assert_eq!(
+            again.fell_back, None,
+            "no HELLO sent, nothing to fall back from"
+        );
+        assert!(!again.v2);
+        assert_eq!(&again.answer[..], ANSWER);
+    }
+
+    #[test]
+    fn an_answer_before_hello_ack_falls_back() {
+        let fake = FakeGateway::start(|_, stream| {
+            let Some(mut ws) = upgrade(stream) else {
+                return;
+            };
+            let _hello = next_binary(&mut ws);
+            let _preamble = next_binary(&mut ws);
+            send(&mut ws, &chunk::encode(ANSWER));
+            hold(&mut ws);
+        });
+        let gateway = fake.client(Generation::AgentProxy, Duration::from_secs(2), None);
+        let opened = open_with(&gateway, &limits(), b"").0.unwrap();
+        assert_eq!(
+            opened.fell_back,
+            Some("the gateway answered before HELLO_ACK")
+        );
+        assert!(!opened.v2);
+        assert_eq!(&opened.answer[..], ANSWER);
+    }
+}
