@@ -487,7 +487,13 @@ mod tests {
     /// The proxy's shared state around a fresh loopback listener.
     fn shared(gateway: Gateway, limits: Limits, access: Access) -> Arc<Shared> {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        Arc::new(Shared::new(listener, gateway, limits, access))
+        let state = super::super::shared::ProxyState {
+            access,
+            limits,
+            monitor: Arc::default(),
+            selective: None,
+        };
+        Arc::new(Shared::new(listener, gateway, state))
     }
 
     /// A client connected to the proxy's listener, its connection handled
@@ -510,7 +516,6 @@ mod tests {
 
     fn kinds(shared: &Shared) -> Vec<&'static str> {
         shared
-            .gateway
             .monitor
             .failures()
             .iter()
@@ -580,7 +585,7 @@ mod tests {
         client.shutdown(Shutdown::Write).unwrap();
         assert_eq!(read_all(&client), "", "nothing after the tunnel ends");
         handler.join().unwrap();
-        let monitor = &shared.gateway.monitor;
+        let monitor = &shared.monitor;
         assert_eq!(monitor.tunnels_served.load(Ordering::Relaxed), 1);
         assert_eq!(monitor.open_tunnels.load(Ordering::Relaxed), 0);
         assert_eq!(monitor.bytes_up.load(Ordering::Relaxed), 9);
@@ -607,7 +612,7 @@ mod tests {
                 .unwrap();
             assert_eq!(read_all(&client).as_bytes(), answer);
             handler.join().unwrap();
-            let failures = shared.gateway.monitor.failures();
+            let failures = shared.monitor.failures();
             assert_eq!(kinds(&shared), ["connect_rejected"]);
             assert!(
                 failures[0]
