@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use log::warn;
@@ -158,6 +158,20 @@ pub struct Monitor {
     pub(super) bytes_up: AtomicU64,
     pub(super) bytes_down: AtomicU64,
     pub(super) info: Mutex<Option<Info>>,
+    /// What the trust installers did, as they finish.
+    pub(super) trust: Mutex<TrustNotes>,
+    /// The git settings start-up found that send git around the proxy (set
+    /// by the background check once it finishes).
+    pub(super) git_conflicts: OnceLock<Vec<String>>,
+}
+
+/// What the trust installers did (some run in the background after
+/// start-up): what was installed where, and the reason codes of the steps
+/// that failed.
+#[derive(Debug, Default, Clone)]
+pub struct TrustNotes {
+    pub installed: Vec<(String, String)>,
+    pub failure_codes: Vec<String>,
 }
 
 impl Default for Monitor {
@@ -171,6 +185,8 @@ impl Default for Monitor {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             info: Mutex::new(None),
+            trust: Mutex::new(TrustNotes::default()),
+            git_conflicts: OnceLock::new(),
         }
     }
 }
@@ -209,6 +225,27 @@ impl Monitor {
     pub fn unresponsive_recorder(self: &Arc<Self>) -> crate::gateway::liveness::Recorder {
         let monitor = Arc::clone(self);
         Arc::new(move |detail: &str| monitor.record(Kind::GatewayUnresponsive, detail, ""))
+    }
+
+    /// Adds what an installer run did to what the status page shows.
+    pub fn note_trust(&self, done: TrustNotes) {
+        let mut trust = lock(&self.trust);
+        trust.installed.extend(done.installed);
+        trust.failure_codes.extend(done.failure_codes);
+    }
+
+    /// Adds the reason code of a trust step that failed outside the
+    /// installers (the JDK's `cacerts` unreadable, say), once.
+    pub fn note_trust_failure(&self, code: &str) {
+        let mut trust = lock(&self.trust);
+        if !trust.failure_codes.iter().any(|c| c == code) {
+            trust.failure_codes.push(code.to_string());
+        }
+    }
+
+    /// Records what the start-up git check found.
+    pub fn set_git_conflicts(&self, found: Vec<String>) {
+        let _ = self.git_conflicts.set(found);
     }
 
     /// Adds a failure, dropping the oldest beyond [`MAX_FAILURES`].

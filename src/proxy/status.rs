@@ -13,7 +13,6 @@ use std::fmt;
 use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::shared::Shared;
@@ -23,55 +22,12 @@ use crate::http::client::{self, ClientError, Exchange};
 use crate::http::request_head::RequestHead;
 use crate::sys::lock::lock;
 
-pub use super::monitor::{Failure, Info, Kind, MAX_FAILURES, Monitor, Rejection, sanitize};
+pub use super::monitor::{
+    Failure, Info, Kind, MAX_FAILURES, Monitor, Rejection, TrustNotes, sanitize,
+};
 
 /// The path of the relay's own page.
 pub const STATUS_PATH: &str = "/__agentproxy/status";
-
-/// The git settings start-up found that send git around the proxy (set by
-/// the background check once it finishes).
-static GIT_CONFLICTS: OnceLock<Vec<String>> = OnceLock::new();
-
-/// Records what the start-up git check found.
-pub fn set_git_conflicts(found: Vec<String>) {
-    let _ = GIT_CONFLICTS.set(found);
-}
-
-/// What the trust installers did, as they finish (some run in the
-/// background after start-up): what was installed where, and the reason
-/// codes of those that failed.
-struct Trust {
-    installed: Vec<(String, String)>,
-    failure_codes: Vec<String>,
-}
-
-static TRUST: Mutex<Trust> = Mutex::new(Trust {
-    installed: Vec::new(),
-    failure_codes: Vec::new(),
-});
-
-/// Adds an installer report to what the status page shows.
-pub fn note_trust(report: &crate::trust::install::Report) {
-    let mut trust = lock(&TRUST);
-    for (what, path) in &report.installed {
-        trust
-            .installed
-            .push((what.clone(), path.display().to_string()));
-    }
-    for failure in &report.failures {
-        trust.failure_codes.push(failure.code.to_string());
-    }
-}
-
-/// Adds the reason code of a trust step that failed outside the
-/// installers (the JDK's `cacerts` unreadable, say) to what the status page
-/// shows, once.
-pub fn note_trust_failure(code: &str) {
-    let mut trust = lock(&TRUST);
-    if !trust.failure_codes.iter().any(|c| c == code) {
-        trust.failure_codes.push(code.to_string());
-    }
-}
 
 /// A JSON value, enough for the status page.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,7 +220,7 @@ pub fn snapshot(gateway: &Gateway, m: &Monitor) -> Json {
         Generation::AgentProxy => "unknown",
     };
     let i = info.clone().unwrap_or_default();
-    let trust = lock(&TRUST);
+    let trust = lock(&m.trust).clone();
     let installed = trust
         .installed
         .iter()
@@ -317,7 +273,7 @@ pub fn snapshot(gateway: &Gateway, m: &Monitor) -> Json {
         ("toolTrustFailureCodes", Json::strings(&trust.failure_codes)),
         (
             "gitConfigConflicts",
-            Json::strings(GIT_CONFLICTS.get().map_or(&[][..], Vec::as_slice)),
+            Json::strings(m.git_conflicts.get().map_or(&[][..], Vec::as_slice)),
         ),
         ("recentRelayFailures", Json::Arr(failures)),
     ])
@@ -509,9 +465,9 @@ mod tests {
             crate::gateway::Endpoint::parse(&format!("http://{addr}")).unwrap(),
             crate::gateway::Credentials {
                 session_id: "sess-id".into(),
-                token: crate::startup::token::TokenSource::fixed(
-                    crate::startup::token::SessionToken::new(TOKEN).unwrap(),
-                    crate::startup::token::TokenOrigin::TokenFile,
+                token: crate::gateway::token::TokenSource::fixed(
+                    crate::gateway::token::SessionToken::new(TOKEN).unwrap(),
+                    crate::gateway::token::TokenOrigin::TokenFile,
                 ),
             },
             native_tls::TlsConnector::new().unwrap(),

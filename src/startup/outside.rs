@@ -22,12 +22,13 @@
 //! directory.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::env::CA_VARS;
 use crate::env::credentials::{self, GIT_CONFLICTS_TIMEOUT};
+use crate::proxy::status::{Monitor, TrustNotes};
 use crate::trust::install::{self, Plan, Report, Roots, Target};
 use crate::trust::{Bundle, jdk, jks};
 
@@ -92,7 +93,7 @@ pub fn plan(
 /// The JDK's own trusted certificates for our Java truststore (none when
 /// there is no JDK; a warning line with `java_cacerts_unreadable` when its
 /// `cacerts` cannot be read, a code the status page lists too).
-pub fn jdk_certificates(parent: impl Fn(&str) -> Option<String>) -> Vec<String> {
+pub fn jdk_certificates(parent: impl Fn(&str) -> Option<String>, monitor: &Monitor) -> Vec<String> {
     let Some(path) = jdk::find_cacerts(parent) else {
         return Vec::new();
     };
@@ -100,9 +101,21 @@ pub fn jdk_certificates(parent: impl Fn(&str) -> Option<String>) -> Vec<String> 
         eprintln!(
             "ccr-relay: warning: {why}; the Java truststore holds the bundle's certificates only"
         );
-        crate::proxy::status::note_trust_failure(jdk::JAVA_CACERTS_UNREADABLE);
+        monitor.note_trust_failure(jdk::JAVA_CACERTS_UNREADABLE);
         Vec::new()
     })
+}
+
+/// What an installer run did, as the status page shows it.
+fn trust_notes(report: &Report) -> TrustNotes {
+    TrustNotes {
+        installed: report
+            .installed
+            .iter()
+            .map(|(what, path)| (what.clone(), path.display().to_string()))
+            .collect(),
+        failure_codes: report.failures.iter().map(|f| f.code.to_string()).collect(),
+    }
 }
 
 /// One warning line per failed installer.
@@ -148,6 +161,7 @@ pub fn after_listen(
     bundle: &Bundle,
     truststore: Option<&Path>,
     parent: impl Fn(&str) -> Option<String>,
+    monitor: &Arc<Monitor>,
 ) -> Installed {
     let enabled = installs_enabled(&parent);
     if enabled
@@ -159,7 +173,7 @@ pub fn after_listen(
             "ccr-relay: warning: {e}; S3 uploads through the gateway may fail their signature check"
         );
     }
-    spawn_git_check();
+    spawn_git_check(Arc::clone(monitor));
     let Some(plan) = plan(bundle, truststore, &parent) else {
         return Installed::nothing();
     };
@@ -167,8 +181,9 @@ pub fn after_listen(
     now.targets = vec![Target::ProfileD];
     let report = install::install_all(&now);
     warn_failures(&report);
-    crate::proxy::status::note_trust(&report);
+    monitor.note_trust(trust_notes(&report));
     let mut later = plan.clone();
+    let monitor = Arc::clone(monitor);
     later.targets.retain(|t| *t != Target::ProfileD);
     let (tx, rx) = mpsc::channel();
     let spawned = thread::Builder::new()
@@ -176,7 +191,7 @@ pub fn after_listen(
         .spawn(move || {
             let report = install::install_all(&later);
             warn_failures(&report);
-            crate::proxy::status::note_trust(&report);
+            monitor.note_trust(trust_notes(&report));
             let _ = tx.send(report);
         });
     let later = match spawned {
@@ -195,17 +210,19 @@ pub fn after_listen(
 
 /// Warns, once, about the user's git settings that defeat the proxy
 /// (bounded by [`GIT_CONFLICTS_TIMEOUT`], on its own thread).
-fn spawn_git_check() {
-    let _ = thread::Builder::new().name("git-check".into()).spawn(|| {
-        let found = credentials::git_conflicts(GIT_CONFLICTS_TIMEOUT);
-        crate::proxy::status::set_git_conflicts(found.clone());
-        if !found.is_empty() {
-            eprintln!(
-                "ccr-relay: warning: git settings that send git around the proxy: {}",
-                found.join("; ")
-            );
-        }
-    });
+fn spawn_git_check(monitor: Arc<Monitor>) {
+    let _ = thread::Builder::new()
+        .name("git-check".into())
+        .spawn(move || {
+            let found = credentials::git_conflicts(GIT_CONFLICTS_TIMEOUT);
+            monitor.set_git_conflicts(found.clone());
+            if !found.is_empty() {
+                eprintln!(
+                    "ccr-relay: warning: git settings that send git around the proxy: {}",
+                    found.join("; ")
+                );
+            }
+        });
 }
 
 /// A clean stop: takes back what start-up installed machine-wide, within

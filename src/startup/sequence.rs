@@ -326,9 +326,11 @@ pub fn apply(
     // Decided before anything is written: with --require-uid-check on a
     // machine that cannot tell owners apart, nothing happens at all.
     let access = access_rule(config)?;
-    let mut client_files = write_trust_files(config, &plan, &parent)?;
+    // What the status page shows, from the first step on.
+    let monitor = Arc::new(Monitor::default());
+    let mut client_files = write_trust_files(config, &plan, &parent, &monitor)?;
     let generation = plan.activation.generation();
-    let (relay, addr) = bind_listener(config, &plan, access)?;
+    let (relay, addr) = bind_listener(config, &plan, access, &monitor)?;
     await_probe(&relay)?;
     remove_token_file(config, &plan);
     let proxy_url = format!("http://{addr}");
@@ -339,6 +341,7 @@ pub fn apply(
         &plan.bundle,
         client_files.truststore.as_deref(),
         &parent,
+        &monitor,
     );
     publish_status(config, &plan, &relay, addr, &child_vars);
     write_agent_readme(config, generation, &client_files, &child_vars);
@@ -363,6 +366,7 @@ fn write_trust_files(
     config: &Config,
     plan: &Plan,
     parent: &impl Fn(&str) -> Option<String>,
+    monitor: &Monitor,
 ) -> Result<ClientFiles, SessionError> {
     // The bundle's directory holds what children trust: the relay's own,
     // or nothing is written there at all.
@@ -377,7 +381,7 @@ fn write_trust_files(
     let mut client_files = ClientFiles::default();
     match plan
         .bundle
-        .write_truststore_with(&crate::startup::outside::jdk_certificates(parent))
+        .write_truststore_with(&crate::startup::outside::jdk_certificates(parent, monitor))
     {
         Ok(store) => client_files.truststore = Some(store),
         Err(warning) => eprintln!("ccr-relay: warning: {warning}"),
@@ -391,14 +395,14 @@ fn bind_listener(
     config: &Config,
     plan: &Plan,
     access: Access,
+    monitor: &Arc<Monitor>,
 ) -> Result<(Relay, SocketAddr), SessionError> {
-    let monitor = Arc::new(Monitor::default());
-    let gateway = gateway(config, plan, &monitor);
+    let gateway = gateway(config, plan, monitor);
     let rule = access.clone();
     let state = ProxyState {
         access,
         limits: config.limits,
-        monitor,
+        monitor: Arc::clone(monitor),
         selective: match plan.activation.generation() {
             Generation::AgentProxy => selective_list(env_lookup),
             Generation::UpstreamProxy => None,
