@@ -15,6 +15,7 @@ use super::access::Decision;
 use super::client_process;
 use super::direct::{self, Pipe, PipeOptions};
 use super::forward;
+use super::policy;
 use super::route::Route;
 use super::shared::{EVICTED, Shared, track_pending};
 use super::status::{self, Rejection};
@@ -210,13 +211,27 @@ fn serve_tunnel(
         ended.report.bytes_socket_to_ws + leftover.len() as u64,
         ended.report.bytes_ws_to_socket + answered.answer_len,
     );
-    shared.monitor.tunnel_ended(
+    // The client's first bytes: those that came with the head, if any.
+    let first_up = match leftover.is_empty() {
+        true => &ended.report.first_up[..],
+        false => leftover,
+    };
+    if policy::refused_handshake(
+        first_up,
+        &answered.answer,
+        ended.report.bytes_ws_to_socket,
         &ended.report.end,
-        answered.v2 && answered.rejection.is_none(),
-        up,
-        down,
-        &host,
-    );
+    ) {
+        shared.monitor.handshake_refused(up, &host, &lookup.name());
+    } else {
+        shared.monitor.tunnel_ended(
+            &ended.report.end,
+            answered.v2 && answered.rejection.is_none(),
+            up,
+            down,
+            &host,
+        );
+    }
     let line = format!(
         "tunnel {target} closed{}: up {up} B, down {down} B, {:.3} s, {}{}, {} {} WebSocket{}",
         answered
@@ -268,6 +283,11 @@ fn open_tunnel(
         }
     };
     shared.monitor.opened(&opened, &target.to_string());
+    // Named while the client still waits for the answer.
+    if let Some(reason) = policy::denial_reason(&opened.answer) {
+        let host = target.host.to_string();
+        shared.monitor.policy_denied(&host, &lookup.name(), &reason);
+    }
     if let Err(e) = socket::set_mode(client, Mode::bounded(shared.limits.upgrade_timeout))
         .and_then(|()| (&*client).write_all(&opened.answer))
     {
@@ -280,6 +300,8 @@ fn open_tunnel(
 /// What the log line and the monitor need of an opened tunnel once its
 /// WebSocket has gone to the pumps.
 struct TunnelFacts {
+    /// The gateway's first answer bytes.
+    answer: tungstenite::Bytes,
     answer_len: u64,
     v2: bool,
     reused: bool,
@@ -291,6 +313,7 @@ impl TunnelFacts {
     fn of(opened: &Opened, generation: Generation, rejection: Option<Rejection>) -> TunnelFacts {
         let agent = generation == Generation::AgentProxy;
         TunnelFacts {
+            answer: opened.answer.clone(),
             answer_len: opened.answer.len() as u64,
             v2: opened.v2,
             reused: opened.reused,
@@ -359,6 +382,8 @@ fn pump_options(shared: &Shared, opened: &Opened) -> PumpOptions {
 struct ClientLookup {
     agent: bool,
     lookup: Option<Mutex<client_process::Background>>,
+    /// The connection's two ends, for a lookup on demand ([`Self::name`]).
+    ends: (SocketAddr, std::io::Result<SocketAddr>),
 }
 
 impl ClientLookup {
@@ -372,7 +397,24 @@ impl ClientLookup {
                 client_process::DEFAULT_BUDGET,
             ))
         });
-        ClientLookup { agent, lookup }
+        ClientLookup {
+            agent,
+            lookup,
+            ends: (peer, client.local_addr()),
+        }
+    }
+
+    /// The program's name: the background lookup's, or, when none was
+    /// started (the first generation with its log line off), one looked up
+    /// now (a denial or a refused handshake is worth it).
+    fn name(&self) -> String {
+        match (&self.lookup, &self.ends) {
+            (Some(lookup), _) => lock(lookup).name_within(client_process::DEFAULT_BUDGET),
+            (None, (peer, Ok(local))) => {
+                client_process::lookup(*peer, *local, client_process::DEFAULT_BUDGET).name
+            }
+            (None, (_, Err(_))) => client_process::LOOKUP_FAILED.to_string(),
+        }
     }
 
     /// For the preamble: a fresh WebSocket's dial has hidden the lookup's

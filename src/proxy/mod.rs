@@ -9,6 +9,7 @@ pub mod direct;
 pub mod forward;
 pub mod listener;
 mod monitor;
+pub mod policy;
 pub mod route;
 mod shared;
 pub mod status;

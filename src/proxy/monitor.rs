@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 
 use log::warn;
 
+use super::policy::{BlockedHost, BlockedHosts};
 use crate::gateway::GatewayError;
 use crate::gateway::Generation;
 use crate::http::request_head::{HeadError, RequestHead};
@@ -76,6 +77,9 @@ pub enum Kind {
     DirectFailed,
     /// Selective mode: a routing or direct-dial failure.
     Selective(crate::proxy::route::FailureKind),
+    /// The gateway ended a tunnel, sending nothing back, right after the
+    /// client's TLS ClientHello: it refused the handshake.
+    TlsHandshakeRefused,
 }
 
 impl Kind {
@@ -100,6 +104,7 @@ impl Kind {
             Kind::ClientRefused => "client_refused",
             Kind::DirectFailed => "direct_failed",
             Kind::Selective(kind) => kind.as_str(),
+            Kind::TlsHandshakeRefused => "tls_handshake_refused",
         }
     }
 }
@@ -163,6 +168,8 @@ pub struct Monitor {
     /// The git settings start-up found that send git around the proxy (set
     /// by the background check once it finishes).
     pub(super) git_conflicts: OnceLock<Vec<String>>,
+    /// The hosts the gateway's policy refused.
+    pub(super) blocked: Mutex<BlockedHosts>,
 }
 
 /// What the trust installers did (some run in the background after
@@ -187,6 +194,7 @@ impl Default for Monitor {
             info: Mutex::new(None),
             trust: Mutex::new(TrustNotes::default()),
             git_conflicts: OnceLock::new(),
+            blocked: Mutex::new(BlockedHosts::default()),
         }
     }
 }
@@ -385,6 +393,39 @@ impl Monitor {
         };
         let detail = format!("direct connection: {end} (after up {up} B, down {down} B)");
         self.record(kind, &detail, host);
+    }
+
+    /// The gateway's policy refused `host` (no port) for the program
+    /// `client`, saying `reason`: kept for the status page; the host's
+    /// first denial is also a warning.
+    pub fn policy_denied(&self, host: &str, client: &str, reason: &str) {
+        let first = lock(&self.blocked).record(host, client, reason, SystemTime::now());
+        if first {
+            warn!(
+                "the gateway's policy blocked {} (asked by {}): {}; blocked hosts and the allowlist to ask for are on the status page (`ccr-relay status`, or GET {} on the proxy port)",
+                sanitize(host, MAX_HOST),
+                sanitize(client, 64),
+                sanitize(reason, 200),
+                super::status::STATUS_PATH
+            );
+        }
+    }
+
+    /// The hosts the gateway's policy refused, least recently denied first.
+    pub fn blocked_hosts(&self) -> Vec<BlockedHost> {
+        lock(&self.blocked).hosts().to_vec()
+    }
+
+    /// A tunnel whose TLS handshake the gateway refused (see
+    /// [`super::policy::refused_handshake`]): counted like any tunnel and
+    /// recorded as `tls_handshake_refused` with the program that asked.
+    pub fn handshake_refused(&self, up: u64, host: &str, client: &str) {
+        self.tunnels_served.fetch_add(1, Ordering::Relaxed);
+        self.add_bytes(up, 0);
+        let detail = format!(
+            "the gateway refused the TLS handshake of {client}: it ended the tunnel right after the ClientHello without a byte back (some gateways refuse TLS features that browsers send, such as Encrypted Client Hello)"
+        );
+        self.record(Kind::TlsHandshakeRefused, &detail, host);
     }
 
     /// One plain-HTTP request forwarded.

@@ -109,6 +109,20 @@ impl Json {
         out
     }
 
+    /// A scalar, or a list of scalars as `a,b` (`-` when empty), as text on
+    /// one line.
+    fn inline_text(&self) -> Option<String> {
+        match self {
+            Json::Arr(items) if items.is_empty() => Some("-".into()),
+            Json::Arr(items) => items
+                .iter()
+                .map(Json::scalar_text)
+                .collect::<Option<Vec<String>>>()
+                .map(|texts| texts.join(",")),
+            other => other.scalar_text(),
+        }
+    }
+
     /// A scalar as text (no quotes); composite values are not scalars.
     fn scalar_text(&self) -> Option<String> {
         match self {
@@ -138,7 +152,7 @@ fn write_text_field(out: &mut String, key: &str, value: &Json, depth: usize) {
                     Json::Obj(fields) => {
                         let mut parts: Vec<String> = fields
                             .iter()
-                            .filter_map(|(_, v)| v.scalar_text())
+                            .filter_map(|(_, v)| v.inline_text())
                             .filter(|s| !s.is_empty())
                             .collect();
                         let last = parts.pop().unwrap_or_default();
@@ -275,8 +289,35 @@ pub fn snapshot(gateway: &Gateway, m: &Monitor) -> Json {
             "gitConfigConflicts",
             Json::strings(m.git_conflicts.get().map_or(&[][..], Vec::as_slice)),
         ),
+        ("blockedHosts", blocked_hosts(m)),
+        ("allowlist", allowlist(m)),
         ("recentRelayFailures", Json::Arr(failures)),
     ])
+}
+
+/// The hosts the gateway's policy refused, most recently denied first.
+fn blocked_hosts(m: &Monitor) -> Json {
+    let hosts = m.blocked_hosts().into_iter().rev().map(|h| {
+        Json::Obj(vec![
+            ("host", Json::Str(h.host)),
+            ("count", Json::Num(h.count)),
+            ("firstTs", Json::str(rfc3339(h.first_ts))),
+            ("lastTs", Json::str(rfc3339(h.last_ts))),
+            ("clients", Json::strings(&h.clients)),
+            ("reason", Json::Str(h.reason)),
+        ])
+    });
+    Json::Arr(hosts.collect())
+}
+
+/// The blocked hosts as one comma-separated list a user can paste into the
+/// environment's network settings (`null` when none was blocked).
+fn allowlist(m: &Monitor) -> Json {
+    let hosts: Vec<String> = m.blocked_hosts().into_iter().map(|h| h.host).collect();
+    match hosts.is_empty() {
+        true => Json::Null,
+        false => Json::Str(hosts.join(",")),
+    }
 }
 
 /// Whether `head` asks for the status page: `GET` of [`STATUS_PATH`] in
@@ -515,6 +556,42 @@ mod tests {
                 assert_eq!(kinds, [first, "connect_rejected"]);
             }
         }
+    }
+
+    #[test]
+    fn blocked_hosts_show_with_their_programs_and_an_allowlist_line() {
+        let gw = refusing_gateway(Generation::AgentProxy, b"");
+        let monitor = Monitor::default();
+        let empty = snapshot(&gw, &monitor).text();
+        assert!(
+            empty.contains("\nblockedHosts: none\nallowlist: none\n"),
+            "{empty}"
+        );
+        monitor.policy_denied("a.test", "curl", "not\u{1b} allowed");
+        monitor.policy_denied("b.test", "python3", "request blocked");
+        monitor.policy_denied("a.test", "python3", "not allowed");
+        let page = snapshot(&gw, &monitor);
+        let text = page.text();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| *l == "blockedHosts:").unwrap();
+        fn entry(line: &str) -> (&str, &str, String) {
+            let words: Vec<&str> = line.split(' ').collect();
+            (words[3], words[4], words[7].to_string())
+        }
+        assert_eq!(
+            entry(lines[at + 1]),
+            ("a.test", "2", "curl,python3:".to_string()),
+            "{text}"
+        );
+        assert!(lines[at + 1].ends_with(": not allowed"), "{text}");
+        assert_eq!(entry(lines[at + 2]).0, "b.test");
+        assert_eq!(lines[at + 3], "allowlist: b.test,a.test");
+        let json = page.pretty();
+        assert!(
+            json.contains("\"clients\": [\n        \"curl\",\n        \"python3\"\n      ]"),
+            "{json}"
+        );
+        assert!(json.contains("\"firstTs\": \"20"), "{json}");
     }
 
     #[test]

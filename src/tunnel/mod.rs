@@ -212,7 +212,13 @@ pub struct TunnelReport {
     /// The server's FIN ended it on a v2 WebSocket and FIN_ACK went out:
     /// [`Tunnel::take_websocket`] gives a WebSocket fit for reuse.
     pub reusable: bool,
+    /// The first bytes (up to [`FIRST_UP_KEPT`]) read from the socket: a
+    /// TLS ClientHello the gateway ended the tunnel after is told by them.
+    pub first_up: Vec<u8>,
 }
+
+/// How many of the socket's first bytes a [`TunnelReport`] keeps.
+pub const FIRST_UP_KEPT: usize = 3;
 
 /// Tests only: what [`Tunnel`]'s socket pump calls before each send.
 #[cfg(test)]
@@ -242,6 +248,8 @@ pub struct Tunnel {
     end: Mutex<Option<End>>,
     bytes_socket_to_ws: AtomicU64,
     bytes_ws_to_socket: AtomicU64,
+    /// The socket's first bytes (see [`TunnelReport::first_up`]).
+    first_up: Mutex<Vec<u8>>,
     started: Instant,
     /// Tests only: called by the socket pump between reading client bytes
     /// and sending them, to force an interleaving with the other pump.
@@ -274,6 +282,7 @@ impl Tunnel {
             end: Mutex::new(None),
             bytes_socket_to_ws: AtomicU64::new(0),
             bytes_ws_to_socket: AtomicU64::new(0),
+            first_up: Mutex::new(Vec::new()),
             started: Instant::now(),
             #[cfg(test)]
             before_send: std::sync::OnceLock::new(),
@@ -324,6 +333,7 @@ impl Tunnel {
             end,
             duration: self.started.elapsed(),
             reusable: self.reusable.load(Ordering::SeqCst),
+            first_up: std::mem::take(&mut *lock(&self.first_up)),
         }
     }
 
@@ -432,6 +442,12 @@ impl Tunnel {
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return End::SocketError(e),
             };
+            {
+                let mut first = lock(&self.first_up);
+                if first.is_empty() {
+                    first.extend_from_slice(&buf[HEADROOM..HEADROOM + n.min(FIRST_UP_KEPT)]);
+                }
+            }
             let start = HEADROOM - chunk::header_len(n);
             chunk::write_header(&mut buf[start..HEADROOM], n);
             buf.truncate(HEADROOM + n);

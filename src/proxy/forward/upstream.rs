@@ -15,6 +15,7 @@ use super::link::{ChunkStream, DirectStream, Link};
 use crate::http::reply;
 use crate::http::request_head::Authority;
 use crate::proxy::direct;
+use crate::proxy::policy;
 use crate::proxy::route::Route;
 use crate::proxy::shared::Shared;
 use crate::tunnel::dial;
@@ -115,6 +116,13 @@ fn open_upstream(
     let (bytes, resp) = read_response(&mut stream, "the gateway (answering the CONNECT)")?;
     if !(200..300).contains(&resp.status) {
         monitor.check_answer(&bytes, &authority.to_string());
+        // The head and what of the body has already arrived: a denial's
+        // reason, named while the client still waits for the answer.
+        let answer = [&bytes[..], stream.buffer()].concat();
+        if let Some(reason) = policy::denial_reason(&answer) {
+            let program = policy::program_of(client);
+            monitor.policy_denied(&authority.host.to_string(), &program, &reason);
+        }
         let mut to_client = client;
         let _ = to_client.write_all(&bytes);
         let _ = io::copy(&mut stream.take(1 << 20), &mut to_client);
