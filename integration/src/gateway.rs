@@ -21,7 +21,11 @@
 //! Misbehaviour on demand: `--stall-upgrade` (never answers the upgrade),
 //! `--refuse-upgrade STATUS`, `--refuse-first N`, `--answer-delay MS`,
 //! `--no-pong` (never answers a WebSocket ping), and for the agent proxy `--close-idle-after MS` and `--on-reuse` (a reused
-//! WebSocket that fails, [`ReuseFault`]).
+//! WebSocket that fails, [`ReuseFault`]). A policy of its own on demand:
+//! `--deny HOST[=REASON]` answers CONNECTs to HOST `403` the way a gateway
+//! whose allowlist lacks it does, and `--refuse-client-hello` ends a
+//! tunnel whose first client bytes are a TLS ClientHello, sending nothing
+//! back (as a gateway refusing a handshake's features does).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -121,6 +125,13 @@ A development stand-in for the CCR upstream-proxy gateway.
                          and recorded as `ping-received` events in tunnels)
   --token-file PATH      re-read on every upgrade and CONNECT: a non-empty
                          token in it is the one accepted (else --token)
+  --deny HOST[=REASON]   answer CONNECTs to HOST (any port) with 403 and the
+                         body `request blocked: no rule or allowlist entry
+                         allows host \"HOST\"`; with REASON also the header
+                         `x-deny-reason: REASON` (repeatable)
+  --refuse-client-hello  end a tunnel whose first client bytes are a TLS
+                         ClientHello (16 03) with no byte back: a close
+                         frame (a plain-HTTP tunnel is served as usual)
   -h, --help             this text
 ";
 
@@ -231,6 +242,12 @@ pub struct GatewayConfig {
     pub answer_delay: Option<Duration>,
     /// `--no-pong`: pings are read but never answered.
     pub no_pong: bool,
+    /// `--deny HOST[=REASON]`: hosts refused with `403`, each with its
+    /// `x-deny-reason` (none: the body alone says it).
+    pub deny: HashMap<String, Option<String>>,
+    /// `--refuse-client-hello`: a tunnel that opens with a TLS ClientHello
+    /// is ended with no byte back.
+    pub refuse_client_hello: bool,
 }
 
 /// How a reused agent-proxy WebSocket fails (`--on-reuse`): faults the
@@ -276,6 +293,7 @@ impl GatewayConfig {
         let (mut generation, mut server) = (Generation::UpstreamProxy, None);
         let (mut refuse_first, mut close_idle_after, mut token_file) = (0, None, None);
         let (mut on_reuse, mut answer_delay, mut no_pong) = (None, None, false);
+        let (mut deny, mut refuse_client_hello) = (HashMap::new(), false);
         while let Some(flag) = args.next_flag()? {
             match flag.as_str() {
                 "--help" | "-h" => return Ok(None),
@@ -365,6 +383,18 @@ impl GatewayConfig {
                     answer_delay = Some(Duration::from_millis(ms));
                 }
                 "--no-pong" => no_pong = true,
+                "--deny" => {
+                    let text = args.value()?;
+                    let (host, reason) = match text.split_once('=') {
+                        Some((host, reason)) => (host, Some(reason.to_string())),
+                        None => (text.as_str(), None),
+                    };
+                    if host.is_empty() || host.contains(|c: char| c.is_ascii_control()) {
+                        return Err(UsageError(format!("--deny {text:?}: no host")));
+                    }
+                    deny.insert(host.to_ascii_lowercase(), reason);
+                }
+                "--refuse-client-hello" => refuse_client_hello = true,
                 "--upstream-ca" => upstream_ca = Some(PathBuf::from(args.value()?)),
                 "--inject" => {
                     let text = args.value()?;
@@ -432,6 +462,8 @@ impl GatewayConfig {
             on_reuse,
             answer_delay,
             no_pong,
+            deny,
+            refuse_client_hello,
         }))
     }
 }
@@ -719,13 +751,48 @@ fn ws_config() -> WebSocketConfig {
 struct Refusal {
     status: u16,
     why: String,
+    /// The whole answer when it is more than a status line (`--deny`).
+    answer: Option<Vec<u8>>,
 }
 
 fn refuse(status: u16, why: impl Into<String>) -> Refusal {
     Refusal {
         status,
         why: why.into(),
+        answer: None,
     }
+}
+
+impl Refusal {
+    /// What the gateway sends inside the tunnel.
+    fn answer(&self) -> Vec<u8> {
+        match &self.answer {
+            Some(answer) => answer.clone(),
+            None => {
+                format!("HTTP/1.1 {} {}\r\n\r\n", self.status, reason(self.status)).into_bytes()
+            }
+        }
+    }
+}
+
+/// `--deny`: the policy answer for `target` when its host is denied.
+fn denied(shared: &Shared, target: &Authority) -> Option<Refusal> {
+    let host = target.host.to_string().to_ascii_lowercase();
+    let reason = shared.cfg.deny.get(&host)?;
+    let body = format!("request blocked: no rule or allowlist entry allows host {host:?}\n");
+    let header = reason
+        .as_ref()
+        .map(|r| format!("x-deny-reason: {r}\r\n"))
+        .unwrap_or_default();
+    let answer = format!(
+        "HTTP/1.1 403 Forbidden\r\n{header}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    Some(Refusal {
+        status: 403,
+        why: format!("--deny {host}"),
+        answer: Some(answer.into_bytes()),
+    })
 }
 
 /// A tunnel: CONNECT checks, dial, `200`, then bytes both ways: to the
@@ -768,12 +835,15 @@ fn run_tunnel(
     tag: &str,
 ) -> io::Result<After> {
     let started = Instant::now();
-    let (target, rest) = match check_connect(shared, first) {
+    let (target, mut rest) = match check_connect(shared, first) {
         Ok(t) => t,
         Err(refusal) => return Ok(After::Refused(refusal, ws)),
     };
     let name = target.to_string();
     shared.events.record(&format!("connect {name}"));
+    if let Some(refusal) = denied(shared, &target) {
+        return Ok(After::Refused(refusal, ws));
+    }
     let socket = match dial(shared, &target) {
         Ok(s) => s,
         Err(refusal) => return Ok(After::Refused(refusal, ws)),
@@ -786,6 +856,18 @@ fn run_tunnel(
         b"HTTP/1.1 200 Connection Established\r\n\r\n",
     ))))
     .map_err(io::Error::other)?;
+    if shared.cfg.refuse_client_hello {
+        let data = first_client_data(&mut ws, framing)?;
+        if data.starts_with(&[0x16, 0x03]) {
+            shared
+                .events
+                .record(&format!("client-hello-refused {name}{tag}"));
+            log::info!("#{id}: tunnel to {name}: ClientHello refused (--refuse-client-hello)");
+            close_politely(&mut ws);
+            return Ok(After::Gone);
+        }
+        rest.extend_from_slice(&data);
+    }
     let events = &shared.events;
     let verbose = events.verbose();
     let observe = |e: PumpEvent| match e {
@@ -852,6 +934,46 @@ fn run_tunnel(
         Some(ws) => After::Reusable(ws),
         None => After::Gone,
     })
+}
+
+/// `--refuse-client-hello`: the tunnel's first client data after the
+/// answer (keepalives and control messages skipped); empty when the relay
+/// sent none in time or ended the tunnel.
+fn first_client_data(ws: &mut WebSocket<GatewayStream>, framing: Framing) -> io::Result<Vec<u8>> {
+    ws.get_ref()
+        .tcp()
+        .set_read_timeout(Some(FIRST_CHUNK_TIMEOUT))?;
+    let data = loop {
+        let message = match ws.read() {
+            Ok(Message::Binary(b)) => b,
+            Ok(Message::Text(_) | Message::Close(_)) | Err(_) => break Vec::new(),
+            Ok(_) => continue,
+        };
+        let data = match framing {
+            Framing::V1 => chunk::decode(&message).map(<[u8]>::to_vec).ok(),
+            Framing::V2 { .. } => chunk::decode_v2(&message)
+                .ok()
+                .filter(|m| m.control == 0)
+                .map(|m| m.data.to_vec()),
+        };
+        match data {
+            Some(data) if !data.is_empty() => break data,
+            _ => continue,
+        }
+    };
+    ws.get_ref().tcp().set_read_timeout(None)?;
+    Ok(data)
+}
+
+/// Sends a close frame and reads until the relay's reply or EOF, so the
+/// close is no reset.
+fn close_politely(ws: &mut WebSocket<GatewayStream>) {
+    let _ = ws.close(None);
+    let _ = ws
+        .get_ref()
+        .tcp()
+        .set_read_timeout(Some(Duration::from_secs(2)));
+    while ws.read().is_ok() {}
 }
 
 /// Reads the first message; it must be a chunk carrying data.
@@ -959,14 +1081,14 @@ fn dial(shared: &Shared, target: &Authority) -> Result<TcpStream, Refusal> {
 /// Answers a refused tunnel inside it (status 0: nobody to answer) and
 /// closes it politely.
 fn refuse_tunnel(shared: &Shared, id: u64, ws: &mut WebSocket<GatewayStream>, refusal: Refusal) {
-    let Refusal { status, why } = refusal;
+    let (status, why) = (refusal.status, &refusal.why);
     shared
         .events
         .record(&format!("tunnel refused {status} {why}"));
     log::info!("#{id}: tunnel refused ({status}): {why}");
     if status != 0 {
-        let head = format!("HTTP/1.1 {status} {}\r\n\r\n", reason(status));
-        let _ = ws.send(Message::Binary(Bytes::from(chunk::encode(head.as_bytes()))));
+        let answer = refusal.answer();
+        let _ = ws.send(Message::Binary(Bytes::from(chunk::encode(&answer))));
     }
     let _ = ws.close(None);
     // Read until the relay's close reply or EOF, so the close is no reset.
@@ -1038,6 +1160,22 @@ mod tests {
         );
         let base = ["--token", "t", "--session-id", "s", "--ca-dir", "d"];
         let with = |more: &[&str]| cfg(&[&base[..], more].concat());
+        let c = with(&[
+            "--deny",
+            "Blocked.Test=not on the allowlist",
+            "--deny",
+            "other.test",
+            "--refuse-client-hello",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.deny["blocked.test"].as_deref(),
+            Some("not on the allowlist")
+        );
+        assert_eq!(c.deny["other.test"], None);
+        assert!(c.refuse_client_hello);
+        assert!(err(&[&base[..], &["--deny", "=why"]].concat()).contains("no host"));
         let c = with(&[
             "--mode",
             "mitm",

@@ -306,6 +306,10 @@ mod tests {
         assert!(text.contains("curl -sS \"$HTTPS_PROXY/__agentproxy/status\""));
         for needle in [
             "`403`",
+            "`blockedHosts`",
+            "`allowlist: host1,host2,...`",
+            "ccr-relay status",
+            "`tls_handshake_refused`",
             "`405`",
             "`407`",
             "NODE_USE_ENV_PROXY=1",

@@ -19,7 +19,6 @@ use super::{
     refuse_tunnel, run_tunnel,
 };
 use crate::events::escape;
-use crate::http::reason;
 use crate::pump::{FIN_ACK_WAIT, Framing};
 use crate::stream::GatewayStream;
 use crate::wire::{self, CONTROL_FIN_ACK, CONTROL_HELLO, V2, decode_v2, hex};
@@ -272,12 +271,11 @@ fn refuse_with_fin(
     refusal: Refusal,
     tag: &str,
 ) -> Result<(), String> {
-    let Refusal { status, why } = refusal;
+    let (status, why) = (refusal.status, &refusal.why);
     shared
         .events
         .record(&format!("tunnel refused {status} {why}"));
-    let head = format!("HTTP/1.1 {status} {}\r\n\r\n", reason(status));
-    send(ws, wire::encode(head.as_bytes()))?;
+    send(ws, wire::encode(&refusal.answer()))?;
     send(ws, wire::FIN.to_vec())?;
     shared.events.record(&format!("fin-sent{tag}"));
     let deadline = Instant::now() + FIN_ACK_WAIT;
@@ -334,7 +332,7 @@ fn reuse_fault(
         ReuseFault::AnswerThenCut => {
             let target = match check_connect(shared, preamble) {
                 Ok((target, _)) => target,
-                Err(Refusal { status, why }) => {
+                Err(Refusal { status, why, .. }) => {
                     events.record(&format!("tunnel refused {status} {why}"));
                     cut(ws);
                     return format!("CONNECT refused: {why}");
