@@ -250,3 +250,90 @@ fn gateway_that_never_answers_pings_keeps_an_idle_tunnel_upstream_proxy() {
 fn gateway_that_never_answers_pings_keeps_an_idle_tunnel_agent_proxy() {
     gateway_that_never_answers_pings_keeps_an_idle_tunnel(Generation::AgentProxy);
 }
+
+/// Reads the head of an answer from `c`, byte by byte (nothing after it
+/// is taken).
+fn read_answer_head(c: &mut TcpStream) -> String {
+    c.set_read_timeout(Some(NEVER)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = c.read(&mut byte).expect("the answer's head");
+        assert_eq!(n, 1, "the connection ended inside the head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads `c` until it ends, taking whatever bytes still come: how long
+/// that took and the error that ended it (`None`: end of stream). Panics
+/// if nothing ends it in [`NEVER`].
+fn drain_until_end(c: &mut TcpStream) -> (Duration, Option<io::Error>) {
+    let started = Instant::now();
+    c.set_read_timeout(Some(NEVER)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return (started.elapsed(), None),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "the plain request outlived its frozen gateway by {:?}",
+                    started.elapsed()
+                )
+            }
+            Err(e) => return (started.elapsed(), Some(e)),
+        }
+    }
+}
+
+/// A plain-HTTP request (no CONNECT) whose origin sent its head and then
+/// trickles its body: a gateway frozen meanwhile ends the client's
+/// connection within interval plus deadline, reset (the body was cut), and
+/// `gateway_unresponsive` is recorded.
+fn frozen_gateway_ends_a_plain_request(generation: Generation) {
+    let (_origin, gw, relay) = scene(generation, &[]);
+    let mut c = relay.connect();
+    // One byte a second for a long while: the answer's head, then a stall.
+    c.write_all(b"GET http://origin.test/slow/100000?rate=1 HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        .unwrap();
+    let head = read_answer_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Some silence first, so the relay pings, learns the gateway answers.
+    thread::sleep(INTERVAL * 2);
+    let frozen = Frozen::stop(&gw);
+    let (took, err) = drain_until_end(&mut c);
+    let bound = INTERVAL + DEADLINE + SLACK;
+    assert!(
+        took <= bound,
+        "the plain request ended {took:?} after the freeze, past {bound:?}"
+    );
+    let err = err.expect("the client is reset, not ended as if the answer were whole");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    let recorded = eventually(Duration::from_secs(5), || {
+        status(&relay).contains("\"gateway_unresponsive\"")
+    });
+    assert!(
+        recorded,
+        "no gateway_unresponsive failure on the status page:\n{}\nrelay log:\n{}",
+        status(&relay),
+        relay.stderr()
+    );
+    drop(frozen);
+}
+
+#[test]
+fn frozen_gateway_ends_a_plain_request_upstream_proxy() {
+    frozen_gateway_ends_a_plain_request(Generation::UpstreamProxy);
+}
+
+#[test]
+fn frozen_gateway_ends_a_plain_request_agent_proxy() {
+    frozen_gateway_ends_a_plain_request(Generation::AgentProxy);
+}

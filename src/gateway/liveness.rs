@@ -31,7 +31,12 @@ use tungstenite::{Bytes, Message};
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long bytes sent to the gateway may go unacknowledged before the
-/// kernel ends the connection.
+/// kernel ends the connection. On Linux it also ends a connection whose
+/// peer keeps its receive window shut this long, which cuts an upload
+/// into a stopped reader before `--upload-stall` (180 s). Kept at 60 s
+/// all the same: it is the only bound on a hung host of a gateway that
+/// never answers pings, and on a plain-HTTP request body written into a
+/// frozen gateway (blocking writes, no liveness check).
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The payload of the relay's Pings; a Pong carrying it is an answer.

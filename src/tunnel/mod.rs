@@ -34,6 +34,9 @@
 //! would wait anyway, pings a gateway it has heard nothing from for one
 //! keepalive interval, and ends the tunnel ([`End::GatewayUnresponsive`],
 //! the client reset) when nothing at all comes back within the deadline.
+//! The gateway taking bytes again after its socket was full also counts as
+//! a sign of life: during a long upload into a slow gateway the Pong waits
+//! behind what the buffers hold, and `--upload-stall` is the bound there.
 
 pub mod dial;
 pub mod pipe;
@@ -250,6 +253,11 @@ pub struct Tunnel {
     bytes_ws_to_socket: AtomicU64,
     /// The socket's first bytes (see [`TunnelReport::first_up`]).
     first_up: Mutex<Vec<u8>>,
+    /// Counts the times the WebSocket's socket, full, took bytes again: the
+    /// gateway is reading. A sign of life for liveness, as a frame back is
+    /// (a Pong may wait behind megabytes queued for a slow gateway); a
+    /// frozen gateway stops taking bytes once the buffers fill.
+    write_progress: AtomicU64,
     started: Instant,
     /// Tests only: called by the socket pump between reading client bytes
     /// and sending them, to force an interleaving with the other pump.
@@ -283,6 +291,7 @@ impl Tunnel {
             bytes_socket_to_ws: AtomicU64::new(0),
             bytes_ws_to_socket: AtomicU64::new(0),
             first_up: Mutex::new(Vec::new()),
+            write_progress: AtomicU64::new(0),
             started: Instant::now(),
             #[cfg(test)]
             before_send: std::sync::OnceLock::new(),
@@ -506,6 +515,9 @@ impl Tunnel {
                     if ready == Writable::SocketGone {
                         return Err(End::SocketError(io::ErrorKind::ConnectionReset.into()));
                     }
+                    if ready == Writable::Ready {
+                        self.write_progress.fetch_add(1, Ordering::Relaxed);
+                    }
                     if ready == Writable::TimedOut {
                         return Err(if stall {
                             End::UploadStalled(self.opts.upload_stall)
@@ -536,6 +548,8 @@ impl Tunnel {
         // A frame arrived since the last look: set per message, looked at
         // only when the thread would wait (no clock read per chunk).
         let mut heard = false;
+        // `write_progress` at the last look.
+        let mut progress_seen = 0;
         loop {
             let message = {
                 let mut guard = self.lock_ws();
@@ -593,7 +607,9 @@ impl Tunnel {
                         && !self.closing.load(Ordering::SeqCst)
                     {
                         let now = Instant::now();
-                        if std::mem::take(&mut heard) {
+                        let progress = self.write_progress.load(Ordering::Relaxed);
+                        let wrote = std::mem::replace(&mut progress_seen, progress) != progress;
+                        if std::mem::take(&mut heard) || wrote {
                             watch.heard(now);
                         }
                         match watch.step(
@@ -1283,6 +1299,77 @@ mod tests {
             gateway.join().unwrap() >= 3,
             "a Ping after each silent interval"
         );
+    }
+
+    /// Sets a socket option of `int` size (the buffer sizes below).
+    fn set_int_opt(socket: &TcpStream, name: libc::c_int, value: libc::c_int) {
+        // SAFETY: an open socket and an int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn a_slow_reading_gateway_that_answers_pings_keeps_a_long_upload() {
+        let liveness = Liveness::new(Duration::from_millis(300));
+        liveness.pong(liveness::PING_PAYLOAD);
+        let (ws_client, ws_server) = socket_pair();
+        // Small buffers, so the relay's writes move as the gateway reads.
+        set_int_opt(&ws_client, libc::SO_SNDBUF, 32 * 1024);
+        set_int_opt(&ws_server, libc::SO_RCVBUF, 32 * 1024);
+        let (near, near_inner) = socket_pair();
+        let client_ws =
+            WebSocket::from_raw_socket(GatewayStream::Plain(ws_client), Role::Client, None);
+        let mut server = WebSocket::from_raw_socket(ws_server, Role::Server, None);
+        let opts = PumpOptions {
+            read_size: 8 * 1024,
+            ..watched(&liveness)
+        };
+        let tunnel = Tunnel::new(near_inner, client_ws, opts).unwrap();
+        let runner = {
+            let t = Arc::clone(&tunnel);
+            thread::spawn(move || t.run())
+        };
+        // The client uploads without pause, for as long as the tunnel lasts.
+        let uploader = {
+            let mut near = near.try_clone().unwrap();
+            thread::spawn(move || {
+                let block = pattern(3, 64 * 1024);
+                while near.write_all(&block).is_ok() {}
+            })
+        };
+        // The gateway reads one message per 20 ms (about 400 KB/s): its
+        // Pongs wait behind what the buffers hold, longer than the
+        // deadline, and it never sends anything else.
+        let gateway = thread::spawn(move || {
+            while server.read().is_ok() {
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        thread::sleep(Duration::from_millis(2500));
+        assert!(
+            !runner.is_finished(),
+            "a healthy slow upload was cut: {}",
+            runner.join().unwrap().end
+        );
+        tunnel.abort();
+        let report = runner.join().unwrap();
+        assert!(matches!(report.end, End::Aborted), "{}", report.end);
+        assert!(
+            report.bytes_socket_to_ws > 512 * 1024,
+            "the upload moved: {} B",
+            report.bytes_socket_to_ws
+        );
+        let _ = near.shutdown(std::net::Shutdown::Both);
+        let _ = uploader.join();
+        let _ = gateway.join();
     }
 
     /// A tunnel on a v2 WebSocket with its far (server) side in the test's

@@ -50,7 +50,10 @@ fn head_failure(who: &str, e: &HeadError) -> Failure {
         HeadError::Closed(None) => {
             format!("{who} closed before its response head was complete")
         }
-        HeadError::Closed(Some(e)) => format!("reading the response head from {who} failed: {e}"),
+        HeadError::Closed(Some(e)) => {
+            let what = format!("reading the response head from {who} failed");
+            return Failure::from_read(e, &what, |why| Failure::Answer(reply::BAD_GATEWAY, why));
+        }
         other => format!("{who} sent a bad response head: {other}"),
     };
     Failure::Answer(reply::BAD_GATEWAY, why)

@@ -3,7 +3,14 @@
 //! connection the relay dialled itself ([`DirectStream`]), both behind
 //! [`Link`]. Reads of either are bounded by a deadline while one is set and
 //! stop with [`OtherSideReady`] when the watched client socket has data.
+//!
+//! A tunnel's reads also keep the gateway's liveness
+//! ([`crate::gateway::liveness`]), as a CONNECT tunnel's pump does: a Ping
+//! after one keepalive interval with nothing from the gateway, and, once
+//! the gateway is known to answer pings, [`GatewayUnresponsive`] when
+//! nothing at all comes back within the deadline.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
@@ -15,11 +22,38 @@ use tungstenite::{Bytes, Message, WebSocket};
 use super::{IDLE_CLIENT, OtherSideReady};
 use crate::gateway::GatewayStream;
 use crate::gateway::chunk;
+use crate::gateway::liveness::{self, Liveness, Step, Watch};
 use crate::gateway::wire::{Incoming, Wire};
 use crate::sys::socket::{self, Mode};
 
 /// How long [`ChunkStream::has_data`] waits for a message already on its way.
 const PEEK_WAIT: Duration = Duration::from_millis(50);
+
+/// The shortest read timeout set (a zero one would mean none).
+const MIN_WAIT: Duration = Duration::from_millis(1);
+
+/// Nothing came back from the gateway within this deadline of a Ping (a
+/// gateway known to answer them): frozen. Carried inside an `io::Error`.
+#[derive(Debug)]
+pub(super) struct GatewayUnresponsive(pub(super) Duration);
+
+impl fmt::Display for GatewayUnresponsive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "gateway unresponsive: nothing back within {} of a WebSocket Ping",
+            liveness::show_secs(self.0)
+        )
+    }
+}
+
+impl std::error::Error for GatewayUnresponsive {}
+
+/// Whether `e` (or the error it wraps) is [`GatewayUnresponsive`].
+pub(super) fn is_unresponsive(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<GatewayUnresponsive>())
+}
 
 /// A tunnel's WebSocket as a blocking byte stream: writes become chunks,
 /// reads return the data of incoming chunks. While a read waits, a
@@ -36,6 +70,17 @@ pub struct ChunkStream {
     watch: Option<RawFd>,
     /// While set, a read still waiting at this instant fails with `TimedOut`.
     deadline: Option<Instant>,
+    /// The gateway's liveness; `None`: no Pings.
+    liveness: Option<Liveness>,
+    /// This WebSocket's liveness: when the gateway was last heard, a Ping out.
+    alive: Watch,
+    /// A frame arrived since the last look at `alive`.
+    heard: bool,
+    /// When the last message went to the gateway (keepalives are due an
+    /// interval after it).
+    last_sent: Instant,
+    /// The read timeout now set on the socket.
+    read_timeout: Duration,
 }
 
 impl ChunkStream {
@@ -47,8 +92,10 @@ impl ChunkStream {
         pending: Bytes,
         max_chunk: usize,
         keepalive: Duration,
+        liveness: Option<Liveness>,
     ) -> io::Result<ChunkStream> {
         socket::set_mode(ws.get_ref().tcp(), read_wait(keepalive))?;
+        let now = Instant::now();
         Ok(ChunkStream {
             ws,
             wire,
@@ -58,13 +105,63 @@ impl ChunkStream {
             eof: false,
             watch: None,
             deadline: None,
+            liveness,
+            alive: Watch::new(now),
+            heard: false,
+            last_sent: now,
+            read_timeout: keepalive,
         })
     }
 
     fn send(&mut self, encoded: Vec<u8>) -> io::Result<()> {
         self.ws
             .send(Message::Binary(encoded.into()))
-            .map_err(ws_to_io)
+            .map_err(ws_to_io)?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    /// Sets the socket's read timeout to `wait`, unless it is set already.
+    fn set_read_timeout(&mut self, wait: Duration) -> io::Result<()> {
+        let wait = wait.max(MIN_WAIT);
+        if wait != self.read_timeout {
+            socket::set_mode(self.ws.get_ref().tcp(), read_wait(wait))?;
+            self.read_timeout = wait;
+        }
+        Ok(())
+    }
+
+    /// Called when a read waited in vain: pings a gateway silent for an
+    /// interval, gives up on one that let a Ping go unanswered past the
+    /// deadline, and sends a keepalive when one is due.
+    fn tend(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        if let Some(liveness) = &self.liveness {
+            if std::mem::take(&mut self.heard) {
+                self.alive.heard(now);
+            }
+            match self
+                .alive
+                .step(now, self.keepalive, liveness.enforced_deadline())
+            {
+                Step::WaitUntil(_) => {}
+                Step::Ping => {
+                    debug!("liveness Ping after {:?} of silence", self.keepalive);
+                    self.ws.send(liveness::ping()).map_err(ws_to_io)?;
+                    self.alive.pinged(now);
+                }
+                Step::Unresponsive => {
+                    return Err(io::Error::other(GatewayUnresponsive(liveness.deadline())));
+                }
+            }
+        }
+        if now >= self.last_sent + self.keepalive {
+            // Waiting on a slow origin: keep the gateway's sidecar from
+            // dropping the tunnel.
+            debug!("keepalive after {:?} of silence", self.keepalive);
+            self.send(chunk::keepalive())?;
+        }
+        Ok(())
     }
 
     /// The tunnel's TCP socket, to poll for readability.
@@ -76,7 +173,11 @@ impl ChunkStream {
     /// FIN sets `eof`, a keepalive or control frame does nothing. A read
     /// timeout is an error.
     fn receive(&mut self) -> io::Result<()> {
-        match self.ws.read() {
+        let message = self.ws.read();
+        if message.is_ok() {
+            self.heard = true;
+        }
+        match message {
             Ok(Message::Binary(encoded)) => {
                 let data = match self.wire.decode(&encoded) {
                     Ok(Incoming::Data(data)) => data,
@@ -101,6 +202,12 @@ impl ChunkStream {
                 self.eof = true;
                 Ok(())
             }
+            Ok(Message::Pong(payload)) => {
+                if let Some(liveness) = &self.liveness {
+                    liveness.pong(&payload);
+                }
+                Ok(())
+            }
             Ok(_) => Ok(()),
             Err(e) => Err(ws_to_io(e)),
         }
@@ -119,7 +226,7 @@ impl ChunkStream {
                 Err(e) => break Err(e),
             }
         };
-        socket::set_mode(self.ws.get_ref().tcp(), read_wait(self.keepalive))?;
+        socket::set_mode(self.ws.get_ref().tcp(), read_wait(self.read_timeout))?;
         got
     }
 
@@ -128,14 +235,27 @@ impl ChunkStream {
         !self.pending.is_empty()
     }
 
-    /// How long the next wait may last: the keepalive interval, shortened
-    /// by the deadline; `None` once the deadline has passed.
+    /// How long the next wait may last: until the next keepalive or
+    /// liveness step, shortened by the deadline; `None` once the deadline
+    /// has passed.
     fn next_wait(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut wait = (self.last_sent + self.keepalive).saturating_duration_since(now);
+        if let Some(liveness) = &self.liveness {
+            let step = self
+                .alive
+                .step(now, self.keepalive, liveness.enforced_deadline());
+            wait = match step {
+                Step::WaitUntil(at) => wait.min(at.saturating_duration_since(now)),
+                Step::Ping | Step::Unresponsive => Duration::ZERO,
+            };
+        }
+        let wait = wait.max(MIN_WAIT);
         match self.deadline {
-            None => Some(self.keepalive),
+            None => Some(wait),
             Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                (!left.is_zero()).then(|| left.min(self.keepalive))
+                let left = deadline.saturating_duration_since(now);
+                (!left.is_zero()).then(|| left.min(wait))
             }
         }
     }
@@ -157,7 +277,7 @@ impl ChunkStream {
         if self.pending.is_empty() && !self.eof {
             socket::set_mode(self.ws.get_ref().tcp(), read_wait(PEEK_WAIT))?;
             let got = self.receive();
-            socket::set_mode(self.ws.get_ref().tcp(), read_wait(self.keepalive))?;
+            socket::set_mode(self.ws.get_ref().tcp(), read_wait(self.read_timeout))?;
             match got {
                 Err(e) if is_timeout(&e) => return Ok(false),
                 other => other?,
@@ -226,9 +346,7 @@ impl Read for ChunkStream {
                 None => true,
             };
             let got = if readable {
-                if self.deadline.is_some() {
-                    socket::set_mode(self.ws.get_ref().tcp(), read_wait(wait))?;
-                }
+                self.set_read_timeout(wait)?;
                 self.receive()
             } else {
                 Err(io::ErrorKind::TimedOut.into())
@@ -239,10 +357,7 @@ impl Read for ChunkStream {
                     if self.next_wait().is_none() {
                         continue;
                     }
-                    // Waiting on a slow origin: keep the gateway's sidecar from
-                    // dropping the tunnel.
-                    debug!("keepalive after {wait:?} of silence");
-                    self.send(chunk::keepalive())?;
+                    self.tend()?;
                 }
                 Err(e) => return Err(e),
             }

@@ -48,6 +48,7 @@ use crate::http::body::BodyCopier;
 use crate::http::http1::{BodyFraming, has_token};
 use crate::http::reply::{self, Status};
 use crate::http::request_head::{Authority, HeadError, RequestHead, parse_head, read_head_bytes};
+use crate::proxy::monitor::Kind;
 use crate::sys::socket::{self, Mode};
 
 pub use link::ChunkStream;
@@ -66,6 +67,27 @@ pub(super) enum Failure {
     Answer(Status, String),
     /// The client got part of a response, or is gone: just close.
     Close(String),
+    /// The gateway went silent past the liveness deadline mid-exchange:
+    /// recorded as `gateway_unresponsive`, the client's connection reset
+    /// (as a tunnel's is), since a close could pass for a whole answer.
+    Unresponsive(String),
+}
+
+impl Failure {
+    /// A read from the link failed with `e` (`what` says where): the
+    /// gateway's silence past the liveness deadline, or else `otherwise`.
+    pub(super) fn from_read(
+        e: &io::Error,
+        what: &str,
+        otherwise: impl FnOnce(String) -> Failure,
+    ) -> Failure {
+        let why = format!("{what}: {e}");
+        if link::is_unresponsive(e) {
+            Failure::Unresponsive(why)
+        } else {
+            otherwise(why)
+        }
+    }
 }
 
 impl fmt::Display for Failure {
@@ -73,6 +95,7 @@ impl fmt::Display for Failure {
         match self {
             Failure::Answer((code, _), why) => write!(f, "{why} (answered {code})"),
             Failure::Close(why) => write!(f, "{why} (closed)"),
+            Failure::Unresponsive(why) => write!(f, "{why} (reset)"),
         }
     }
 }
@@ -228,6 +251,11 @@ pub(in crate::proxy) fn serve(
                 info!("http {} {}: {why}", head.method, head.target);
                 return;
             }
+            Err(Failure::Unresponsive(why)) => {
+                warn!("http {} {}: {why}", head.method, head.target);
+                let _ = socket::reset_now(client);
+                return;
+            }
         }
         // The next request on this connection, if the client sends one.
         let idle = Mode::Blocking {
@@ -263,7 +291,15 @@ fn forward_one<R: BufRead>(
     head: &RequestHead,
 ) -> Result<Exchange, Failure> {
     let request = Outbound::from_head(head)?;
-    let up = upstream::link_for(shared, client.socket, upstream, &request.authority)?;
+    let failed = |failure: Failure| {
+        if let Failure::Unresponsive(why) = &failure {
+            let host = request.authority.to_string();
+            shared.monitor.record(Kind::GatewayUnresponsive, why, &host);
+        }
+        failure
+    };
+    let up =
+        upstream::link_for(shared, client.socket, upstream, &request.authority).map_err(failed)?;
     match exchange(&shared.limits, client, up, head, &request) {
         Ok((done, reusable)) => {
             if !reusable {
@@ -275,7 +311,7 @@ fn forward_one<R: BufRead>(
             if broken.spoiled {
                 *upstream = None;
             }
-            Err(broken.failure)
+            Err(failed(broken.failure))
         }
     }
 }

@@ -111,6 +111,13 @@ pub(super) fn relay_body<R: BufRead>(
                     request_done = true;
                 }
             }
+            Err(BodyError::Read(e)) => {
+                return Err(Broken::spoil(Failure::from_read(
+                    &e,
+                    "response body cut off",
+                    Failure::Close,
+                )));
+            }
             Err(e) => {
                 return Err(Broken::spoil(Failure::Close(format!(
                     "response body cut off: {e}"

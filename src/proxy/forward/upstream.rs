@@ -106,6 +106,7 @@ fn open_upstream(
         opened.answer,
         limits.max_chunk,
         limits.keepalive_interval,
+        Some(gateway.liveness.clone()),
     )
     .map_err(|e| Failure::Answer(reply::BAD_GATEWAY, e.to_string()))?;
     let mut stream = BufReader::with_capacity(64 * 1024, Link::Tunnel(Box::new(stream)));
