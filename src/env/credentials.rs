@@ -58,6 +58,9 @@ const GIT_NO_PROMPT: &[(&str, &str)] = &[
     ("GCM_INTERACTIVE", "never"),
 ];
 
+/// The git setting that rewrites GitHub SSH remotes to HTTPS.
+const GITHUB_SSH_REWRITE: &str = "url.https://github.com/.insteadOf";
+
 /// SSH remote forms on GitHub that are rewritten to HTTPS.
 const GITHUB_SSH_FORMS: &[&str] = &["git@github.com:", "ssh://git@github.com/"];
 
@@ -105,7 +108,7 @@ pub fn git_vars(
     let own_ssh = has_value(&parent, "SSH_AUTH_SOCK") || has_value(&parent, "GIT_SSH_COMMAND");
     if !own_ssh && !standalone {
         for form in GITHUB_SSH_FORMS {
-            config.push(("url.https://github.com/.insteadOf", form));
+            config.push((GITHUB_SSH_REWRITE, form));
         }
     }
     vars.push(("GIT_CONFIG_COUNT".into(), config.len().to_string()));
@@ -114,6 +117,29 @@ pub fn git_vars(
         vars.push((format!("GIT_CONFIG_VALUE_{i}"), value.into()));
     }
     vars
+}
+
+/// The git settings a child's variables `vars` carry through
+/// `GIT_CONFIG_*` ([`git_vars`]'s, read back), as `key=value` in order;
+/// none when there is no count or it is not a number.
+pub fn injected_git_config(vars: &[(String, String)]) -> Vec<String> {
+    let get = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let count = get("GIT_CONFIG_COUNT").and_then(|c| c.parse::<usize>().ok());
+    (0..count.unwrap_or(0))
+        .map_while(|i| {
+            let key = get(&format!("GIT_CONFIG_KEY_{i}"))?;
+            let value = get(&format!("GIT_CONFIG_VALUE_{i}"))?;
+            Some(format!("{key}={value}"))
+        })
+        .collect()
+}
+
+/// Whether `config` ([`injected_git_config`]) rewrites GitHub SSH remotes
+/// to HTTPS.
+pub fn rewrites_github_ssh(config: &[String]) -> bool {
+    config
+        .iter()
+        .any(|c| c.starts_with(&format!("{GITHUB_SSH_REWRITE}=")))
 }
 
 /// Everything this module adds to a child's environment:
@@ -407,6 +433,28 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(vars, want);
+    }
+
+    #[test]
+    fn injected_git_config_reads_back_what_git_vars_set() {
+        let config = injected_git_config(&git_vars(env(&[]), false));
+        assert_eq!(
+            config,
+            [
+                "credential.interactive=false",
+                "url.https://github.com/.insteadOf=git@github.com:",
+                "url.https://github.com/.insteadOf=ssh://git@github.com/",
+            ]
+        );
+        assert!(rewrites_github_ssh(&config));
+        let standalone = injected_git_config(&git_vars(env(&[]), true));
+        assert_eq!(standalone, ["credential.interactive=false"]);
+        assert!(!rewrites_github_ssh(&standalone));
+        let own = git_vars(env(&[("GIT_CONFIG_COUNT", "1")]), false);
+        assert!(injected_git_config(&own).is_empty());
+        // A count without its pairs gives what is there, no more.
+        let broken = [("GIT_CONFIG_COUNT".to_string(), "2".to_string())];
+        assert!(injected_git_config(&broken).is_empty());
     }
 
     #[test]

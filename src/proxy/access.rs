@@ -13,6 +13,9 @@
 //! warning, or, with `--require-uid-check`, the proxy stays off. A
 //! connection whose row cannot be found, after a short bounded retry, is
 //! refused, never waved through.
+//!
+//! Admission hands on who the client is ([`Owner`]): a loopback target is
+//! served only to the relay's own uid, whichever uids may use the proxy.
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -40,20 +43,69 @@ pub enum Access {
 /// What the listener does with one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allowed,
+    /// Admitted; who owns it, as far as the rule needed to find out.
+    Allowed(Owner),
     /// The socket belongs to a uid the rule does not allow.
-    Refused {
-        uid: u32,
-    },
+    Refused { uid: u32 },
     /// The socket's owner could not be found: refused too.
     Unknown(String),
+}
+
+/// Who owns an admitted connection. Kept for the whole connection: the
+/// loopback route asks [`Owner::is_relay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The connection's socket belongs to this uid.
+    Uid(u32),
+    /// Admitted without a look (every uid may use the proxy): looked up
+    /// only when it matters, from the addresses accept() gave.
+    NotLookedUp { peer: SocketAddr, local: SocketAddr },
+    /// Admitted without a look, and its addresses are not known: never
+    /// taken for any uid.
+    Unknown,
+}
+
+impl Owner {
+    /// Whether the connection belongs to the uid the relay runs as. An
+    /// owner that cannot be found is not (fail closed).
+    pub fn is_relay(&self) -> bool {
+        let uid = match *self {
+            Owner::Uid(uid) => Some(uid),
+            Owner::NotLookedUp { peer, local } => look_up(peer, local).ok(),
+            Owner::Unknown => None,
+        };
+        uid == Some(relay_uid())
+    }
+}
+
+/// The uid the relay runs as.
+pub fn relay_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid owning the connection from `peer` to `local`, with a short
+/// bounded retry; why not, when no row answers.
+fn look_up(peer: SocketAddr, local: SocketAddr) -> Result<u32, String> {
+    let mut last = String::from("no socket row for the connection");
+    for attempt in 0..LOOKUP_TRIES {
+        if attempt > 0 {
+            thread::sleep(LOOKUP_PAUSE);
+        }
+        match client_process::owner_uid(peer, local) {
+            Ok(Some(uid)) => return Ok(uid),
+            Ok(None) => {}
+            Err(LookupError::TimedOut) => last = "the socket lookup timed out".into(),
+            Err(LookupError::Unreadable(e)) => last = format!("the socket table: {e}"),
+        }
+    }
+    Err(last)
 }
 
 impl Access {
     /// The default rule: the relay's own uid, root, and `extra`.
     pub fn session(extra: &[u32]) -> Access {
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = relay_uid();
         let mut uids = vec![me, 0];
         uids.extend_from_slice(extra);
         uids.sort_unstable();
@@ -84,22 +136,13 @@ impl Access {
     /// Decides for the accepted connection from `peer` to `local`.
     pub fn decide(&self, peer: SocketAddr, local: SocketAddr) -> Decision {
         let Access::Uids(allowed) = self else {
-            return Decision::Allowed;
+            return Decision::Allowed(Owner::NotLookedUp { peer, local });
         };
-        let mut last = String::from("no socket row for the connection");
-        for attempt in 0..LOOKUP_TRIES {
-            if attempt > 0 {
-                thread::sleep(LOOKUP_PAUSE);
-            }
-            match client_process::owner_uid(peer, local) {
-                Ok(Some(uid)) if allowed.contains(&uid) => return Decision::Allowed,
-                Ok(Some(uid)) => return Decision::Refused { uid },
-                Ok(None) => {}
-                Err(LookupError::TimedOut) => last = "the socket lookup timed out".into(),
-                Err(LookupError::Unreadable(e)) => last = format!("the socket table: {e}"),
-            }
+        match look_up(peer, local) {
+            Ok(uid) if allowed.contains(&uid) => Decision::Allowed(Owner::Uid(uid)),
+            Ok(uid) => Decision::Refused { uid },
+            Err(why) => Decision::Unknown(why),
         }
-        Decision::Unknown(last)
     }
 }
 
@@ -153,11 +196,31 @@ mod tests {
         let (_c, _a, peer, local) = own_connection();
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
-        assert_eq!(Access::session(&[]).decide(peer, local), Decision::Allowed);
-        assert_eq!(Access::Anyone.decide(peer, local), Decision::Allowed);
+        assert_eq!(
+            Access::session(&[]).decide(peer, local),
+            Decision::Allowed(Owner::Uid(me))
+        );
+        assert_eq!(
+            Access::Anyone.decide(peer, local),
+            Decision::Allowed(Owner::NotLookedUp { peer, local })
+        );
         // A rule without this uid refuses it, naming it.
         let other = Access::Uids(vec![me.wrapping_add(12345)]);
         assert_eq!(other.decide(peer, local), Decision::Refused { uid: me });
+    }
+
+    #[test]
+    fn only_the_relays_own_uid_is_the_relay() {
+        let (_c, _a, peer, local) = own_connection();
+        let me = relay_uid();
+        assert!(Owner::Uid(me).is_relay());
+        assert!(!Owner::Uid(me.wrapping_add(1)).is_relay());
+        // Looked up when asked: this process's own connection.
+        assert!(Owner::NotLookedUp { peer, local }.is_relay());
+        // No row, or no addresses: not the relay (fail closed).
+        let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(!Owner::NotLookedUp { peer: gone, local }.is_relay());
+        assert!(!Owner::Unknown.is_relay());
     }
 
     #[test]

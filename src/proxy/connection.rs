@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 
-use super::access::Decision;
+use super::access::{Access, Decision, Owner};
 use super::client_process;
 use super::direct::{self, Pipe, PipeOptions};
 use super::forward;
@@ -33,9 +33,10 @@ pub(super) fn handle(shared: &Shared, client: TcpStream, peer: SocketAddr, conn:
     // gave, before a byte of the request is read or a pending-head slot is
     // taken, so another uid can neither reach the gateway nor evict the
     // session's clients.
-    if let Err(refusal) = admit(shared, &client, peer) {
-        return refuse(shared, &client, peer, &refusal);
-    }
+    let owner = match admit(shared, &client, peer) {
+        Ok(owner) => owner,
+        Err(refusal) => return refuse(shared, &client, peer, &refusal),
+    };
     let Some((head, leftover)) = read_request(shared, &client, peer, conn) else {
         return;
     };
@@ -45,7 +46,7 @@ pub(super) fn handle(shared: &Shared, client: TcpStream, peer: SocketAddr, conn:
     let target = match ProxyRequest::from_head(&head) {
         Ok(ProxyRequest::Connect(target)) => target,
         Ok(ProxyRequest::Forward { .. }) => {
-            return forward::serve(shared, &client, head, leftover);
+            return forward::serve(shared, &client, &owner, head, leftover);
         }
         Err(e) => {
             debug!("client {peer}: {e}");
@@ -57,8 +58,8 @@ pub(super) fn handle(shared: &Shared, client: TcpStream, peer: SocketAddr, conn:
         }
     };
     match direct::route_target(shared, &target) {
-        Route::Direct => serve_direct(shared, client, &target, &leftover),
         Route::Tunnel => serve_tunnel(shared, client, peer, &target, &leftover),
+        route => serve_direct(shared, client, (route, &owner), &target, &leftover),
     }
 }
 
@@ -85,19 +86,25 @@ impl Refusal {
     }
 }
 
-/// Decides whether the connection from `peer` may use the proxy. The local
+/// Decides whether the connection from `peer` may use the proxy, and who
+/// owns it (what the loopback route asks later). The local
 /// end is the listener's own port on the address the client reached (the
 /// accepted socket's, when the listener is bound to every address): both
 /// come from accept() and the listener, never from a later look at a socket
 /// the client may already have reset.
-fn admit(shared: &Shared, client: &TcpStream, peer: SocketAddr) -> Result<(), Refusal> {
-    if shared.access == super::access::Access::Anyone {
-        return Ok(());
-    }
-    let local = local_end(&shared.listener, client)
-        .map_err(|e| Refusal::OwnerUnknown(format!("the connection's local address: {e}")))?;
+fn admit(shared: &Shared, client: &TcpStream, peer: SocketAddr) -> Result<Owner, Refusal> {
+    let local = match local_end(&shared.listener, client) {
+        Ok(local) => local,
+        // Admitted anyway, but never taken for the relay's own uid.
+        Err(_) if shared.access == Access::Anyone => return Ok(Owner::Unknown),
+        Err(e) => {
+            return Err(Refusal::OwnerUnknown(format!(
+                "the connection's local address: {e}"
+            )));
+        }
+    };
     match shared.access.decide(peer, local) {
-        Decision::Allowed => Ok(()),
+        Decision::Allowed(owner) => Ok(owner),
         Decision::Refused { uid } => Err(Refusal::OtherUid(uid)),
         Decision::Unknown(why) => Err(Refusal::OwnerUnknown(why)),
     }
@@ -449,17 +456,29 @@ impl ClientLookup {
     }
 }
 
-/// Selective mode: a host off the include list is dialled by the relay
-/// itself (refusing local and metadata addresses, by name and by the peer
-/// it reached), answered with the relay's own `200`, and piped raw.
-fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover: &[u8]) {
+/// A target the relay dials itself: selective mode's host off the include
+/// list (refusing local and metadata addresses, by name and by the peer
+/// it reached), or loopback for the relay's own uid (any other gets
+/// `403`). Answered with the relay's own `200`, and piped raw.
+fn serve_direct(
+    shared: &Shared,
+    client: TcpStream,
+    (route, owner): (Route, &Owner),
+    target: &Authority,
+    leftover: &[u8],
+) {
     let started = Instant::now();
     let monitor = &shared.monitor;
     let host = target.to_string();
-    let stream = match direct::dial_target(monitor, target) {
+    let path = if route == Route::Loopback {
+        "loopback"
+    } else {
+        "direct"
+    };
+    let stream = match direct::dial_target(monitor, route, owner, target) {
         Ok(stream) => stream,
         Err(e) => {
-            warn!("direct {target}: {e}");
+            warn!("{path} {target}: {e}");
             reply::answer(&client, e.status(), &e.to_string());
             return;
         }
@@ -468,7 +487,7 @@ fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover
         .and_then(|()| (&client).write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n"))
         .and_then(|()| (&stream).write_all(leftover));
     if let Err(e) = opening {
-        debug!("direct {target}: {e}");
+        debug!("{path} {target}: {e}");
         return;
     }
     let opts = PipeOptions {
@@ -478,7 +497,7 @@ fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover
     let pipe = match Pipe::new(client, stream, opts) {
         Ok(pipe) => pipe,
         Err(e) => {
-            warn!("direct {target}: {e}");
+            warn!("{path} {target}: {e}");
             return;
         }
     };
@@ -490,7 +509,7 @@ fn serve_direct(shared: &Shared, client: TcpStream, target: &Authority, leftover
     let up = report.up + leftover.len() as u64;
     monitor.direct_ended(&report.end, up, report.down, &host);
     info!(
-        "direct {target} closed: up {up} B, down {} B, {:.3} s, {}",
+        "{path} {target} closed: up {up} B, down {} B, {:.3} s, {}",
         report.down,
         started.elapsed().as_secs_f64(),
         report.end

@@ -1,9 +1,18 @@
-//! Selective mode's direct path: a CONNECT the include list does not cover
-//! is dialled by the relay itself ([`dial`]) and, once the relay answered
-//! `200 Connection Established`, joined to the client by a raw byte
+//! The relay's own dials: a CONNECT the include list does not cover
+//! (selective mode) is dialled by the relay itself ([`dial`]), and so is a
+//! loopback target, in every mode, for a client of the relay's own uid
+//! ([`dial_loopback`]); once the relay answered
+//! `200 Connection Established`, the client is joined to it by a raw byte
 //! [`Pipe`], without the gateway. [`route_target`] is the one decision,
 //! for CONNECT and plain-HTTP requests alike, and [`dial_target`] the one
 //! dial both make (plain HTTP then speaks HTTP over it, `crate::proxy::forward`).
+//!
+//! Loopback is known by the target's text alone ([`route::is_loopback`]):
+//! `localhost` and names under it are dialled at `127.0.0.1` then `::1`
+//! without a name lookup, and any other name keeps its route, so a name
+//! that resolves to loopback is still refused by [`dial`]'s peer check.
+//! Another uid is refused loopback even when admitted: the relay (often
+//! root) must not lend its identity to this machine's local services.
 //!
 //! The dial refuses what [`crate::proxy::route`] refuses: by name and port before
 //! any lookup, by address before connecting to it, and by the connected
@@ -19,15 +28,16 @@
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::access::Owner;
 use super::shared::Shared;
 use crate::http::reply::{self, Status};
-use crate::http::request_head::Authority;
+use crate::http::request_head::{Authority, Host};
 use crate::proxy::route::{self, FailureKind, Refusal, Route};
 use crate::proxy::status::{self, Monitor};
 pub use crate::tunnel::pipe::{Direction, Pipe, PipeEnd, PipeOptions, PipeReport, PipeSide, pipe};
@@ -101,10 +111,14 @@ impl fmt::Display for DirectError {
 }
 
 /// Where a client's `target` goes, a CONNECT's or a plain-HTTP request's:
-/// through the gateway, or (selective mode, a host off the include list)
-/// dialled by the relay. A host with control characters is tunnelled and
-/// recorded on the status page.
+/// loopback to the relay's own dial in every mode (the gateway cannot
+/// reach this machine's loopback), else through the gateway, or (selective
+/// mode, a host off the include list) dialled by the relay. A host with
+/// control characters is tunnelled and recorded on the status page.
 pub(super) fn route_target(shared: &Shared, target: &Authority) -> Route {
+    if route::is_loopback(&target.host) {
+        return Route::Loopback;
+    }
     let Some(list) = &shared.selective else {
         return Route::Tunnel;
     };
@@ -119,11 +133,26 @@ pub(super) fn route_target(shared: &Shared, target: &Authority) -> Route {
     route
 }
 
-/// [`dial`] for a client's `target` that [`route_target`] sent direct,
-/// within [`DIAL_TIMEOUT`]; a failure is recorded on the status page (the
-/// caller logs it and answers with its status and line).
-pub fn dial_target(monitor: &Monitor, target: &Authority) -> Result<TcpStream, DirectError> {
-    dial(&target.host.to_string(), target.port, DIAL_TIMEOUT).inspect_err(|e| {
+/// The relay's own dial for a client's `target` that [`route_target`] did
+/// not send through the gateway, within [`DIAL_TIMEOUT`]: [`dial`] for
+/// [`Route::Direct`]; for [`Route::Loopback`], [`dial_loopback`] when
+/// `owner` is the relay's own uid, else refused. A failure is recorded on
+/// the status page (the caller logs it and answers with its status and
+/// line).
+pub fn dial_target(
+    monitor: &Monitor,
+    route: Route,
+    owner: &Owner,
+    target: &Authority,
+) -> Result<TcpStream, DirectError> {
+    let dialled = match route {
+        Route::Loopback if owner.is_relay() => dial_loopback(target, DIAL_TIMEOUT),
+        Route::Loopback => Err(DirectError::Refused(Refusal::loopback_forbidden(
+            &target.host.to_string(),
+        ))),
+        Route::Direct | Route::Tunnel => dial(&target.host.to_string(), target.port, DIAL_TIMEOUT),
+    };
+    dialled.inspect_err(|e| {
         monitor.record(
             status::Kind::Selective(e.kind()),
             &e.to_string(),
@@ -177,6 +206,46 @@ pub fn dial(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Direc
     }
     if timed_out {
         return Err(DirectError::Timeout);
+    }
+    Err(DirectError::Failed("could not connect", last_error))
+}
+
+/// Dials a loopback target ([`route::is_loopback`]) within `timeout`,
+/// without a name lookup: a literal as it is, `localhost` and names under
+/// it at `127.0.0.1`, then `[::1]`. The connected peer must be loopback.
+/// Any other target goes to [`dial`], with its refusals. Only for a client
+/// of the relay's own uid ([`dial_target`] decides).
+pub fn dial_loopback(target: &Authority, timeout: Duration) -> Result<TcpStream, DirectError> {
+    let host = target.host.to_string();
+    if !route::is_loopback(&target.host) {
+        return dial(&host, target.port, timeout);
+    }
+    route::check_port(&host, target.port.into()).map_err(DirectError::Refused)?;
+    let addrs: Vec<IpAddr> = match &target.host {
+        Host::Ipv4(ip) => vec![IpAddr::V4(*ip)],
+        Host::Ipv6(ip) => vec![IpAddr::V6(*ip)],
+        Host::Name(_) => vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()],
+    };
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    for ip in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(DirectError::Timeout);
+        }
+        match TcpStream::connect_timeout(&SocketAddr::new(ip, target.port), left) {
+            Ok(stream) => {
+                let reached = stream.peer_addr().map(|peer| peer.ip().is_loopback());
+                if !matches!(reached, Ok(true)) {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return Err(DirectError::Failed("the peer is not loopback", None));
+                }
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(DirectError::Timeout),
+            Err(e) => last_error = Some(e),
+        }
     }
     Err(DirectError::Failed("could not connect", last_error))
 }
@@ -285,6 +354,57 @@ mod tests {
             "direct connection to 127.0.0.1 refused: the address is loopback"
         );
         assert!(l.accept().is_err(), "no connection reached the listener");
+    }
+
+    fn authority(text: &str) -> Authority {
+        Authority::parse(text, None).unwrap()
+    }
+
+    #[test]
+    fn loopback_targets_are_dialled_without_a_lookup() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        for host in ["127.0.0.1", "localhost", "App.LOCALHOST."] {
+            let s = dial_loopback(
+                &authority(&format!("{host}:{port}")),
+                Duration::from_secs(2),
+            )
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+            let (accepted, _) = l.accept().unwrap();
+            assert_eq!(accepted.peer_addr().unwrap(), s.local_addr().unwrap());
+        }
+    }
+
+    #[test]
+    fn dial_loopback_keeps_the_refusals_for_other_targets() {
+        // A name that is not loopback by its text goes to `dial`.
+        let e = dial_loopback(&authority("ip6-localhost:443"), Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.kind(), FailureKind::DirectBlocked);
+        let port_zero = Authority {
+            host: Host::Name("localhost".into()),
+            port: 0,
+        };
+        let e = dial_loopback(&port_zero, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.kind(), FailureKind::BadConnectPort);
+    }
+
+    #[test]
+    fn loopback_is_refused_for_another_uid_without_connecting() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let monitor = Monitor::default();
+        let other = Owner::Uid(crate::proxy::access::relay_uid().wrapping_add(1));
+        for owner in [other, Owner::Unknown] {
+            let target = authority(&format!("localhost:{port}"));
+            let e = dial_target(&monitor, Route::Loopback, &owner, &target).unwrap_err();
+            assert_eq!(e.kind(), FailureKind::LoopbackForbidden);
+            assert_eq!(e.status(), (403, "Forbidden"));
+        }
+        assert!(l.accept().is_err(), "no connection reached the listener");
+        let own = Owner::Uid(crate::proxy::access::relay_uid());
+        let target = authority(&format!("127.0.0.1:{port}"));
+        assert!(dial_target(&monitor, Route::Loopback, &own, &target).is_ok());
     }
 
     #[test]

@@ -151,6 +151,14 @@ pub struct Info {
     pub no_proxy: String,
     pub standalone: bool,
     pub selective: bool,
+    /// The Java truststore start-up wrote, if it did.
+    pub java_trust_store_path: Option<String>,
+    /// The agent's README start-up wrote, if it did.
+    pub readme_path: Option<String>,
+    /// The git settings children get through `GIT_CONFIG_*`, as `key=value`.
+    pub git_config_injection: Vec<String>,
+    /// Whether those settings rewrite GitHub SSH remotes to HTTPS.
+    pub git_ssh_rewrite: bool,
 }
 
 /// Counters and the failure history of one relay.

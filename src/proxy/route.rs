@@ -1,7 +1,9 @@
-//! Selective mode's routing decisions: which CONNECT targets go through the
-//! gateway and which the relay dials itself, and what a direct dial refuses.
+//! Routing decisions: which targets go through the gateway, which the relay
+//! dials itself (loopback in every mode, selective mode's hosts off the
+//! include list), and what a direct dial refuses.
 //!
-//! Pure functions over host text and addresses, no I/O: [`IncludeList`]
+//! Pure functions over host text and addresses, no I/O: [`is_loopback`]
+//! names the targets only this machine can reach, [`IncludeList`]
 //! holds the include patterns, [`route`] decides tunnel or direct,
 //! [`check_direct_name`] refuses targets by name, literal and port before
 //! any lookup, and [`check_peer`] refuses addresses a direct connection must
@@ -37,6 +39,8 @@ pub enum FailureKind {
     DirectDialTimeout,
     /// The direct dial failed (refused, unreachable, no address).
     DirectDialFailed,
+    /// A loopback target asked for by a uid other than the relay's own.
+    LoopbackForbidden,
 }
 
 impl FailureKind {
@@ -49,6 +53,7 @@ impl FailureKind {
             FailureKind::BadConnectPort => "bad_connect_port",
             FailureKind::DirectDialTimeout => "direct_dial_timeout",
             FailureKind::DirectDialFailed => "direct_dial_failed",
+            FailureKind::LoopbackForbidden => "loopback_forbidden",
         }
     }
 }
@@ -79,6 +84,16 @@ impl Refusal {
             reason,
             peer: None,
         }
+    }
+
+    /// A loopback target asked for by another uid than the relay's own:
+    /// the relay must not lend its identity to this machine's services.
+    pub fn loopback_forbidden(host: &str) -> Refusal {
+        Refusal::new(
+            FailureKind::LoopbackForbidden,
+            host,
+            "loopback is served only to processes of the relay's own uid",
+        )
     }
 
     /// A peer refusal, named after the host that led to it.
@@ -246,13 +261,42 @@ impl IncludeList {
     }
 }
 
-/// Where a CONNECT goes in selective mode.
+/// Where a CONNECT or a plain-HTTP request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// Through the gateway, as in every other mode.
     Tunnel,
-    /// Dialled by the relay itself ([`crate::proxy::direct`]).
+    /// Dialled by the relay itself ([`crate::proxy::direct`]): selective
+    /// mode, a host off the include list.
     Direct,
+    /// This machine's loopback, which the gateway cannot reach: dialled by
+    /// the relay itself for a client of its own uid, refused for any other
+    /// ([`is_loopback`]).
+    Loopback,
+}
+
+/// Whether `host` names this machine's loopback: `localhost`, a name under
+/// `.localhost` (any case, trailing dot allowed), a canonical IPv4 literal
+/// in `127.0.0.0/8`, or `[::1]`. Decided by the text alone, never by what
+/// a name resolves to: another name that resolves to `127.0.0.1` (DNS
+/// rebinding, an `/etc/hosts` entry) is not loopback here, so it keeps its
+/// route and, when dialled directly, the peer refusal.
+///
+/// ```
+/// use ccr_relay::http::request_head::Host;
+/// use ccr_relay::proxy::route::is_loopback;
+/// assert!(is_loopback(&Host::Name("app.localhost.".into())));
+/// assert!(!is_loopback(&Host::Name("localhost.example.com".into())));
+/// ```
+pub fn is_loopback(host: &Host) -> bool {
+    match host {
+        Host::Name(name) => {
+            let name = normalise(name);
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        Host::Ipv4(ip) => ip.is_loopback(),
+        Host::Ipv6(ip) => *ip == Ipv6Addr::LOCALHOST,
+    }
 }
 
 /// Decides where a CONNECT to `host` goes, and the failure to record, if
@@ -284,6 +328,19 @@ pub fn route(host: &str, list: &IncludeList) -> (Route, Option<FailureKind>) {
 /// [`route`] for a parsed host.
 pub fn route_host(host: &Host, list: &IncludeList) -> (Route, Option<FailureKind>) {
     route(&host.to_string(), list)
+}
+
+/// Refuses a port outside 1 to 65535 (`400`), for any dial of the relay's
+/// own, loopback included.
+pub fn check_port(host: &str, port: u32) -> Result<(), Refusal> {
+    if (1..=65535).contains(&port) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        FailureKind::BadConnectPort,
+        host,
+        "the port must be 1 to 65535",
+    ))
 }
 
 /// Outside `0/8`, `10/8`, `100.64/10`, `127/8`, `169.254/16`, `172.16/12`,
@@ -349,13 +406,7 @@ const BLOCKED_NAMES: &[&str] = &[
 /// quad (`403`). Canonical IPv4 literals pass here; [`check_peer`] judges
 /// the address.
 pub fn check_direct_name(host: &str, port: u32) -> Result<(), Refusal> {
-    if !(1..=65535).contains(&port) {
-        return Err(Refusal::new(
-            FailureKind::BadConnectPort,
-            host,
-            "the port must be 1 to 65535",
-        ));
-    }
+    check_port(host, port)?;
     let blocked = |reason| Err(Refusal::new(FailureKind::DirectBlocked, host, reason));
     if host.starts_with('[') || host.contains(':') {
         return blocked("IPv6 literals are not dialled directly");
@@ -913,6 +964,48 @@ mod tests {
     }
 
     #[test]
+    fn loopback_is_known_by_its_text_alone() {
+        for host in [
+            Host::Name("localhost".into()),
+            Host::Name("LocalHost.".into()),
+            Host::Name("app.localhost".into()),
+            Host::Name("a.b.localhost.".into()),
+            Host::Ipv4(Ipv4Addr::LOCALHOST),
+            Host::Ipv4(Ipv4Addr::new(127, 1, 2, 3)),
+            Host::Ipv6(Ipv6Addr::LOCALHOST),
+        ] {
+            assert!(is_loopback(&host), "{host}");
+        }
+        for host in [
+            // Names that merely resolve to loopback stay what they are.
+            Host::Name("sneaky.test".into()),
+            Host::Name("localhost.example.com".into()),
+            Host::Name("notlocalhost".into()),
+            Host::Name("ip6-localhost".into()),
+            // Non-canonical forms are names, refused by the direct path.
+            Host::Name("127.1".into()),
+            Host::Name("0x7f.1".into()),
+            Host::Ipv4(Ipv4Addr::new(128, 0, 0, 1)),
+            Host::Ipv4(Ipv4Addr::UNSPECIFIED),
+            Host::Ipv6(Ipv6Addr::UNSPECIFIED),
+            Host::Ipv6("::ffff:127.0.0.1".parse().unwrap()),
+        ] {
+            assert!(!is_loopback(&host), "{host}");
+        }
+    }
+
+    #[test]
+    fn loopback_refusal_names_the_rule() {
+        let r = Refusal::loopback_forbidden("localhost");
+        assert_eq!(r.kind, FailureKind::LoopbackForbidden);
+        assert_eq!(r.status(), FORBIDDEN);
+        assert_eq!(
+            r.to_string(),
+            "direct connection to localhost refused: loopback is served only to processes of the relay's own uid"
+        );
+    }
+
+    #[test]
     fn failure_kind_names() {
         let all = [
             (FailureKind::SelectiveInvalidHost, "selective_invalid_host"),
@@ -921,6 +1014,7 @@ mod tests {
             (FailureKind::BadConnectPort, "bad_connect_port"),
             (FailureKind::DirectDialTimeout, "direct_dial_timeout"),
             (FailureKind::DirectDialFailed, "direct_dial_failed"),
+            (FailureKind::LoopbackForbidden, "loopback_forbidden"),
         ];
         for (kind, name) in all {
             assert_eq!(kind.as_str(), name);

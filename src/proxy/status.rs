@@ -272,6 +272,10 @@ pub fn snapshot(gateway: &Gateway, m: &Monitor) -> Json {
         ("noProxy", Json::str(i.no_proxy)),
         ("standalone", Json::Bool(i.standalone)),
         ("selective", Json::Bool(i.selective)),
+        ("javaTrustStorePath", Json::opt(i.java_trust_store_path)),
+        ("readmePath", Json::opt(i.readme_path)),
+        ("gitConfigInjection", Json::strings(&i.git_config_injection)),
+        ("gitSshRewrite", Json::Bool(i.git_ssh_rewrite)),
         ("startupError", Json::opt(gateway.state.startup_error())),
         (
             "uptimeSeconds",

@@ -18,6 +18,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -343,8 +344,12 @@ pub fn apply(
         &parent,
         &monitor,
     );
-    publish_status(config, &plan, &relay, addr, &child_vars);
-    write_agent_readme(config, generation, &client_files, &child_vars);
+    let readme = write_agent_readme(config, generation, &client_files, &child_vars);
+    let written = WrittenFiles {
+        truststore: client_files.truststore.as_deref(),
+        readme: readme.as_deref(),
+    };
+    publish_status(config, &plan, &relay, addr, (&child_vars, written));
     info!(
         "{} on {addr}: bundle {} ({} certificates), installed: {}",
         generation.name(),
@@ -482,13 +487,21 @@ fn write_wgetrc(
 }
 
 /// Gives the status page what start-up decided.
+/// The files start-up wrote for children that the status page names.
+struct WrittenFiles<'a> {
+    truststore: Option<&'a Path>,
+    readme: Option<&'a Path>,
+}
+
 fn publish_status(
     config: &Config,
     plan: &Plan,
     relay: &Relay,
     addr: SocketAddr,
-    child_vars: &[(String, String)],
+    (child_vars, written): (&[(String, String)], WrittenFiles<'_>),
 ) {
+    let git_config = crate::env::credentials::injected_git_config(child_vars);
+    let shown = |path: Option<&Path>| path.map(|p| p.display().to_string());
     relay.monitor().set_info(crate::proxy::status::Info {
         port: addr.port(),
         ca_bundle_path: config.ca_bundle.display().to_string(),
@@ -500,17 +513,21 @@ fn publish_status(
             .unwrap_or_default(),
         standalone: plan.activation.standalone,
         selective: relay.is_selective(),
+        java_trust_store_path: shown(written.truststore),
+        readme_path: shown(written.readme),
+        git_ssh_rewrite: crate::env::credentials::rewrites_github_ssh(&git_config),
+        git_config_injection: git_config,
     });
 }
 
-/// Writes the README for the agent next to the bundle; a failure is a
-/// warning.
+/// Writes the README for the agent next to the bundle, and says where; a
+/// failure is a warning.
 fn write_agent_readme(
     config: &Config,
     generation: Generation,
     client_files: &ClientFiles,
     child_vars: &[(String, String)],
-) {
+) -> Option<PathBuf> {
     let readme = crate::startup::agent_readme::write(&crate::startup::agent_readme::Facts {
         generation,
         bundle: &config.ca_bundle,
@@ -518,8 +535,12 @@ fn write_agent_readme(
         truststore_password: crate::trust::jks::PASSWORD,
         child_vars,
     });
-    if let Err(e) = &readme {
-        eprintln!("ccr-relay: warning: cannot write the README next to the CA bundle: {e}");
+    match readme {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!("ccr-relay: warning: cannot write the README next to the CA bundle: {e}");
+            None
+        }
     }
 }
 

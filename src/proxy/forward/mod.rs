@@ -7,7 +7,8 @@
 //! the route is CONNECT's ([`route_target`](crate::proxy::direct::route_target)): a host off the
 //! include list is dialled by the relay itself, with the same refusals
 //! ([`dial_target`](crate::proxy::direct::dial_target)), and the request goes over that connection
-//! ([`Link::Direct`](link::Link::Direct)) as it would over a tunnel.
+//! ([`Link::Direct`](link::Link::Direct)) as it would over a tunnel. So is a loopback
+//! target in every mode, for the relay's own uid only (another gets `403`).
 //!
 //! Unlike a CONNECT tunnel this is one request, then one response, so a
 //! single thread drives it over a blocking [`ChunkStream`]. An origin may
@@ -42,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
+use super::access::Owner;
 use super::shared::Shared;
 use crate::config::Limits;
 use crate::http::body::BodyCopier;
@@ -192,10 +194,12 @@ pub(super) fn link_lost(authority: &Authority, e: &dyn fmt::Display) -> Failure 
     )
 }
 
-/// The client's end of an exchange: its socket (written to directly), the
-/// buffered reader over it, and the origin socket that reader watches.
+/// The client's end of an exchange: its socket (written to directly), who
+/// owns it (the loopback route asks), the buffered reader over it, and the
+/// origin socket that reader watches.
 pub(super) struct ClientEnd<'a, R> {
     socket: &'a TcpStream,
+    owner: &'a Owner,
     reader: &'a mut R,
     watch: &'a Cell<Option<RawFd>>,
 }
@@ -205,6 +209,7 @@ pub(super) struct ClientEnd<'a, R> {
 pub(in crate::proxy) fn serve(
     shared: &Shared,
     client: &TcpStream,
+    owner: &Owner,
     first: RequestHead,
     leftover: Vec<u8>,
 ) {
@@ -221,6 +226,7 @@ pub(in crate::proxy) fn serve(
         let started = Instant::now();
         let mut end = ClientEnd {
             socket: client,
+            owner,
             reader: &mut reader,
             watch: &watch,
         };
@@ -298,8 +304,13 @@ fn forward_one<R: BufRead>(
         }
         failure
     };
-    let up =
-        upstream::link_for(shared, client.socket, upstream, &request.authority).map_err(failed)?;
+    let up = upstream::link_for(
+        shared,
+        (client.socket, client.owner),
+        upstream,
+        &request.authority,
+    )
+    .map_err(failed)?;
     match exchange(&shared.limits, client, up, head, &request) {
         Ok((done, reusable)) => {
             if !reusable {

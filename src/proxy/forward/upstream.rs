@@ -1,7 +1,8 @@
 //! The origin a client connection's plain requests go to, and the link
 //! they go over: kept for the next request to the same origin while it is
 //! clean, otherwise replaced by a fresh tunnel through the gateway or a
-//! connection the relay dials itself (selective mode, per the route).
+//! connection the relay dials itself (selective mode, or loopback for the
+//! relay's own uid, per the route).
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -14,6 +15,7 @@ use super::head::read_response;
 use super::link::{ChunkStream, DirectStream, Link};
 use crate::http::reply;
 use crate::http::request_head::Authority;
+use crate::proxy::access::Owner;
 use crate::proxy::direct;
 use crate::proxy::policy;
 use crate::proxy::route::Route;
@@ -60,7 +62,7 @@ impl Upstream {
 /// along the route (the old one closed first).
 pub(super) fn link_for<'u>(
     shared: &Shared,
-    client: &TcpStream,
+    (client, owner): (&TcpStream, &Owner),
     upstream: &'u mut Option<Upstream>,
     authority: &Authority,
 ) -> Result<&'u mut Upstream, Failure> {
@@ -71,7 +73,7 @@ pub(super) fn link_for<'u>(
         *upstream = None;
         *upstream = Some(match direct::route_target(shared, authority) {
             Route::Tunnel => open_upstream(shared, client, authority)?,
-            Route::Direct => open_direct(shared, authority)?,
+            route => open_direct(shared, (route, owner), authority)?,
         });
     }
     upstream
@@ -140,9 +142,14 @@ fn open_upstream(
 }
 
 /// Dials `authority` directly (selective mode, a host off the include
-/// list), refusing what a direct CONNECT refuses, with its answers.
-fn open_direct(shared: &Shared, authority: &Authority) -> Result<Upstream, Failure> {
-    let socket = direct::dial_target(&shared.monitor, authority)
+/// list; loopback for the relay's own uid), refusing what a direct CONNECT
+/// refuses, with its answers.
+fn open_direct(
+    shared: &Shared,
+    (route, owner): (Route, &Owner),
+    authority: &Authority,
+) -> Result<Upstream, Failure> {
+    let socket = direct::dial_target(&shared.monitor, route, owner, authority)
         .map_err(|e| Failure::Answer(e.status(), e.to_string()))?;
     let stream = DirectStream::new(socket);
     Ok(Upstream {
