@@ -4,13 +4,15 @@
 //! closed gate contacts nothing (a local listener as the base URL proves
 //! it: no connection arrives), prints no environment children would not
 //! get, and says what would happen and how to open the gates by hand; and
-//! the command-line errors name every command.
+//! the command-line errors name every command; the development gateway
+//! logs the relay's start-up probe as a probe, not as a refused tunnel.
 
 use std::net::TcpListener;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use ccr_integration::bin_path;
 use ccr_integration::session_env::{ENABLED, REMOTE, SESSION_ID, Session};
+use ccr_integration::{DevGateway, GatewayOptions, ServerKind, bin_path};
 
 /// A listener nobody would answer on: the base URL of a gateway that must
 /// never be contacted. Non-blocking, so [`assert_untouched`] can look.
@@ -158,5 +160,42 @@ fn command_line_errors_list_every_command() {
             stderr.contains("run, serve, doctor or status"),
             "{args:?}: {stderr}"
         );
+    }
+}
+
+/// The relay's start-up probe (a WebSocket opened and closed before any
+/// CONNECT) is no refused tunnel: the development gateway logs it as a
+/// probe, in both generations.
+#[test]
+fn the_development_gateway_logs_the_start_up_probe_as_a_probe() {
+    for agent in [false, true] {
+        let opts = if agent {
+            GatewayOptions::default().agent_proxy(ServerKind::Late)
+        } else {
+            GatewayOptions::default()
+        };
+        let gw = DevGateway::start(opts);
+        let s = Session::for_gateway(&format!("probe-log-{agent}"), &gw);
+        let s = if agent { s.agent_proxy() } else { s };
+        let out = s.run(&["true"]);
+        assert_eq!(out.code(), Some(0), "{}", out.describe());
+        let log = gw.dir.join("stderr.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("probe") || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            text.contains("closed before any CONNECT: the relay's start-up probe"),
+            "agent proxy {agent}: {text}"
+        );
+        assert!(
+            !text.contains("tunnel refused"),
+            "agent proxy {agent}: {text}"
+        );
+        assert_eq!(gw.count_events("tunnel refused"), 0, "agent proxy {agent}");
     }
 }
