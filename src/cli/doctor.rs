@@ -25,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cli::args::{self, Command};
+use crate::cli::doctor_closed;
 use crate::cli::version::version_text;
 use crate::config::Config;
 use crate::env::{self, ProxyEnv};
@@ -69,17 +70,10 @@ pub fn run(config: &Config) -> i32 {
     out!("start-up steps");
     let gateway = gateway_settings_report(&mut report, config);
     if let Some(gate) = closed {
-        out!(
-            "  skip  gateway CA: gate {gate} is closed, so start-up stops there; doctor contacts nothing"
-        );
-        out!("  skip  gateway WebSocket: needs the gates to pass");
+        doctor_closed::skipped_steps(gate);
         state_dir_report(&mut report, config);
         let _ = listen_report(&mut report, config);
-        out!();
-        gates_closed_report(gate, config);
-        out!();
-        out!("verdict: the proxy would stay off (gate {gate} is closed); commands run without it");
-        return 1;
+        return doctor_closed::what_would_happen(gate, config);
     }
     // Set when the CA fetch failed: what run and serve would each do next.
     let mut serve_retry_note: Option<bool> = None;
@@ -104,35 +98,6 @@ pub fn run(config: &Config) -> i32 {
     crate::startup::outside::print_doctor(&config.ca_bundle, config.keep_trust, env_lookup);
     out!();
     verdict(&report, undecided.as_ref(), serve_retry_note)
-}
-
-/// With gate `gate` closed: what `run` and `serve` would do, and how to
-/// open the gates by hand (a session on one's own machine).
-fn gates_closed_report(gate: u8, config: &Config) {
-    let run = match gate {
-        1 => "silently",
-        _ => "after one warning line naming the gate",
-    };
-    out!("what would happen");
-    out!(
-        "  run: the command runs without the proxy, as if the relay were absent ({run}), with its own exit status"
-    );
-    out!("  serve: says why in one line on stderr and exits 0");
-    out!();
-    out!(
-        "to open the gates by hand (a session of your own, against a gateway you run; see the README's \"Trying a real session by hand\"):"
-    );
-    out!("  gate 1  {}=1", gates::REMOTE_VAR);
-    out!(
-        "  gate 2  {}=1 (upstream proxy) or {}=1 (agent proxy)",
-        gates::PROXY_ENABLED_VAR,
-        gates::AGENT_PROXY_ENABLED_VAR
-    );
-    out!("  gate 3  {}=<the session id>", gates::SESSION_ID_VAR);
-    out!(
-        "  gate 4  the session token in {} (--token-file), not empty",
-        config.token_file.display()
-    );
 }
 
 /// Gates 1 to 4, each ok, failed (with why) or skipped for an earlier one.
