@@ -42,13 +42,18 @@ pub struct Scenario {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "blind",
-        heading: "blind mode: the gateway passes the client's TLS through untouched",
+        heading: "upstream proxy (first generation), blind mode: the gateway passes the client's TLS through untouched",
         run: blind,
     },
     Scenario {
         name: "mitm",
-        heading: "MITM mode: the gateway terminates TLS and adds a credential header",
+        heading: "upstream proxy, MITM mode: the gateway terminates TLS and adds a credential header",
         run: mitm,
+    },
+    Scenario {
+        name: "agent",
+        heading: "agent proxy (second generation): protocol v2, a reused WebSocket, the status page",
+        run: agent,
     },
 ];
 
@@ -57,7 +62,8 @@ usage: ccr-demo [SCENARIO...]
 
 Runs ccr-relay end to end against a local development gateway and HTTPS
 origin (no internet, no root) and says what happened. Scenarios: blind, mitm
-(default: all). Needs `cargo build --workspace --bins` first, and curl.
+(the first generation, the upstream proxy), agent (the second, the agent
+proxy) (default: all). Needs `cargo build --workspace --bins` first, and curl.
 CCR_KEEP_TEMP=1 keeps the scratch directories.
 ";
 
@@ -82,7 +88,7 @@ pub fn main(args: Vec<String>) -> i32 {
         match SCENARIOS.iter().find(|s| s.name == a) {
             Some(s) => chosen.push(s),
             None => {
-                eprintln!("ccr-demo: no scenario {a:?} (have: blind, mitm)\n{USAGE}");
+                eprintln!("ccr-demo: no scenario {a:?} (have: blind, mitm, agent)\n{USAGE}");
                 return 2;
             }
         }
@@ -231,7 +237,17 @@ fn tail(text: &str, max: usize) -> &str {
 /// `::proxy $HTTPS_PROXY` and `::bundle $SSL_CERT_FILE`. Killed with everything it started after
 /// [`RUN_TIMEOUT`].
 fn relay_run(gw: &DevGateway, dir: &Path, script: &str) -> Result<RunResult, String> {
-    let (mut cmd, token_file) = relay_command("run", gw, &RelayOptions::default(), dir);
+    relay_run_with(gw, &RelayOptions::default(), dir, script)
+}
+
+/// [`relay_run`] with `opts` (the agent proxy's gate 2, say).
+fn relay_run_with(
+    gw: &DevGateway,
+    opts: &RelayOptions,
+    dir: &Path,
+    script: &str,
+) -> Result<RunResult, String> {
+    let (mut cmd, token_file) = relay_command("run", gw, opts, dir);
     let script = format!(
         "{script}\nif [ -e \"$TOKEN_FILE\" ]; then echo '::token present'; else echo '::token removed'; fi\n\
          echo \"::proxy ${{HTTPS_PROXY:-}}\"\necho \"::bundle ${{SSL_CERT_FILE:-}}\"\n"
@@ -533,6 +549,126 @@ curl -sS --max-time 20 -H 'X-Api-Key: from-the-client' -o '{seen}' -w '::headers
         "bundle",
         "holds the gateway's CA, not the origin's: the client trusts the gateway alone",
     );
+    Ok(())
+}
+
+/// The agent proxy, the second generation: HELLO acknowledged on a fresh
+/// WebSocket, the client process named in the CONNECT, the server's FIN,
+/// the WebSocket pooled and reused by the next tunnel, and the relay's
+/// status page read with `ccr-relay status`.
+fn agent(out: &mut Out) -> Result<(), String> {
+    let pki = BlindPki::new();
+    let origin = pki.https_origin(&["origin.test"]);
+    let gw = DevGateway::start(
+        pki.gateway_options(false)
+            .agent_proxy(crate::ServerKind::Late)
+            .map("origin.test:443", origin.addr),
+    );
+    out.line(
+        "gateway",
+        format!(
+            "{} (development gateway, agent proxy, protocol v2)",
+            ws_url(&gw)
+        ),
+    );
+    let dir = temp_dir("demo-agent");
+    let status_file = dir.join("status.txt");
+    let script = format!(
+        r#"
+curl -sS --max-time 20 -o /dev/null -w '::first {CURL_STATUS}\n' https://origin.test/hello
+curl -sS --max-time 20 -o /dev/null -w '::second {CURL_STATUS}\n' https://origin.test/hello
+'{relay}' status > '{status}'
+echo "::status $?"
+"#,
+        relay = crate::bin_path("ccr-relay").display(),
+        status = status_file.display(),
+    );
+    out.line(
+        "relay",
+        "CCR_AGENT_PROXY_ENABLED=1 ccr-relay run -- sh -c 'curl https://origin.test/hello; curl …; ccr-relay status'",
+    );
+    let opts = RelayOptions {
+        generation: crate::Generation::AgentProxy,
+        ..RelayOptions::default()
+    };
+    let run = relay_run_with(&gw, &opts, dir.path(), &script)?;
+    if !run.status.success() {
+        return Err(run.failure("the script through the relay failed"));
+    }
+    run.require_relay_on()?;
+    for key in ["first", "second"] {
+        let got = run.mark(key)?;
+        if got != "200 0" {
+            return Err(run.failure(&format!(
+                "the {key} curl: status and TLS verify result {got:?}"
+            )));
+        }
+    }
+    out.line(
+        "curl",
+        "HTTP 200 twice  (TLS verified with the relay's merged CA bundle)",
+    );
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gw.wait_for_event(EVENT_WAIT, |l| {
+            l.starts_with("v2 fin-ack ws=") && l.ends_with(" tunnel=2")
+        })
+    }));
+    let second = match waited {
+        Ok(line) => line,
+        Err(_) => return Err(run.failure(&take_panic_message())),
+    };
+    let ws = second
+        .split(' ')
+        .find_map(|w| w.strip_prefix("ws="))
+        .unwrap_or("?");
+    if gw.count_events(&format!("v2 hello-ack ws={ws}")) != 1 {
+        return Err(run.failure(&format!(
+            "the WebSocket of both tunnels (ws={ws}) was not acknowledged as v2: {:?}",
+            gw.events()
+        )));
+    }
+    out.line(
+        "gateway",
+        format!("HELLO acknowledged (HELLO_ACK) on WebSocket {ws}"),
+    );
+    let process = gw
+        .events()
+        .into_iter()
+        .find_map(|l| {
+            l.strip_prefix(&format!("v2 client-process ws={ws} tunnel=1 "))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "-".into());
+    out.line(
+        "gateway",
+        format!(
+            "both tunnels on WebSocket {ws}: the first, FIN, FIN_ACK; the second reused it (client process {process})"
+        ),
+    );
+    let lines = relay_tunnel_lines(&run.stderr);
+    let Some(reused) = lines.iter().find(|l| l.contains("v2 reused WebSocket")) else {
+        return Err(run.failure("no relay log line for a tunnel on a reused WebSocket"));
+    };
+    out.line("log", format!("relay: {reused}"));
+    if run.mark("status")? != "0" {
+        return Err(run.failure("ccr-relay status failed"));
+    }
+    let status = std::fs::read_to_string(&status_file).unwrap_or_default();
+    let wanted = [
+        "generation: agent-proxy",
+        "protocol: v2",
+        "tunnelsServed: 2",
+    ];
+    let shown: Vec<&str> = status
+        .lines()
+        .filter(|l| wanted.iter().any(|w| l.trim_start().starts_with(w)))
+        .collect();
+    if shown.len() != wanted.len() {
+        return Err(run.failure(&format!(
+            "ccr-relay status does not show {wanted:?}:\n{status}"
+        )));
+    }
+    out.line("status", format!("ccr-relay status: {}", shown.join(", ")));
     Ok(())
 }
 

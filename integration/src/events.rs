@@ -10,6 +10,8 @@
 //! first-chunk "<the first chunk's data, escaped with escape()>"
 //! connect <host:port>                  (credentials checked, about to dial)
 //! tunnel refused <status> <why>        (407, 400, 502 answered in the tunnel)
+//! probe                                (a WebSocket closed before any CONNECT: the
+//!                                       relay's start-up probe)
 //! keepalive                            (an empty chunk came in)
 //! chunk-in <len>                       (only with --events-verbose)
 //! ping-sent

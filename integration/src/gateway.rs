@@ -800,6 +800,13 @@ fn denied(shared: &Shared, target: &Authority) -> Option<Refusal> {
 fn tunnel(shared: &Shared, id: u64, mut ws: WebSocket<GatewayStream>) -> io::Result<()> {
     let first = match read_first_chunk(&mut ws) {
         Ok(data) => data,
+        // Opened and closed before any CONNECT: the relay's start-up probe,
+        // no refused tunnel.
+        Err(refusal) if refusal.status == 0 && refusal.why == CLOSED_BEFORE_CONNECT => {
+            shared.events.record("probe");
+            log::info!("#{id}: WebSocket closed before any CONNECT: the relay's start-up probe");
+            return Ok(());
+        }
         Err(refusal) => {
             refuse_tunnel(shared, id, &mut ws, refusal);
             return Ok(());
@@ -976,6 +983,10 @@ fn close_politely(ws: &mut WebSocket<GatewayStream>) {
     while ws.read().is_ok() {}
 }
 
+/// Why a WebSocket the relay closed before its first chunk carried no
+/// tunnel: the start-up probe does that.
+const CLOSED_BEFORE_CONNECT: &str = "relay closed before the CONNECT";
+
 /// Reads the first message; it must be a chunk carrying data.
 fn read_first_chunk(ws: &mut WebSocket<GatewayStream>) -> Result<Vec<u8>, Refusal> {
     let deadline = Instant::now() + FIRST_CHUNK_TIMEOUT;
@@ -994,7 +1005,7 @@ fn read_first_chunk(ws: &mut WebSocket<GatewayStream>) -> Result<Vec<u8>, Refusa
                 };
             }
             Ok(Message::Text(_)) => return Err(refuse(400, "first message is a text frame")),
-            Ok(Message::Close(_)) => return Err(refuse(0, "relay closed before the CONNECT")),
+            Ok(Message::Close(_)) => return Err(refuse(0, CLOSED_BEFORE_CONNECT)),
             Ok(_) => continue,
             Err(tungstenite::Error::Io(e))
                 if matches!(

@@ -187,7 +187,9 @@ fn start_up_logs_say_what_was_set_up() {
     assert!(line.contains(" certificates), installed: "), "{line}");
     assert!(!line.contains(&gw.token), "{line}");
 
-    // serve outside a session: exits 0, and says why at debug level only.
+    // serve outside a session: exits 0, and says why (at debug level, and
+    // in one line whatever the level: a serve that exits without a word
+    // leaves its user guessing; issue 17).
     let s = Session::for_gateway("log-off", &gw)
         .unset("CLAUDE_CODE_REMOTE")
         .env("RUST_LOG", "debug");
@@ -204,7 +206,11 @@ fn start_up_logs_say_what_was_set_up() {
     let out = s
         .spawn("serve", &[])
         .finish(std::time::Duration::from_secs(20));
-    assert_eq!(out.stderr, "", "silent without RUST_LOG");
+    assert_eq!(
+        out.stderr,
+        "ccr-relay: not serving: gate 1: CLAUDE_CODE_REMOTE is not set to a true value; not in a remote session, so the proxy stays off\n",
+        "one line without RUST_LOG"
+    );
 
     // --listen on a non-loopback address: a warning saying what the uid
     // check does with other hosts, and the proxy still on.

@@ -2,7 +2,9 @@
 //! `CARGO_TARGET_DIR` when that is set (else `target/`), and `make bench`
 //! writes its report there too, never over a tracked file. Checked with
 //! `make -n`, which prints the recipes with every variable expanded and
-//! runs nothing.
+//! runs nothing. `make run` runs the demo, which shows both generations:
+//! the demo binary is run here as `make run` runs it (after the build the
+//! test suite has already done).
 
 use std::path::Path;
 use std::process::Command;
@@ -49,4 +51,33 @@ fn make_bench_writes_its_report_under_the_build_directory() {
     let recipe = dry_run("bench", None);
     assert!(recipe.contains("--out target/bench/BENCH.md"), "{recipe}");
     assert!(recipe.contains("mkdir -p target/bench/"), "{recipe}");
+}
+
+#[test]
+fn make_run_shows_both_generations() {
+    let recipe = dry_run("run", None);
+    assert!(
+        recipe.contains("--bin ccr-demo"),
+        "make run does not run the demo: {recipe}"
+    );
+    let out = Command::new(ccr_integration::bin_path("ccr-demo"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ccr-demo: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ccr-demo failed: {text}\n{out:?}");
+    for needle in [
+        "upstream proxy (first generation), blind mode",
+        "upstream proxy, MITM mode",
+        "agent proxy (second generation)",
+        "HELLO acknowledged (HELLO_ACK) on WebSocket",
+        "the second reused it",
+        "v2 reused WebSocket",
+        "ccr-relay status: generation: agent-proxy, protocol: v2, tunnelsServed: 2",
+    ] {
+        assert!(
+            text.contains(needle),
+            "no {needle:?} in make run's output:\n{text}"
+        );
+    }
+    assert!(text.trim_end().ends_with("\nok"), "{text}");
 }

@@ -135,6 +135,9 @@ impl From<UsageError> for Rejected {
     }
 }
 
+/// Every command, as the usage errors list them.
+const COMMANDS: &str = "run, serve, doctor or status";
+
 /// Parses the arguments after the program name, starting from `base`
 /// (the defaults and the environment's settings).
 ///
@@ -152,7 +155,7 @@ impl From<UsageError> for Rejected {
 pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
     let mut args = args.into_iter().peekable();
     let Some(first) = args.next() else {
-        return Err(UsageError("missing command: run, serve or doctor".into()));
+        return Err(UsageError(format!("missing command: {COMMANDS}")));
     };
     let sub = match first.to_str() {
         Some("--help" | "-h" | "help") => return Ok(Command::Help),
@@ -161,7 +164,7 @@ pub fn parse(args: Vec<OsString>, base: Config) -> Result<Command, UsageError> {
         Some(s @ ("run" | "serve" | "doctor")) => s.to_string(),
         _ => {
             return Err(UsageError(format!(
-                "unknown command {:?}: expected run, serve or doctor",
+                "unknown command {:?}: expected {COMMANDS}",
                 first.to_string_lossy()
             )));
         }
@@ -596,8 +599,8 @@ mod tests {
     #[test]
     fn usage_errors_say_what_is_wrong() {
         for (args, needle) in [
-            (&[][..], "missing command"),
-            (&["frobnicate"][..], "unknown command"),
+            (&[][..], "missing command: run, serve, doctor or status"),
+            (&["frobnicate"][..], "expected run, serve, doctor or status"),
             (&["run"][..], "run needs a command"),
             (&["serve", "--listen", "nope"][..], "--listen"),
             (&["serve", "--keepalive", "-1"][..], "--keepalive"),

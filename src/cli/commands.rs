@@ -286,6 +286,12 @@ fn serve(config: &Config, env_file: Option<&Path>) -> i32 {
             Startup::Enabled(started) => break started,
             // Fail open: nothing to serve; a supervisor may start us again.
             Startup::Disabled => return 0,
+            // Outside a session `run` stays silent, but a `serve` that
+            // exits without a word leaves its user guessing.
+            Startup::Quiet(why) => {
+                eprintln!("ccr-relay: not serving: {why}");
+                return 0;
+            }
             Startup::CaUnavailable { retry_after } => {
                 retries += 1;
                 let delay = trust::fetch::backoff(retries, retry_after);

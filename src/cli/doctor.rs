@@ -9,7 +9,10 @@
 //! `serve` judge it: what arrives within [`sequence::PROBE_VERDICT_WAIT`]
 //! decides, a later one is reported as what happens after start-up. Where
 //! `run` and `serve` part ways (a CA that `serve` asks for again), both
-//! are said. Exits 0 when the proxy would start (or would if an unread
+//! are said. With a gate closed (outside a session) start-up stops at
+//! the gates, so doctor contacts nothing: it checks what it can locally,
+//! says what `run` and `serve` would do and how to open the gates by hand.
+//! Exits 0 when the proxy would start (or would if an unread
 //! token descriptor holds a token), 1 when it would stay off, 2 when its
 //! options do not parse; it then checks nothing and says what `run` (which
 //! fails open on them) and `serve` would do with the same options
@@ -22,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cli::args::{self, Command};
+use crate::cli::doctor_closed;
 use crate::cli::version::version_text;
 use crate::config::Config;
 use crate::env::{self, ProxyEnv};
@@ -55,10 +59,22 @@ pub fn run(config: &Config) -> i32 {
     gates_report(&mut report, config, &activation, undecided.as_ref());
     let generation = generation_report(config);
     token_report(&activation, descriptor.as_ref());
+    // A gate closed for good (not a descriptor doctor leaves unread):
+    // start-up stops there, so doctor contacts nothing either.
+    let closed = match (&activation, &undecided) {
+        (Err(closed), None) => Some(closed.gate()),
+        _ => None,
+    };
 
     out!();
     out!("start-up steps");
     let gateway = gateway_settings_report(&mut report, config);
+    if let Some(gate) = closed {
+        doctor_closed::skipped_steps(gate);
+        state_dir_report(&mut report, config);
+        let _ = listen_report(&mut report, config);
+        return doctor_closed::what_would_happen(gate, config);
+    }
     // Set when the CA fetch failed: what run and serve would each do next.
     let mut serve_retry_note: Option<bool> = None;
     if let (Ok(endpoint), Ok(tls)) = &gateway {

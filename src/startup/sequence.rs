@@ -41,8 +41,15 @@ use crate::trust::{self, Bundle, TrustError};
 
 /// What start-up ended with.
 pub enum Startup {
-    /// The proxy is off; children run as if the relay were absent.
+    /// The proxy is off; children run as if the relay were absent. One
+    /// warning line already said why.
     Disabled,
+    /// The proxy is off and nothing was said: gate 1 is closed (not a
+    /// remote session), or a relay higher up already serves this process
+    /// tree. `run` stays silent, as the contract wants; `serve`, which has
+    /// no command to run, prints why (this text) so it does not exit
+    /// without a word.
+    Quiet(String),
     /// The relay is bound and ready to serve.
     Enabled(Started),
     /// Agent proxy: the gateway's CA could not be fetched, for a reason
@@ -545,19 +552,23 @@ fn write_agent_readme(
 }
 
 /// Runs the start-up sequence. Never panics and never fails: any problem
-/// is one warning on stderr (none when not in a remote session) and
-/// [`Startup::Disabled`].
+/// is one warning on stderr and [`Startup::Disabled`], or, when not in a
+/// remote session, none and [`Startup::Quiet`].
 pub fn start(config: &Config) -> Startup {
     // 1. gates, token into memory.
     let activation = match activate(config, env_lookup) {
         Ok(activation) => activation,
         Err(closed) if closed.is_silent() => {
             debug!("{closed}");
-            return Startup::Disabled;
+            return Startup::Quiet(closed.to_string());
         }
         // A relay higher up already serves this process tree (it unlinked the
         // token file): its variables pass through, and there is nothing to say.
-        Err(_) if env::parent_has_relay(env_lookup) => return Startup::Disabled,
+        Err(closed) if env::parent_has_relay(env_lookup) => {
+            return Startup::Quiet(format!(
+                "{closed}; a relay higher up already serves this process tree (HTTPS_PROXY and SSL_CERT_FILE are set)"
+            ));
+        }
         Err(closed) => return fail_open(SessionError::Gates(closed)),
     };
     // 2. no same-uid process may read the token out of this one.

@@ -5,7 +5,7 @@
 //! `malloc_trim` cannot return the free top of any arena but the main one
 //! (it gave back 4 of those 17 MiB). Capping the arenas alone does not
 //! help either: the one heap stays fragmented. Both together bring the
-//! relay back within about 3 MiB of its idle size (README, "Load"). The
+//! relay back within about 3 MiB of its idle size (docs/MEASURED.md, "Load"). The
 //! static (musl) build's allocator has no per-thread arenas, no `mallopt`
 //! and no `malloc_trim`, and unmaps freed memory itself: nothing to do.
 

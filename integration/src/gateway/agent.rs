@@ -43,6 +43,10 @@ enum Got {
     Closed(String),
 }
 
+/// Why a WebSocket ended when the relay closed it (a start-up probe does,
+/// before any CONNECT).
+const RELAY_CLOSED: &str = "relay closed the websocket";
+
 /// Reads the next binary message before `deadline` (pings are answered by
 /// the library, pongs skipped).
 fn read_binary(ws: &mut WebSocket<GatewayStream>, deadline: Instant) -> Got {
@@ -57,7 +61,7 @@ fn read_binary(ws: &mut WebSocket<GatewayStream>, deadline: Instant) -> Got {
             Ok(Message::Text(_)) => return Got::Closed("relay sent a text frame".into()),
             Ok(Message::Close(_)) => {
                 let _ = ws.flush();
-                return Got::Closed("relay closed the websocket".into());
+                return Got::Closed(RELAY_CLOSED.into());
             }
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
@@ -97,7 +101,13 @@ pub(super) fn session(
             "v2 ws-end ws={ws_no} tunnels={tunnels} why={}",
             why.replace(' ', "_")
         ));
-        log::info!("#{id}: websocket {ws_no} done after {tunnels} tunnels: {why}");
+        if tunnels == 0 && why == RELAY_CLOSED {
+            log::info!(
+                "#{id}: websocket {ws_no} closed before any CONNECT: the relay's start-up probe"
+            );
+        } else {
+            log::info!("#{id}: websocket {ws_no} done after {tunnels} tunnels: {why}");
+        }
     };
 
     // The first message: HELLO from any v2 client.
