@@ -56,6 +56,28 @@ pub fn default_signals(cmd: &mut Command) -> &mut Command {
 ///
 /// Tests run from `target/<profile>/deps/`; binaries live in
 /// `target/<profile>/`. `CCR_BIN_DIR` overrides the directory. Panics with
+/// Runs a Python script with `input` on its standard input (a status page
+/// to check, say): its standard output, or its standard error when it
+/// failed.
+pub fn python_with_input(script: &str, input: &[u8]) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start python3: {e}"))?;
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(input));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() || !matches!(written, Some(Ok(()))) {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// what to do when the binary is not there.
 pub fn bin_path(name: &str) -> PathBuf {
     let dir = match std::env::var_os("CCR_BIN_DIR") {

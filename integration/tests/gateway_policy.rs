@@ -7,8 +7,7 @@
 //! `allowlist:` line; the first denial of a host is one warning; a refused
 //! handshake is `tls_handshake_refused` with its host and program.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,26 +45,8 @@ for b in d["blockedHosts"]:
 for f in d["recentRelayFailures"]:
     print("F|%s|%s|%s" % (f["kind"], f["host"], f["detail"]))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(json.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{json}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ccr_integration::procs::python_with_input(script, json.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}\n{json}"))
 }
 
 /// Polls the status page until `pred` holds for its summary (bounded).

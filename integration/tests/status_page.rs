@@ -66,26 +66,8 @@ for k in ["enabled", "generation", "protocol", "port", "caBundlePath", "hasSyste
           "toolTrustFailureCodes", "gitConfigConflicts", "trustInstalled", "pool"]:
     print("%s=%s" % (k, json.dumps(d[k])))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the status JSON does not parse or lacks a field: {}\n{body}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ccr_integration::procs::python_with_input(script, body.as_bytes())
+        .unwrap_or_else(|e| panic!("the status JSON does not parse or lacks a field: {e}\n{body}"))
 }
 
 /// Waits (bounded) until `pred` holds for the parsed status.

@@ -7,9 +7,8 @@
 //! gives children, for a plain session, one with its own SSH agent and one
 //! whose parent set its own `GIT_CONFIG_COUNT`.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use ccr_integration::relay::{RelayOptions, RelayProcess};
 use ccr_integration::{DevGateway, GatewayOptions};
@@ -28,23 +27,13 @@ d = json.load(sys.stdin)
 for k in ["javaTrustStorePath", "readmePath", "gitConfigInjection", "gitSshRewrite"]:
     print("%s=%s" % (k, json.dumps(d[k])))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
-    let done = child.wait_with_output().unwrap();
-    assert!(
-        done.status.success(),
-        "the page does not parse or lacks a field: {}\n{}",
-        String::from_utf8_lossy(&done.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&done.stdout)
-        .lines()
+    let done = ccr_integration::procs::python_with_input(script, &out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the page does not parse or lacks a field: {e}\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    done.lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
