@@ -240,7 +240,19 @@ pub fn snapshot(gateway: &Gateway, m: &Monitor) -> Json {
         })
         .collect();
     let pool = match &gateway.pool {
-        Some(pool) => Json::Obj(vec![("idle", Json::Num(pool.len() as u64))]),
+        Some(pool) => Json::Obj(vec![
+            ("idle", Json::Num(pool.len() as u64)),
+            ("keepWarm", Json::Bool(pool.keeps_warm())),
+            (
+                "warm",
+                pool.warm().map_or(Json::Null, |warm| {
+                    Json::Obj(vec![
+                        ("ageSeconds", Json::Float(warm.age.as_secs_f64())),
+                        ("idleSeconds", Json::Float(warm.idle.as_secs_f64())),
+                    ])
+                }),
+            ),
+        ]),
         None => Json::Null,
     };
     let load = |a: &AtomicU64| Json::Num(a.load(Ordering::Relaxed));

@@ -184,6 +184,8 @@ pub fn gateway(config: &Config, plan: &Plan, monitor: &Arc<Monitor>) -> Gateway 
         Generation::AgentProxy => match Pool::new(PoolConfig {
             keepalive_interval: config.limits.keepalive_interval,
             idle_timeout: config.limits.pool_idle,
+            max_age: config.limits.pool_max_age,
+            keep_warm: config.keep_warm,
             liveness: Some(gateway.liveness.clone()),
             ..PoolConfig::default()
         }) {
