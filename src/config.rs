@@ -60,6 +60,9 @@ pub struct Config {
     /// (system-store anchor, NSS entry, bazelrc block, login-shell script)
     /// in place, for image builds that snapshot the container.
     pub keep_trust: bool,
+    /// `--keep-warm` (on unless `--keep-warm=off`): the newest pooled
+    /// WebSocket stays pooled past the idle limit, up to its max age.
+    pub keep_warm: bool,
     /// Bounds on time and size.
     pub limits: Limits,
 }
@@ -114,6 +117,7 @@ impl Config {
             require_v2: false,
             standalone: crate::startup::gates::Standalone::default(),
             keep_trust: false,
+            keep_warm: true,
             limits: Limits::default(),
         }
     }
@@ -145,9 +149,13 @@ pub struct Limits {
     pub keepalive_interval: Duration,
     /// Liveness: a Ping unanswered (no frame of any kind back) this long
     /// ends the WebSocket, once the gateway is known to answer pings.
-    /// Protocol v2: how long an idle WebSocket stays in the pool.
-    pub pool_idle: Duration,
     pub gateway_deadline: Duration,
+    /// Protocol v2: how long an idle WebSocket stays in the pool (the warm
+    /// one excepted).
+    pub pool_idle: Duration,
+    /// Protocol v2: a WebSocket opened this long ago is never pooled or
+    /// handed out again, the warm one included (the contract's 45 min).
+    pub pool_max_age: Duration,
     /// Largest data payload of one chunk the relay sends.
     pub max_chunk: usize,
     /// The whole CA fetch, connect to last byte.
@@ -191,6 +199,7 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(30),
             gateway_deadline: Duration::from_secs(30),
             pool_idle: Duration::from_secs(10),
+            pool_max_age: Duration::from_secs(45 * 60),
             max_chunk: crate::gateway::chunk::MAX_CHUNK_DATA,
             ca_fetch_timeout: Duration::from_secs(5),
             max_ca_bytes: 1024 * 1024,

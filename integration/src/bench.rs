@@ -32,6 +32,8 @@ use openssl::ssl::{SslConnector, SslMethod, SslStream};
 
 #[path = "bench_agent.rs"]
 mod agent;
+#[path = "bench_warm.rs"]
+mod warm;
 
 use crate::demo::{install_quiet_panic_hook, take_panic_message};
 use crate::relay::{BlindPki, RelayOptions, RelayProcess};
@@ -41,8 +43,8 @@ const GIB: u64 = 1 << 30;
 
 const USAGE: &str = "\
 usage: ccr-bench [--size BYTES] [--rounds N] [--connects N] [--idle N]
-                 [--tunnels N] [--delay-ms D] [--pool-rounds N] [--rows LETTERS]
-                 [--out PATH]
+                 [--tunnels N] [--delay-ms D] [--pool-rounds N] [--warm-tunnels N]
+                 [--warm-idle SECS] [--rows LETTERS] [--out PATH]
 
 Measures ccr-relay (release build: run `make bench`) against local baselines
 and prints a table; also writes it to BENCH.md at the workspace root
@@ -51,7 +53,9 @@ and --rounds 3 (the downloads of rows a and b, each figure the median of
 the rounds), --connects 1000 (row c), --idle 200 (row d), --tunnels 200
 and --delay-ms 20 (row e: sequential agent-proxy tunnels per case, with
 the delay shim holding every byte D ms each way between relay and
-gateway), --pool-rounds 5 (row f: fresh relays whose pool is measured).
+gateway), --pool-rounds 5 (row f: fresh relays whose pool is measured),
+--warm-tunnels 5 and --warm-idle 12 (row h: tunnels each after that many
+seconds of idle, through the same delay shim).
 --rows LETTERS runs only those rows (e.g. --rows ef; a and b go together).
 Needs curl; socat for the CPU baseline (row b is SKIPPED without it).
 ";
@@ -66,7 +70,9 @@ struct Options {
     tunnels: usize,
     delay_ms: u64,
     pool_rounds: usize,
-    /// Which rows to run (letters a to g).
+    warm_tunnels: usize,
+    warm_idle_secs: u64,
+    /// Which rows to run (letters a to h).
     rows: String,
     out: Option<PathBuf>,
 }
@@ -87,7 +93,9 @@ impl Options {
             tunnels: 200,
             delay_ms: 20,
             pool_rounds: 5,
-            rows: "abcdefg".into(),
+            warm_tunnels: 5,
+            warm_idle_secs: 12,
+            rows: "abcdefgh".into(),
             out: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCH.md")),
         };
         let mut args = args.into_iter();
@@ -108,10 +116,12 @@ impl Options {
                 "--tunnels" => o.tunnels = number(value()?)? as usize,
                 "--delay-ms" => o.delay_ms = number(value()?)?,
                 "--pool-rounds" => o.pool_rounds = number(value()?)? as usize,
+                "--warm-tunnels" => o.warm_tunnels = number(value()?)? as usize,
+                "--warm-idle" => o.warm_idle_secs = number(value()?)?,
                 "--rows" => {
                     let v = value()?;
-                    if v.is_empty() || !v.chars().all(|c| ('a'..='g').contains(&c)) {
-                        return Err(format!("--rows {v:?}: expected letters a to g"));
+                    if v.is_empty() || !v.chars().all(|c| ('a'..='h').contains(&c)) {
+                        return Err(format!("--rows {v:?}: expected letters a to h"));
                     }
                     o.rows = v;
                 }
@@ -335,6 +345,14 @@ fn run_all(opts: &Options) -> Vec<Row> {
         match catch(|| access_decision(1000, 1000)) {
             Ok(r) => rows.extend(r),
             Err(why) => rows.push(failed("g. uid check per connection", &why)),
+        }
+    }
+    if opts.runs('h') {
+        let delay = Duration::from_millis(opts.delay_ms);
+        let idle = Duration::from_secs(opts.warm_idle_secs);
+        match catch(|| warm::rows(opts.warm_tunnels, idle, delay)) {
+            Ok(r) => rows.extend(r),
+            Err(why) => rows.push(failed("h. connect-to-200 after idle", &why)),
         }
     }
     rows

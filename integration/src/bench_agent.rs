@@ -28,28 +28,28 @@ use crate::temp::temp_dir;
 use crate::{ChildGuard, DevGateway, DevOrigin, ServerKind, bin_path};
 
 /// The CONNECT target: the plain HTTP origin, as the gateway maps it.
-const TARGET: &str = "origin.test:80";
+pub(super) const TARGET: &str = "origin.test:80";
 /// The request every tunnel carries: the origin closes after answering.
 const REQUEST: &[u8] = b"GET /hello HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n";
 /// The same without `Connection: close`: the origin keeps the connection,
 /// so no FIN comes and the client closes first.
 const REQUEST_KEEP: &[u8] = b"GET /hello HTTP/1.1\r\nHost: origin.test\r\n\r\n";
 /// Bound on every wait for the gateway or the relay.
-const WAIT: Duration = Duration::from_secs(15);
+pub(super) const WAIT: Duration = Duration::from_secs(15);
 /// Pause after the gateway saw FIN_ACK, for the relay to pool the socket.
-const POOL_PAUSE: Duration = Duration::from_millis(50);
+pub(super) const POOL_PAUSE: Duration = Duration::from_millis(50);
 /// The pool's capacity (the contract's).
 const POOL_MAX: usize = 4;
 
 /// A running `ccr-delay-shim` in front of `target`; killed on drop.
-struct Shim {
-    addr: SocketAddr,
+pub(super) struct Shim {
+    pub(super) addr: SocketAddr,
     _child: ChildGuard,
     _dir: crate::TempDir,
 }
 
 impl Shim {
-    fn start(target: SocketAddr, delay: Duration) -> Shim {
+    pub(super) fn start(target: SocketAddr, delay: Duration) -> Shim {
         let dir = temp_dir("delay-shim");
         let mut cmd = Command::new(bin_path("ccr-delay-shim"));
         cmd.arg("--target")
@@ -229,7 +229,7 @@ fn catch_row<T>(rows: &mut Vec<Row>, what: &str, f: impl FnOnce() -> T) -> Optio
 }
 
 /// The `p` quantile of sorted `times` (nearest rank).
-fn percentile(times: &[Duration], p: f64) -> Duration {
+pub(super) fn percentile(times: &[Duration], p: f64) -> Duration {
     let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len().max(1)) - 1;
     times.get(i).copied().unwrap_or_default()
 }
@@ -331,7 +331,7 @@ fn measure_case(
 /// Over an open tunnel: the request with `Connection: close`, its whole
 /// answer, then the end of the stream (the relay ends the client's side
 /// after the gateway's FIN, or when the WebSocket closes).
-fn finish(mut s: TcpStream) -> io::Result<()> {
+pub(super) fn finish(mut s: TcpStream) -> io::Result<()> {
     s.set_read_timeout(Some(WAIT))?;
     s.write_all(REQUEST)?;
     let (head, _) = read_response(&mut s)?;
@@ -350,7 +350,7 @@ fn finish(mut s: TcpStream) -> io::Result<()> {
 }
 
 /// Waits (bounded) until the gateway logged `want` events starting with `prefix`.
-fn wait_count(gw: &DevGateway, prefix: &str, want: usize) {
+pub(super) fn wait_count(gw: &DevGateway, prefix: &str, want: usize) {
     let deadline = Instant::now() + WAIT;
     loop {
         let have = gw.count_events(prefix);

@@ -49,6 +49,9 @@ use crate::pki::TestCa;
 use crate::pump::{self, Framing, PumpConfig, PumpEvent};
 use crate::stream::GatewayStream;
 use crate::wire::{self as chunk, V1_CA_CERT_PATH as CA_CERT_PATH, V1_WS_PATH as WS_PATH, base64};
+use openssl::pkey::PKey;
+use openssl::ssl::{SslAcceptor, SslMethod, SslVersion};
+use openssl::x509::X509;
 
 mod agent;
 
@@ -79,6 +82,10 @@ A development stand-in for the CCR upstream-proxy gateway.
                          served at GET /v1/code/upstreamproxy/ca-cert
   --tls-cert F --tls-key F
                          serve wss:// and https:// with this certificate
+                         (TLS 1.2 and 1.3; each handshake logged as the
+                         event `tls version=V resumed=true|false`)
+  --tls-max 1.2|1.3      the newest TLS version offered (default 1.3; 1.2
+                         for the bench's old rows)
   --map NAME:PORT=IP:PORT
                          where a CONNECT target goes (repeatable); unmapped
                          names get 502, loopback IP literals are dialled
@@ -214,6 +221,8 @@ pub struct GatewayConfig {
     pub ca_dir: PathBuf,
     /// `(cert PEM file, key PEM file)` to serve TLS with.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--tls-max 1.2`: TLS 1.3 is not offered.
+    pub tls_max_1_2: bool,
     /// CONNECT target (`name:port`, as [`Authority`] displays it) to address.
     pub maps: HashMap<String, SocketAddr>,
     pub events: Option<PathBuf>,
@@ -284,6 +293,7 @@ impl GatewayConfig {
         let mut listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let (mut token, mut session_id, mut ca_dir) = (None, None, None);
         let (mut tls_cert, mut tls_key) = (None, None);
+        let mut tls_max_1_2 = false;
         let mut maps = HashMap::new();
         let (mut events, mut events_verbose) = (None, false);
         let mut ping_every = None;
@@ -303,6 +313,17 @@ impl GatewayConfig {
                 "--ca-dir" => ca_dir = Some(PathBuf::from(args.value()?)),
                 "--tls-cert" => tls_cert = Some(PathBuf::from(args.value()?)),
                 "--tls-key" => tls_key = Some(PathBuf::from(args.value()?)),
+                "--tls-max" => {
+                    tls_max_1_2 = match args.value()?.as_str() {
+                        "1.2" => true,
+                        "1.3" => false,
+                        other => {
+                            return Err(UsageError(format!(
+                                "--tls-max: {other:?} is not 1.2 or 1.3"
+                            )));
+                        }
+                    }
+                }
                 "--map" => {
                     let (name, addr) = parse_map(&args.value()?)?;
                     maps.insert(name, addr);
@@ -445,6 +466,7 @@ impl GatewayConfig {
             session_id: required(session_id, "--session-id")?,
             ca_dir: ca_dir.ok_or_else(|| UsageError("--ca-dir is required".into()))?,
             tls,
+            tls_max_1_2,
             maps,
             events,
             events_verbose,
@@ -481,7 +503,7 @@ fn parse_map(text: &str) -> Result<(String, SocketAddr), UsageError> {
 struct Shared {
     cfg: GatewayConfig,
     ca_pem: Vec<u8>,
-    tls: Option<native_tls::TlsAcceptor>,
+    tls: Option<SslAcceptor>,
     /// The MITM state, in `--mode mitm`.
     mitm: Option<Mitm>,
     events: EventLog,
@@ -534,12 +556,7 @@ impl Gateway {
                         io::Error::new(e.kind(), format!("cannot read {}: {e}", p.display()))
                     })
                 };
-                let identity = native_tls::Identity::from_pkcs8(&read(cert)?, &read(key)?)
-                    .map_err(|e| io::Error::other(format!("bad TLS certificate or key: {e}")))?;
-                Some(
-                    native_tls::TlsAcceptor::new(identity)
-                        .map_err(|e| io::Error::other(format!("TLS setup failed: {e}")))?,
-                )
+                Some(tls_acceptor(&read(cert)?, &read(key)?, cfg.tls_max_1_2)?)
             }
             None => None,
         };
@@ -593,6 +610,35 @@ impl Gateway {
     }
 }
 
+/// The gateway's TLS: Mozilla's intermediate settings (TLS 1.2 and 1.3;
+/// native-tls's acceptor follows an older edition that turns 1.3 off), 1.3
+/// left out under `--tls-max 1.2`. OpenSSL's server session cache and TLS
+/// 1.3 tickets are on by default, so a client may resume.
+fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8], max_1_2: bool) -> io::Result<SslAcceptor> {
+    let bad = |e: openssl::error::ErrorStack| io::Error::other(format!("TLS setup failed: {e}"));
+    let mut chain = X509::stack_from_pem(cert_pem)
+        .map_err(|e| io::Error::other(format!("bad TLS certificate: {e}")))?
+        .into_iter();
+    let leaf = chain
+        .next()
+        .ok_or_else(|| io::Error::other("no certificate in the TLS certificate file"))?;
+    let key = PKey::private_key_from_pem(key_pem)
+        .map_err(|e| io::Error::other(format!("bad TLS key: {e}")))?;
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(bad)?;
+    builder.set_certificate(&leaf).map_err(bad)?;
+    for cert in chain {
+        builder.add_extra_chain_cert(cert).map_err(bad)?;
+    }
+    builder.set_private_key(&key).map_err(bad)?;
+    builder.check_private_key().map_err(bad)?;
+    if max_1_2 {
+        builder
+            .set_max_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(bad)?;
+    }
+    Ok(builder.build())
+}
+
 /// Serves one connection: TLS if configured, one request head, then the
 /// CA certificate, a refusal, or a tunnel.
 fn handle(shared: &Shared, id: u64, tcp: TcpStream) -> io::Result<()> {
@@ -602,7 +648,14 @@ fn handle(shared: &Shared, id: u64, tcp: TcpStream) -> io::Result<()> {
     tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let stream = match &shared.tls {
         Some(acceptor) => match acceptor.accept(tcp) {
-            Ok(tls) => GatewayStream::Tls(Box::new(tls)),
+            Ok(tls) => {
+                shared.events.record(&format!(
+                    "tls version={} resumed={}",
+                    tls.ssl().version_str(),
+                    tls.ssl().session_reused()
+                ));
+                GatewayStream::ServerTls(Box::new(tls))
+            }
             Err(e) => return Err(io::Error::other(format!("TLS from {peer} failed: {e}"))),
         },
         None => GatewayStream::Plain(tcp),
@@ -1120,8 +1173,14 @@ fn reply_and_close(stream: &mut GatewayStream, status: u16, body: &str) {
 /// After the last response: half-close and read what the client still
 /// sends (bounded), so closing does not reset the connection under it.
 fn linger(stream: &mut GatewayStream) {
-    if let GatewayStream::Tls(tls) = stream {
-        let _ = tls.shutdown();
+    match stream {
+        GatewayStream::Tls(tls) => {
+            let _ = tls.shutdown();
+        }
+        GatewayStream::ServerTls(tls) => {
+            let _ = tls.shutdown();
+        }
+        _ => {}
     }
     let tcp = stream.tcp();
     let _ = tcp.shutdown(std::net::Shutdown::Write);
@@ -1212,6 +1271,9 @@ mod tests {
         assert!(with_err(&["--upstream-ca", "f"]).contains("need --mode mitm"));
         assert!(with_err(&["--mode", "mitm", "--inject", "o.test"]).contains("--inject"));
         assert!(with_err(&["--mode", "sideways"]).contains("not a mode"));
+        assert!(with_err(&["--tls-max", "1.1"]).contains("not 1.2 or 1.3"));
+        assert!(with(&["--tls-max", "1.2"]).unwrap().unwrap().tls_max_1_2);
+        assert!(!with(&["--tls-max", "1.3"]).unwrap().unwrap().tls_max_1_2);
         assert!(err(&["--bogus"]).contains("unknown option --bogus"));
         let v2 = with(&[
             "--generation",

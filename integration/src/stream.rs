@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 pub enum GatewayStream {
     Plain(TcpStream),
     Tls(Box<native_tls::TlsStream<TcpStream>>),
+    /// The development gateway's own TLS (OpenSSL directly, so it can
+    /// offer TLS 1.3 and tell which version was negotiated).
+    ServerTls(Box<openssl::ssl::SslStream<TcpStream>>),
     /// `--no-pong`: the WebSocket frames written are passed on, but for
     /// pongs, which are dropped whole (the library answers every ping it
     /// reads; this is how a gateway that never answers them is played).
@@ -25,6 +28,7 @@ impl GatewayStream {
         match self {
             GatewayStream::Plain(s) => s,
             GatewayStream::Tls(s) => s.get_ref(),
+            GatewayStream::ServerTls(s) => s.get_ref(),
             GatewayStream::NoPongs(s) => s.inner.tcp(),
         }
     }
@@ -156,6 +160,7 @@ impl Read for GatewayStream {
         match self {
             GatewayStream::Plain(s) => s.read(buf),
             GatewayStream::Tls(s) => s.read(buf),
+            GatewayStream::ServerTls(s) => s.read(buf),
             GatewayStream::NoPongs(s) => s.read(buf),
         }
     }
@@ -166,6 +171,7 @@ impl Write for GatewayStream {
         match self {
             GatewayStream::Plain(s) => s.write(buf),
             GatewayStream::Tls(s) => s.write(buf),
+            GatewayStream::ServerTls(s) => s.write(buf),
             GatewayStream::NoPongs(s) => s.write(buf),
         }
     }
@@ -174,6 +180,7 @@ impl Write for GatewayStream {
         match self {
             GatewayStream::Plain(s) => s.flush(),
             GatewayStream::Tls(s) => s.flush(),
+            GatewayStream::ServerTls(s) => s.flush(),
             GatewayStream::NoPongs(s) => s.flush(),
         }
     }

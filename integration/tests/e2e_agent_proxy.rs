@@ -322,7 +322,14 @@ fn tunnel_log_line_names_the_client_process() {
 fn sequential_curls_share_one_websocket_and_idle_over_the_pool_limit_opens_a_new_one() {
     let (pki, _origin, gw) = setup(ServerKind::Late, &[]);
     // The pool's 10 s idle limit, made 3 s so the test need not wait it out.
-    let relay = serve_v2(&gw, RelayOptions::default().arg("--pool-idle").arg("3"));
+    // Without the warm WebSocket: that one is exempt from the idle limit.
+    let relay = serve_v2(
+        &gw,
+        RelayOptions::default()
+            .arg("--pool-idle")
+            .arg("3")
+            .arg("--keep-warm=off"),
+    );
     curl_hello(&relay, &pki, &gw);
     let ws = preambles(&gw)[0].0;
     wait_pooled(&gw, &relay, ws, 1);

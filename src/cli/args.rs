@@ -47,6 +47,10 @@ OPTIONS
                       acknowledge tunnel protocol v2, instead of falling back
   --keep-trust        leave the trust installed machine-wide (system store,
                       NSS, bazelrc, login shells) when the relay stops
+  --keep-warm[=on|off] (agent proxy) keep the newest pooled WebSocket past the
+                      idle limit, up to its max age, so the next command
+                      need not dial; off: every pooled one expires when idle
+                      [default: on]
 
 TUNING (mostly for tests)
   --keepalive SECS        idle tunnel keepalive interval; also how long a gateway
@@ -59,7 +63,9 @@ TUNING (mostly for tests)
   --upgrade-timeout SECS  time to reach the gateway and upgrade [default: 10]
   --max-head BYTES        largest request head [default: 8192]
   --fin-grace SECS        (v2) wait for the server's FIN after the client closed [default: 10]
-  --pool-idle SECS        (v2) how long an idle WebSocket stays pooled [default: 10]
+  --pool-idle SECS        (v2) how long an idle WebSocket stays pooled, the warm
+                          one excepted [default: 10]
+  --pool-max-age SECS     (v2) a WebSocket older than this is not reused [default: 2700]
   --hello-timeout SECS    (v2) wait for HELLO_ACK on a fresh WebSocket [default: 10]
   --upload-stall SECS     end a tunnel whose gateway takes no byte this long [default: 180]
   --response-timeout SECS plain http://: time an origin has to send its response head [default: 60]
@@ -377,6 +383,7 @@ fn apply_option(
         "--allow-any-uid" if !inline => config.allow_any_uid = true,
         "--require-uid-check" if !inline => config.require_uid_check = true,
         "--keep-trust" if !inline => config.keep_trust = true,
+        "--keep-warm" => config.keep_warm = !inline || on_off(flag, &value()?)?,
         "--require-v2" | "--allow-any-uid" | "--require-uid-check" | "--keep-trust" => {
             return Err(invalid(format!("{flag} takes no value")));
         }
@@ -385,6 +392,7 @@ fn apply_option(
         "--keepalive" => config.limits.keepalive_interval = seconds(flag, &value()?)?,
         "--gateway-deadline" => config.limits.gateway_deadline = seconds(flag, &value()?)?,
         "--pool-idle" => config.limits.pool_idle = seconds(flag, &value()?)?,
+        "--pool-max-age" => config.limits.pool_max_age = seconds(flag, &value()?)?,
         "--head-timeout" => config.limits.head_timeout = seconds(flag, &value()?)?,
         "--upgrade-timeout" => config.limits.upgrade_timeout = seconds(flag, &value()?)?,
         "--upload-stall" => config.limits.upload_stall = seconds(flag, &value()?)?,
@@ -436,6 +444,15 @@ fn seconds(flag: &str, text: &str) -> Result<Duration, UsageError> {
         .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| UsageError(format!("{flag} {text:?}: expected seconds, e.g. 0.5 or 30")))
+}
+
+/// `on` or `off`, for a switch written `--flag=on|off`.
+fn on_off(flag: &str, text: &str) -> Result<bool, UsageError> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(UsageError(format!("{flag}={text}: expected on or off"))),
+    }
 }
 
 fn count(flag: &str, text: &str) -> Result<usize, UsageError> {
@@ -547,6 +564,41 @@ mod tests {
             assert!(err.0.contains("--gateway-deadline"), "{bad}: {}", err.0);
         }
         assert!(USAGE.contains("--gateway-deadline SECS"));
+    }
+
+    #[test]
+    fn keep_warm_is_on_by_default_and_can_be_turned_off() {
+        let keep_warm = |args: &[&str]| match parse_strs(args) {
+            Ok(Command::Serve { config, .. }) => Ok(config.keep_warm),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.0),
+        };
+        assert_eq!(keep_warm(&["serve"]), Ok(true));
+        assert_eq!(keep_warm(&["serve", "--keep-warm"]), Ok(true));
+        assert_eq!(keep_warm(&["serve", "--keep-warm=on"]), Ok(true));
+        assert_eq!(keep_warm(&["serve", "--keep-warm=off"]), Ok(false));
+        let err = keep_warm(&["serve", "--keep-warm=maybe"]).unwrap_err();
+        assert!(err.contains("expected on or off"), "{err}");
+        // A bare switch takes no value from the next argument.
+        let Command::Run { config, command } = parse_strs(&["run", "--keep-warm", "off"]).unwrap()
+        else {
+            panic!("not a run");
+        };
+        assert!(config.keep_warm);
+        assert_eq!(command, vec![OsString::from("off")]);
+    }
+
+    #[test]
+    fn the_pool_max_age_is_a_flag() {
+        let Command::Serve { config, .. } = parse_strs(&["serve", "--pool-max-age", "3"]).unwrap()
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(config.limits.pool_max_age, Duration::from_secs(3));
+        assert_eq!(
+            crate::config::Limits::default().pool_max_age,
+            Duration::from_secs(45 * 60)
+        );
     }
 
     #[test]

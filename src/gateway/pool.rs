@@ -8,6 +8,14 @@
 //! one the gateway has closed, is never handed out; keepalives continue while
 //! pooled.
 //!
+//! The warm WebSocket (ours, not the contract's; `--keep-warm`, on by
+//! default): the newest pooled WebSocket is exempt from the idle limit and
+//! stays pooled up to its age limit, kept by the same keepalives and
+//! liveness, so an agent's next command, seconds or minutes later, finds a
+//! WebSocket instead of dialling. The others expire at the idle limit. The
+//! pool never dials: once the gateway closes the warm one, the next tunnel
+//! dials as it would without it.
+//!
 //! How, without a thread per pooled socket:
 //!
 //! - One keeper thread (`ws-pool`, small stack) `poll(2)`s every pooled
@@ -104,6 +112,9 @@ pub struct PoolConfig {
     /// `keepalive_interval` gets a Ping, and is retired when the deadline
     /// passes without an answer. `None`: no Pings.
     pub liveness: Option<Liveness>,
+    /// The newest pooled WebSocket is exempt from `idle_timeout` (it still
+    /// expires at `max_age`).
+    pub keep_warm: bool,
 }
 
 impl Default for PoolConfig {
@@ -114,8 +125,18 @@ impl Default for PoolConfig {
             max_age: Duration::from_secs(45 * 60),
             keepalive_interval: Duration::from_secs(30),
             liveness: None,
+            keep_warm: true,
         }
     }
+}
+
+/// The warm WebSocket, as the status page shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Warm {
+    /// Since the WebSocket was opened.
+    pub age: Duration,
+    /// Since it was pooled.
+    pub idle: Duration,
 }
 
 /// A WebSocket taken from the pool, with its timestamps.
@@ -332,14 +353,18 @@ impl Pool {
         let found = {
             let mut state = shared.lock();
             let mut found = None;
+            // Only the newest is warm: one popped after it was not, and may
+            // have passed the idle limit before the keeper looked.
+            let mut warm = shared.config.keep_warm;
             while let Some(mut entry) = state.entries.pop() {
-                match look_after(&mut entry, &shared.config, Instant::now()) {
+                match look_after(&mut entry, &shared.config, Instant::now(), warm) {
                     Ok(()) => {
                         found = Some(entry);
                         break;
                     }
                     Err(why) => retired.push((entry, why)),
                 }
+                warm = false;
             }
             found
         };
@@ -357,6 +382,27 @@ impl Pool {
     /// How many WebSockets are pooled right now.
     pub fn len(&self) -> usize {
         self.handle.shared.lock().entries.len()
+    }
+
+    /// The warm WebSocket, if one is held: the newest pooled one, when
+    /// `keep_warm` is on.
+    pub fn warm(&self) -> Option<Warm> {
+        let shared = &self.handle.shared;
+        if !shared.config.keep_warm {
+            return None;
+        }
+        let state = shared.lock();
+        let newest = state.entries.last()?;
+        let now = Instant::now();
+        Some(Warm {
+            age: now.saturating_duration_since(newest.opened),
+            idle: now.saturating_duration_since(newest.pooled_at),
+        })
+    }
+
+    /// Whether the newest pooled WebSocket is kept past the idle limit.
+    pub fn keeps_warm(&self) -> bool {
+        self.handle.shared.config.keep_warm
     }
 
     /// Whether no WebSocket is pooled right now.
@@ -653,7 +699,70 @@ mod tests {
             max_age: Duration::from_secs(600),
             keepalive_interval: Duration::from_secs(60),
             liveness: None,
+            keep_warm: false,
         }
+    }
+
+    /// Idle limit 300 ms, the newest kept warm.
+    fn warm_after_300ms() -> PoolConfig {
+        PoolConfig {
+            idle_timeout: Duration::from_millis(300),
+            keep_warm: true,
+            ..quiet()
+        }
+    }
+
+    #[test]
+    fn the_newest_stays_pooled_past_the_idle_limit_the_others_expire() {
+        let pool = Pool::new(warm_after_300ms()).unwrap();
+        let (older, older_far) = connect(false);
+        assert!(pool.put(older, Instant::now()));
+        let (newest, newest_far) = connect(false);
+        let newest_port = port(&newest);
+        assert!(pool.put(newest, Instant::now()));
+        // The older one goes at the idle limit, by the keeper.
+        assert!(older_far.saw_close(), "the older one was not closed");
+        assert!(eventually(|| pool.len() == 1));
+        // The newest outlives the limit several times over, then carries a
+        // tunnel.
+        thread::sleep(Duration::from_millis(1000));
+        assert_eq!(pool.len(), 1);
+        let warm = pool.warm().expect("a warm WebSocket");
+        assert!(warm.idle >= Duration::from_millis(1000), "{warm:?}");
+        assert!(warm.age >= warm.idle, "{warm:?}");
+        let mut pooled = pool.take().expect("the warm one");
+        assert_eq!(port(&pooled.ws), newest_port);
+        still_works(&mut pooled.ws, &newest_far);
+        assert!(pool.warm().is_none());
+    }
+
+    #[test]
+    fn a_warm_one_expires_at_its_max_age() {
+        let max_age = Duration::from_millis(900);
+        let pool = Pool::new(PoolConfig {
+            max_age,
+            ..warm_after_300ms()
+        })
+        .unwrap();
+        let (ws, far) = connect(false);
+        let opened = Instant::now();
+        assert!(pool.put(ws, opened));
+        assert!(far.saw_close(), "not closed at its max age");
+        assert!(opened.elapsed() >= max_age, "{:?}", opened.elapsed());
+        assert!(pool.is_empty());
+        assert!(pool.take().is_none());
+    }
+
+    #[test]
+    fn without_keep_warm_no_warm_one_is_shown() {
+        let pool = Pool::new(quiet()).unwrap();
+        let (ws, _far) = connect(false);
+        assert!(pool.put(ws, Instant::now()));
+        assert!(!pool.keeps_warm());
+        assert!(pool.warm().is_none());
+        let pool = Pool::new(warm_after_300ms()).unwrap();
+        assert!(pool.keeps_warm());
+        assert!(pool.warm().is_none(), "none pooled yet");
     }
 
     /// A WebSocket whose server side, after the handshake, never reads or

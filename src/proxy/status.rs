@@ -240,23 +240,6 @@ pub fn snapshot(gateway: &Gateway, m: &Monitor) -> Json {
         .iter()
         .map(|(what, path)| Json::Obj(vec![("what", Json::str(what)), ("path", Json::str(path))]))
         .collect();
-    let failures = m
-        .failures()
-        .into_iter()
-        .rev()
-        .map(|f| {
-            Json::Obj(vec![
-                ("ts", Json::str(rfc3339(f.ts))),
-                ("kind", Json::str(f.kind.name())),
-                ("host", Json::Str(f.host)),
-                ("detail", Json::Str(f.detail)),
-            ])
-        })
-        .collect();
-    let pool = match &gateway.pool {
-        Some(pool) => Json::Obj(vec![("idle", Json::Num(pool.len() as u64))]),
-        None => Json::Null,
-    };
     let load = |a: &AtomicU64| Json::Num(a.load(Ordering::Relaxed));
     Json::Obj(vec![
         ("relay", Json::str("ccr-relay")),
@@ -281,7 +264,7 @@ pub fn snapshot(gateway: &Gateway, m: &Monitor) -> Json {
             "uptimeSeconds",
             Json::Float(m.started.elapsed().as_secs_f64()),
         ),
-        ("pool", pool),
+        ("pool", pool(gateway)),
         ("openTunnels", load(&m.open_tunnels)),
         ("tunnelsServed", load(&m.tunnels_served)),
         ("httpRequestsServed", load(&m.http_requests)),
@@ -295,8 +278,46 @@ pub fn snapshot(gateway: &Gateway, m: &Monitor) -> Json {
         ),
         ("blockedHosts", blocked_hosts(m)),
         ("allowlist", allowlist(m)),
-        ("recentRelayFailures", Json::Arr(failures)),
+        ("recentRelayFailures", recent_failures(m)),
     ])
+}
+
+/// The pool of idle WebSockets (agent proxy), with the warm one.
+fn pool(gateway: &Gateway) -> Json {
+    let Some(pool) = &gateway.pool else {
+        return Json::Null;
+    };
+    Json::Obj(vec![
+        ("idle", Json::Num(pool.len() as u64)),
+        ("keepWarm", Json::Bool(pool.keeps_warm())),
+        (
+            "warm",
+            pool.warm().map_or(Json::Null, |warm| {
+                Json::Obj(vec![
+                    ("ageSeconds", Json::Float(warm.age.as_secs_f64())),
+                    ("idleSeconds", Json::Float(warm.idle.as_secs_f64())),
+                ])
+            }),
+        ),
+    ])
+}
+
+/// The recent failures, newest first.
+fn recent_failures(m: &Monitor) -> Json {
+    Json::Arr(
+        m.failures()
+            .into_iter()
+            .rev()
+            .map(|f| {
+                Json::Obj(vec![
+                    ("ts", Json::str(rfc3339(f.ts))),
+                    ("kind", Json::str(f.kind.name())),
+                    ("host", Json::Str(f.host)),
+                    ("detail", Json::Str(f.detail)),
+                ])
+            })
+            .collect(),
+    )
 }
 
 /// The hosts the gateway's policy refused, most recently denied first.

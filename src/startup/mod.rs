@@ -7,6 +7,7 @@ pub mod agent_readme;
 pub mod gates;
 pub mod outside;
 pub mod probe;
+pub mod selective;
 pub mod sequence;
 pub mod tls;
 pub mod token;

@@ -192,6 +192,8 @@ pub fn gateway(config: &Config, plan: &Plan, monitor: &Arc<Monitor>) -> Gateway 
         Generation::AgentProxy => match Pool::new(PoolConfig {
             keepalive_interval: config.limits.keepalive_interval,
             idle_timeout: config.limits.pool_idle,
+            max_age: config.limits.pool_max_age,
+            keep_warm: config.keep_warm,
             liveness: Some(gateway.liveness.clone()),
             ..PoolConfig::default()
         }) {
@@ -208,29 +210,7 @@ pub fn gateway(config: &Config, plan: &Plan, monitor: &Arc<Monitor>) -> Gateway 
     gateway
 }
 
-/// Selective mode's variable and its include list's (the contract's
-/// section 9); both are removed from children's environment.
-pub const RELAY_MODE_VAR: &str = "CCR_AGENT_PROXY_RELAY_MODE";
-pub const INCLUDE_HOSTS_VAR: &str = "CCR_AGENT_PROXY_INCLUDE_HOSTS";
-
-/// The include list when the session asks for selective mode; `None` (with
-/// a warning when the mode was asked for) when every CONNECT is tunnelled.
-pub fn selective_list(
-    env: impl Fn(&str) -> Option<String>,
-) -> Option<crate::proxy::route::IncludeList> {
-    let mode = env(RELAY_MODE_VAR)?;
-    if !mode.trim().eq_ignore_ascii_case("selective") {
-        return None;
-    }
-    let list = crate::proxy::route::IncludeList::parse(&env(INCLUDE_HOSTS_VAR).unwrap_or_default());
-    if list.is_empty() {
-        eprintln!(
-            "ccr-relay: warning: {RELAY_MODE_VAR}=selective without hosts in {INCLUDE_HOSTS_VAR}; every CONNECT goes through the gateway"
-        );
-        return None;
-    }
-    Some(list)
-}
+pub use super::selective::{INCLUDE_HOSTS_VAR, RELAY_MODE_VAR, selective_list};
 
 /// Step 3 without its writes: the gateway's CA fetched, the system bundle
 /// and the user's CA files (named in `parent`, the relay's environment)

@@ -25,29 +25,35 @@ pub(super) const MAX_READS_PER_LOOK: usize = 64;
 const FLOOD_PAUSE: Duration = Duration::from_millis(10);
 
 /// Checks one pooled WebSocket and does its chores: expiry, reading what
-/// the gateway sent, liveness, keepalive, flushing. `Err` means it must be
-/// retired.
+/// the gateway sent, liveness, keepalive, flushing. `warm`: it is the warm
+/// WebSocket, exempt from the idle limit. `Err` means it must be retired.
 pub(super) fn look_after(
     entry: &mut Entry,
     config: &PoolConfig,
     now: Instant,
+    warm: bool,
 ) -> Result<(), Retire> {
-    check_expiry(entry, config, now)?;
+    check_expiry(entry, config, now, warm)?;
     read_what_arrived(entry, config, now)?;
     watch_liveness(entry, config, now)?;
     send_keepalive_if_due(entry, config, now)?;
     flush_if_pending(entry)
 }
 
-/// Closed, older than `max_age`, or idle over `idle_timeout`.
-fn check_expiry(entry: &Entry, config: &PoolConfig, now: Instant) -> Result<(), Retire> {
+/// Closed, older than `max_age`, or idle over `idle_timeout` (unless warm).
+fn check_expiry(
+    entry: &Entry,
+    config: &PoolConfig,
+    now: Instant,
+    warm: bool,
+) -> Result<(), Retire> {
     if !entry.ws.can_write() {
         return Err(Retire::Closed);
     }
     if now.saturating_duration_since(entry.opened) >= config.max_age {
         return Err(Retire::TooOld);
     }
-    if now.saturating_duration_since(entry.pooled_at) >= config.idle_timeout {
+    if !warm && now.saturating_duration_since(entry.pooled_at) >= config.idle_timeout {
         return Err(Retire::Idle);
     }
     Ok(())
@@ -160,8 +166,9 @@ fn flush_if_pending(entry: &mut Entry) -> Result<(), Retire> {
     Ok(())
 }
 
-/// When the keeper must next look at `entry` even if nothing arrives.
-fn next_due(entry: &Entry, config: &PoolConfig) -> Option<Instant> {
+/// When the keeper must next look at `entry` even if nothing arrives
+/// (`warm`: no idle expiry).
+fn next_due(entry: &Entry, config: &PoolConfig, warm: bool) -> Option<Instant> {
     let keepalive = if config.keepalive_interval.is_zero() {
         None
     } else {
@@ -183,7 +190,9 @@ fn next_due(entry: &Entry, config: &PoolConfig) -> Option<Instant> {
     };
     [
         entry.opened.checked_add(config.max_age),
-        entry.pooled_at.checked_add(config.idle_timeout),
+        (!warm)
+            .then(|| entry.pooled_at.checked_add(config.idle_timeout))
+            .flatten(),
         keepalive,
         liveness,
     ]
@@ -222,7 +231,10 @@ pub(super) fn keeper(shared: &Shared, wake_rx: UnixStream) {
             let now = Instant::now();
             let mut i = 0;
             while i < state.entries.len() {
-                match look_after(&mut state.entries[i], &shared.config, now) {
+                // The newest is warm; if it is retired below, the one
+                // before it was already held to the idle limit.
+                let warm = shared.config.keep_warm && i + 1 == state.entries.len();
+                match look_after(&mut state.entries[i], &shared.config, now, warm) {
                     Ok(()) => i += 1,
                     Err(why) => retired.push((state.entries.remove(i), why)),
                 }
@@ -236,10 +248,14 @@ pub(super) fn keeper(shared: &Shared, wake_rx: UnixStream) {
                 }
                 fds.push(pollfd(entry.ws.get_ref().tcp().as_raw_fd(), events));
             }
+            let newest = state.entries.len().saturating_sub(1);
             let due = state
                 .entries
                 .iter()
-                .filter_map(|e| next_due(e, &shared.config))
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    next_due(e, &shared.config, shared.config.keep_warm && i == newest)
+                })
                 .min()
                 .map(|due| due.saturating_duration_since(now));
             if state.entries.iter().any(|e| e.more_to_read) {
