@@ -264,7 +264,7 @@ fn stalled_upgrade_prediction_is_what_tunnels_then_say() {
     let mut conn = TcpStream::connect(&proxy).expect("connect to the relay");
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    conn.write_all(b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+    conn.write_all(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
         .unwrap();
     let (head, body) = read_response(&mut conn).expect("the relay's answer");
     assert!(head.starts_with("HTTP/1.1 50"), "{head}");
