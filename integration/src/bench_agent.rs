@@ -70,11 +70,18 @@ impl Shim {
 struct Case {
     tls: bool,
     reuse: bool,
+    /// The gateway offers TLS 1.2 at most (`--tls-max 1.2`): the fresh
+    /// `wss://` figure as it was before the gateway offered 1.3.
+    tls12: bool,
 }
 
 impl Case {
     fn scheme(self) -> &'static str {
-        if self.tls { "wss://" } else { "ws://" }
+        match (self.tls, self.tls12) {
+            (false, _) => "ws://",
+            (true, false) => "wss://",
+            (true, true) => "wss:// (TLS 1.2)",
+        }
     }
 }
 
@@ -116,24 +123,16 @@ pub(super) fn latency_rows(n: usize, delay: Duration) -> Vec<Row> {
             v.clone(),
         ));
     }
+    let case = |tls, reuse, tls12| Case { tls, reuse, tls12 };
     for case in [
-        Case {
-            tls: false,
-            reuse: true,
-        },
-        Case {
-            tls: false,
-            reuse: false,
-        },
-        Case {
-            tls: true,
-            reuse: true,
-        },
-        Case {
-            tls: true,
-            reuse: false,
-        },
+        case(false, true, false),
+        case(false, false, false),
+        case(true, true, false),
+        case(true, false, false),
+        case(true, false, true),
     ] {
+        // TLS 1.3: one round trip; 1.2 (or unknown): two.
+        let tls_rtts = if case.tls12 { 2 } else { tls_rtts };
         let label = format!(
             "e. {} {}",
             case.scheme(),
@@ -267,11 +266,11 @@ fn measure_case(
     } else {
         ServerKind::Early
     };
-    let gw = DevGateway::start(
-        pki.gateway_options(case.tls)
-            .agent_proxy(server)
-            .map(TARGET, origin.addr),
-    );
+    let mut options = pki.gateway_options(case.tls).agent_proxy(server);
+    if case.tls12 {
+        options = options.args(&["--tls-max", "1.2"]);
+    }
+    let gw = DevGateway::start(options.map(TARGET, origin.addr));
     let shim = Shim::start(gw.addr, delay);
     let scheme = if case.tls { "https" } else { "http" };
     let relay = RelayProcess::serve(
